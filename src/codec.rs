@@ -1,0 +1,174 @@
+//! The one place that knows the wire and storage encoding.
+//!
+//! Every byte string tickforge writes (events, snapshots, protocol frames)
+//! is a format-version byte followed by a bincode 2 (serde) body. Decoding
+//! checks the version, refuses input over a hard size limit before touching
+//! it, caps every allocation the body asks for, and rejects trailing bytes,
+//! so garbage, truncated or oversized input is an error and never a panic or
+//! a large allocation. Nothing outside this module names bincode.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Version byte that prefixes every encoded value.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Largest encoded value accepted by [`decode`] (4 MiB).
+pub const MAX_DECODE_BYTES: usize = 4 * 1024 * 1024;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+>;
+
+const CONFIG: Config = bincode::config::standard().with_limit::<MAX_DECODE_BYTES>();
+
+/// Why a value could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("encoding failed: {0}")]
+pub struct EncodeError(String);
+
+/// Why a byte string could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input held no bytes at all.
+    #[error("empty input")]
+    Empty,
+    /// The input was longer than [`MAX_DECODE_BYTES`].
+    #[error("input of {len} bytes exceeds the {limit}-byte decode limit")]
+    TooLarge {
+        /// Length of the refused input.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The version byte is not [`FORMAT_VERSION`].
+    #[error("unsupported format version {found} (this build reads {FORMAT_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The body is not a valid encoding of the expected type.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// A valid value was followed by extra bytes.
+    #[error("{0} trailing bytes after a complete value")]
+    TrailingBytes(usize),
+}
+
+/// Encodes `value` as the format version byte plus its bincode body.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![FORMAT_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, CONFIG)
+        .map_err(|e| EncodeError(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes a value written by [`encode`], enforcing every limit above.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_DECODE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_DECODE_BYTES,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion { found: version });
+    }
+    let (value, read) = bincode::serde::decode_from_slice(body, CONFIG)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    match body.len() - read {
+        0 => Ok(value),
+        extra => Err(DecodeError::TrailingBytes(extra)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        id: u64,
+        name: String,
+        items: Vec<u32>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            id: 7,
+            name: "arena".into(),
+            items: vec![1, 2, 3, 400_000],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = encode(&sample()).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<Sample>(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn empty_wrong_version_and_trailing_are_distinct_errors() {
+        assert_eq!(decode::<Sample>(&[]), Err(DecodeError::Empty));
+        let mut bytes = encode(&sample()).unwrap();
+        bytes[0] = 99;
+        assert_eq!(
+            decode::<Sample>(&bytes),
+            Err(DecodeError::UnsupportedVersion { found: 99 })
+        );
+        let mut bytes = encode(&sample()).unwrap();
+        bytes.extend_from_slice(&[0, 0]);
+        assert_eq!(decode::<Sample>(&bytes), Err(DecodeError::TrailingBytes(2)));
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_value_is_an_error() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(decode::<Sample>(&bytes[..len]).is_err(), "prefix of {len}");
+        }
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_decoding() {
+        let big = vec![FORMAT_VERSION; MAX_DECODE_BYTES + 1];
+        assert!(matches!(
+            decode::<Sample>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_declared_lengths_do_not_allocate() {
+        // A Vec<u32> whose varint length claims u64::MAX elements.
+        let mut bytes = vec![FORMAT_VERSION, 7, 5, b'a', b'r', b'e', b'n', b'a'];
+        bytes.push(253); // varint tag for a u64 follows
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode::<Sample>(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
+        // A String claiming 1 GiB.
+        let mut bytes = vec![FORMAT_VERSION, 7, 252];
+        bytes.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(decode::<Sample>(&bytes).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            // Whatever the outcome, it must be a value or an error, never a panic;
+            // with a wrong version byte it must be an error.
+            let outcome = decode::<Sample>(&bytes);
+            if bytes.first() != Some(&FORMAT_VERSION) {
+                prop_assert!(outcome.is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! The engine: sans-IO match core plus the shard loops that drive it.
+//!
+//! - [`core`]: one match as a state machine (commands in, tick outputs out).
+//! - [`replay`]: rebuilding a match from a snapshot and its log.
+//! - [`schedule`]: drift-free tick pacing as a pure calculation.
+//! - `shard` and `writer`: the async shell. A fixed number of shards each
+//!   tick all their matches; each shard's writer persists its ticks in order.
+//!
+//! [`Engine`] is the handle the rest of the program holds: it creates and
+//! restores matches, routes commands to the owning shard through bounded
+//! queues, hands out state and event feeds, and shuts everything down
+//! cleanly (final snapshots, everything flushed).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub mod core;
+mod envelope;
+pub mod replay;
+pub mod schedule;
+mod shard;
+mod stats;
+mod writer;
+
+pub use self::core::{CommandOutcome, MatchCore, MatchPolicy, QueueFull, TickOutput};
+pub use envelope::EventEnvelope;
+pub use replay::{Replayed, Replayer, RestoreError};
+pub use stats::{EngineStats, ShardStats};
+
+use crate::game::{Game, PlayerId, Tick};
+use crate::store::{EventStore, KeyError, MatchKey, SnapshotStore, Store, StoreError};
+use shard::{Shard, ShardMsg};
+
+/// Events read from the store per round trip during a restore.
+const RESTORE_PAGE: usize = 10_000;
+
+/// When a client may see a state relative to its events being stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// States go out at once; events are stored within the tick. A crash
+    /// loses at most the writes still queued (one tick when the store keeps up).
+    #[default]
+    Async,
+    /// No state goes out before the store acknowledged the events behind it.
+    Sync,
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Ticks per second.
+    pub tick_hz: u32,
+    /// Number of shard tasks.
+    pub shards: usize,
+    /// Messages waiting for one shard, at most.
+    pub shard_queue: usize,
+    /// Ticks of writes a shard may have queued for the store before its
+    /// matches pause (the outage buffer).
+    pub write_queue_ticks: usize,
+    /// Per-match limits and snapshot policy.
+    pub policy: MatchPolicy,
+    /// Sync or async persistence.
+    pub durability: Durability,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            tick_hz: 30,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shard_queue: 65_536,
+            write_queue_ticks: 1_800,
+            policy: MatchPolicy::default(),
+            durability: Durability::Async,
+        }
+    }
+}
+
+/// The state of a match after a tick, as published to subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchUpdate<S> {
+    /// The tick just completed.
+    pub tick: Tick,
+    /// The sequence the next event will have.
+    pub next_sequence: u64,
+    /// The state after that tick.
+    pub state: S,
+    /// Whether the match has ended.
+    pub over: bool,
+}
+
+/// Where a command's outcome goes, with the client's own command number.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    /// The client's reply queue; a full queue loses the reply, never blocks.
+    pub tx: mpsc::Sender<CommandReply>,
+    /// The client's sequence number for this command.
+    pub client_seq: u64,
+}
+
+/// The answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandReply {
+    /// The match the command was for.
+    pub root: Arc<str>,
+    /// The client's sequence number for the command.
+    pub client_seq: u64,
+    /// Accepted (with its events) or rejected (with the reason).
+    pub outcome: CommandOutcome,
+}
+
+/// A subscription to one match: its latest state and its events in order.
+#[derive(Debug)]
+pub struct MatchFeed<G: Game> {
+    /// The latest published state (`None` until the first tick after subscribing).
+    pub updates: watch::Receiver<Option<Arc<MatchUpdate<G::State>>>>,
+    /// Every event from now on; a lagging receiver learns how many it missed.
+    pub events: broadcast::Receiver<Arc<EventEnvelope<G::Event>>>,
+}
+
+/// Why an engine call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No match with this id is hosted here.
+    #[error("no match {0:?} on this server")]
+    UnknownMatch(String),
+    /// A match with this id is already hosted.
+    #[error("match {0:?} already exists")]
+    MatchExists(String),
+    /// The owning shard's queue is full; the command was not queued.
+    #[error("the queue of the shard hosting {0:?} is full")]
+    QueueFull(String),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The match id is not a valid key part.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored log could not be replayed.
+    #[error("cannot restore {key}: {source}")]
+    Restore {
+        /// The match.
+        key: String,
+        /// Why.
+        source: RestoreError,
+    },
+}
+
+pub(crate) struct Route<G: Game> {
+    shard: usize,
+    updates: Arc<watch::Sender<Option<Arc<MatchUpdate<G::State>>>>>,
+    events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
+}
+
+struct ShardHandle<G: Game> {
+    inbox: mpsc::Sender<ShardMsg<G>>,
+    task: JoinHandle<()>,
+}
+
+/// The running engine. Clone the `Arc` to share it.
+pub struct Engine<G: Game, S: Store> {
+    game: Arc<G>,
+    store: S,
+    settings: EngineSettings,
+    edition: String,
+    shards: Vec<ShardHandle<G>>,
+    stats: Vec<Arc<ShardStats>>,
+    routes: Arc<DashMap<Arc<str>, Route<G>>>,
+}
+
+impl<G: Game, S: Store> std::fmt::Debug for Engine<G, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("settings", &self.settings)
+            .field("edition", &self.edition)
+            .field("matches", &self.routes.len())
+            .finish()
+    }
+}
+
+impl<G: Game, S: Store> Engine<G, S> {
+    /// Starts the shards on the current tokio runtime.
+    pub fn start(game: G, store: S, settings: EngineSettings, edition: &str) -> Self {
+        let game = Arc::new(game);
+        let routes = Arc::new(DashMap::new());
+        let mut shards = Vec::with_capacity(settings.shards.max(1));
+        let mut all_stats = Vec::with_capacity(settings.shards.max(1));
+        for index in 0..settings.shards.max(1) {
+            let stats = Arc::new(ShardStats::default());
+            let (inbox_tx, inbox_rx) = mpsc::channel(settings.shard_queue.max(1));
+            let (jobs_tx, jobs_rx) = mpsc::channel(settings.write_queue_ticks.max(1));
+            let (failures_tx, failures_rx) = mpsc::channel(1024);
+            let writer_task = tokio::spawn(writer::run_writer(
+                store.clone(),
+                jobs_rx,
+                failures_tx,
+                stats.clone(),
+            ));
+            let shard = Shard::new(
+                game.clone(),
+                settings,
+                inbox_rx,
+                jobs_tx,
+                writer_task,
+                failures_rx,
+                stats.clone(),
+                routes.clone(),
+            );
+            let task = tokio::spawn(async move {
+                tracing::debug!(shard = index, "shard started");
+                shard.run().await;
+            });
+            shards.push(ShardHandle {
+                inbox: inbox_tx,
+                task,
+            });
+            all_stats.push(stats);
+        }
+        Self {
+            game,
+            store,
+            settings,
+            edition: edition.to_owned(),
+            shards,
+            stats: all_stats,
+            routes,
+        }
+    }
+
+    /// The game this engine hosts.
+    pub fn game(&self) -> &G {
+        &self.game
+    }
+
+    /// The store this engine writes to.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The settings the engine runs with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The key of match `root` in this engine's domain and edition.
+    pub fn key(&self, root: &str) -> Result<MatchKey, KeyError> {
+        MatchKey::new(self.game.domain(), &self.edition, root)
+    }
+
+    /// Whether match `root` is hosted here.
+    pub fn is_hosted(&self, root: &str) -> bool {
+        self.routes.contains_key(root)
+    }
+
+    /// The ids of the matches hosted now.
+    pub fn hosted_matches(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.key().to_string()).collect()
+    }
+
+    /// Creates a new match and starts ticking it.
+    pub async fn create_match(&self, root: &str) -> Result<(), EngineError> {
+        let key = self.key(root)?;
+        if self.is_hosted(root) {
+            return Err(EngineError::MatchExists(root.to_owned()));
+        }
+        self.store.create(&key).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => EngineError::MatchExists(root.to_owned()),
+            other => EngineError::Store(other),
+        })?;
+        let core = MatchCore::new(&*self.game, key, self.settings.policy);
+        self.host(core).await
+    }
+
+    /// Loads match `root` from the store (latest snapshot plus the events
+    /// after it, stepped up to the stored head tick) and starts ticking it.
+    pub async fn restore_match(&self, root: &str) -> Result<Replayed<G::State>, EngineError> {
+        let key = self.key(root)?;
+        if self.is_hosted(root) {
+            return Err(EngineError::MatchExists(root.to_owned()));
+        }
+        let replayed = restore(&*self.game, &self.store, &key).await?;
+        let core = MatchCore::restored(&*self.game, key, self.settings.policy, replayed.clone());
+        self.host(core).await?;
+        Ok(replayed)
+    }
+
+    /// Restores every live match of this domain and edition that is not
+    /// hosted yet; returns how many were restored and the failures.
+    pub async fn restore_all(&self) -> Result<(usize, Vec<EngineError>), EngineError> {
+        let keys = self
+            .store
+            .live_matches(self.game.domain(), &self.edition)
+            .await?;
+        let mut restored = 0;
+        let mut failed = Vec::new();
+        for key in keys {
+            if self.is_hosted(key.root()) {
+                continue;
+            }
+            match self.restore_match(key.root()).await {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    tracing::error!(key = %key, error = %e, "match not restored");
+                    failed.push(e);
+                }
+            }
+        }
+        Ok((restored, failed))
+    }
+
+    async fn host(&self, core: shard::Core<G>) -> Result<(), EngineError> {
+        let root: Arc<str> = core.key().root().into();
+        let shard_index = (0..self.shards.len())
+            .min_by_key(|&i| self.stats[i].matches.load(Relaxed))
+            .ok_or(EngineError::ShuttingDown)?;
+        let shard = &self.shards[shard_index];
+        let (updates, _) = watch::channel(None);
+        let updates = Arc::new(updates);
+        let (events, _) = broadcast::channel(4096);
+        match self.routes.entry(root.clone()) {
+            dashmap::Entry::Occupied(_) => return Err(EngineError::MatchExists(root.to_string())),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Route {
+                    shard: shard_index,
+                    updates: updates.clone(),
+                    events: events.clone(),
+                });
+            }
+        }
+        // Counted before the shard sees it, so that a burst of creations spreads out.
+        self.stats[shard_index].matches.fetch_add(1, Relaxed);
+        let msg = ShardMsg::Host {
+            core: Box::new(core),
+            updates,
+            events,
+        };
+        if shard.inbox.send(msg).await.is_err() {
+            self.stats[shard_index].matches.fetch_sub(1, Relaxed);
+            self.routes.remove(&root);
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Queues `command` from `player` for the next tick of match `root`.
+    ///
+    /// Never waits: a full shard queue is [`EngineError::QueueFull`]. The
+    /// outcome (accepted or rejected with a reason) goes to `reply`.
+    pub fn submit(
+        &self,
+        root: &str,
+        player: PlayerId,
+        command: G::Command,
+        reply: Option<ReplyTo>,
+    ) -> Result<(), EngineError> {
+        let (root, shard) = {
+            let route = self
+                .routes
+                .get(root)
+                .ok_or_else(|| EngineError::UnknownMatch(root.to_owned()))?;
+            (route.key().clone(), route.shard)
+        };
+        let msg = ShardMsg::Command {
+            root: root.clone(),
+            player,
+            command,
+            reply,
+        };
+        self.shards[shard].inbox.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.stats[shard].dropped.fetch_add(1, Relaxed);
+                EngineError::QueueFull(root.to_string())
+            }
+            mpsc::error::TrySendError::Closed(_) => EngineError::ShuttingDown,
+        })
+    }
+
+    /// Follows match `root`: its state after every tick and its events.
+    pub fn subscribe(&self, root: &str) -> Result<MatchFeed<G>, EngineError> {
+        let route = self
+            .routes
+            .get(root)
+            .ok_or_else(|| EngineError::UnknownMatch(root.to_owned()))?;
+        Ok(MatchFeed {
+            updates: route.updates.subscribe(),
+            events: route.events.subscribe(),
+        })
+    }
+
+    /// Counters summed over all shards.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// Stops every shard after its current tick: each takes a final
+    /// snapshot of its matches and flushes all writes before this returns.
+    pub async fn shutdown(self) {
+        let mut waits = Vec::new();
+        for shard in &self.shards {
+            let (done, wait) = oneshot::channel();
+            if shard.inbox.send(ShardMsg::Shutdown { done }).await.is_ok() {
+                waits.push(wait);
+            }
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+        for shard in self.shards {
+            let _ = shard.task.await;
+        }
+    }
+}
+
+/// Rebuilds match `key` from its latest snapshot and the events after it,
+/// stepped up to the stored head tick.
+pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
+    game: &G,
+    store: &S,
+    key: &MatchKey,
+) -> Result<Replayed<G::State>, EngineError> {
+    let head = store
+        .head(key)
+        .await?
+        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))?;
+    let replayer = match store.load_snapshot(key).await? {
+        Some(snapshot) => Replayer::from_snapshot(game, &snapshot),
+        None => Ok(Replayer::from_start(game)),
+    };
+    let replayer = replayer.map_err(|source| EngineError::Restore {
+        key: key.to_string(),
+        source,
+    })?;
+    replay_rest(store, key, replayer, head.tick).await
+}
+
+/// Rebuilds match `key` from sequence 0, ignoring snapshots, up to the
+/// stored head tick: the independent check of a restore.
+pub async fn rebuild_from_start<G: Game, S: EventStore>(
+    game: &G,
+    store: &S,
+    key: &MatchKey,
+) -> Result<Replayed<G::State>, EngineError> {
+    let head = store
+        .head(key)
+        .await?
+        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))?;
+    replay_rest(store, key, Replayer::from_start(game), head.tick).await
+}
+
+async fn replay_rest<G: Game, S: EventStore>(
+    store: &S,
+    key: &MatchKey,
+    mut replayer: Replayer<'_, G>,
+    head_tick: Tick,
+) -> Result<Replayed<G::State>, EngineError> {
+    let restore_error = |source| EngineError::Restore {
+        key: key.to_string(),
+        source,
+    };
+    loop {
+        let page = store
+            .read(key, replayer.next_sequence(), RESTORE_PAGE)
+            .await?;
+        for record in &page {
+            replayer.apply(record).map_err(restore_error)?;
+        }
+        if page.len() < RESTORE_PAGE {
+            break;
+        }
+    }
+    Ok(replayer.finish(head_tick))
+}

@@ -1,0 +1,141 @@
+//! Fixed-rate tick pacing without drift, as a pure calculation.
+//!
+//! Tick `n` is due at `start + n · period`. The driver asks
+//! [`TickSchedule::poll`] with the time elapsed since start; the answer is
+//! either "run the next tick now" or "wait until this offset". A driver
+//! that fell behind (a stalled step, a busy machine) gets tick after tick
+//! with no wait until it has caught up, and every tick that started a full
+//! period or more after it was due is counted as late.
+
+use std::time::Duration;
+
+use crate::game::Tick;
+
+/// What the driver should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Run tick `tick` now; `late` if it is a period or more behind.
+    Run {
+        /// The tick to run.
+        tick: Tick,
+        /// Whether this run is a catch-up.
+        late: bool,
+    },
+    /// Nothing is due before this offset from the start.
+    WaitUntil(Duration),
+}
+
+/// Pacing state of one tick loop.
+#[derive(Debug, Clone)]
+pub struct TickSchedule {
+    period: Duration,
+    next: Tick,
+    late: u64,
+}
+
+impl TickSchedule {
+    /// A schedule at `hz` ticks per second whose first tick is tick 1.
+    pub fn new(hz: u32) -> Self {
+        Self {
+            period: Duration::from_secs(1) / hz.max(1),
+            next: 1,
+            late: 0,
+        }
+    }
+
+    /// The time between two ticks.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// When tick `tick` is due, as an offset from the start.
+    pub fn due_at(&self, tick: Tick) -> Duration {
+        self.period.saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX))
+    }
+
+    /// Ticks that were due by `elapsed` (the count a drift-free loop has run).
+    pub fn due_by(&self, elapsed: Duration) -> Tick {
+        (elapsed.as_nanos() / self.period.as_nanos().max(1)) as Tick
+    }
+
+    /// Decides the next step at `elapsed` since start. A `Run` answer
+    /// consumes that tick.
+    pub fn poll(&mut self, elapsed: Duration) -> Due {
+        let due = self.due_at(self.next);
+        if elapsed < due {
+            return Due::WaitUntil(due);
+        }
+        let tick = self.next;
+        let late = elapsed >= due + self.period;
+        if late {
+            self.late += 1;
+        }
+        self.next += 1;
+        Due::Run { tick, late }
+    }
+
+    /// Ticks run so far.
+    pub fn ticks_run(&self) -> Tick {
+        self.next - 1
+    }
+
+    /// Ticks that started a period or more after they were due.
+    pub fn late_ticks(&self) -> u64 {
+        self.late
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn run_until(schedule: &mut TickSchedule, elapsed: Duration) -> Vec<(Tick, bool)> {
+        let mut ran = Vec::new();
+        while let Due::Run { tick, late } = schedule.poll(elapsed) {
+            ran.push((tick, late));
+        }
+        ran
+    }
+
+    #[test]
+    fn on_time_ticks_wait_for_their_due_time() {
+        let mut s = TickSchedule::new(50); // 20 ms
+        assert_eq!(s.poll(Duration::ZERO), Due::WaitUntil(20 * MS));
+        assert_eq!(s.poll(20 * MS), Due::Run { tick: 1, late: false });
+        assert_eq!(s.poll(21 * MS), Due::WaitUntil(40 * MS));
+        assert_eq!(s.late_ticks(), 0);
+    }
+
+    #[test]
+    fn a_stall_is_caught_up_and_counted_without_drift() {
+        let mut s = TickSchedule::new(50);
+        for n in 1..=5 {
+            assert_eq!(run_until(&mut s, n * 20 * MS), vec![(u64::from(n), false)]);
+        }
+        // A step stalls for 210 ms: at 310 ms ticks 6..=15 are due.
+        let caught_up = run_until(&mut s, 310 * MS);
+        assert_eq!(caught_up.first(), Some(&(6, true)));
+        assert_eq!(caught_up.len(), 10);
+        // Ticks 6..=14 were a period or more behind; tick 15 was due at 300 ms.
+        assert_eq!(s.late_ticks(), 9);
+        assert_eq!(s.ticks_run(), s.due_by(310 * MS));
+        // The next tick is still on the original grid.
+        assert_eq!(s.poll(310 * MS), Due::WaitUntil(320 * MS));
+    }
+
+    #[test]
+    fn tick_count_matches_elapsed_time_over_a_long_run() {
+        let mut s = TickSchedule::new(30);
+        let mut elapsed = Duration::ZERO;
+        // Poll at an irregular 7 ms cadence for 10 simulated seconds.
+        while elapsed < Duration::from_secs(10) {
+            run_until(&mut s, elapsed);
+            elapsed += 7 * MS;
+        }
+        run_until(&mut s, elapsed);
+        assert_eq!(s.ticks_run(), s.due_by(elapsed));
+        assert_eq!(s.late_ticks(), 0);
+    }
+}

@@ -1,0 +1,164 @@
+//! Counters the shards keep and the demo, `serve` and benchmarks read.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Live counters of one shard; cheap to update from its loop.
+#[derive(Debug)]
+pub struct ShardStats {
+    pub(crate) matches: AtomicU64,
+    pub(crate) ticks: AtomicU64,
+    pub(crate) late_ticks: AtomicU64,
+    pub(crate) match_ticks: AtomicU64,
+    pub(crate) commands: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) paused_matches: AtomicU64,
+    pub(crate) appends: AtomicU64,
+    pub(crate) persisted_events: AtomicU64,
+    pub(crate) append_failures: AtomicU64,
+    pub(crate) backlog_jobs: AtomicU64,
+    /// Tick durations in microseconds.
+    tick_micros: Mutex<Histogram<u64>>,
+    /// Store append round trips in microseconds.
+    append_micros: Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits; these bounds are valid.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+}
+
+fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    h.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .saturating_record(micros.max(1));
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        Self {
+            matches: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            late_ticks: AtomicU64::new(0),
+            match_ticks: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            paused_matches: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            persisted_events: AtomicU64::new(0),
+            append_failures: AtomicU64::new(0),
+            backlog_jobs: AtomicU64::new(0),
+            tick_micros: Mutex::new(histogram()),
+            append_micros: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl ShardStats {
+    pub(crate) fn record_tick(&self, took: Duration) {
+        record(&self.tick_micros, took);
+    }
+
+    pub(crate) fn record_append(&self, took: Duration) {
+        record(&self.append_micros, took);
+    }
+}
+
+/// A point-in-time sum over all shards.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    /// Matches hosted now.
+    pub matches: u64,
+    /// Shard ticks run (each shard ticks all its matches once per tick).
+    pub ticks: u64,
+    /// Shard ticks that started a period or more after they were due.
+    pub late_ticks: u64,
+    /// Match ticks run (one per match per shard tick).
+    pub match_ticks: u64,
+    /// Commands that reached a match.
+    pub commands: u64,
+    /// Commands the game refused.
+    pub rejected: u64,
+    /// Commands dropped because a queue was full.
+    pub dropped: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Matches paused because their writes could not be stored.
+    pub paused_matches: u64,
+    /// Store append calls that succeeded.
+    pub appends: u64,
+    /// Events the store acknowledged.
+    pub persisted_events: u64,
+    /// Store append calls that failed and were retried.
+    pub append_failures: u64,
+    /// Write jobs waiting for the store.
+    pub backlog_jobs: u64,
+    /// Tick durations (µs), merged over shards.
+    pub tick_micros: Histogram<u64>,
+    /// Append round trips (µs), merged over shards.
+    pub append_micros: Histogram<u64>,
+}
+
+impl EngineStats {
+    pub(crate) fn sum<'a>(shards: impl IntoIterator<Item = &'a ShardStats>) -> Self {
+        let mut total = Self {
+            matches: 0,
+            ticks: 0,
+            late_ticks: 0,
+            match_ticks: 0,
+            commands: 0,
+            rejected: 0,
+            dropped: 0,
+            events: 0,
+            paused_matches: 0,
+            appends: 0,
+            persisted_events: 0,
+            append_failures: 0,
+            backlog_jobs: 0,
+            tick_micros: histogram(),
+            append_micros: histogram(),
+        };
+        for s in shards {
+            total.matches += s.matches.load(Relaxed);
+            total.ticks += s.ticks.load(Relaxed);
+            total.late_ticks += s.late_ticks.load(Relaxed);
+            total.match_ticks += s.match_ticks.load(Relaxed);
+            total.commands += s.commands.load(Relaxed);
+            total.rejected += s.rejected.load(Relaxed);
+            total.dropped += s.dropped.load(Relaxed);
+            total.events += s.events.load(Relaxed);
+            total.paused_matches += s.paused_matches.load(Relaxed);
+            total.appends += s.appends.load(Relaxed);
+            total.persisted_events += s.persisted_events.load(Relaxed);
+            total.append_failures += s.append_failures.load(Relaxed);
+            total.backlog_jobs += s.backlog_jobs.load(Relaxed);
+            for (into, from) in [
+                (&mut total.tick_micros, &s.tick_micros),
+                (&mut total.append_micros, &s.append_micros),
+            ] {
+                let from = from.lock().unwrap_or_else(|e| e.into_inner());
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = into.add(&*from);
+            }
+        }
+        total
+    }
+
+    /// A tick-time percentile in milliseconds.
+    pub fn tick_ms(&self, quantile: f64) -> f64 {
+        self.tick_micros.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    /// An append-latency percentile in milliseconds.
+    pub fn append_ms(&self, quantile: f64) -> f64 {
+        self.append_micros.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}

@@ -1,0 +1,48 @@
+//! tickforge: an authoritative game-server state engine.
+//!
+//! A match is an event-sourced aggregate. Players' commands reach the
+//! match's shard through bounded queues; each tick the shard asks the game
+//! to [`decide`](game::Game::decide) every command (events or a rejection),
+//! [`apply`](game::Game::apply)s the events, runs the fixed-step
+//! [`step`](game::Game::step), hands the tick's events to the store as one
+//! batch, snapshots every N ticks, and publishes the new state. A match is
+//! restored from its latest snapshot plus the events after it, exactly.
+//!
+//! - [`game`]: the contract a game implements; [`arena`]: the reference game.
+//! - [`engine`]: the sans-IO match core, replay, pacing, and the shard loops.
+//! - [`store`]: storage traits, key layout, the embedded memory store.
+//! - [`codec`]: the one place that encodes and decodes bytes.
+//! - [`config`]: TOML plus environment into a validated [`config::Config`].
+//!
+//! ```
+//! use tickforge::arena::{Arena, ArenaCommand, Dir};
+//! use tickforge::engine::{Engine, EngineSettings};
+//! use tickforge::game::PlayerId;
+//! use tickforge::store::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::start(Arena::default(), MemoryStore::new(), EngineSettings::default(), "main");
+//! engine.create_match("m1").await?;
+//! let mut feed = engine.subscribe("m1")?;
+//! engine.submit("m1", PlayerId(1), ArenaCommand::Join { name: "ada".into() }, None)?;
+//! engine.submit("m1", PlayerId(1), ArenaCommand::Move(Dir::East), None)?;
+//! // Wait for the tick that applied both commands.
+//! let update = loop {
+//!     feed.updates.changed().await?;
+//!     let update = feed.updates.borrow_and_update().clone().expect("published");
+//!     if update.next_sequence == 2 { break update; }
+//! };
+//! assert!(update.state.players.contains_key(&PlayerId(1)));
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod arena;
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod game;
+pub mod store;

@@ -1,0 +1,240 @@
+//! The embedded in-memory store: the default backend, and the reference
+//! behaviour the Redis store is tested against.
+//!
+//! It keeps every rule of the [`super`] traits (gap-free heads, idempotent
+//! retries, snapshot compare-and-set, forward-only positions) but nothing
+//! survives the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{
+    AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
+    SnapshotStore, StoreError,
+};
+
+#[derive(Debug)]
+struct MatchRecord {
+    events: Vec<RecordedEvent>,
+    tick: u64,
+    status: MatchStatus,
+    snapshot: Option<Snapshot>,
+    positions: HashMap<String, u64>,
+}
+
+impl MatchRecord {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            tick: 0,
+            status: MatchStatus::Live,
+            snapshot: None,
+            positions: HashMap::new(),
+        }
+    }
+
+    fn head(&self) -> Head {
+        Head {
+            next_sequence: self.events.len() as u64,
+            tick: self.tick,
+            status: self.status,
+        }
+    }
+
+    fn append(&mut self, key: &MatchKey, batch: AppendBatch) -> Result<Head, StoreError> {
+        let head = self.events.len() as u64;
+        if batch.first_sequence > head {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: head,
+                found: batch.first_sequence,
+            });
+        }
+        for (offset, event) in batch.events.iter().enumerate() {
+            let sequence = batch.first_sequence + offset as u64;
+            if event.sequence != sequence {
+                return Err(StoreError::Corrupt {
+                    key: key.events_key(),
+                    reason: format!(
+                        "batch is not consecutive: event {} at position {sequence}",
+                        event.sequence
+                    ),
+                });
+            }
+            if let Some(stored) = self.events.get(sequence as usize)
+                && stored.payload != event.payload
+            {
+                return Err(StoreError::Diverged {
+                    key: key.to_string(),
+                    sequence,
+                });
+            }
+        }
+        if batch.first_sequence < head && batch.events.is_empty() {
+            // An empty batch from a writer that is behind: it owns nothing here.
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: head,
+                found: batch.first_sequence,
+            });
+        }
+        let skip = (head - batch.first_sequence) as usize;
+        self.events.extend(batch.events.into_iter().skip(skip));
+        self.tick = self.tick.max(batch.head_tick);
+        Ok(self.head())
+    }
+}
+
+/// An in-process store; clones share the same data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    matches: Arc<Mutex<BTreeMap<MatchKey, MatchRecord>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<MatchKey, MatchRecord>> {
+        // A panic while holding this lock cannot leave a record half-written
+        // (every mutation is a single push/insert), so poisoning is ignored.
+        self.matches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_match<T>(
+        &self,
+        key: &MatchKey,
+        f: impl FnOnce(&mut MatchRecord) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut matches = self.lock();
+        let record = matches
+            .get_mut(key)
+            .ok_or_else(|| StoreError::UnknownMatch(key.to_string()))?;
+        f(record)
+    }
+}
+
+impl EventStore for MemoryStore {
+    async fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
+        let mut matches = self.lock();
+        Ok(batches
+            .into_iter()
+            .map(|batch| {
+                let key = batch.key.clone();
+                match matches.get_mut(&key) {
+                    Some(record) => record.append(&key, batch),
+                    None => Err(StoreError::UnknownMatch(key.to_string())),
+                }
+            })
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let matches = self.lock();
+        Ok(matches
+            .get(key)
+            .map(|record| {
+                record
+                    .events
+                    .iter()
+                    .skip(from as usize)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
+        Ok(self.lock().get(key).map(MatchRecord::head))
+    }
+
+    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+        let mut matches = self.lock();
+        if let Some(existing) = matches.get(key) {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: existing.events.len() as u64,
+                found: 0,
+            });
+        }
+        matches.insert(key.clone(), MatchRecord::new());
+        Ok(())
+    }
+
+    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+        self.with_match(key, |record| {
+            record.status = MatchStatus::Ended;
+            Ok(())
+        })
+    }
+
+    async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
+        let matches = self.lock();
+        let live: BTreeSet<&MatchKey> = matches
+            .iter()
+            .filter(|(key, record)| {
+                key.domain() == domain
+                    && key.edition() == edition
+                    && record.status == MatchStatus::Live
+            })
+            .map(|(key, _)| key)
+            .collect();
+        Ok(live.into_iter().cloned().collect())
+    }
+}
+
+impl SnapshotStore for MemoryStore {
+    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        self.with_match(key, |record| {
+            let newer_stored = record
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| (s.sequence, s.tick) > (snapshot.sequence, snapshot.tick));
+            if newer_stored {
+                return Ok(false);
+            }
+            record.snapshot = Some(snapshot.clone());
+            Ok(true)
+        })
+    }
+
+    async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.lock().get(key).and_then(|r| r.snapshot.clone()))
+    }
+}
+
+impl PositionStore for MemoryStore {
+    async fn load_position(&self, handler: &str, key: &MatchKey) -> Result<u64, StoreError> {
+        key.position_key(handler)?;
+        Ok(self
+            .lock()
+            .get(key)
+            .and_then(|r| r.positions.get(handler).copied())
+            .unwrap_or(0))
+    }
+
+    async fn advance_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        key.position_key(handler)?;
+        self.with_match(key, |record| {
+            let position = record.positions.entry(handler.to_owned()).or_insert(0);
+            *position = (*position).max(to);
+            Ok(*position)
+        })
+    }
+}

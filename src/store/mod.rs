@@ -1,0 +1,213 @@
+//! Storage behind traits: the per-match event log, snapshots and positions.
+//!
+//! The engine only talks to these traits. [`memory::MemoryStore`] is the
+//! embedded default; a Redis store implements the same traits. Key names
+//! live in [`keys`].
+//!
+//! Rules every implementation keeps:
+//! - sequences per match are 0, 1, 2, … with no gaps, enforced by the
+//!   store: a batch must start at the stored head, else
+//!   [`StoreError::Conflict`];
+//! - a retried batch whose events are already stored byte for byte
+//!   succeeds without duplicating them;
+//! - a snapshot never replaces a newer one; positions only move forward.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::game::Tick;
+
+pub mod keys;
+pub mod memory;
+
+pub use keys::{KeyError, MatchKey};
+pub use memory::MemoryStore;
+
+/// One stored event: its sequence, the tick it was applied on, and its
+/// encoded envelope (see [`crate::engine::EventEnvelope`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// Position in the match log, from 0.
+    pub sequence: u64,
+    /// Tick the event was applied on.
+    pub tick: Tick,
+    /// The encoded envelope, exactly as stored.
+    pub payload: Vec<u8>,
+}
+
+/// The events one match produced since its last append, plus its head tick.
+///
+/// An empty `events` list only moves the head tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendBatch {
+    /// The match.
+    pub key: MatchKey,
+    /// Sequence the batch starts at: the head the writer believes is stored.
+    pub first_sequence: u64,
+    /// Consecutive events from `first_sequence`.
+    pub events: Vec<RecordedEvent>,
+    /// The match's tick after these events.
+    pub head_tick: Tick,
+}
+
+impl AppendBatch {
+    /// The sequence following the last event of the batch.
+    pub fn next_sequence(&self) -> u64 {
+        self.first_sequence + self.events.len() as u64
+    }
+}
+
+/// Whether a match is still being played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchStatus {
+    /// Ticking (or waiting to be restored after a restart).
+    Live,
+    /// Finished; not restored on start.
+    Ended,
+}
+
+/// What the store holds as the head of a match's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The sequence the next event must have (= number of stored events).
+    pub next_sequence: u64,
+    /// The last tick persisted for the match.
+    pub tick: Tick,
+    /// Live or ended.
+    pub status: MatchStatus,
+}
+
+/// A match state at a tick, with the number of events folded into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Events `0..sequence` are folded into `state`.
+    pub sequence: u64,
+    /// The tick the state was taken after (events and step included).
+    pub tick: Tick,
+    /// The encoded state.
+    pub state: Vec<u8>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The batch does not start at the stored head, or disagrees with
+    /// events already stored: another writer owns the match, or the store
+    /// lost acknowledged events.
+    #[error("append conflict on {key}: store head is {expected}, batch starts at {found}")]
+    Conflict {
+        /// The match.
+        key: String,
+        /// The stored head (the sequence the store expected).
+        expected: u64,
+        /// The batch's first sequence.
+        found: u64,
+    },
+    /// An event already stored at a sequence differs from the batch's.
+    #[error("event {sequence} of {key} is already stored with different content")]
+    Diverged {
+        /// The match.
+        key: String,
+        /// The differing sequence.
+        sequence: u64,
+    },
+    /// The match was never created in this store.
+    #[error("unknown match {0}")]
+    UnknownMatch(String),
+    /// The store could not be reached or refused the call.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data is not what tickforge wrote.
+    #[error("corrupt data at {key}: {reason}")]
+    Corrupt {
+        /// The key holding it.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key part was invalid.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The per-match event log.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends several matches' batches in one round trip. The outer error
+    /// means nothing was confirmed; otherwise each batch has its own result,
+    /// the new head on success.
+    fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> impl Future<Output = Result<Vec<Result<Head, StoreError>>, StoreError>> + Send;
+
+    /// Reads up to `limit` events from sequence `from` on, in order.
+    fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The stored head of a match, `None` if it was never created.
+    fn head(
+        &self,
+        key: &MatchKey,
+    ) -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
+
+    /// Records a new match (head 0, tick 0, live). Creating an existing
+    /// match is a [`StoreError::Conflict`].
+    fn create(&self, key: &MatchKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a match ended so it is not restored on start.
+    fn finish(&self, key: &MatchKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The live matches of a domain and edition.
+    fn live_matches(
+        &self,
+        domain: &str,
+        edition: &str,
+    ) -> impl Future<Output = Result<Vec<MatchKey>, StoreError>> + Send;
+}
+
+/// The latest snapshot of each match.
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Stores `snapshot` unless a snapshot with a higher sequence (or the
+    /// same sequence and a later tick) is stored. Returns whether it was stored.
+    fn save_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The latest snapshot, if any.
+    fn load_snapshot(
+        &self,
+        key: &MatchKey,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+}
+
+/// How far each handler (projection, follower) has processed each log.
+pub trait PositionStore: Send + Sync + 'static {
+    /// The next sequence `handler` will process (0 if it never ran).
+    fn load_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Moves `handler`'s position forward to `to`; a lower `to` is ignored.
+    /// Returns the position now stored.
+    fn advance_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+        to: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Everything the engine needs from storage.
+pub trait Store: EventStore + SnapshotStore + PositionStore + Clone {}
+
+impl<T: EventStore + SnapshotStore + PositionStore + Clone> Store for T {}
