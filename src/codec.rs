@@ -85,6 +85,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
 }
 
+/// Decodes only the `(sequence, tick)` prefix of an encoded event envelope
+/// ([`crate::engine::EventEnvelope`]), without decoding the game event.
+///
+/// Stores use it to recover an event's tick from the bytes they hold. The
+/// version byte and the size limit are checked as in [`decode`]; bytes
+/// after the two numbers (the player and the event) are not looked at.
+pub fn decode_envelope_header(bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
+    if bytes.len() > MAX_DECODE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_DECODE_BYTES,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion { found: version });
+    }
+    // The envelope's first two fields, in declaration order.
+    let ((sequence, tick), _read) = bincode::serde::decode_from_slice::<(u64, u64), _>(body, CONFIG)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    Ok((sequence, tick))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +180,31 @@ mod tests {
         let mut bytes = vec![FORMAT_VERSION, 7, 252];
         bytes.extend_from_slice(&(1u32 << 30).to_le_bytes());
         assert!(decode::<Sample>(&bytes).is_err());
+    }
+
+    #[test]
+    fn envelope_header_is_sequence_and_tick() {
+        use crate::engine::EventEnvelope;
+        use crate::game::PlayerId;
+        for (sequence, tick) in [(0, 0), (7, 3), (250, 251), (70_000, 1 << 40), (u64::MAX, 1)] {
+            let envelope = EventEnvelope {
+                sequence,
+                tick,
+                player: PlayerId(9),
+                event: sample(),
+            };
+            let bytes = encode(&envelope).unwrap();
+            assert_eq!(decode_envelope_header(&bytes), Ok((sequence, tick)));
+        }
+        assert_eq!(decode_envelope_header(&[]), Err(DecodeError::Empty));
+        assert_eq!(
+            decode_envelope_header(&[2, 0, 0]),
+            Err(DecodeError::UnsupportedVersion { found: 2 })
+        );
+        assert!(matches!(
+            decode_envelope_header(&[FORMAT_VERSION, 253, 1]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     proptest! {

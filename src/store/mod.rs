@@ -1,8 +1,8 @@
 //! Storage behind traits: the per-match event log, snapshots and positions.
 //!
 //! The engine only talks to these traits. [`memory::MemoryStore`] is the
-//! embedded default; a Redis store implements the same traits. Key names
-//! live in [`keys`].
+//! embedded default; [`redis::RedisStore`] (single node or cluster)
+//! implements the same traits. Key names live in [`keys`].
 //!
 //! Rules every implementation keeps:
 //! - sequences per match are 0, 1, 2, … with no gaps, enforced by the
@@ -20,9 +20,11 @@ use crate::game::Tick;
 
 pub mod keys;
 pub mod memory;
+pub mod redis;
 
 pub use keys::{KeyError, MatchKey};
 pub use memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
 
 /// One stored event: its sequence, the tick it was applied on, and its
 /// encoded envelope (see [`crate::engine::EventEnvelope`]).

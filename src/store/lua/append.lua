@@ -1,0 +1,93 @@
+-- append.lua: appends the tick batches of several matches; each batch is
+-- checked and applied atomically (the whole call runs atomically anyway).
+--
+-- KEYS: two per batch, batch i (0-based) at KEYS[2i+1] = meta:{m},
+--       KEYS[2i+2] = events:{m}. In cluster mode all keys of one call share
+--       a slot (the caller groups batches by slot).
+-- ARGV: per batch, in KEYS order: first_sequence, next_sequence, head_tick
+--       (decimal strings), then next - first encoded envelopes, the events
+--       first, first + 1, ..., next - 1.
+-- Reply: a flat array of three integers per batch, in KEYS order:
+--       0, head, tick  appended (or already stored), match live
+--       1, head, tick  appended (or already stored), match ended
+--       2, head, 0     conflict: the batch does not start at the stored head
+--       3, seq, 0      diverged: event seq is stored with other bytes
+--       4, 0, 0        unknown match: no meta hash
+--       5, 0, 0        corrupt: meta hash or event log not as tickforge writes them
+--
+-- Numbers compare as Lua doubles: exact below 2^53, which the caller checks.
+-- Stored numbers are written from ARGV, never formatted by Lua.
+
+local out = {}
+local a = 1
+for k = 1, #KEYS, 2 do
+  local meta, events = KEYS[k], KEYS[k + 1]
+  local first, nxt, tick = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local p = a + 3 - first -- ARGV[p + s] is the event with sequence s
+  local nxt_arg, tick_arg = ARGV[a + 1], ARGV[a + 2]
+  a = a + 3 + nxt - first
+  local m = redis.call('HMGET', meta, 'head', 'tick', 'status')
+  local head, stored_tick, status = tonumber(m[1]), tonumber(m[2]), m[3]
+  local code, x, y = nil, 0, 0
+  if not m[1] then
+    code = 4
+  elseif not head or not stored_tick or (status ~= 'live' and status ~= 'ended') then
+    code = 5
+  elseif first > head or (first < head and nxt == first) then
+    code, x = 2, head
+  else
+    -- Events first .. min(nxt, head) - 1 are stored already: a retry must
+    -- carry them byte for byte.
+    local last = math.min(nxt, head) - 1
+    if last >= first then
+      local stored = redis.call('ZRANGE', events, first, last, 'BYSCORE')
+      if #stored ~= last - first + 1 then
+        code = 5
+      else
+        for s = first, last do
+          if stored[s - first + 1] ~= ARGV[p + s] then
+            code, x = 3, s
+            break
+          end
+        end
+      end
+    end
+    if not code then
+      local fields = {}
+      if nxt > head then
+        local z = {}
+        for s = head, nxt - 1 do
+          z[#z + 1] = s
+          z[#z + 1] = ARGV[p + s]
+          if #z >= 1000 then -- unpack() is bounded by the Lua stack
+            redis.call('ZADD', events, unpack(z))
+            z = {}
+          end
+        end
+        if #z > 0 then
+          redis.call('ZADD', events, unpack(z))
+        end
+        head = nxt
+        fields[#fields + 1] = 'head'
+        fields[#fields + 1] = nxt_arg
+      end
+      if tick > stored_tick then
+        stored_tick = tick
+        fields[#fields + 1] = 'tick'
+        fields[#fields + 1] = tick_arg
+      end
+      if #fields > 0 then
+        redis.call('HSET', meta, unpack(fields))
+      end
+      -- Hook (later task): PUBLISH (SPUBLISH in cluster mode) the appended
+      -- events here so followers see each batch; the channel shares the
+      -- match's hash tag.
+      if status == 'live' then code = 0 else code = 1 end
+      x, y = head, stored_tick
+    end
+  end
+  out[#out + 1] = code
+  out[#out + 1] = x
+  out[#out + 1] = y
+end
+return out

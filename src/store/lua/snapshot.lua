@@ -1,0 +1,24 @@
+-- snapshot.lua: stores a snapshot unless a newer one is stored
+-- (compare-and-set on (sequence, tick)).
+--
+-- KEYS[1]: snapshots:{m}   KEYS[2]: meta:{m}
+-- ARGV[1]: sequence, ARGV[2]: tick (decimal strings), ARGV[3]: encoded state
+-- Reply: 1 stored, 0 kept the newer stored snapshot, -1 unknown match,
+--        -2 the stored sequence or tick is not a number.
+
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return -1
+end
+local s = redis.call('HMGET', KEYS[1], 'sequence', 'tick')
+if s[1] or s[2] then
+  local seq, tick = tonumber(s[1]), tonumber(s[2])
+  if not seq or not tick then
+    return -2
+  end
+  local new_seq, new_tick = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if seq > new_seq or (seq == new_seq and tick > new_tick) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'sequence', ARGV[1], 'tick', ARGV[2], 'state', ARGV[3])
+return 1

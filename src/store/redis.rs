@@ -1,0 +1,864 @@
+//! The Redis store: single node (through a reconnecting
+//! [`ConnectionManager`]) or Redis Cluster (through a
+//! [`ClusterConnection`]), chosen by the number of URLs given to
+//! [`RedisStore::connect`].
+//!
+//! It owns the mapping of the store traits onto the key layout of
+//! [`super::keys`] and the Lua scripts in `src/store/lua/`; it leaves
+//! encoding to [`crate::codec`] and retry policy to its callers (the engine
+//! retries an append that failed as a whole; every write here is safe to
+//! retry).
+//!
+//! How each operation maps onto Redis:
+//!
+//! - **append**: one `append.lua` call carries many matches' batches. On a
+//!   single node every batch of an [`EventStore::append`] call goes into one
+//!   script call (split only past [`RedisOptions::max_batches_per_call`] or
+//!   [`RedisOptions::max_bytes_per_call`]). In cluster mode the keys of one
+//!   script call must share a slot, so batches are grouped by the slot of
+//!   their hash tag (CRC16, as Redis computes it) and the groups are sent
+//!   concurrently. The script checks and applies each batch atomically:
+//!   `meta:{m}` holds `head` and `tick`; a batch must start at `head`,
+//!   already-stored events must match byte for byte, new events are
+//!   `ZADD`ed with their sequence as score.
+//! - **read**: `ZRANGE events:{m} from +inf BYSCORE LIMIT 0 limit`; each
+//!   member is an encoded envelope, whose `(sequence, tick)` prefix is
+//!   decoded with [`codec::decode_envelope_header`]. Appends therefore
+//!   require every payload to be the encoded envelope of its event (checked
+//!   before sending), which also keeps members unique per sequence.
+//! - **create / finish / live_matches**: `matches:{d:e}` is the set of
+//!   *live* roots. `create` first `SADD`s the root, then `create.lua`
+//!   writes `meta:{m}` unless it exists; `finish` marks `status ended`
+//!   (`finish.lua`), then `SREM`s the root. The set lives in another slot
+//!   than the match's keys, hence the separate commands; `live_matches`
+//!   therefore trusts `meta:{m}` over the set: it lists roots whose status
+//!   is `live`, skips roots without meta (a create cut short), and prunes
+//!   ended roots it finds (a finish cut short, or a create that conflicted
+//!   with an ended match).
+//! - **snapshots**: `snapshot.lua` compare-and-sets `snapshots:{m}` on
+//!   `(sequence, tick)`; loading is one `HMGET`.
+//! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
+//!   only; loading is a `GET` (0 when absent).
+//!
+//! Requirements and limits: Redis 6.2 or later (`ZRANGE … BYSCORE`).
+//! Sequences, ticks and positions must stay below 2^53, the largest
+//! integers Lua compares exactly; larger values are refused as
+//! [`StoreError::Corrupt`] before anything is sent.
+//!
+//! Errors: connection, I/O, timeouts and refusals by the server (OOM,
+//! read-only replica, cluster down, …) are [`StoreError::Unavailable`];
+//! data of an unexpected type or shape is [`StoreError::Corrupt`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation};
+
+use super::{
+    AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
+    SnapshotStore, StoreError,
+};
+use crate::codec;
+
+/// Largest sequence, tick or position this store accepts: 2^53, the
+/// largest integer below which Lua (doubles) compares exactly.
+pub const MAX_EXACT: u64 = 1 << 53;
+
+/// Number of Redis Cluster hash slots.
+const CLUSTER_SLOTS: u16 = 16_384;
+
+const STATUS_LIVE: &str = "live";
+const STATUS_ENDED: &str = "ended";
+
+struct Scripts {
+    append: Script,
+    create: Script,
+    finish: Script,
+    snapshot: Script,
+    position: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    append: Script::new(include_str!("lua/append.lua")),
+    create: Script::new(include_str!("lua/create.lua")),
+    finish: Script::new(include_str!("lua/finish.lua")),
+    snapshot: Script::new(include_str!("lua/snapshot.lua")),
+    position: Script::new(include_str!("lua/position.lua")),
+});
+
+/// Connection settings for [`RedisStore::connect_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// How long one connection attempt may take.
+    pub connection_timeout: Duration,
+    /// How long a command may wait for its reply before the call fails as
+    /// [`StoreError::Unavailable`] (writes are safe to retry).
+    pub response_timeout: Duration,
+    /// Most batches carried by one append script call.
+    pub max_batches_per_call: usize,
+    /// Soft cap on the payload bytes of one append script call (a single
+    /// larger batch still goes out whole, in a call of its own).
+    pub max_bytes_per_call: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            max_batches_per_call: 2_048,
+            max_bytes_per_call: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(con) => cmd.query_async(&mut con.clone()).await,
+            Connection::Cluster(con) => cmd.query_async(&mut con.clone()).await,
+        }
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(con) => invocation.invoke_async(&mut con.clone()).await,
+            Connection::Cluster(con) => invocation.invoke_async(&mut con.clone()).await,
+        }
+    }
+
+    /// Runs independent commands: one pipeline on a single node,
+    /// concurrently in cluster mode (a cluster pipeline must stay in one
+    /// slot). Replies come back in order.
+    async fn query_many<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, RedisError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Connection::Single(con) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(&mut con.clone()).await
+            }
+            Connection::Cluster(con) => join_all(cmds.iter().map(|cmd| {
+                let mut con = con.clone();
+                async move { cmd.query_async::<T>(&mut con).await }
+            }))
+            .await
+            .into_iter()
+            .collect(),
+        }
+    }
+}
+
+/// The Redis backend of the store traits; clones share the connection.
+///
+/// ```no_run
+/// use tickforge::store::{EventStore, MatchKey, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // One URL: a single node. Several: the seed nodes of a cluster.
+/// let store = RedisStore::connect(&["redis://127.0.0.1:6379".to_owned()]).await?;
+/// let key = MatchKey::new("arena", "main", "m1")?;
+/// store.create(&key).await?;
+/// assert_eq!(store.head(&key).await?.map(|h| h.next_sequence), Some(0));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    options: RedisOptions,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.is_cluster())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects with [`RedisOptions::default`]: one URL means a single node
+    /// (reconnected automatically after a drop), several mean the seed
+    /// nodes of a Redis Cluster. `rediss://` URLs use TLS; a password (and
+    /// user name) may be given in the URL.
+    pub async fn connect(urls: &[String]) -> Result<RedisStore, StoreError> {
+        Self::connect_with(urls, RedisOptions::default()).await
+    }
+
+    /// Connects like [`RedisStore::connect`], with explicit options.
+    pub async fn connect_with(
+        urls: &[String],
+        options: RedisOptions,
+    ) -> Result<RedisStore, StoreError> {
+        if urls.iter().any(|url| url.starts_with("rediss://")) {
+            // redis-rs builds its rustls config from the process-wide
+            // provider; an error only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let shown = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
+        let unavailable =
+            |e: RedisError| StoreError::Unavailable(format!("cannot connect to {shown}: {e}"));
+        let connection = match urls {
+            [] => {
+                return Err(StoreError::Unavailable("no Redis URL given".to_owned()));
+            }
+            [url] => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connection_timeout))
+                    .set_response_timeout(Some(options.response_timeout));
+                let manager = ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(unavailable)?;
+                Connection::Single(manager)
+            }
+            seeds => {
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .connection_timeout(options.connection_timeout)
+                    .response_timeout(options.response_timeout)
+                    .build()
+                    .map_err(unavailable)?;
+                let connection = client.get_async_connection().await.map_err(unavailable)?;
+                Connection::Cluster(connection)
+            }
+        };
+        let store = RedisStore {
+            connection,
+            options,
+        };
+        // Fail now, not on the first append, if the server is unusable.
+        let pong: String = store
+            .connection
+            .query(&redis::cmd("PING"))
+            .await
+            .map_err(unavailable)?;
+        if pong != "PONG" {
+            return Err(StoreError::Unavailable(format!(
+                "{shown} answered PING with {pong:?}"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
+    /// Sends one group of already-validated batches as one script call and
+    /// returns each batch's result, in the group's order.
+    async fn append_group(
+        &self,
+        batches: &[&AppendBatch],
+    ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
+        let mut invocation = SCRIPTS.append.prepare_invoke();
+        for batch in batches {
+            invocation
+                .key(batch.key.meta_key())
+                .key(batch.key.events_key())
+                .arg(batch.first_sequence.to_string())
+                .arg(batch.next_sequence().to_string())
+                .arg(batch.head_tick.to_string());
+            for event in &batch.events {
+                invocation.arg(event.payload.as_slice());
+            }
+        }
+        let context = batches
+            .first()
+            .map(|b| b.key.events_key())
+            .unwrap_or_default();
+        let reply: Vec<i64> = self
+            .connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| redis_error(&context, e))?;
+        if reply.len() != batches.len() * 3 {
+            return Err(StoreError::Corrupt {
+                key: context,
+                reason: format!(
+                    "append script answered {} numbers for {} batches",
+                    reply.len(),
+                    batches.len()
+                ),
+            });
+        }
+        Ok(batches
+            .iter()
+            .zip(reply.chunks_exact(3))
+            .map(|(batch, r)| append_outcome(batch, r[0], r[1], r[2]))
+            .collect())
+    }
+
+    /// Splits `indices` (into `batches`) into script calls within the
+    /// per-call caps.
+    fn chunk_calls(&self, batches: &[AppendBatch], indices: Vec<usize>) -> Vec<Vec<usize>> {
+        let mut calls = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0;
+        for index in indices {
+            let size: usize = batches[index].events.iter().map(|e| e.payload.len()).sum();
+            if !current.is_empty()
+                && (current.len() >= self.options.max_batches_per_call
+                    || bytes + size > self.options.max_bytes_per_call)
+            {
+                calls.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.push(index);
+        }
+        if !current.is_empty() {
+            calls.push(current);
+        }
+        calls
+    }
+}
+
+/// Checks what Redis cannot: consecutive sequences, payloads that are the
+/// envelopes of their events, numbers Lua compares exactly.
+fn validate(batch: &AppendBatch) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: batch.key.events_key(),
+        reason,
+    };
+    if batch.next_sequence() > MAX_EXACT || batch.head_tick > MAX_EXACT {
+        return Err(corrupt(format!(
+            "sequence or tick beyond 2^53 (next sequence {}, tick {})",
+            batch.next_sequence(),
+            batch.head_tick
+        )));
+    }
+    for (offset, event) in batch.events.iter().enumerate() {
+        let sequence = batch.first_sequence + offset as u64;
+        if event.sequence != sequence {
+            return Err(corrupt(format!(
+                "batch is not consecutive: event {} at position {sequence}",
+                event.sequence
+            )));
+        }
+        match codec::decode_envelope_header(&event.payload) {
+            Ok(header) if header == (event.sequence, event.tick) => {}
+            Ok((s, t)) => {
+                return Err(corrupt(format!(
+                    "payload of event {sequence} (tick {}) is the envelope of event {s} (tick {t})",
+                    event.tick
+                )));
+            }
+            Err(e) => {
+                return Err(corrupt(format!(
+                    "payload of event {sequence} is not an event envelope: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch's result from the three numbers `append.lua` answers.
+fn append_outcome(batch: &AppendBatch, code: i64, a: i64, b: i64) -> Result<Head, StoreError> {
+    let key = &batch.key;
+    let number = |n: i64| {
+        u64::try_from(n).map_err(|_| StoreError::Corrupt {
+            key: key.meta_key(),
+            reason: format!("append script answered a negative number {n}"),
+        })
+    };
+    let head = |status| {
+        Ok(Head {
+            next_sequence: number(a)?,
+            tick: number(b)?,
+            status,
+        })
+    };
+    match code {
+        0 => head(MatchStatus::Live),
+        1 => head(MatchStatus::Ended),
+        2 => Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected: number(a)?,
+            found: batch.first_sequence,
+        }),
+        3 => Err(StoreError::Diverged {
+            key: key.to_string(),
+            sequence: number(a)?,
+        }),
+        4 => Err(StoreError::UnknownMatch(key.to_string())),
+        5 => Err(StoreError::Corrupt {
+            key: key.meta_key(),
+            reason: "meta hash or event log is not what tickforge writes".to_owned(),
+        }),
+        other => Err(StoreError::Corrupt {
+            key: key.meta_key(),
+            reason: format!("append script answered unknown code {other}"),
+        }),
+    }
+}
+
+/// The cluster slot of a match's keys: CRC16 of the hash tag's content.
+fn slot(key: &MatchKey) -> u16 {
+    let tag = format!("{}:{}:{}", key.domain(), key.edition(), key.root());
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
+/// Maps a client error: bad data is corrupt, anything else unavailable.
+fn redis_error(key: &str, error: RedisError) -> StoreError {
+    let corrupt = matches!(error.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType)
+        || error.code() == Some("WRONGTYPE");
+    if corrupt {
+        StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: error.to_string(),
+        }
+    } else {
+        StoreError::Unavailable(format!("{key}: {error}"))
+    }
+}
+
+fn parse_u64(key: &str, field: &str, value: &str) -> Result<u64, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: format!("{field} is {value:?}, not a number"),
+    })
+}
+
+/// A URL with its password replaced, fit for error messages and logs.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl EventStore for RedisStore {
+    async fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<Head, StoreError>>> = vec![None; batches.len()];
+        // Batches of one match must stay in one call, in order: they do,
+        // since a match always maps to one slot and chunks keep order.
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, batch) in batches.iter().enumerate() {
+            match validate(batch) {
+                Ok(()) => {
+                    let group = if self.is_cluster() { slot(&batch.key) } else { 0 };
+                    groups.entry(group).or_default().push(index);
+                }
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        let calls: Vec<Vec<usize>> = groups
+            .into_values()
+            .flat_map(|indices| self.chunk_calls(&batches, indices))
+            .collect();
+        // All calls go out at once: pipelined on the single connection (in
+        // order), spread over the nodes in cluster mode.
+        let replies = join_all(calls.iter().map(|call| {
+            let group: Vec<&AppendBatch> = call.iter().map(|&i| &batches[i]).collect();
+            async move { self.append_group(&group).await }
+        }))
+        .await;
+        for (call, reply) in calls.iter().zip(replies) {
+            // A failed call fails the whole append; the engine retries it
+            // as a whole, which is safe since stored events are skipped.
+            for (&index, result) in call.iter().zip(reply?) {
+                results[index] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| StoreError::Corrupt {
+                    key: String::new(),
+                    reason: "append script skipped a batch".to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    async fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events_key = key.events_key();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(&events_key)
+            .arg(from)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(i64::try_from(limit).unwrap_or(i64::MAX));
+        let members: Vec<Vec<u8>> = self
+            .connection
+            .query(&cmd)
+            .await
+            .map_err(|e| redis_error(&events_key, e))?;
+        members
+            .into_iter()
+            .enumerate()
+            .map(|(offset, payload)| {
+                let expected = from + offset as u64;
+                let (sequence, tick) =
+                    codec::decode_envelope_header(&payload).map_err(|e| StoreError::Corrupt {
+                        key: events_key.clone(),
+                        reason: format!("member {offset} from sequence {from}: {e}"),
+                    })?;
+                if sequence != expected {
+                    return Err(StoreError::Corrupt {
+                        key: events_key.clone(),
+                        reason: format!("expected event {expected}, found event {sequence}"),
+                    });
+                }
+                Ok(RecordedEvent {
+                    sequence,
+                    tick,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
+        let meta_key = key.meta_key();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&meta_key).arg("head").arg("tick").arg("status");
+        let (head, tick, status): (Option<String>, Option<String>, Option<String>) = self
+            .connection
+            .query(&cmd)
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        match (head, tick, status) {
+            (None, None, None) => Ok(None),
+            (Some(head), Some(tick), Some(status)) => Ok(Some(Head {
+                next_sequence: parse_u64(&meta_key, "head", &head)?,
+                tick: parse_u64(&meta_key, "tick", &tick)?,
+                status: match status.as_str() {
+                    STATUS_LIVE => MatchStatus::Live,
+                    STATUS_ENDED => MatchStatus::Ended,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            key: meta_key,
+                            reason: format!("status is {status:?}"),
+                        });
+                    }
+                },
+            })),
+            _ => Err(StoreError::Corrupt {
+                key: meta_key,
+                reason: "head, tick or status missing".to_owned(),
+            }),
+        }
+    }
+
+    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+        // Index first: a create cut short leaves a root without meta, which
+        // live_matches skips, rather than a match nobody lists.
+        let index_key = key.index_key();
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(&index_key).arg(key.root());
+        let _: i64 = self
+            .connection
+            .query(&sadd)
+            .await
+            .map_err(|e| redis_error(&index_key, e))?;
+        let meta_key = key.meta_key();
+        let reply: i64 = self
+            .connection
+            .invoke(&SCRIPTS.create.key(&meta_key))
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        match reply {
+            -1 => Ok(()),
+            head if head >= 0 => Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected: head as u64,
+                found: 0,
+            }),
+            _ => Err(StoreError::Corrupt {
+                key: meta_key,
+                reason: "existing meta hash has no numeric head".to_owned(),
+            }),
+        }
+    }
+
+    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+        let meta_key = key.meta_key();
+        let marked: i64 = self
+            .connection
+            .invoke(&SCRIPTS.finish.key(&meta_key))
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        if marked == 0 {
+            return Err(StoreError::UnknownMatch(key.to_string()));
+        }
+        let index_key = key.index_key();
+        let mut srem = redis::cmd("SREM");
+        srem.arg(&index_key).arg(key.root());
+        let _: i64 = self
+            .connection
+            .query(&srem)
+            .await
+            .map_err(|e| redis_error(&index_key, e))?;
+        Ok(())
+    }
+
+    async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
+        // Checks domain and edition (they become part of a key name).
+        let index_key = MatchKey::new(domain, edition, "_")?.index_key();
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(&index_key);
+        let roots: Vec<String> = self
+            .connection
+            .query(&smembers)
+            .await
+            .map_err(|e| redis_error(&index_key, e))?;
+        let keys = roots
+            .iter()
+            .map(|root| {
+                MatchKey::new(domain, edition, root).map_err(|e| StoreError::Corrupt {
+                    key: index_key.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let lookups = keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(key.meta_key()).arg("status");
+                cmd
+            })
+            .collect();
+        let statuses: Vec<Option<String>> = self
+            .connection
+            .query_many(lookups)
+            .await
+            .map_err(|e| redis_error(&index_key, e))?;
+        let mut live = Vec::new();
+        let mut ended = Vec::new();
+        for (key, status) in keys.into_iter().zip(statuses) {
+            match status.as_deref() {
+                Some(STATUS_LIVE) => live.push(key),
+                Some(STATUS_ENDED) => ended.push(key),
+                // No meta: a create still running or cut short.
+                None => {}
+                Some(other) => {
+                    return Err(StoreError::Corrupt {
+                        key: key.meta_key(),
+                        reason: format!("status is {other:?}"),
+                    });
+                }
+            }
+        }
+        if !ended.is_empty() {
+            let mut srem = redis::cmd("SREM");
+            srem.arg(&index_key);
+            for key in &ended {
+                srem.arg(key.root());
+            }
+            // Pruning is housekeeping; the listing is right either way.
+            if let Err(error) = self.connection.query::<i64>(&srem).await {
+                tracing::debug!(%error, index = %index_key, "pruning ended matches failed");
+            }
+        }
+        live.sort();
+        Ok(live)
+    }
+}
+
+impl SnapshotStore for RedisStore {
+    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        let snapshot_key = key.snapshot_key();
+        if snapshot.sequence > MAX_EXACT || snapshot.tick > MAX_EXACT {
+            return Err(StoreError::Corrupt {
+                key: snapshot_key,
+                reason: format!(
+                    "snapshot sequence {} or tick {} beyond 2^53",
+                    snapshot.sequence, snapshot.tick
+                ),
+            });
+        }
+        let mut invocation = SCRIPTS.snapshot.key(&snapshot_key);
+        invocation
+            .key(key.meta_key())
+            .arg(snapshot.sequence.to_string())
+            .arg(snapshot.tick.to_string())
+            .arg(snapshot.state.as_slice());
+        let reply: i64 = self
+            .connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| redis_error(&snapshot_key, e))?;
+        match reply {
+            1 => Ok(true),
+            0 => Ok(false),
+            -1 => Err(StoreError::UnknownMatch(key.to_string())),
+            _ => Err(StoreError::Corrupt {
+                key: snapshot_key,
+                reason: "stored sequence or tick is not a number".to_owned(),
+            }),
+        }
+    }
+
+    async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
+        let snapshot_key = key.snapshot_key();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&snapshot_key).arg("sequence").arg("tick").arg("state");
+        let (sequence, tick, state): (Option<String>, Option<String>, Option<Vec<u8>>) = self
+            .connection
+            .query(&cmd)
+            .await
+            .map_err(|e| redis_error(&snapshot_key, e))?;
+        match (sequence, tick, state) {
+            (None, None, None) => Ok(None),
+            (Some(sequence), Some(tick), Some(state)) => Ok(Some(Snapshot {
+                sequence: parse_u64(&snapshot_key, "sequence", &sequence)?,
+                tick: parse_u64(&snapshot_key, "tick", &tick)?,
+                state,
+            })),
+            _ => Err(StoreError::Corrupt {
+                key: snapshot_key,
+                reason: "sequence, tick or state missing".to_owned(),
+            }),
+        }
+    }
+}
+
+impl PositionStore for RedisStore {
+    async fn load_position(&self, handler: &str, key: &MatchKey) -> Result<u64, StoreError> {
+        let position_key = key.position_key(handler)?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&position_key);
+        let value: Option<String> = self
+            .connection
+            .query(&cmd)
+            .await
+            .map_err(|e| redis_error(&position_key, e))?;
+        value.map_or(Ok(0), |v| parse_u64(&position_key, "position", &v))
+    }
+
+    async fn advance_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        let position_key = key.position_key(handler)?;
+        if to > MAX_EXACT {
+            return Err(StoreError::Corrupt {
+                key: position_key,
+                reason: format!("position {to} beyond 2^53"),
+            });
+        }
+        let mut invocation = SCRIPTS.position.key(&position_key);
+        invocation.key(key.meta_key()).arg(to.to_string());
+        let reply: i64 = self
+            .connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| redis_error(&position_key, e))?;
+        match reply {
+            -1 => Err(StoreError::UnknownMatch(key.to_string())),
+            position if position >= 0 => Ok(position as u64),
+            _ => Err(StoreError::Corrupt {
+                key: position_key,
+                reason: "stored position is not a number".to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from CLUSTER KEYSLOT on Redis 7.0.
+        let slot_of = |root| slot(&MatchKey::new("arena", "main", root).unwrap());
+        assert_eq!(slot_of("m1"), 12677);
+        assert_eq!(slot_of("m42"), 2710);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("rediss://user:secret@host:6380/0"),
+            "rediss://user:***@host:6380/0"
+        );
+        assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn outcomes_map_to_errors() {
+        let key = MatchKey::new("arena", "main", "m1").unwrap();
+        let batch = AppendBatch {
+            key,
+            first_sequence: 5,
+            events: Vec::new(),
+            head_tick: 9,
+        };
+        assert_eq!(
+            append_outcome(&batch, 0, 3, 9),
+            Ok(Head {
+                next_sequence: 3,
+                tick: 9,
+                status: MatchStatus::Live
+            })
+        );
+        assert!(matches!(
+            append_outcome(&batch, 2, 3, 0),
+            Err(StoreError::Conflict {
+                expected: 3,
+                found: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            append_outcome(&batch, 3, 2, 0),
+            Err(StoreError::Diverged { sequence: 2, .. })
+        ));
+        assert!(matches!(
+            append_outcome(&batch, 4, 0, 0),
+            Err(StoreError::UnknownMatch(_))
+        ));
+        assert!(matches!(
+            append_outcome(&batch, 9, 0, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
