@@ -67,7 +67,9 @@ pub enum ConfigError {
         message: String,
     },
     /// `storage.backend` (or `STORAGE_BACKEND`) is neither memory nor redis.
-    #[error("{origin}: unknown storage backend {value:?} in {key} (expected \"memory\" or \"redis\")")]
+    #[error(
+        "{origin}: unknown storage backend {value:?} in {key} (expected \"memory\" or \"redis\")"
+    )]
     UnknownBackend {
         /// The file or "environment".
         origin: String,
@@ -170,12 +172,13 @@ impl Config {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        let invalid = |key: &str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            key: key.to_owned(),
-            value: value.to_string(),
-            reason: reason.to_owned(),
-        };
+        let invalid =
+            |key: &str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: key.to_owned(),
+                value: value.to_string(),
+                reason: reason.to_owned(),
+            };
         let defaults = EngineSettings::default();
         let e = raw.engine;
 
@@ -187,11 +190,21 @@ impl Config {
             .snapshot_every_ticks
             .unwrap_or(defaults.policy.snapshot_every_ticks);
         if snapshot_every_ticks == 0 {
-            return Err(invalid("engine.snapshot_every_ticks", &0, "must be at least 1"));
+            return Err(invalid(
+                "engine.snapshot_every_ticks",
+                &0,
+                "must be at least 1",
+            ));
         }
         let shards = match e.shards {
             None | Some(0) => defaults.shards,
-            Some(n) if n > 1024 => return Err(invalid("engine.shards", &n, "must be at most 1024 (0 = one per core)")),
+            Some(n) if n > 1024 => {
+                return Err(invalid(
+                    "engine.shards",
+                    &n,
+                    "must be at most 1024 (0 = one per core)",
+                ));
+            }
             Some(n) => n,
         };
         let positive = |key: &str, value: Option<usize>, default: usize| match value {
@@ -200,7 +213,11 @@ impl Config {
             None => Ok(default),
         };
         let shard_queue = positive("engine.shard_queue", e.shard_queue, defaults.shard_queue)?;
-        let max_pending = positive("engine.match_queue", e.match_queue, defaults.policy.max_pending)?;
+        let max_pending = positive(
+            "engine.match_queue",
+            e.match_queue,
+            defaults.policy.max_pending,
+        )?;
         let write_queue_ticks = positive(
             "engine.write_queue_ticks",
             e.write_queue_ticks,
@@ -211,12 +228,20 @@ impl Config {
             Some("async") => Durability::Async,
             Some("sync") => Durability::Sync,
             Some(other) => {
-                return Err(invalid("engine.durability", &format!("{other:?}"), "expected \"async\" or \"sync\""));
+                return Err(invalid(
+                    "engine.durability",
+                    &format!("{other:?}"),
+                    "expected \"async\" or \"sync\"",
+                ));
             }
         };
         let edition = e.edition.unwrap_or_else(|| DEFAULT_EDITION.to_owned());
         if let Err(error) = MatchKey::new("arena", &edition, "check") {
-            return Err(invalid("engine.edition", &format!("{edition:?}"), error.reason));
+            return Err(invalid(
+                "engine.edition",
+                &format!("{edition:?}"),
+                error.reason,
+            ));
         }
 
         let storage = storage_config(raw.storage, origin, &env)?;
@@ -244,15 +269,16 @@ fn storage_config(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<StorageConfig, ConfigError> {
     let env_url = env("REDIS_URL").filter(|u| !u.is_empty());
-    let (backend, backend_origin, backend_key) = match env("STORAGE_BACKEND").filter(|b| !b.is_empty()) {
-        Some(b) => (b, "environment".to_owned(), "STORAGE_BACKEND"),
-        None => match (raw.backend, &env_url) {
-            // REDIS_URL alone switches to Redis: the README's promise.
-            (_, Some(_)) => ("redis".to_owned(), "environment".to_owned(), "REDIS_URL"),
-            (Some(b), None) => (b, origin.to_owned(), "storage.backend"),
-            (None, None) => ("memory".to_owned(), origin.to_owned(), "storage.backend"),
-        },
-    };
+    let (backend, backend_origin, backend_key) =
+        match env("STORAGE_BACKEND").filter(|b| !b.is_empty()) {
+            Some(b) => (b, "environment".to_owned(), "STORAGE_BACKEND"),
+            None => match (raw.backend, &env_url) {
+                // REDIS_URL alone switches to Redis: the README's promise.
+                (_, Some(_)) => ("redis".to_owned(), "environment".to_owned(), "REDIS_URL"),
+                (Some(b), None) => (b, origin.to_owned(), "storage.backend"),
+                (None, None) => ("memory".to_owned(), origin.to_owned(), "storage.backend"),
+            },
+        };
     match backend.as_str() {
         "memory" => Ok(StorageConfig::Memory),
         "redis" => {
@@ -325,7 +351,10 @@ mod tests {
             "STORAGE_BACKEND" => Some("memory".to_owned()),
             _ => None,
         };
-        assert_eq!(Config::load_with_env(None, env).unwrap().storage, StorageConfig::Memory);
+        assert_eq!(
+            Config::load_with_env(None, env).unwrap().storage,
+            StorageConfig::Memory
+        );
     }
 
     #[test]
@@ -344,10 +373,19 @@ mod tests {
     fn out_of_range_values_name_key_and_file() {
         let err = Config::parse("[engine]\ntick_hz = 0\n", "t.toml", no_env).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "engine.tick_hz"), "{text}");
+        assert!(
+            matches!(err, ConfigError::Invalid { ref key, .. } if key == "engine.tick_hz"),
+            "{text}"
+        );
         assert!(text.contains("t.toml"), "{text}");
-        let err = Config::parse("[storage.redis]\nurl = \"http://x\"\n[storage]\nbackend = \"redis\"\n", "t.toml", no_env);
-        assert!(matches!(err, Err(ConfigError::Invalid { ref key, .. }) if key == "storage.redis.url"));
+        let err = Config::parse(
+            "[storage.redis]\nurl = \"http://x\"\n[storage]\nbackend = \"redis\"\n",
+            "t.toml",
+            no_env,
+        );
+        assert!(
+            matches!(err, Err(ConfigError::Invalid { ref key, .. }) if key == "storage.redis.url")
+        );
     }
 
     #[test]

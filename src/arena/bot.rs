@@ -36,28 +36,39 @@ impl Bot {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// The command this bot sends given the latest state it saw.
-    pub fn next_command(&mut self, arena: &Arena, state: &ArenaState) -> ArenaCommand {
+    /// The command this bot sends given the latest state it saw: a join
+    /// until it is in, nothing while tagged out, else a shot at whoever is
+    /// in line (turning first), else a step in its wandering direction.
+    pub fn next_command(&mut self, arena: &Arena, state: &ArenaState) -> Option<ArenaCommand> {
         let Some(me) = state.players.get(&self.player) else {
-            return ArenaCommand::Join {
+            return Some(ArenaCommand::Join {
                 name: format!("bot-{}", self.player.0),
-            };
+            });
         };
-        if me.respawn_at.is_none() && me.ready_at <= state.tick + 1 {
-            if let Some(dir) = Dir::ALL
-                .into_iter()
-                .find(|&d| arena.line_of_sight(state, me.pos, d).is_some())
-            {
-                return if dir == me.facing {
-                    ArenaCommand::Fire
-                } else {
-                    ArenaCommand::Turn(dir)
-                };
+        if me.respawn_at.is_some() {
+            return None;
+        }
+        if let Some(dir) = Dir::ALL
+            .into_iter()
+            .find(|&d| arena.line_of_sight(state, me.pos, d).is_some())
+        {
+            if dir != me.facing {
+                return Some(ArenaCommand::Turn(dir));
+            }
+            if me.ready_at <= state.tick + 1 {
+                return Some(ArenaCommand::Fire);
             }
         }
-        if self.next_random() % 8 == 0 || arena.map().blocked(self.heading.step(me.pos)) {
-            self.heading = Dir::ALL[(self.next_random() % 4) as usize];
+        let free = |d: Dir| {
+            let to = d.step(me.pos);
+            !arena.map().blocked(to) && !Arena::occupied(state, to)
+        };
+        if self.next_random() % 8 == 0 || !free(self.heading) {
+            let start = self.next_random() as usize;
+            if let Some(d) = (0..4).map(|i| Dir::ALL[(start + i) % 4]).find(|&d| free(d)) {
+                self.heading = d;
+            }
         }
-        ArenaCommand::Move(self.heading)
+        Some(ArenaCommand::Move(self.heading))
     }
 }

@@ -205,8 +205,22 @@ mod tests {
     #[test]
     fn bad_maps_name_their_fault() {
         assert_eq!(ArenaMap::parse(""), Err(MapError::Empty));
-        assert_eq!(ArenaMap::parse("#.\n#"), Err(MapError::Ragged { row: 1, found: 1, expected: 2 }));
-        assert_eq!(ArenaMap::parse("#x"), Err(MapError::UnknownCell { found: 'x', row: 0, column: 1 }));
+        assert_eq!(
+            ArenaMap::parse("#.\n#"),
+            Err(MapError::Ragged {
+                row: 1,
+                found: 1,
+                expected: 2
+            })
+        );
+        assert_eq!(
+            ArenaMap::parse("#x"),
+            Err(MapError::UnknownCell {
+                found: 'x',
+                row: 0,
+                column: 1
+            })
+        );
         assert_eq!(ArenaMap::parse("#."), Err(MapError::NoSpawn));
     }
 }

@@ -163,7 +163,8 @@ pub(crate) struct Route<G: Game> {
 
 struct ShardHandle<G: Game> {
     inbox: mpsc::Sender<ShardMsg<G>>,
-    task: JoinHandle<()>,
+    /// Taken by the first `shutdown`.
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The running engine. Clone the `Arc` to share it.
@@ -221,7 +222,7 @@ impl<G: Game, S: Store> Engine<G, S> {
             });
             shards.push(ShardHandle {
                 inbox: inbox_tx,
-                task,
+                task: std::sync::Mutex::new(Some(task)),
             });
             all_stats.push(stats);
         }
@@ -403,7 +404,8 @@ impl<G: Game, S: Store> Engine<G, S> {
 
     /// Stops every shard after its current tick: each takes a final
     /// snapshot of its matches and flushes all writes before this returns.
-    pub async fn shutdown(self) {
+    /// Later calls return at once; [`Engine::stats`] stays readable.
+    pub async fn shutdown(&self) {
         let mut waits = Vec::new();
         for shard in &self.shards {
             let (done, wait) = oneshot::channel();
@@ -414,8 +416,11 @@ impl<G: Game, S: Store> Engine<G, S> {
         for wait in waits {
             let _ = wait.await;
         }
-        for shard in self.shards {
-            let _ = shard.task.await;
+        for shard in &self.shards {
+            let task = shard.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
         }
     }
 }
