@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub type Tick = u64;
 
 /// A player's identity within a match.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PlayerId(pub u32);
 
 impl fmt::Display for PlayerId {

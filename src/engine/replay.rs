@@ -125,7 +125,8 @@ impl<'g, G: Game> Replayer<'g, G> {
             });
         }
         self.step_until(record.tick - 1);
-        self.game.apply(&mut self.state, record.tick, &envelope.event);
+        self.game
+            .apply(&mut self.state, record.tick, &envelope.event);
         self.next_sequence += 1;
         // `self.tick` stays one below the event's tick, so later events of
         // the same tick are still accepted; `open_tick` remembers that this

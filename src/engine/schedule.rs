@@ -50,7 +50,8 @@ impl TickSchedule {
 
     /// When tick `tick` is due, as an offset from the start.
     pub fn due_at(&self, tick: Tick) -> Duration {
-        self.period.saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX))
+        self.period
+            .saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
     /// Ticks that were due by `elapsed` (the count a drift-free loop has run).
@@ -103,7 +104,13 @@ mod tests {
     fn on_time_ticks_wait_for_their_due_time() {
         let mut s = TickSchedule::new(50); // 20 ms
         assert_eq!(s.poll(Duration::ZERO), Due::WaitUntil(20 * MS));
-        assert_eq!(s.poll(20 * MS), Due::Run { tick: 1, late: false });
+        assert_eq!(
+            s.poll(20 * MS),
+            Due::Run {
+                tick: 1,
+                late: false
+            }
+        );
         assert_eq!(s.poll(21 * MS), Due::WaitUntil(40 * MS));
         assert_eq!(s.late_ticks(), 0);
     }

@@ -210,7 +210,11 @@ impl<G: Game> Shard<G> {
                 };
                 self.stats.rejected.fetch_add(1, Relaxed);
                 if let (Some(reason), Some(reply)) = (refusal, reply) {
-                    send_reply(&reply, &root, CommandOutcome::Rejected(Rejection::new(reason)));
+                    send_reply(
+                        &reply,
+                        &root,
+                        CommandOutcome::Rejected(Rejection::new(reason)),
+                    );
                 }
             }
             ShardMsg::Shutdown { .. } => unreachable!("shutdown is handled by the loop"),
@@ -346,7 +350,9 @@ impl<G: Game> Shard<G> {
                     final_job.batches.push(batch);
                 }
                 if let Some(snapshot) = hosted.core.snapshot() {
-                    final_job.snapshots.push((hosted.core.key().clone(), snapshot));
+                    final_job
+                        .snapshots
+                        .push((hosted.core.key().clone(), snapshot));
                 }
             }
             // Waiting for room is right here: nothing ticks any more.
