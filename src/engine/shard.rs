@@ -188,6 +188,10 @@ impl<G: Game> Shard<G> {
                 self.stats.commands.fetch_add(1, Relaxed);
                 let refusal = match self.matches.get_mut(&root) {
                     None => Some("no such match on this server".to_owned()),
+                    Some(_) if self.backlog.is_some() => Some(
+                        "match paused: the store is unavailable and the write buffer is full"
+                            .to_owned(),
+                    ),
                     Some(hosted) => match &hosted.paused {
                         Some(reason) => Some(format!("match paused: {reason}")),
                         None => match hosted.core.handle_command(player, command, reply) {

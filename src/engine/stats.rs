@@ -22,6 +22,7 @@ pub struct ShardStats {
     pub(crate) persisted_events: AtomicU64,
     pub(crate) append_failures: AtomicU64,
     pub(crate) backlog_jobs: AtomicU64,
+    pub(crate) repaired_events: AtomicU64,
     /// Tick durations in microseconds.
     tick_micros: Mutex<Histogram<u64>>,
     /// Store append round trips in microseconds.
@@ -56,6 +57,7 @@ impl Default for ShardStats {
             persisted_events: AtomicU64::new(0),
             append_failures: AtomicU64::new(0),
             backlog_jobs: AtomicU64::new(0),
+            repaired_events: AtomicU64::new(0),
             tick_micros: Mutex::new(histogram()),
             append_micros: Mutex::new(histogram()),
         }
@@ -101,6 +103,8 @@ pub struct EngineStats {
     pub append_failures: u64,
     /// Write jobs waiting for the store.
     pub backlog_jobs: u64,
+    /// Events re-appended because the store had lost them.
+    pub repaired_events: u64,
     /// Tick durations (µs), merged over shards.
     pub tick_micros: Histogram<u64>,
     /// Append round trips (µs), merged over shards.
@@ -123,6 +127,7 @@ impl EngineStats {
             persisted_events: 0,
             append_failures: 0,
             backlog_jobs: 0,
+            repaired_events: 0,
             tick_micros: histogram(),
             append_micros: histogram(),
         };
@@ -140,6 +145,7 @@ impl EngineStats {
             total.persisted_events += s.persisted_events.load(Relaxed);
             total.append_failures += s.append_failures.load(Relaxed);
             total.backlog_jobs += s.backlog_jobs.load(Relaxed);
+            total.repaired_events += s.repaired_events.load(Relaxed);
             for (into, from) in [
                 (&mut total.tick_micros, &s.tick_micros),
                 (&mut total.append_micros, &s.append_micros),

@@ -7,7 +7,15 @@
 //! by the channel), then stores snapshots and end marks. A batch the store
 //! refuses for good (a conflict) is reported back so the shard pauses that
 //! match instead of forking or dropping its log.
+//!
+//! **Repair.** Redis with `appendfsync everysec` can come back from a crash
+//! holding less than it acknowledged. The writer keeps every match's
+//! acknowledged events since the snapshot before its latest one; when a
+//! batch finds the stored head *below* where it starts (or the match gone),
+//! the writer re-appends the missing tail from memory, logs it, and goes
+//! on. So a store crash loses nothing while the engine lives.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -17,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::engine::stats::ShardStats;
 use crate::game::Tick;
-use crate::store::{AppendBatch, MatchKey, Snapshot, Store, StoreError};
+use crate::store::{AppendBatch, Head, MatchKey, RecordedEvent, Snapshot, Store, StoreError};
 
 /// Backoff bounds while the store is unavailable.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -50,6 +58,48 @@ pub(crate) struct WriteFailure {
     pub error: StoreError,
 }
 
+/// The acknowledged events of one match the writer can still re-append.
+#[derive(Debug, Default)]
+struct RetainedLog {
+    events: VecDeque<RecordedEvent>,
+    /// Sequences of the last two acknowledged snapshots (older first).
+    snapshots: [u64; 2],
+}
+
+impl RetainedLog {
+    fn retain(&mut self, events: &[RecordedEvent]) {
+        self.events.extend(events.iter().cloned());
+    }
+
+    /// Keeps events from the snapshot before `sequence` on: enough to
+    /// rebuild even if the store also lost its newest snapshot.
+    fn snapshot_stored(&mut self, sequence: u64) {
+        if sequence <= self.snapshots[1] {
+            return;
+        }
+        self.snapshots = [self.snapshots[1], sequence];
+        let keep_from = self.snapshots[0];
+        while self.events.front().is_some_and(|e| e.sequence < keep_from) {
+            self.events.pop_front();
+        }
+    }
+
+    /// The retained events `from..to`, if all of them are still held.
+    fn range(&self, from: u64, to: u64) -> Option<Vec<RecordedEvent>> {
+        let first = self.events.front().map_or(to, |e| e.sequence);
+        if from < first && from < to {
+            return None;
+        }
+        Some(
+            self.events
+                .iter()
+                .filter(|e| (from..to).contains(&e.sequence))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 /// Runs until every sender of `jobs` is dropped and the queue is drained.
 pub(crate) async fn run_writer<S: Store>(
     store: S,
@@ -57,17 +107,28 @@ pub(crate) async fn run_writer<S: Store>(
     failures: mpsc::Sender<WriteFailure>,
     stats: Arc<ShardStats>,
 ) {
+    let mut retained: HashMap<MatchKey, RetainedLog> = HashMap::new();
     while let Some(job) = jobs.recv().await {
         stats.backlog_jobs.store(jobs.len() as u64, Relaxed);
         let mut refused: Vec<MatchKey> = Vec::new();
         if !job.batches.is_empty() {
             let results = append_with_retry(&store, &job.batches, &stats).await;
             for (batch, result) in job.batches.iter().zip(results) {
+                let result = match result {
+                    Err(error @ (StoreError::Conflict { .. } | StoreError::UnknownMatch(_))) => {
+                        repair(&store, batch, error, retained.get(&batch.key), &stats).await
+                    }
+                    other => other,
+                };
                 match result {
                     Ok(_) => {
                         stats
                             .persisted_events
                             .fetch_add(batch.events.len() as u64, Relaxed);
+                        retained
+                            .entry(batch.key.clone())
+                            .or_default()
+                            .retain(&batch.events);
                     }
                     Err(error) => {
                         tracing::error!(key = %batch.key, %error, tick = job.tick, "store refused a batch; pausing the match");
@@ -86,9 +147,14 @@ pub(crate) async fn run_writer<S: Store>(
             if refused.contains(key) {
                 continue;
             }
-            retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await;
+            if retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await {
+                if let Some(log) = retained.get_mut(key) {
+                    log.snapshot_stored(snapshot.sequence);
+                }
+            }
         }
         for key in &job.finished {
+            retained.remove(key);
             if !refused.contains(key) {
                 retry_unavailable(&stats, || store.finish(key)).await;
             }
@@ -97,6 +163,57 @@ pub(crate) async fn run_writer<S: Store>(
             let _ = ack.send(());
         }
     }
+}
+
+/// Handles a batch the store refused. If the store is *behind* (it lost
+/// acknowledged events, or the whole match), re-appends the missing tail
+/// from the retained log plus the batch; a store *ahead* of the batch means
+/// another writer, which is never overridden.
+async fn repair<S: Store>(
+    store: &S,
+    batch: &AppendBatch,
+    error: StoreError,
+    retained: Option<&RetainedLog>,
+    stats: &ShardStats,
+) -> Result<Head, StoreError> {
+    let stored_head = match &error {
+        StoreError::Conflict { expected, found, .. } if expected < found => *expected,
+        StoreError::UnknownMatch(_) => 0,
+        _ => return Err(error),
+    };
+    let empty = RetainedLog::default();
+    let Some(mut events) = retained
+        .unwrap_or(&empty)
+        .range(stored_head, batch.first_sequence)
+    else {
+        tracing::error!(key = %batch.key, stored_head, expected = batch.first_sequence,
+            "store lost more acknowledged events than the engine retains");
+        return Err(error);
+    };
+    if matches!(error, StoreError::UnknownMatch(_)) {
+        match store.create(&batch.key).await {
+            Ok(()) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let missing = events.len();
+    events.extend(batch.events.iter().cloned());
+    let repaired = AppendBatch {
+        key: batch.key.clone(),
+        first_sequence: stored_head,
+        events,
+        head_tick: batch.head_tick,
+    };
+    let result = append_with_retry(store, std::slice::from_ref(&repaired), stats)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Unavailable("empty append reply".into())));
+    if result.is_ok() {
+        stats.repaired_events.fetch_add(missing as u64, Relaxed);
+        tracing::warn!(key = %batch.key, stored_head, missing,
+            "store held less than it acknowledged; re-appended the missing events from memory");
+    }
+    result
 }
 
 async fn append_with_retry<S: Store>(
@@ -133,7 +250,8 @@ async fn append_with_retry<S: Store>(
 /// Retries a snapshot or end-mark write while the store is unavailable;
 /// any other error is logged and the write given up (both are re-derivable:
 /// the next snapshot supersedes it, restore replays from the log).
-async fn retry_unavailable<T, F, Fut>(stats: &ShardStats, mut write: F)
+/// Returns whether the write succeeded.
+async fn retry_unavailable<T, F, Fut>(stats: &ShardStats, mut write: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -141,7 +259,7 @@ where
     let mut backoff = FIRST_BACKOFF;
     loop {
         match write().await {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(StoreError::Unavailable(error)) => {
                 stats.append_failures.fetch_add(1, Relaxed);
                 tracing::warn!(%error, ?backoff, "store write failed; retrying");
@@ -150,7 +268,7 @@ where
             }
             Err(error) => {
                 tracing::error!(%error, "store write refused");
-                return;
+                return false;
             }
         }
     }
