@@ -20,10 +20,10 @@ use anyhow::Context;
 use clap::Parser;
 use tickforge::arena::Arena;
 use tickforge::arena::bot::Bot;
-use tickforge::config::{Config, StorageConfig};
+use tickforge::config::Config;
 use tickforge::engine::{Engine, EngineError, EngineStats};
 use tickforge::game::PlayerId;
-use tickforge::store::{MemoryStore, Store};
+use tickforge::store::{AnyStore, Store};
 
 #[derive(Debug, Parser)]
 #[command(about = "Host arena matches full of bots and show the engine live")]
@@ -57,13 +57,11 @@ async fn main() -> anyhow::Result<()> {
         "--players must be 1 to 16 (the arena's limit)"
     );
     let config = Config::load(args.config.as_deref()).context("loading configuration")?;
-    match &config.storage {
-        StorageConfig::Memory => run(MemoryStore::new(), "memory", &config, &args).await,
-        StorageConfig::Redis { .. } => anyhow::bail!(
-            "the redis backend is selected (REDIS_URL or config) but this build has no Redis store yet; \
-             unset REDIS_URL to use the embedded store"
-        ),
-    }
+    let store = AnyStore::open(&config.storage)
+        .await
+        .with_context(|| format!("opening the {:?} store", config.storage))?;
+    let name = store.name();
+    run(store, name, &config, &args).await
 }
 
 /// Everything the demo counts beyond the engine's own stats.

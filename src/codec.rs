@@ -103,8 +103,9 @@ pub fn decode_envelope_header(bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
         return Err(DecodeError::UnsupportedVersion { found: version });
     }
     // The envelope's first two fields, in declaration order.
-    let ((sequence, tick), _read) = bincode::serde::decode_from_slice::<(u64, u64), _>(body, CONFIG)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let ((sequence, tick), _read) =
+        bincode::serde::decode_from_slice::<(u64, u64), _>(body, CONFIG)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     Ok((sequence, tick))
 }
 

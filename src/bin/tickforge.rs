@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::codec;
-use tickforge::config::{Config, StorageConfig};
+use tickforge::config::Config;
 use tickforge::engine::{Engine, EventEnvelope};
 use tickforge::game::Game;
-use tickforge::store::{MatchKey, MemoryStore, Store};
+use tickforge::store::{AnyStore, MatchKey, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,13 +80,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    match &config.storage {
-        StorageConfig::Memory => dispatch(cli.command, &config, MemoryStore::new()).await,
-        StorageConfig::Redis { urls } => anyhow::bail!(
-            "storage backend redis ({}) is not available in this build yet",
-            urls.join(", ")
-        ),
-    }
+    let store = AnyStore::open(&config.storage)
+        .await
+        .with_context(|| format!("opening the {:?} store", config.storage))?;
+    dispatch(cli.command, &config, store).await
 }
 
 async fn dispatch<S: Store>(command: Command, config: &Config, store: S) -> anyhow::Result<()> {

@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::game::Tick;
 
+pub mod backend;
 pub mod keys;
 pub mod memory;
 pub mod redis;
 
+pub use self::redis::{RedisOptions, RedisStore};
+pub use backend::AnyStore;
 pub use keys::{KeyError, MatchKey};
 pub use memory::MemoryStore;
-pub use self::redis::{RedisOptions, RedisStore};
 
 /// One stored event: its sequence, the tick it was applied on, and its
 /// encoded envelope (see [`crate::engine::EventEnvelope`]).
@@ -153,10 +155,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// The stored head of a match, `None` if it was never created.
-    fn head(
-        &self,
-        key: &MatchKey,
-    ) -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
+    fn head(&self, key: &MatchKey)
+    -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
 
     /// Records a new match (head 0, tick 0, live). Creating an existing
     /// match is a [`StoreError::Conflict`].

@@ -1,0 +1,108 @@
+//! The backend chosen at run time from configuration.
+//!
+//! The engine is generic over [`Store`](super::Store); programs that pick
+//! the backend from a config file use [`AnyStore`], which forwards every
+//! call to the memory or Redis store it holds.
+
+use super::{
+    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, RedisStore,
+    Snapshot, SnapshotStore, StoreError,
+};
+use crate::config::StorageConfig;
+
+/// Either backend, as configured.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded in-memory store.
+    Memory(MemoryStore),
+    /// Redis, single node or cluster.
+    Redis(RedisStore),
+}
+
+impl AnyStore {
+    /// Opens the configured backend (connecting to Redis if selected).
+    pub async fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+        Ok(match config {
+            StorageConfig::Memory => Self::Memory(MemoryStore::new()),
+            StorageConfig::Redis { urls } => Self::Redis(RedisStore::connect(urls).await?),
+        })
+    }
+
+    /// "memory", "redis" or "redis-cluster", for logs and summaries.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(r) if r.is_cluster() => "redis-cluster",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Forwards one call to whichever backend is held.
+macro_rules! forward {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($store) => $call.await,
+            AnyStore::Redis($store) => $call.await,
+        }
+    };
+}
+
+impl EventStore for AnyStore {
+    async fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
+        forward!(self, s => s.append(batches))
+    }
+
+    async fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        forward!(self, s => s.read(key, from, limit))
+    }
+
+    async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
+        forward!(self, s => s.head(key))
+    }
+
+    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+        forward!(self, s => s.create(key))
+    }
+
+    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+        forward!(self, s => s.finish(key))
+    }
+
+    async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
+        forward!(self, s => s.live_matches(domain, edition))
+    }
+}
+
+impl SnapshotStore for AnyStore {
+    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        forward!(self, s => s.save_snapshot(key, snapshot))
+    }
+
+    async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
+        forward!(self, s => s.load_snapshot(key))
+    }
+}
+
+impl PositionStore for AnyStore {
+    async fn load_position(&self, handler: &str, key: &MatchKey) -> Result<u64, StoreError> {
+        forward!(self, s => s.load_position(handler, key))
+    }
+
+    async fn advance_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        forward!(self, s => s.advance_position(handler, key, to))
+    }
+}
