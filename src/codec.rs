@@ -65,6 +65,19 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
     Ok(out)
 }
 
+/// Appends the encoding of `value` (version byte plus body, exactly what
+/// [`encode`] returns) to `out`, so a caller can put a header before it
+/// without copying.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.push(FORMAT_VERSION);
+    bincode::serde::encode_into_std_write(value, out, CONFIG).map_err(|e| {
+        out.truncate(start);
+        EncodeError(e.to_string())
+    })?;
+    Ok(())
+}
+
 /// Decodes a value written by [`encode`], enforcing every limit above.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_DECODE_BYTES {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::engine::{Durability, EngineSettings, MatchPolicy};
+use crate::net::{DatagramLoss, NetConfig, ServerSecret, TlsSource};
 use crate::store::keys::{DEFAULT_EDITION, MatchKey};
 
 /// The default configuration file, as shipped.
@@ -26,6 +27,8 @@ pub struct Config {
     pub edition: String,
     /// Where matches are stored.
     pub storage: StorageConfig,
+    /// The QUIC server (`[net]`).
+    pub net: NetConfig,
 }
 
 /// The storage backend.
@@ -99,6 +102,28 @@ struct RawConfig {
     engine: RawEngine,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    net: RawNet,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNet {
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    dev_cert: Option<PathBuf>,
+    dev_key: Option<PathBuf>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    grace_seconds: Option<f64>,
+    state_every_ticks: Option<u64>,
+    max_frame_bytes: Option<usize>,
+    commands_per_second: Option<u32>,
+    open_mode: Option<bool>,
+    max_connections: Option<usize>,
+    test_datagram_loss_per_mille: Option<u16>,
+    test_datagram_loss_seed: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +270,7 @@ impl Config {
         }
 
         let storage = storage_config(raw.storage, origin, &env)?;
+        let net = net_config(raw.net, origin, &env)?;
         Ok(Config {
             engine: EngineSettings {
                 tick_hz,
@@ -259,8 +285,177 @@ impl Config {
             },
             edition,
             storage,
+            net,
         })
     }
+}
+
+fn net_config(
+    raw: RawNet,
+    origin: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<NetConfig, ConfigError> {
+    let invalid = |key: &str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key: key.to_owned(),
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    };
+    let defaults = NetConfig::default();
+    let listen = match raw.listen {
+        None => defaults.listen,
+        Some(text) => text.parse().map_err(|_| {
+            invalid(
+                "net.listen",
+                &format!("{text:?}"),
+                "expected an IP address and port, e.g. \"0.0.0.0:4433\"",
+            )
+        })?,
+    };
+    let tls = match (raw.cert, raw.key) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+        (None, None) => {
+            let TlsSource::Dev { cert, key } = TlsSource::default() else {
+                unreachable!("the default is a development certificate")
+            };
+            TlsSource::Dev {
+                cert: raw.dev_cert.unwrap_or(cert),
+                key: raw.dev_key.unwrap_or(key),
+            }
+        }
+        (Some(cert), None) => {
+            return Err(invalid(
+                "net.key",
+                &"(missing)",
+                &format!("net.cert = {:?} needs net.key as well", cert.display()),
+            ));
+        }
+        (None, Some(key)) => {
+            return Err(invalid(
+                "net.cert",
+                &"(missing)",
+                &format!("net.key = {:?} needs net.cert as well", key.display()),
+            ));
+        }
+    };
+    let env_secret = env("TICKFORGE_SECRET").filter(|s| !s.is_empty());
+    let secret_bytes = match (env_secret, raw.secret, raw.secret_file) {
+        (Some(secret), _, _) => Some((
+            "TICKFORGE_SECRET",
+            "environment".to_owned(),
+            secret.into_bytes(),
+        )),
+        (None, Some(_), Some(_)) => {
+            return Err(invalid(
+                "net.secret_file",
+                &"(set)",
+                "give net.secret or net.secret_file, not both",
+            ));
+        }
+        (None, Some(secret), None) => Some(("net.secret", origin.to_owned(), secret.into_bytes())),
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    ConfigError::NotFound { path: path.clone() }
+                } else {
+                    ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
+            Some((
+                "net.secret_file",
+                origin.to_owned(),
+                text.trim().as_bytes().to_vec(),
+            ))
+        }
+        (None, None, None) => None,
+    };
+    let secret =
+        match secret_bytes {
+            None => None,
+            Some((key, secret_origin, bytes)) => Some(ServerSecret::new(bytes).map_err(
+                |weak| ConfigError::Invalid {
+                    origin: secret_origin,
+                    key: key.to_owned(),
+                    value: "(redacted)".to_owned(),
+                    reason: weak.to_string(),
+                },
+            )?),
+        };
+    let grace = match raw.grace_seconds {
+        None => defaults.grace,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+            std::time::Duration::from_secs_f64(s)
+        }
+        Some(s) => {
+            return Err(invalid(
+                "net.grace_seconds",
+                &s,
+                "must be more than 0 and at most 86400",
+            ));
+        }
+    };
+    let state_every_ticks = match raw.state_every_ticks {
+        None => defaults.state_every_ticks,
+        Some(n @ 1..=1000) => n,
+        Some(n) => return Err(invalid("net.state_every_ticks", &n, "must be 1 to 1000")),
+    };
+    let max_frame_bytes = match raw.max_frame_bytes {
+        None => defaults.max_frame_bytes,
+        Some(n @ 256..=16_777_216) => n,
+        Some(n) => {
+            return Err(invalid(
+                "net.max_frame_bytes",
+                &n,
+                "must be 256 to 16777216",
+            ));
+        }
+    };
+    let commands_per_second = match raw.commands_per_second {
+        None => defaults.commands_per_second,
+        Some(n @ 1..=100_000) => n,
+        Some(n) => {
+            return Err(invalid(
+                "net.commands_per_second",
+                &n,
+                "must be 1 to 100000",
+            ));
+        }
+    };
+    let max_connections = match raw.max_connections {
+        None => defaults.max_connections,
+        Some(0) => return Err(invalid("net.max_connections", &0, "must be at least 1")),
+        Some(n) => n,
+    };
+    let datagram_loss = match raw.test_datagram_loss_per_mille {
+        None | Some(0) => None,
+        Some(n @ 1..=1000) => Some(DatagramLoss {
+            per_mille: n,
+            seed: raw.test_datagram_loss_seed.unwrap_or(1),
+        }),
+        Some(n) => {
+            return Err(invalid(
+                "net.test_datagram_loss_per_mille",
+                &n,
+                "must be 0 to 1000",
+            ));
+        }
+    };
+    Ok(NetConfig {
+        listen,
+        tls,
+        secret,
+        grace,
+        state_every_ticks,
+        max_frame_bytes,
+        commands_per_second,
+        open_mode: raw.open_mode.unwrap_or(defaults.open_mode),
+        max_connections,
+        datagram_loss,
+        ..defaults
+    })
 }
 
 fn storage_config(
@@ -385,6 +580,42 @@ mod tests {
         );
         assert!(
             matches!(err, Err(ConfigError::Invalid { ref key, .. }) if key == "storage.redis.url")
+        );
+    }
+
+    #[test]
+    fn the_net_table_is_read_and_checked() {
+        let config = Config::load_with_env(None, no_env).unwrap();
+        assert_eq!(config.net.grace, std::time::Duration::from_secs(30));
+        assert!(!config.net.open_mode);
+        assert!(config.net.secret.is_none());
+        let text = "[net]\nlisten = \"0.0.0.0:5000\"\nsecret = \"a secret of enough bytes\"\n\
+                    grace_seconds = 0.5\nstate_every_ticks = 2\nopen_mode = true\n";
+        let config = Config::parse(text, "t.toml", no_env).unwrap();
+        assert_eq!(config.net.listen.port(), 5000);
+        assert_eq!(config.net.grace, std::time::Duration::from_millis(500));
+        assert_eq!(config.net.state_every_ticks, 2);
+        assert!(config.net.open_mode && config.net.secret.is_some());
+        let err = Config::parse("[net]\nsecret = \"short\"\n", "t.toml", no_env).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { ref key, .. } if key == "net.secret"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("short"),
+            "the secret is not echoed: {err}"
+        );
+        let err = Config::parse("[net]\ncert = \"c.pem\"\n", "t.toml", no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "net.key"));
+        let err = Config::parse("[net]\nlisten = \"nowhere\"\n", "t.toml", no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "net.listen"));
+        let env = |k: &str| (k == "TICKFORGE_SECRET").then(|| "x".repeat(32));
+        assert!(
+            Config::load_with_env(None, env)
+                .unwrap()
+                .net
+                .secret
+                .is_some()
         );
     }
 

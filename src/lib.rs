@@ -13,6 +13,8 @@
 //! - [`store`]: storage traits, key layout, the embedded memory store.
 //! - [`codec`]: the one place that encodes and decodes bytes.
 //! - [`config`]: TOML plus environment into a validated [`config::Config`].
+//! - [`net`]: the QUIC server and [`client`] library: tickets, commands,
+//!   state deltas over datagrams, sequenced events, rejoin, spectators.
 //!
 //! ```
 //! use tickforge::arena::{Arena, ArenaCommand, Dir};
@@ -45,4 +47,7 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod game;
+pub mod net;
 pub mod store;
+
+pub use net::client;

@@ -1,0 +1,187 @@
+//! A generic state delta: XOR against a baseline encoding, then compress.
+//!
+//! Works for any state: both sides hold the codec encoding of the baseline
+//! state, the server XORs the new encoding into it (the shorter one padded
+//! with zeros, the new length carried) and compresses the result with LZ4,
+//! which is mostly zeros when little changed. When there is no baseline, or
+//! the patch would not be smaller than the state itself, the whole state
+//! goes instead. Pure functions over byte slices; which baseline a client
+//! acknowledged is the server's bookkeeping.
+
+use serde::{Deserialize, Serialize};
+
+/// A state as sent: whole, or as a patch against a baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Patch {
+    /// The whole new encoding.
+    Full(Vec<u8>),
+    /// LZ4 of the XOR of baseline and new encoding (zero-padded to the
+    /// longer of the two); `len` is the new encoding's length.
+    Xor {
+        /// Length of the new encoding.
+        len: u32,
+        /// The compressed XOR.
+        compressed: Vec<u8>,
+    },
+}
+
+/// Why a patch could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeltaError {
+    /// A delta arrived but there is no baseline to apply it to.
+    #[error("a delta needs a baseline state")]
+    MissingBaseline,
+    /// The patch announces a state over the caller's limit.
+    #[error("patched state of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The compressed bytes are corrupt or of the wrong length.
+    #[error("corrupt delta: {0}")]
+    Corrupt(String),
+}
+
+/// The patch taking `baseline` to `new`: a delta when there is a baseline
+/// and the delta is smaller than `new`, else the whole of `new`.
+pub fn diff(baseline: Option<&[u8]>, new: &[u8]) -> Patch {
+    let Some(base) = baseline else {
+        return Patch::Full(new.to_vec());
+    };
+    let Ok(len) = u32::try_from(new.len()) else {
+        return Patch::Full(new.to_vec());
+    };
+    let width = base.len().max(new.len());
+    let xor: Vec<u8> = (0..width)
+        .map(|i| base.get(i).copied().unwrap_or(0) ^ new.get(i).copied().unwrap_or(0))
+        .collect();
+    let compressed = lz4_flex::block::compress(&xor);
+    // The length field costs up to five bytes on the wire.
+    if compressed.len() + 5 < new.len() {
+        Patch::Xor { len, compressed }
+    } else {
+        Patch::Full(new.to_vec())
+    }
+}
+
+/// Rebuilds the new encoding from `baseline` and `patch`, refusing a
+/// result longer than `limit` bytes.
+pub fn apply(baseline: Option<&[u8]>, patch: &Patch, limit: usize) -> Result<Vec<u8>, DeltaError> {
+    match patch {
+        Patch::Full(bytes) => {
+            if bytes.len() > limit {
+                return Err(DeltaError::TooLarge {
+                    len: bytes.len(),
+                    limit,
+                });
+            }
+            Ok(bytes.clone())
+        }
+        Patch::Xor { len, compressed } => {
+            let base = baseline.ok_or(DeltaError::MissingBaseline)?;
+            let len = *len as usize;
+            if len > limit {
+                return Err(DeltaError::TooLarge { len, limit });
+            }
+            let width = base.len().max(len);
+            let xor = lz4_flex::block::decompress(compressed, width)
+                .map_err(|e| DeltaError::Corrupt(e.to_string()))?;
+            if xor.len() != width {
+                return Err(DeltaError::Corrupt(format!(
+                    "{} bytes after decompression, {width} expected",
+                    xor.len()
+                )));
+            }
+            Ok((0..len)
+                .map(|i| xor[i] ^ base.get(i).copied().unwrap_or(0))
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn no_baseline_is_a_full_state() {
+        assert_eq!(diff(None, b"abc"), Patch::Full(b"abc".to_vec()));
+    }
+
+    #[test]
+    fn a_small_change_is_a_small_delta() {
+        let base: Vec<u8> = (0..2000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = base.clone();
+        new[100] ^= 0x55;
+        new.extend_from_slice(b"tail");
+        let patch = diff(Some(&base), &new);
+        let Patch::Xor { compressed, .. } = &patch else {
+            panic!("expected a delta, got {patch:?}");
+        };
+        assert!(compressed.len() < 100, "{} bytes", compressed.len());
+        assert_eq!(apply(Some(&base), &patch, 1 << 20).unwrap(), new);
+    }
+
+    #[test]
+    fn bad_patches_are_errors() {
+        let patch = Patch::Xor {
+            len: 10,
+            compressed: vec![0xff; 3],
+        };
+        assert!(matches!(
+            apply(Some(b"0123456789"), &patch, 100),
+            Err(DeltaError::Corrupt(_))
+        ));
+        assert_eq!(apply(None, &patch, 100), Err(DeltaError::MissingBaseline));
+        let patch = Patch::Xor {
+            len: u32::MAX,
+            compressed: vec![],
+        };
+        assert!(matches!(
+            apply(Some(b""), &patch, 100),
+            Err(DeltaError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn apply_inverts_diff(
+            base in proptest::collection::vec(any::<u8>(), 0..600),
+            new in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let patch = diff(Some(&base), &new);
+            prop_assert_eq!(apply(Some(&base), &patch, 1 << 16).unwrap(), new.clone());
+            let full = diff(None, &new);
+            prop_assert_eq!(apply(None, &full, 1 << 16).unwrap(), new);
+        }
+
+        #[test]
+        fn near_copies_round_trip(
+            base in proptest::collection::vec(any::<u8>(), 1..600),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            grow in 0usize..40,
+        ) {
+            let mut new = base.clone();
+            for (at, bits) in flips {
+                let i = at % new.len();
+                new[i] ^= bits;
+            }
+            new.resize(base.len() + grow, 7);
+            let patch = diff(Some(&base), &new);
+            prop_assert_eq!(apply(Some(&base), &patch, 1 << 16).unwrap(), new);
+        }
+
+        #[test]
+        fn random_patches_never_panic(
+            base in proptest::collection::vec(any::<u8>(), 0..100),
+            len in 0u32..300,
+            compressed in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let _ = apply(Some(&base), &Patch::Xor { len, compressed }, 256);
+        }
+    }
+}

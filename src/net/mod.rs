@@ -1,0 +1,190 @@
+//! The network layer: players and spectators reach the engine over QUIC.
+//!
+//! This module owns everything between a socket and [`crate::engine::Engine`]:
+//! the wire protocol, admission, the state stream and the client library.
+//! It leaves the simulation, persistence and tick pacing to the engine; a
+//! match knows nothing about connections.
+//!
+//! - [`protocol`]: pure framing and the message enums, versioned by [`protocol::ALPN`].
+//!   No I/O; decoding tells "need more bytes", "too large" and "malformed" apart.
+//! - [`tickets`]: pure HMAC-SHA256 admission tickets and resume tokens; callers pass `now`.
+//! - [`delta`]: pure XOR-and-compress state deltas against a client's acknowledged baseline.
+//! - [`limits`]: the per-connection token bucket, pure (time is an argument).
+//! - [`tls`]: certificates from files, or a self-signed development certificate.
+//! - [`server`]: one quinn endpoint hosting many matches (listener, per-connection
+//!   handler, connection limit, shutdown, then endpoint close and wait-idle).
+//! - [`client`]: the async client library (connect, join, commands, states,
+//!   events, automatic reconnect with the resume token).
+//!
+//! The handoff: a client's `Hello` is admitted by ticket (or resume token,
+//! or open mode); its commands go to [`Engine::submit`](crate::engine::Engine::submit)
+//! with a reply channel and come back as `CommandResult`s; every
+//! `state_every_ticks` ticks the client gets one datagram holding a delta
+//! against the last state it acknowledged; the game's significant events
+//! ([`NetGame::is_reliable`]) follow on the reliable control stream with
+//! their sequence. The wire format is documented in `docs/PROTOCOL.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState};
+use crate::game::{Game, PlayerId};
+
+pub mod client;
+pub mod delta;
+pub mod limits;
+pub mod protocol;
+pub mod server;
+mod slots;
+pub mod tickets;
+pub mod tls;
+
+pub use protocol::{CloseCode, Role};
+pub use server::{NetError, NetStats, Server, serve};
+pub use tickets::{ServerSecret, TicketError, mint_ticket};
+
+/// What the network layer needs to know about a game beyond [`Game`].
+///
+/// The server makes join and leave commands on a player's behalf (a new
+/// player entering, a dropped player's grace window running out), finds
+/// who is in a state (rejoin after a restart, free player ids in open
+/// mode), and sends only the events that must not be lost reliably.
+pub trait NetGame: Game {
+    /// The command that enters `player` into a match under `name`.
+    fn join_command(&self, name: &str) -> Self::Command;
+
+    /// The command that takes a player out of a match.
+    fn leave_command(&self) -> Self::Command;
+
+    /// The players present in `state`.
+    fn players(&self, state: &Self::State) -> Vec<PlayerId>;
+
+    /// Whether `event` goes to clients on the reliable stream (joins,
+    /// leaves, scores). Other events show only through states.
+    fn is_reliable(&self, event: &Self::Event) -> bool {
+        let _ = event;
+        true
+    }
+}
+
+impl NetGame for Arena {
+    fn join_command(&self, name: &str) -> ArenaCommand {
+        ArenaCommand::Join {
+            name: name.to_owned(),
+        }
+    }
+
+    fn leave_command(&self) -> ArenaCommand {
+        ArenaCommand::Leave
+    }
+
+    fn players(&self, state: &ArenaState) -> Vec<PlayerId> {
+        state.players.keys().copied().collect()
+    }
+
+    fn is_reliable(&self, event: &ArenaEvent) -> bool {
+        match event {
+            ArenaEvent::Joined { .. } | ArenaEvent::Left { .. } => true,
+            // A score: a shot that tagged someone.
+            ArenaEvent::Fired { tagged, .. } => tagged.is_some(),
+            ArenaEvent::Moved { .. } => false,
+        }
+    }
+}
+
+/// Where the server's TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A certificate chain and private key from files (PEM or DER).
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate for `localhost` and `127.0.0.1`, for
+    /// development. It is read from `cert` and `key` when both exist (so a
+    /// restarted server keeps the certificate its clients trust) and
+    /// generated and written there otherwise. Clients read `cert` (DER).
+    Dev {
+        /// Where the certificate (DER) is written for clients to trust.
+        cert: PathBuf,
+        /// Where its private key (PKCS#8 DER) is kept.
+        key: PathBuf,
+    },
+}
+
+impl Default for TlsSource {
+    fn default() -> Self {
+        TlsSource::Dev {
+            cert: PathBuf::from(DEFAULT_DEV_CERT),
+            key: PathBuf::from(DEFAULT_DEV_KEY),
+        }
+    }
+}
+
+/// Where the development certificate is written by default.
+pub const DEFAULT_DEV_CERT: &str = "target/tickforge-dev-cert.der";
+/// Where the development certificate's key is kept by default.
+pub const DEFAULT_DEV_KEY: &str = "target/tickforge-dev-key.der";
+
+/// A test hook: the server drops this share of its outgoing state
+/// datagrams, chosen by a seeded generator. Reliable traffic is untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramLoss {
+    /// Dropped per thousand datagrams (50 = 5 %).
+    pub per_mille: u16,
+    /// Seed of the generator (each connection derives its own from it).
+    pub seed: u64,
+}
+
+/// How the network layer runs; the `[net]` table of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// The server certificate.
+    pub tls: TlsSource,
+    /// The HMAC secret for tickets and resume tokens. `None` draws a random
+    /// one at start: then no ticket minted elsewhere is valid and resume
+    /// tokens do not survive a restart (the server logs a warning).
+    pub secret: Option<ServerSecret>,
+    /// How long a dropped player's slot is kept for it to resume.
+    pub grace: Duration,
+    /// A state goes to each client every this many ticks.
+    pub state_every_ticks: u64,
+    /// Largest frame accepted on a reliable stream, in bytes.
+    pub max_frame_bytes: usize,
+    /// Commands one connection may send per second (burst of the same size).
+    pub commands_per_second: u32,
+    /// Admit `Hello`s without a ticket and create matches on demand (demo only).
+    pub open_mode: bool,
+    /// Connections served at once; further ones wait for a free place.
+    pub max_connections: usize,
+    /// How long a new connection has to send its `Hello`.
+    pub hello_timeout: Duration,
+    /// A connection silent for this long is dropped (clients keep it alive).
+    pub idle_timeout: Duration,
+    /// Test hook: drop some outgoing state datagrams. `None` in production.
+    pub datagram_loss: Option<DatagramLoss>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            tls: TlsSource::default(),
+            secret: None,
+            grace: Duration::from_secs(30),
+            state_every_ticks: 1,
+            max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
+            commands_per_second: 120,
+            open_mode: false,
+            max_connections: 10_000,
+            hello_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            datagram_loss: None,
+        }
+    }
+}

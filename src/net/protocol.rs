@@ -1,0 +1,539 @@
+//! The wire protocol: message types and framing, with no I/O.
+//!
+//! The protocol version is the ALPN string [`ALPN`]; a peer speaking another
+//! version fails the TLS handshake. On a reliable stream every message is a
+//! frame: a 4-byte big-endian length, then the message encoded by
+//! [`crate::codec`] (version byte plus body). A datagram holds exactly one
+//! encoded message and no length. Decoding never trusts a length: a frame
+//! over the limit is [`FrameError::TooLarge`] as soon as its header is seen,
+//! a short buffer is [`FrameError::Incomplete`], and bytes that do not
+//! decode are [`FrameError::Malformed`]. Sockets and buffering belong to
+//! [`super::server`] and [`super::client`]; `docs/PROTOCOL.md` is the
+//! reference for other implementations.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::engine::EventEnvelope;
+use crate::game::{PlayerId, Tick};
+
+/// The ALPN protocol id: names this protocol and its version.
+pub const ALPN: &[u8] = b"tickforge/1";
+
+/// Bytes of the length prefix of a frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// The default largest frame body accepted (64 KiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Application error codes a connection is closed with.
+///
+/// The close reason carries a human-readable text as well; the code is
+/// what programs act on. Codes below 16 are about the connection, from 16
+/// on about admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// A normal close (the client left, or the match ended).
+    Normal = 0,
+    /// The server is shutting down; resume later with the same token.
+    ServerShutdown = 1,
+    /// A frame or datagram did not decode, or a message came out of order.
+    Malformed = 2,
+    /// A frame was larger than the server's limit.
+    FrameTooLarge = 3,
+    /// Commands or frames came faster than the per-connection limit.
+    RateLimited = 4,
+    /// The client fell too far behind on reliable events.
+    Lagging = 5,
+    /// No `Hello` arrived in time.
+    HelloTimeout = 6,
+    /// The ticket's MAC does not match: not minted with this server's secret.
+    TicketForged = 16,
+    /// The ticket's expiry has passed.
+    TicketExpired = 17,
+    /// The ticket or token is for another match than the one asked for.
+    WrongMatch = 18,
+    /// The ticket or token is not in the ticket format.
+    TicketMalformed = 19,
+    /// The resume token's slot is gone (grace window over, or superseded).
+    ResumeRefused = 20,
+    /// A `Hello` without a ticket while open mode is off.
+    OpenModeDisabled = 21,
+    /// The match does not exist here and cannot be created.
+    UnknownMatch = 22,
+    /// The match is over.
+    MatchOver = 23,
+    /// The game refused to let the player join.
+    JoinRejected = 24,
+    /// A newer connection took this player's slot.
+    Replaced = 25,
+    /// The server failed internally (engine or store); try again later.
+    Internal = 26,
+}
+
+impl CloseCode {
+    /// Every code, for lookups.
+    pub const ALL: [CloseCode; 18] = [
+        CloseCode::Normal,
+        CloseCode::ServerShutdown,
+        CloseCode::Malformed,
+        CloseCode::FrameTooLarge,
+        CloseCode::RateLimited,
+        CloseCode::Lagging,
+        CloseCode::HelloTimeout,
+        CloseCode::TicketForged,
+        CloseCode::TicketExpired,
+        CloseCode::WrongMatch,
+        CloseCode::TicketMalformed,
+        CloseCode::ResumeRefused,
+        CloseCode::OpenModeDisabled,
+        CloseCode::UnknownMatch,
+        CloseCode::MatchOver,
+        CloseCode::JoinRejected,
+        CloseCode::Replaced,
+        CloseCode::Internal,
+    ];
+
+    /// The numeric code sent on the wire.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The code for a number received on the wire, if it is one of ours.
+    pub fn from_code(code: u64) -> Option<CloseCode> {
+        CloseCode::ALL
+            .into_iter()
+            .find(|c| u64::from(c.code()) == code)
+    }
+
+    /// Whether a client should reconnect (with its resume token) after a
+    /// close with this code. Admission refusals and protocol violations
+    /// are final; a shutdown, a lag or a server failure are not.
+    pub fn may_resume(self) -> bool {
+        matches!(
+            self,
+            CloseCode::ServerShutdown | CloseCode::Lagging | CloseCode::Internal
+        )
+    }
+}
+
+/// Whether a connection plays or only watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Holds a slot in the match and sends commands.
+    Player,
+    /// Read-only: receives states and events, sends no commands.
+    Spectator,
+}
+
+/// How a client proves it may enter a match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Credential {
+    /// An admission ticket minted with the server secret (see [`super::tickets`]).
+    Ticket(String),
+    /// The resume token from an earlier `Welcome`.
+    Resume(String),
+    /// No proof: only accepted by a server in open mode.
+    Open,
+}
+
+/// The first message on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The match to enter.
+    pub match_id: String,
+    /// Ticket, resume token, or nothing (open mode).
+    pub credential: Credential,
+    /// Player or spectator.
+    pub role: Role,
+    /// The display name used when the server makes the join command.
+    pub name: Option<String>,
+    /// On a resume: every reliable event below this sequence was received;
+    /// the server sends the ones from here on that it still can.
+    pub events_from: Option<u64>,
+}
+
+/// Client to server, on the control stream. `C` is the game's command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg<C> {
+    /// The first frame of a connection; exactly once.
+    Hello(Hello),
+    /// A command, numbered by the client; answered by a `CommandResult`.
+    Command {
+        /// The client's number for it, echoed in the result.
+        client_seq: u64,
+        /// The game command.
+        command: C,
+    },
+    /// The state of `tick` was received and may serve as a delta baseline.
+    Ack {
+        /// The tick acknowledged.
+        tick: Tick,
+    },
+}
+
+/// The server's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandStatus {
+    /// Applied on `tick` as events `first_sequence..first_sequence + events`.
+    Accepted {
+        /// The tick it was applied on; the first state at or after it shows it.
+        tick: Tick,
+        /// Sequence of its first event.
+        first_sequence: u64,
+        /// How many events it produced.
+        events: u32,
+    },
+    /// Refused; nothing changed.
+    Rejected {
+        /// Why, for the player.
+        reason: String,
+    },
+}
+
+/// The server's answer to a `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The match entered.
+    pub match_id: String,
+    /// The player slot held (`None` for a spectator).
+    pub player: Option<PlayerId>,
+    /// Player or spectator.
+    pub role: Role,
+    /// The token to resume this slot after a drop (players only).
+    pub resume_token: Option<String>,
+    /// The match's tick when admitted.
+    pub tick: Tick,
+    /// Reliable events are sent from this sequence on.
+    pub events_from: u64,
+    /// The match's tick rate.
+    pub tick_hz: u32,
+    /// A state is sent every this many ticks.
+    pub state_every_ticks: u64,
+    /// How long the slot is kept after a drop, in milliseconds.
+    pub grace_ms: u64,
+}
+
+/// Server to client. `E` is the game's event type. States travel as the
+/// codec encoding of the game state (whole or as a [`super::delta`] patch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg<E> {
+    /// Admission succeeded; first frame on the control stream.
+    Welcome(Welcome),
+    /// The outcome of the command the client numbered `client_seq`.
+    CommandResult {
+        /// The client's number for the command.
+        client_seq: u64,
+        /// Accepted or rejected.
+        status: CommandStatus,
+    },
+    /// A reliable event. No reliable event has a sequence in
+    /// `since..envelope.sequence`: a client that has not seen everything
+    /// below `since` has a gap.
+    Event {
+        /// Reliable events below this were all sent before (or before the
+        /// client's resume point).
+        since: u64,
+        /// The event with its sequence, tick and player.
+        envelope: EventEnvelope<E>,
+    },
+    /// A whole state (datagram, or a stream when too large or final).
+    StateFull {
+        /// The tick it is the state after.
+        tick: Tick,
+        /// Whether the match is over.
+        over: bool,
+        /// The encoded state.
+        state: Vec<u8>,
+    },
+    /// A state as a delta against a state the client acknowledged.
+    StateDelta {
+        /// The tick it is the state after.
+        tick: Tick,
+        /// Whether the match is over.
+        over: bool,
+        /// The acknowledged tick whose state is the baseline.
+        baseline_tick: Tick,
+        /// Length of the new encoding.
+        len: u32,
+        /// The compressed XOR of baseline and new encodings.
+        patch: Vec<u8>,
+    },
+    /// The match ended at `tick`; the final state follows reliably.
+    MatchOver {
+        /// The last tick.
+        tick: Tick,
+    },
+    /// The server is about to close the connection, and why.
+    Closing {
+        /// A [`CloseCode`] number.
+        code: u32,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Why a frame could not be taken from a buffer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// More bytes are needed; not an error of the peer.
+    #[error("incomplete frame: {needed} more bytes needed")]
+    Incomplete {
+        /// Bytes missing for the header or the body.
+        needed: usize,
+    },
+    /// The header announces a frame over the limit.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The frame body is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] DecodeError),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeFrameError {
+    /// The codec failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The message is larger than the frame limit.
+    #[error("message of {len} bytes exceeds the {limit}-byte frame limit")]
+    TooLarge {
+        /// The encoded length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Encodes `msg` as one frame: length prefix plus codec encoding.
+pub fn encode_frame<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, EncodeFrameError> {
+    let mut out = vec![0u8; FRAME_HEADER_BYTES];
+    codec::encode_into(msg, &mut out)?;
+    let len = out.len() - FRAME_HEADER_BYTES;
+    if len > limit || len > u32::MAX as usize {
+        return Err(EncodeFrameError::TooLarge { len, limit });
+    }
+    out[..FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Checks the frame at the start of `buf`: its total length (header
+/// included) when complete, else why not. Looks at the header only.
+pub fn check_frame(buf: &[u8], limit: usize) -> Result<usize, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else {
+        return Err(FrameError::Incomplete {
+            needed: FRAME_HEADER_BYTES - buf.len(),
+        });
+    };
+    let mut len_bytes = [0u8; FRAME_HEADER_BYTES];
+    len_bytes.copy_from_slice(header);
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let total = FRAME_HEADER_BYTES + len;
+    if buf.len() < total {
+        return Err(FrameError::Incomplete {
+            needed: total - buf.len(),
+        });
+    }
+    Ok(total)
+}
+
+/// Decodes the frame at the start of `buf`; returns it and the bytes it used.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(
+    buf: &[u8],
+    limit: usize,
+) -> Result<(T, usize), FrameError> {
+    let total = check_frame(buf, limit)?;
+    let msg = codec::decode(&buf[FRAME_HEADER_BYTES..total])?;
+    Ok((msg, total))
+}
+
+/// Encodes `msg` for a datagram (no length prefix).
+pub fn encode_datagram<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
+    codec::encode(msg)
+}
+
+/// Decodes a datagram, refusing one over `limit` bytes before decoding.
+pub fn decode_datagram<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, FrameError> {
+    if bytes.len() > limit {
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    Ok(codec::decode(bytes)?)
+}
+
+/// Accumulates stream bytes and hands out whole frames.
+///
+/// Holds at most one frame's worth of bytes beyond what was pushed last: a
+/// header announcing more than the limit is refused before its body is
+/// buffered.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    limit: usize,
+}
+
+impl FrameBuffer {
+    /// An empty buffer refusing frames over `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            limit,
+        }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet part of a returned frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match decode_frame(&self.buf[self.start..], self.limit) {
+            Ok((msg, used)) => {
+                self.start += used;
+                if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                }
+                Ok(Some(msg))
+            }
+            Err(FrameError::Incomplete { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Msg = ClientMsg<String>;
+
+    fn hello() -> Msg {
+        ClientMsg::Hello(Hello {
+            match_id: "m1".into(),
+            credential: Credential::Open,
+            role: Role::Player,
+            name: Some("ada".into()),
+            events_from: None,
+        })
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let msgs = vec![
+            hello(),
+            ClientMsg::Command {
+                client_seq: 7,
+                command: "fire".to_owned(),
+            },
+            ClientMsg::Ack { tick: 99 },
+        ];
+        let mut wire = Vec::new();
+        for m in &msgs {
+            wire.extend(encode_frame(m, 1024).unwrap());
+        }
+        for split in 0..wire.len() {
+            let mut buf = FrameBuffer::new(1024);
+            let mut out = Vec::new();
+            for part in [&wire[..split], &wire[split..]] {
+                buf.extend(part);
+                while let Some(m) = buf.next_frame::<Msg>().unwrap() {
+                    out.push(m);
+                }
+            }
+            assert_eq!(out, msgs, "split at {split}");
+            assert_eq!(buf.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn incomplete_too_large_and_malformed_are_distinct() {
+        assert_eq!(
+            check_frame(&[0, 0], 10),
+            Err(FrameError::Incomplete { needed: 2 })
+        );
+        assert_eq!(
+            check_frame(&[0, 0, 0, 5, 1], 10),
+            Err(FrameError::Incomplete { needed: 4 })
+        );
+        assert_eq!(
+            check_frame(&[0, 1, 0, 0], 10),
+            Err(FrameError::TooLarge {
+                len: 65536,
+                limit: 10
+            })
+        );
+        assert!(matches!(
+            decode_frame::<Msg>(&[0, 0, 0, 2, 9, 9], 10),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_frame::<Msg>(&[0, 0, 0, 0], 10),
+            Err(FrameError::Malformed(DecodeError::Empty))
+        ));
+    }
+
+    #[test]
+    fn oversized_messages_are_not_encoded() {
+        let big = ClientMsg::Command {
+            client_seq: 1,
+            command: "x".repeat(100),
+        };
+        assert!(matches!(
+            encode_frame(&big, 50),
+            Err(EncodeFrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(code.code().into()), Some(code));
+        }
+        assert_eq!(CloseCode::from_code(999), None);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut buf = FrameBuffer::new(64);
+            buf.extend(&bytes);
+            for _ in 0..8 {
+                match buf.next_frame::<ClientMsg<Vec<u8>>>() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = decode_datagram::<ServerMsg<String>>(&bytes, 100);
+        }
+    }
+}

@@ -1,0 +1,1412 @@
+//! The QUIC server: one endpoint hosting many matches through the engine.
+//!
+//! Shaped like mini-redis. [`Server::run`] is the listener: it takes a
+//! permit from the connection semaphore before each accept and moves it
+//! into a per-connection task, and it is handed a shutdown future. Each
+//! connection task admits its peer (ticket, resume token, or open mode),
+//! then runs two halves: an inbound reader (frames, limits, commands into
+//! [`Engine::submit`]) and an outbound loop (command results, reliable
+//! events, and the state stream). At shutdown every task is told through a
+//! watch channel, closes its connection with
+//! [`CloseCode::ServerShutdown`] and drops its completion sender; the
+//! listener waits for all of them, then closes the endpoint and waits for
+//! it to go idle. Slots survive a shutdown: a restarted server with the
+//! same secret honours the same resume tokens.
+//!
+//! Nothing here blocks a shard: states come from a watch (a slow client
+//! skips states), events from a bounded broadcast (a client too far behind
+//! is closed with [`CloseCode::Lagging`]), command replies through a
+//! bounded channel the shard only `try_send`s into.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+
+use super::delta::{self, Patch};
+use super::limits::TokenBucket;
+use super::protocol::{
+    self, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, FrameError, Hello, Role,
+    ServerMsg, Welcome,
+};
+use super::slots::{ResumeRefusal, Slots};
+use super::tickets::{self, ServerSecret, TicketError};
+use super::tls::{self, TlsError};
+use super::{NetConfig, NetGame};
+use crate::codec;
+use crate::engine::{
+    CommandOutcome, CommandReply, Engine, EngineError, EventEnvelope, MatchFeed, MatchUpdate,
+    ReplyTo,
+};
+use crate::game::{PlayerId, Tick};
+use crate::store::Store;
+
+/// Acknowledged baselines older than this many ticks are not used.
+const MAX_BASELINE_AGE: u64 = 32;
+/// States remembered per connection as possible baselines.
+const SENT_STATES_KEPT: usize = 48;
+/// Largest state the server will send (the codec's limit).
+const MAX_STATE_BYTES: usize = codec::MAX_DECODE_BYTES;
+/// Events replayed from the store to a resuming client, at most.
+const MAX_REPLAY_EVENTS: usize = 4096;
+/// How long a join command may take to be applied.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a client to close after the match ended.
+const LINGER: Duration = Duration::from_secs(3);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the QUIC endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The certificate or TLS settings were refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Counters of the network layer, readable while the server runs.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Connections that completed the QUIC handshake.
+    pub connections: AtomicU64,
+    /// Connections admitted (players and spectators).
+    pub admitted: AtomicU64,
+    /// Connections refused at admission.
+    pub refused: AtomicU64,
+    /// Connections closed for garbage, oversized frames or floods.
+    pub closed_for_abuse: AtomicU64,
+    /// Connections closed for lagging behind on reliable events.
+    pub closed_for_lag: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Commands received.
+    pub commands: AtomicU64,
+    /// States sent (datagram or stream).
+    pub states: AtomicU64,
+    /// States sent as deltas.
+    pub deltas: AtomicU64,
+    /// States that went on a stream because they were too big for a datagram.
+    pub stream_states: AtomicU64,
+    /// State datagrams dropped by the loss test hook.
+    pub test_dropped: AtomicU64,
+    /// Reliable events sent.
+    pub events: AtomicU64,
+    /// Payload bytes sent (datagrams and frames).
+    pub bytes_out: AtomicU64,
+    /// Grace windows that ran out (the leave command went out).
+    pub slots_freed: AtomicU64,
+}
+
+/// Per-match data shared by its connections: the encoded state of the
+/// latest tick, so each state is encoded once however many watch it.
+#[derive(Debug, Default)]
+struct Hub {
+    encoded: std::sync::Mutex<Option<(Tick, Arc<[u8]>)>>,
+}
+
+impl Hub {
+    fn encode<T: serde::Serialize>(&self, tick: Tick, state: &T) -> Option<Arc<[u8]>> {
+        let mut cached = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, bytes)) = &*cached
+            && *t == tick
+        {
+            return Some(bytes.clone());
+        }
+        let bytes: Arc<[u8]> = codec::encode(state).ok()?.into();
+        *cached = Some((tick, bytes.clone()));
+        Some(bytes)
+    }
+}
+
+struct Shared<G: NetGame, S: Store> {
+    engine: Arc<Engine<G, S>>,
+    config: NetConfig,
+    secret: ServerSecret,
+    slots: std::sync::Mutex<Slots>,
+    hubs: DashMap<Arc<str>, Arc<Hub>>,
+    conns: DashMap<u64, quinn::Connection>,
+    hosting: tokio::sync::Mutex<()>,
+    next_conn: AtomicU64,
+    stats: Arc<NetStats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<G: NetGame, S: Store> Shared<G, S> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // Slot updates are single map operations; a panic cannot leave one half done.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Remembers whether shutdown was signalled (mini-redis `Shutdown`).
+struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    async fn recv(&mut self) {
+        // An error means the sender is gone: that is a shutdown too.
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+
+    fn is_shutdown(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server<G: NetGame, S: Store> {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared<G, S>>,
+    shutdown_tx: watch::Sender<bool>,
+    cert: CertificateDer<'static>,
+    local_addr: SocketAddr,
+}
+
+impl<G: NetGame, S: Store> std::fmt::Debug for Server<G, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("open_mode", &self.shared.config.open_mode)
+            .finish()
+    }
+}
+
+/// Binds a server for `engine` with `config` and runs it until `shutdown`
+/// resolves; then closes every connection and the endpoint.
+///
+/// Must be called within a tokio runtime. The engine keeps running
+/// afterwards; shut it down after this returns.
+pub async fn serve<G: NetGame, S: Store>(
+    engine: Arc<Engine<G, S>>,
+    config: NetConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    Server::bind(engine, config)?.run(shutdown).await;
+    Ok(())
+}
+
+impl<G: NetGame, S: Store> Server<G, S> {
+    /// Loads or generates the certificate and binds the UDP endpoint.
+    /// Must be called within a tokio runtime.
+    pub fn bind(engine: Arc<Engine<G, S>>, config: NetConfig) -> Result<Self, NetError> {
+        let cert = tls::load_server_cert(&config.tls)?;
+        let server_config = tls::server_config(&cert, config.idle_timeout)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            NetError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let secret = match &config.secret {
+            Some(secret) => secret.clone(),
+            None => {
+                tracing::warn!(
+                    "no net.secret configured: using a random secret; tickets minted elsewhere \
+                     are refused and resume tokens will not survive a restart"
+                );
+                ServerSecret::random()
+            }
+        };
+        if config.open_mode {
+            tracing::warn!(
+                "open mode is on: anyone may join without a ticket and matches are created on demand"
+            );
+        }
+        if let Some(loss) = config.datagram_loss {
+            tracing::warn!(
+                per_mille = loss.per_mille,
+                seed = loss.seed,
+                "test hook: dropping outgoing state datagrams"
+            );
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let leaf = cert
+            .leaf()
+            .cloned()
+            .unwrap_or_else(|| CertificateDer::from(Vec::new()));
+        tracing::info!(addr = %local_addr, alpn = %String::from_utf8_lossy(protocol::ALPN), "QUIC endpoint bound");
+        Ok(Self {
+            endpoint,
+            shared: Arc::new(Shared {
+                engine,
+                config,
+                secret,
+                slots: std::sync::Mutex::new(Slots::default()),
+                hubs: DashMap::new(),
+                conns: DashMap::new(),
+                hosting: tokio::sync::Mutex::new(()),
+                next_conn: AtomicU64::new(1),
+                stats: Arc::new(NetStats::default()),
+                shutdown: shutdown_rx,
+            }),
+            shutdown_tx,
+            cert: leaf,
+            local_addr,
+        })
+    }
+
+    /// The address the endpoint is bound to (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's leaf certificate (what clients of a self-signed server trust).
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<NetStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The secret tickets and resume tokens are checked with.
+    pub fn secret(&self) -> &ServerSecret {
+        &self.shared.secret
+    }
+
+    /// Accepts connections until `shutdown` resolves, then closes every
+    /// connection with [`CloseCode::ServerShutdown`], closes the endpoint
+    /// and waits (bounded) for it to be idle.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
+        let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
+        tokio::select! {
+            _ = accept_loop(&self.endpoint, &self.shared, &limit, &complete_tx) => {
+                tracing::info!("QUIC endpoint closed");
+            }
+            _ = shutdown => {
+                tracing::info!("network shutdown requested");
+            }
+        }
+        // Tell every handler and grace timer, then wait for the handlers.
+        let _ = self.shutdown_tx.send(true);
+        drop(complete_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), complete_rx.recv()).await;
+        self.endpoint.close(
+            CloseCode::ServerShutdown.code().into(),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("network stopped");
+    }
+}
+
+async fn accept_loop<G: NetGame, S: Store>(
+    endpoint: &quinn::Endpoint,
+    shared: &Arc<Shared<G, S>>,
+    limit: &Arc<Semaphore>,
+    complete_tx: &mpsc::Sender<()>,
+) {
+    loop {
+        // The permit moves into the task and is released when it ends.
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(incoming) = endpoint.accept().await else {
+            return;
+        };
+        let shared = shared.clone();
+        let complete = complete_tx.clone();
+        tokio::spawn(async move {
+            handle_connection(shared, incoming).await;
+            drop(permit);
+            drop(complete);
+        });
+    }
+}
+
+/// Why a connection is closed, as sent to the peer.
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: CloseCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn close(&self, conn: &quinn::Connection) {
+        // A close reason must fit in one packet.
+        let mut end = self.reason.len().min(400);
+        while !self.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        conn.close(self.code.code().into(), &self.reason.as_bytes()[..end]);
+    }
+}
+
+fn ticket_refusal(error: &TicketError) -> Refusal {
+    let code = match error {
+        TicketError::Forged => CloseCode::TicketForged,
+        TicketError::Expired { .. } => CloseCode::TicketExpired,
+        TicketError::WrongMatch { .. } => CloseCode::WrongMatch,
+        _ => CloseCode::TicketMalformed,
+    };
+    Refusal::new(code, error.to_string())
+}
+
+fn frame_refusal(error: &FrameError) -> Refusal {
+    match error {
+        FrameError::TooLarge { .. } => Refusal::new(CloseCode::FrameTooLarge, error.to_string()),
+        _ => Refusal::new(CloseCode::Malformed, error.to_string()),
+    }
+}
+
+/// An admitted connection.
+struct Session<G: NetGame> {
+    root: Arc<str>,
+    player: Option<PlayerId>,
+    conn_id: u64,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    frames: FrameBuffer,
+    feed: MatchFeed<G>,
+    first: Arc<MatchUpdate<G::State>>,
+    events_from: u64,
+    hub: Arc<Hub>,
+}
+
+async fn handle_connection<G: NetGame, S: Store>(
+    shared: Arc<Shared<G, S>>,
+    incoming: quinn::Incoming,
+) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(shared.config.hello_timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    let stats = shared.stats.clone();
+    stats.connections.fetch_add(1, Relaxed);
+    stats.open.fetch_add(1, Relaxed);
+    let conn_id = shared.next_conn.fetch_add(1, Relaxed);
+    shared.conns.insert(conn_id, conn.clone());
+    let mut shutdown = Shutdown {
+        rx: shared.shutdown.clone(),
+    };
+    let admitted = tokio::select! {
+        admitted = admit(&shared, &conn, conn_id) => admitted,
+        _ = shutdown.recv() => Err(Refusal::new(CloseCode::ServerShutdown, "server shutting down")),
+    };
+    match admitted {
+        Ok(session) => {
+            stats.admitted.fetch_add(1, Relaxed);
+            let root = session.root.clone();
+            let player = session.player;
+            tracing::info!(%remote, r#match = %root, player = ?player, "admitted");
+            let ended = run_session(&shared, &conn, session, &mut shutdown).await;
+            if let Some(player) = player {
+                after_session(&shared, &root, player, conn_id, ended, &shutdown);
+            }
+        }
+        Err(refusal) => {
+            if refusal.code != CloseCode::ServerShutdown {
+                stats.refused.fetch_add(1, Relaxed);
+                tracing::info!(%remote, code = ?refusal.code, reason = %refusal.reason, "connection refused");
+            }
+            refusal.close(&conn);
+        }
+    }
+    shared.conns.remove(&conn_id);
+    stats.open.fetch_sub(1, Relaxed);
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The connection dropped or was closed: the grace window starts.
+    Dropped,
+    /// The server is shutting down: the slot is kept for a restart.
+    Shutdown,
+    /// The match is over: nothing to keep.
+    MatchOver,
+}
+
+fn after_session<G: NetGame, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    root: &Arc<str>,
+    player: PlayerId,
+    conn_id: u64,
+    ended: Ended,
+    shutdown: &Shutdown,
+) {
+    if ended != Ended::Dropped || shutdown.is_shutdown() {
+        return;
+    }
+    let Some(generation) = shared.slots().disconnect(root, player, conn_id) else {
+        return; // replaced by a newer connection
+    };
+    tracing::info!(r#match = %root, %player, grace = ?shared.config.grace, "player dropped; slot kept for the grace window");
+    arm_grace(shared, root.clone(), player, generation);
+}
+
+fn arm_grace<G: NetGame, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    root: Arc<str>,
+    player: PlayerId,
+    generation: u64,
+) {
+    let shared = shared.clone();
+    let mut shutdown = Shutdown {
+        rx: shared.shutdown.clone(),
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.grace) => {}
+            _ = shutdown.recv() => return,
+        }
+        if !shared.slots().expire(&root, player, generation) {
+            return;
+        }
+        shared.stats.slots_freed.fetch_add(1, Relaxed);
+        let leave = shared.engine.game().leave_command();
+        match shared.engine.submit(&root, player, leave, None) {
+            Ok(()) => {
+                tracing::info!(r#match = %root, %player, "grace window over; player removed")
+            }
+            Err(error) => {
+                tracing::warn!(r#match = %root, %player, %error, "grace window over; leave not queued")
+            }
+        }
+    });
+}
+
+async fn read_hello(
+    recv: &mut quinn::RecvStream,
+    frames: &mut FrameBuffer,
+) -> Result<Hello, Refusal> {
+    loop {
+        match frames.next_frame::<ClientMsg<serde::de::IgnoredAny>>() {
+            Ok(Some(ClientMsg::Hello(hello))) => return Ok(hello),
+            Ok(Some(_)) => {
+                return Err(Refusal::new(
+                    CloseCode::Malformed,
+                    "the first frame must be a Hello",
+                ));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(frame_refusal(&error)),
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            Ok(None) => {
+                return Err(Refusal::new(
+                    CloseCode::Malformed,
+                    "control stream ended before a Hello",
+                ));
+            }
+            Err(error) => {
+                return Err(Refusal::new(CloseCode::Normal, error.to_string()));
+            }
+        }
+    }
+}
+
+async fn admit<G: NetGame, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    conn: &quinn::Connection,
+    conn_id: u64,
+) -> Result<Session<G>, Refusal> {
+    let timeout = shared.config.hello_timeout;
+    let hello_timeout = || Refusal::new(CloseCode::HelloTimeout, "no Hello in time");
+    let (send, mut recv) = tokio::time::timeout(timeout, conn.accept_bi())
+        .await
+        .map_err(|_| hello_timeout())?
+        .map_err(|e| Refusal::new(CloseCode::Normal, e.to_string()))?;
+    let mut frames = FrameBuffer::new(shared.config.max_frame_bytes);
+    let hello = tokio::time::timeout(timeout, read_hello(&mut recv, &mut frames))
+        .await
+        .map_err(|_| hello_timeout())??;
+
+    let root: Arc<str> = hello.match_id.as_str().into();
+    // Who is asking, before touching the engine.
+    enum Claim {
+        Player(PlayerId),
+        Resume(PlayerId, u64),
+        OpenPlayer,
+        Spectator,
+    }
+    let claim = match (&hello.credential, hello.role) {
+        (Credential::Ticket(ticket), role) => {
+            let claims = tickets::verify_ticket(&shared.secret, ticket, &root, tickets::unix_now())
+                .map_err(|e| ticket_refusal(&e))?;
+            match role {
+                Role::Player => Claim::Player(claims.player),
+                Role::Spectator => Claim::Spectator,
+            }
+        }
+        (Credential::Resume(token), Role::Player) => {
+            let claims = tickets::verify_resume_token(&shared.secret, token, &root)
+                .map_err(|e| ticket_refusal(&e))?;
+            Claim::Resume(claims.player, claims.epoch)
+        }
+        (Credential::Resume(_), Role::Spectator) => {
+            return Err(Refusal::new(
+                CloseCode::Malformed,
+                "a resume token is for players only",
+            ));
+        }
+        (Credential::Open, role) => {
+            if !shared.config.open_mode {
+                return Err(Refusal::new(
+                    CloseCode::OpenModeDisabled,
+                    "this server admits by ticket only",
+                ));
+            }
+            match role {
+                Role::Player => Claim::OpenPlayer,
+                Role::Spectator => Claim::Spectator,
+            }
+        }
+    };
+    let may_create = match claim {
+        Claim::Player(_) | Claim::OpenPlayer => true,
+        Claim::Resume(..) | Claim::Spectator => false,
+    };
+    ensure_hosted(shared, &root, may_create).await?;
+    let hub = ensure_hub(shared, &root);
+
+    // Subscribe first, then take the next published state: every event
+    // after that state reaches the subscription.
+    let mut feed = shared
+        .engine
+        .subscribe(&root)
+        .map_err(|e| Refusal::new(CloseCode::UnknownMatch, e.to_string()))?;
+    let first = next_update(&mut feed).await?;
+    if first.over {
+        return Err(Refusal::new(CloseCode::MatchOver, "the match is over"));
+    }
+    let game = shared.engine.game();
+    let present = game.players(&first.state);
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let admitted = {
+        let mut slots = shared.slots();
+        match claim {
+            Claim::Spectator => None,
+            Claim::Player(player) => {
+                Some((player, slots.admit_ticket(&root, player, conn_id, now_ms)))
+            }
+            Claim::OpenPlayer => {
+                let player = (1..u32::MAX)
+                    .map(PlayerId)
+                    .find(|p| !present.contains(p) && !slots.is_taken(&root, *p))
+                    .ok_or_else(|| Refusal::new(CloseCode::JoinRejected, "no free player id"))?;
+                Some((player, slots.admit_ticket(&root, player, conn_id, now_ms)))
+            }
+            Claim::Resume(player, epoch) => {
+                let admitted = slots
+                    .admit_resume(&root, player, epoch, conn_id, present.contains(&player))
+                    .map_err(|refusal| {
+                        let why = match refusal {
+                            ResumeRefusal::Freed => {
+                                "the grace window is over and the slot was freed"
+                            }
+                            ResumeRefusal::Superseded => "a newer admission superseded this token",
+                            ResumeRefusal::NotInMatch => "the player is no longer in the match",
+                        };
+                        Refusal::new(
+                            CloseCode::ResumeRefused,
+                            format!("resume refused for {player}: {why}"),
+                        )
+                    })?;
+                Some((player, admitted))
+            }
+        }
+    };
+    let mut resume_token = None;
+    let mut player = None;
+    if let Some((id, admitted)) = admitted {
+        if let Some(old) = admitted.replaced
+            && let Some(old) = shared.conns.get(&old)
+        {
+            Refusal::new(CloseCode::Replaced, "a newer connection took this slot").close(&old);
+        }
+        if !present.contains(&id) {
+            let name = hello.name.clone().unwrap_or_else(|| format!("p{}", id.0));
+            join(shared, &root, id, &name).await.inspect_err(|_| {
+                // Give the slot back so the id is free again.
+                let generation = shared.slots().disconnect(&root, id, conn_id);
+                if let Some(generation) = generation {
+                    shared.slots().expire(&root, id, generation);
+                }
+            })?;
+        }
+        resume_token = Some(tickets::mint_resume_token(
+            &shared.secret,
+            &root,
+            id,
+            admitted.epoch,
+        ));
+        player = Some(id);
+    }
+    let events_from = hello
+        .events_from
+        .map_or(first.next_sequence, |from| from.min(first.next_sequence));
+    Ok(Session {
+        root,
+        player,
+        conn_id,
+        send: {
+            let mut send = send;
+            let welcome = ServerMsg::<G::Event>::Welcome(Welcome {
+                match_id: hello.match_id.clone(),
+                player,
+                role: hello.role,
+                resume_token,
+                tick: first.tick,
+                events_from,
+                tick_hz: shared.engine.settings().tick_hz,
+                state_every_ticks: shared.config.state_every_ticks.max(1),
+                grace_ms: shared.config.grace.as_millis() as u64,
+            });
+            write_frame(&mut send, &welcome, &shared.stats)
+                .await
+                .map_err(|_| Refusal::new(CloseCode::Normal, "connection lost"))?;
+            send
+        },
+        recv,
+        frames,
+        feed,
+        first,
+        events_from,
+        hub,
+    })
+}
+
+/// Hosts match `root` if it is not: restored from the store, or created
+/// when `may_create` and the store does not know it.
+async fn ensure_hosted<G: NetGame, S: Store>(
+    shared: &Shared<G, S>,
+    root: &str,
+    may_create: bool,
+) -> Result<(), Refusal> {
+    let engine = &shared.engine;
+    if engine.is_hosted(root) {
+        return Ok(());
+    }
+    let _guard = shared.hosting.lock().await;
+    if engine.is_hosted(root) {
+        return Ok(());
+    }
+    let internal = |e: EngineError| {
+        tracing::error!(r#match = %root, error = %e, "cannot host match");
+        Refusal::new(
+            CloseCode::Internal,
+            format!("cannot host match {root:?}: {e}"),
+        )
+    };
+    let key = engine
+        .key(root)
+        .map_err(|e| Refusal::new(CloseCode::UnknownMatch, e.to_string()))?;
+    let head = engine
+        .store()
+        .head(&key)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    match head {
+        Some(head) if head.status == crate::store::MatchStatus::Ended => Err(Refusal::new(
+            CloseCode::MatchOver,
+            format!("match {root:?} is over"),
+        )),
+        Some(_) => {
+            let replayed = engine.restore_match(root).await.map_err(internal)?;
+            tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
+            Ok(())
+        }
+        None if may_create => {
+            engine.create_match(root).await.map_err(internal)?;
+            tracing::info!(r#match = %root, "match created on demand");
+            Ok(())
+        }
+        None => Err(Refusal::new(
+            CloseCode::UnknownMatch,
+            format!("no match {root:?} on this server"),
+        )),
+    }
+}
+
+/// The hub of match `root`; the first time, players already in the match
+/// (restored after a restart) get a grace window to come back.
+fn ensure_hub<G: NetGame, S: Store>(shared: &Arc<Shared<G, S>>, root: &Arc<str>) -> Arc<Hub> {
+    match shared.hubs.entry(root.clone()) {
+        dashmap::Entry::Occupied(hub) => hub.get().clone(),
+        dashmap::Entry::Vacant(slot) => {
+            let hub = slot.insert(Arc::new(Hub::default())).clone();
+            let shared = shared.clone();
+            let root = root.clone();
+            tokio::spawn(async move {
+                let Ok(mut feed) = shared.engine.subscribe(&root) else {
+                    return;
+                };
+                let Ok(update) = next_update(&mut feed).await else {
+                    return;
+                };
+                for player in shared.engine.game().players(&update.state) {
+                    let generation = shared.slots().adopt(&root, player);
+                    if let Some(generation) = generation {
+                        arm_grace(&shared, root.clone(), player, generation);
+                    }
+                }
+            });
+            hub
+        }
+    }
+}
+
+async fn next_update<G: NetGame>(
+    feed: &mut MatchFeed<G>,
+) -> Result<Arc<MatchUpdate<G::State>>, Refusal> {
+    let gone = || Refusal::new(CloseCode::MatchOver, "the match is no longer hosted");
+    match tokio::time::timeout(Duration::from_secs(5), feed.updates.changed()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(gone()),
+        Err(_) => {
+            return Err(Refusal::new(
+                CloseCode::Internal,
+                "the match published no state in time",
+            ));
+        }
+    }
+    feed.updates.borrow_and_update().clone().ok_or_else(gone)
+}
+
+async fn join<G: NetGame, S: Store>(
+    shared: &Shared<G, S>,
+    root: &str,
+    player: PlayerId,
+    name: &str,
+) -> Result<(), Refusal> {
+    let (tx, mut rx) = mpsc::channel(1);
+    let command = shared.engine.game().join_command(name);
+    shared
+        .engine
+        .submit(root, player, command, Some(ReplyTo { tx, client_seq: 0 }))
+        .map_err(|e| Refusal::new(CloseCode::Internal, e.to_string()))?;
+    match tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await {
+        Ok(Some(CommandReply {
+            outcome: CommandOutcome::Accepted { .. },
+            ..
+        })) => Ok(()),
+        Ok(Some(CommandReply {
+            outcome: CommandOutcome::Rejected(rejection),
+            ..
+        })) => Err(Refusal::new(
+            CloseCode::JoinRejected,
+            format!("join refused: {rejection}"),
+        )),
+        Ok(None) | Err(_) => Err(Refusal::new(
+            CloseCode::Internal,
+            "the join command got no answer",
+        )),
+    }
+}
+
+async fn write_frame<E: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &ServerMsg<E>,
+    stats: &NetStats,
+) -> Result<(), quinn::WriteError> {
+    // Server messages are not limited by the client's frame limit; only by the codec's.
+    let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
+        tracing::error!("a server message could not be encoded");
+        return Ok(());
+    };
+    stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+    send.write_all(&frame).await
+}
+
+/// Which reliable events a client has been sent.
+#[derive(Debug)]
+struct EventCursor {
+    /// Every event below this was examined (sent if reliable).
+    covered: u64,
+    /// All reliable events below this were sent (or the client had them).
+    since: u64,
+}
+
+impl EventCursor {
+    fn new(from: u64) -> Self {
+        Self {
+            covered: from,
+            since: from,
+        }
+    }
+
+    /// Decides about `sequence`: `Some(since)` to send it, `None` to skip.
+    fn offer(&mut self, sequence: u64, reliable: bool) -> Option<u64> {
+        if sequence < self.covered {
+            return None;
+        }
+        if sequence > self.covered {
+            // Events in between are unknown here: the client must see a gap.
+            self.since = sequence;
+        }
+        self.covered = sequence + 1;
+        if reliable {
+            let since = self.since;
+            self.since = sequence + 1;
+            Some(since)
+        } else {
+            None
+        }
+    }
+}
+
+/// The per-connection state stream: which states went out, which the
+/// client acknowledged, when the next is due.
+struct StateStream {
+    every: u64,
+    last_sent: Option<Tick>,
+    sent: VecDeque<(Tick, Arc<[u8]>)>,
+    acked: Arc<AtomicU64>,
+    loss: Option<(u16, u64)>,
+}
+
+const NO_ACK: u64 = u64::MAX;
+
+impl StateStream {
+    fn due(&self, update: &MatchUpdate<impl Sized>) -> bool {
+        update.over
+            || self
+                .last_sent
+                .is_none_or(|last| update.tick >= last.saturating_add(self.every))
+    }
+
+    /// The message for `encoded` (the state after `tick`): a delta against
+    /// the client's acknowledged baseline when that is smaller.
+    fn message<E>(&mut self, tick: Tick, over: bool, encoded: Arc<[u8]>) -> (ServerMsg<E>, bool) {
+        let acked = self.acked.load(Relaxed);
+        let baseline = (acked != NO_ACK && acked <= tick && tick - acked <= MAX_BASELINE_AGE)
+            .then(|| self.sent.iter().find(|(t, _)| *t == acked))
+            .flatten()
+            .map(|(t, bytes)| (*t, bytes.clone()));
+        let patch = delta::diff(baseline.as_ref().map(|(_, b)| &b[..]), &encoded);
+        self.last_sent = Some(tick);
+        if self.sent.back().is_none_or(|(t, _)| *t != tick) {
+            self.sent.push_back((tick, encoded));
+        }
+        while self.sent.len() > SENT_STATES_KEPT {
+            self.sent.pop_front();
+        }
+        match (patch, baseline) {
+            (Patch::Xor { len, compressed }, Some((baseline_tick, _))) => (
+                ServerMsg::StateDelta {
+                    tick,
+                    over,
+                    baseline_tick,
+                    len,
+                    patch: compressed,
+                },
+                true,
+            ),
+            (Patch::Full(state), _)
+            | (
+                Patch::Xor {
+                    compressed: state, ..
+                },
+                None,
+            ) => (ServerMsg::StateFull { tick, over, state }, false),
+        }
+    }
+
+    /// Whether the loss hook drops this datagram.
+    fn drop_for_test(&mut self) -> bool {
+        let Some((per_mille, rng)) = &mut self.loss else {
+            return false;
+        };
+        // xorshift64*
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        let x = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 33) % 1000 < u64::from(*per_mille)
+    }
+}
+
+async fn run_session<G: NetGame, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    conn: &quinn::Connection,
+    session: Session<G>,
+    shutdown: &mut Shutdown,
+) -> Ended {
+    let Session {
+        root,
+        player,
+        conn_id,
+        mut send,
+        recv,
+        frames,
+        mut feed,
+        first,
+        events_from,
+        hub,
+    } = session;
+    let stats = shared.stats.clone();
+    let config = &shared.config;
+    let game = shared.engine.game();
+    let reply_capacity = (config.commands_per_second as usize).saturating_mul(2) + 64;
+    let (reply_tx, mut reply_rx) = mpsc::channel::<CommandReply>(reply_capacity);
+    let acked = Arc::new(AtomicU64::new(NO_ACK));
+
+    let inbound = tokio::spawn(read_inbound(
+        shared.clone(),
+        conn.clone(),
+        recv,
+        frames,
+        Inbound {
+            root: root.clone(),
+            player,
+            reply_tx,
+            acked: acked.clone(),
+        },
+    ));
+    let _abort_inbound = AbortOnDrop(inbound);
+
+    let mut states = StateStream {
+        every: config.state_every_ticks.max(1),
+        last_sent: None,
+        sent: VecDeque::new(),
+        acked,
+        loss: config.datagram_loss.map(|l| {
+            (
+                l.per_mille,
+                (l.seed ^ conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+            )
+        }),
+    };
+    let mut cursor = EventCursor::new(events_from);
+
+    // A resuming client first gets the reliable events it missed.
+    if events_from < first.next_sequence
+        && replay_missed(shared, &root, &mut send, &mut cursor, first.next_sequence)
+            .await
+            .is_err()
+    {
+        return Ended::Dropped;
+    }
+    if send_state(conn, &mut send, &mut states, &hub, &first, &stats)
+        .await
+        .is_err()
+    {
+        return Ended::Dropped;
+    }
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.recv() => {
+                let closing = ServerMsg::<G::Event>::Closing {
+                    code: CloseCode::ServerShutdown.code(),
+                    reason: "server shutting down".into(),
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(100), write_frame(&mut send, &closing, &stats)).await;
+                Refusal::new(CloseCode::ServerShutdown, "server shutting down").close(conn);
+                return Ended::Shutdown;
+            }
+            _ = conn.closed() => return Ended::Dropped,
+            Some(reply) = reply_rx.recv() => {
+                let status = match reply.outcome {
+                    CommandOutcome::Accepted { tick, first_sequence, events } => {
+                        CommandStatus::Accepted { tick, first_sequence, events }
+                    }
+                    CommandOutcome::Rejected(rejection) => CommandStatus::Rejected { reason: rejection.reason },
+                };
+                let msg = ServerMsg::<G::Event>::CommandResult { client_seq: reply.client_seq, status };
+                if write_frame(&mut send, &msg, &stats).await.is_err() {
+                    return Ended::Dropped;
+                }
+            }
+            event = feed.events.recv(), if events_open => match event {
+                Ok(envelope) => {
+                    if let Some(since) = cursor.offer(envelope.sequence, game.is_reliable(&envelope.event)) {
+                        let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
+                        stats.events.fetch_add(1, Relaxed);
+                        if write_frame(&mut send, &msg, &stats).await.is_err() {
+                            return Ended::Dropped;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    stats.closed_for_lag.fetch_add(1, Relaxed);
+                    tracing::info!(r#match = %root, player = ?player, missed, "client too far behind on events; closing");
+                    Refusal::new(
+                        CloseCode::Lagging,
+                        format!("{missed} reliable events behind; resume to catch up"),
+                    )
+                    .close(conn);
+                    return Ended::Dropped;
+                }
+                Err(broadcast::error::RecvError::Closed) => events_open = false,
+            },
+            changed = feed.updates.changed() => {
+                if changed.is_err() {
+                    // The match left the engine without a final state: the
+                    // engine is stopping. The client may resume later.
+                    Refusal::new(CloseCode::ServerShutdown, "the match is no longer hosted here").close(conn);
+                    return Ended::Shutdown;
+                }
+                let Some(update) = feed.updates.borrow_and_update().clone() else { continue };
+                if !states.due(&update) {
+                    continue;
+                }
+                if update.over {
+                    // Events of the last tick were broadcast before its state.
+                    while let Ok(envelope) = feed.events.try_recv() {
+                        if let Some(since) = cursor.offer(envelope.sequence, game.is_reliable(&envelope.event)) {
+                            let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
+                            if write_frame(&mut send, &msg, &stats).await.is_err() {
+                                return Ended::Dropped;
+                            }
+                        }
+                    }
+                    finish_match(shared, conn, &mut send, &mut states, &hub, &root, &update).await;
+                    return Ended::MatchOver;
+                }
+                if send_state(conn, &mut send, &mut states, &hub, &update, &stats).await.is_err() {
+                    return Ended::Dropped;
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn finish_match<G: NetGame, S: Store>(
+    shared: &Shared<G, S>,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    states: &mut StateStream,
+    hub: &Hub,
+    root: &Arc<str>,
+    update: &MatchUpdate<G::State>,
+) {
+    let stats = &shared.stats;
+    if let Some(encoded) = hub.encode(update.tick, &update.state) {
+        // The final state goes reliably, whole.
+        states.acked.store(NO_ACK, Relaxed);
+        let (msg, _) = states.message::<G::Event>(update.tick, true, encoded);
+        let _ = send_on_stream(conn, &msg, stats).await;
+    }
+    let _ = write_frame(
+        send,
+        &ServerMsg::<G::Event>::MatchOver { tick: update.tick },
+        stats,
+    )
+    .await;
+    let _ = send.finish();
+    shared.slots().remove_match(root);
+    shared.hubs.remove(root);
+    // Let the client read everything and close; then close anyway.
+    let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+    Refusal::new(CloseCode::MatchOver, "the match is over").close(conn);
+}
+
+/// Sends the reliable events in `cursor.covered..until` from the store.
+async fn replay_missed<G: NetGame, S: Store>(
+    shared: &Shared<G, S>,
+    root: &str,
+    send: &mut quinn::SendStream,
+    cursor: &mut EventCursor,
+    until: u64,
+) -> Result<(), quinn::WriteError> {
+    let engine = &shared.engine;
+    let Ok(key) = engine.key(root) else {
+        return Ok(());
+    };
+    let wanted = (until - cursor.covered).min(MAX_REPLAY_EVENTS as u64) as usize;
+    let records = match engine.store().read(&key, cursor.covered, wanted).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(r#match = %root, %error, "cannot replay missed events; the client will see a gap");
+            return Ok(());
+        }
+    };
+    for record in records {
+        let Ok(envelope) = codec::decode::<EventEnvelope<G::Event>>(&record.payload) else {
+            continue;
+        };
+        if envelope.sequence >= until {
+            break;
+        }
+        if let Some(since) = cursor.offer(
+            envelope.sequence,
+            engine.game().is_reliable(&envelope.event),
+        ) {
+            shared.stats.events.fetch_add(1, Relaxed);
+            write_frame(send, &ServerMsg::Event { since, envelope }, &shared.stats).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The connection is gone.
+#[derive(Debug)]
+struct Lost;
+
+async fn send_state<S: serde::Serialize>(
+    conn: &quinn::Connection,
+    _control: &mut quinn::SendStream,
+    states: &mut StateStream,
+    hub: &Hub,
+    update: &MatchUpdate<S>,
+    stats: &NetStats,
+) -> Result<(), Lost> {
+    let Some(encoded) = hub.encode(update.tick, &update.state) else {
+        tracing::error!(tick = update.tick, "a state could not be encoded");
+        return Ok(());
+    };
+    let (msg, is_delta) = states.message::<()>(update.tick, update.over, encoded);
+    stats.states.fetch_add(1, Relaxed);
+    if is_delta {
+        stats.deltas.fetch_add(1, Relaxed);
+    }
+    let Ok(bytes) = protocol::encode_datagram(&msg) else {
+        return Ok(());
+    };
+    if conn
+        .max_datagram_size()
+        .is_some_and(|max| bytes.len() <= max)
+    {
+        if states.drop_for_test() {
+            stats.test_dropped.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let len = bytes.len() as u64;
+        match conn.send_datagram(Bytes::from(bytes)) {
+            Ok(()) => {
+                stats.bytes_out.fetch_add(len, Relaxed);
+                return Ok(());
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Lost),
+            Err(_) => {} // too large after all, or disabled: use a stream
+        }
+    }
+    stats.stream_states.fetch_add(1, Relaxed);
+    send_on_stream(conn, &msg, stats).await
+}
+
+/// Sends one message on a fresh unidirectional stream (for states too big
+/// for a datagram, and the final state).
+async fn send_on_stream<E: serde::Serialize>(
+    conn: &quinn::Connection,
+    msg: &ServerMsg<E>,
+    stats: &NetStats,
+) -> Result<(), Lost> {
+    let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
+        return Ok(());
+    };
+    let write = async {
+        let mut stream = conn.open_uni().await.map_err(|_| Lost)?;
+        stream.write_all(&frame).await.map_err(|_| Lost)?;
+        stream.finish().map_err(|_| Lost)?;
+        stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+        Ok(())
+    };
+    // A client that does not take the stream loses this state, not the connection.
+    tokio::time::timeout(Duration::from_secs(2), write)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// What the inbound half needs.
+struct Inbound {
+    root: Arc<str>,
+    player: Option<PlayerId>,
+    reply_tx: mpsc::Sender<CommandReply>,
+    acked: Arc<AtomicU64>,
+}
+
+/// Reads the control stream: commands to the engine, acks to the state
+/// stream. Closes the connection itself on garbage, oversized frames and
+/// floods.
+async fn read_inbound<G: NetGame, S: Store>(
+    shared: Arc<Shared<G, S>>,
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    mut frames: FrameBuffer,
+    ctx: Inbound,
+) {
+    let config = &shared.config;
+    let now = Instant::now();
+    let per_second = config.commands_per_second.max(1);
+    let mut commands = TokenBucket::new(per_second, per_second, now);
+    // Acks come once per state; allow them on top of commands.
+    let tick_hz = shared.engine.settings().tick_hz;
+    let frame_rate = per_second
+        .saturating_add(tick_hz.saturating_mul(2))
+        .saturating_add(16);
+    let mut frames_bucket = TokenBucket::new(frame_rate, frame_rate, now);
+    let abuse = |refusal: Refusal| {
+        shared.stats.closed_for_abuse.fetch_add(1, Relaxed);
+        tracing::info!(r#match = %ctx.root, player = ?ctx.player, code = ?refusal.code, reason = %refusal.reason, "closing abusive connection");
+        refusal.close(&conn);
+    };
+    loop {
+        loop {
+            let msg = match frames.next_frame::<ClientMsg<G::Command>>() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(error) => return abuse(frame_refusal(&error)),
+            };
+            let now = Instant::now();
+            if !frames_bucket.take(now) {
+                return abuse(Refusal::new(
+                    CloseCode::RateLimited,
+                    format!("more than {frame_rate} frames per second"),
+                ));
+            }
+            match msg {
+                ClientMsg::Hello(_) => {
+                    return abuse(Refusal::new(CloseCode::Malformed, "a second Hello"));
+                }
+                ClientMsg::Ack { tick } => {
+                    ctx.acked.store(tick, Relaxed);
+                }
+                ClientMsg::Command {
+                    client_seq,
+                    command,
+                } => {
+                    shared.stats.commands.fetch_add(1, Relaxed);
+                    if !commands.take(now) {
+                        return abuse(Refusal::new(
+                            CloseCode::RateLimited,
+                            format!("more than {per_second} commands per second"),
+                        ));
+                    }
+                    let refused = |reason: String| CommandReply {
+                        root: ctx.root.clone(),
+                        client_seq,
+                        outcome: CommandOutcome::Rejected(crate::game::Rejection::new(reason)),
+                    };
+                    let Some(player) = ctx.player else {
+                        let _ = ctx
+                            .reply_tx
+                            .try_send(refused("spectators cannot send commands".into()));
+                        continue;
+                    };
+                    let reply = ReplyTo {
+                        tx: ctx.reply_tx.clone(),
+                        client_seq,
+                    };
+                    if let Err(error) =
+                        shared
+                            .engine
+                            .submit(&ctx.root, player, command, Some(reply))
+                    {
+                        let _ = ctx.reply_tx.try_send(refused(error.to_string()));
+                    }
+                }
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            // The client finished or reset its control stream: nothing more will come.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_cursor_sends_reliable_events_and_declares_gaps() {
+        let mut cursor = EventCursor::new(10);
+        assert_eq!(cursor.offer(8, true), None, "before the start");
+        assert_eq!(cursor.offer(10, false), None);
+        assert_eq!(cursor.offer(11, true), Some(10));
+        assert_eq!(cursor.offer(12, false), None);
+        assert_eq!(cursor.offer(13, true), Some(12));
+        assert_eq!(cursor.offer(13, true), None, "duplicate");
+        // 14..20 never seen: the next reliable event declares them unknown.
+        assert_eq!(cursor.offer(20, true), Some(20));
+        assert_eq!(cursor.offer(21, true), Some(21));
+    }
+
+    #[test]
+    fn states_use_the_acknowledged_baseline_only() {
+        let acked = Arc::new(AtomicU64::new(NO_ACK));
+        let mut states = StateStream {
+            every: 1,
+            last_sent: None,
+            sent: VecDeque::new(),
+            acked: acked.clone(),
+            loss: None,
+        };
+        let state: Arc<[u8]> = vec![7u8; 500].into();
+        let (msg, delta) = states.message::<()>(1, false, state.clone());
+        assert!(!delta && matches!(msg, ServerMsg::StateFull { tick: 1, .. }));
+        acked.store(1, Relaxed);
+        let mut next = state.to_vec();
+        next[3] = 9;
+        let (msg, delta) = states.message::<()>(2, false, next.into());
+        assert!(delta);
+        assert!(matches!(
+            msg,
+            ServerMsg::StateDelta {
+                baseline_tick: 1,
+                tick: 2,
+                ..
+            }
+        ));
+        // An acknowledgement of a tick never sent is ignored.
+        acked.store(40, Relaxed);
+        let (_, delta) = states.message::<()>(41, false, state);
+        assert!(!delta);
+    }
+
+    #[test]
+    fn the_loss_hook_drops_about_the_share_asked() {
+        let mut states = StateStream {
+            every: 1,
+            last_sent: None,
+            sent: VecDeque::new(),
+            acked: Arc::new(AtomicU64::new(NO_ACK)),
+            loss: Some((50, 12345)),
+        };
+        let dropped = (0..10_000).filter(|_| states.drop_for_test()).count();
+        assert!((350..650).contains(&dropped), "{dropped}");
+    }
+}
