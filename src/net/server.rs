@@ -116,6 +116,8 @@ pub struct NetStats {
 #[derive(Debug, Default)]
 struct Hub {
     encoded: std::sync::Mutex<Option<(Tick, Arc<[u8]>)>>,
+    /// Whether players found in the match without a slot got their grace window.
+    adopted: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -613,6 +615,7 @@ async fn admit<G: NetGame, S: Store>(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let mut orphans = Vec::new();
     let admitted = {
         let mut slots = shared.slots();
         match claim {
@@ -628,6 +631,16 @@ async fn admit<G: NetGame, S: Store>(
                 Some((player, slots.admit_ticket(&root, player, conn_id, now_ms)))
             }
             Claim::Resume(player, epoch) => {
+                // The first resume into a match (after a restart) shows the
+                // match has network players: the others present get the
+                // grace window to come back too.
+                if !hub.adopted.swap(true, Relaxed) {
+                    for other in present.iter().copied().filter(|p| *p != player) {
+                        if let Some(generation) = slots.adopt(&root, other) {
+                            orphans.push((other, generation));
+                        }
+                    }
+                }
                 let admitted = slots
                     .admit_resume(&root, player, epoch, conn_id, present.contains(&player))
                     .map_err(|refusal| {
@@ -647,6 +660,9 @@ async fn admit<G: NetGame, S: Store>(
             }
         }
     };
+    for (orphan, generation) in orphans {
+        arm_grace(shared, root.clone(), orphan, generation);
+    }
     let mut resume_token = None;
     let mut player = None;
     if let Some((id, admitted)) = admitted {
@@ -759,32 +775,9 @@ async fn ensure_hosted<G: NetGame, S: Store>(
     }
 }
 
-/// The hub of match `root`; the first time, players already in the match
-/// (restored after a restart) get a grace window to come back.
-fn ensure_hub<G: NetGame, S: Store>(shared: &Arc<Shared<G, S>>, root: &Arc<str>) -> Arc<Hub> {
-    match shared.hubs.entry(root.clone()) {
-        dashmap::Entry::Occupied(hub) => hub.get().clone(),
-        dashmap::Entry::Vacant(slot) => {
-            let hub = slot.insert(Arc::new(Hub::default())).clone();
-            let shared = shared.clone();
-            let root = root.clone();
-            tokio::spawn(async move {
-                let Ok(mut feed) = shared.engine.subscribe(&root) else {
-                    return;
-                };
-                let Ok(update) = next_update(&mut feed).await else {
-                    return;
-                };
-                for player in shared.engine.game().players(&update.state) {
-                    let generation = shared.slots().adopt(&root, player);
-                    if let Some(generation) = generation {
-                        arm_grace(&shared, root.clone(), player, generation);
-                    }
-                }
-            });
-            hub
-        }
-    }
+/// The hub of match `root`.
+fn ensure_hub<G: NetGame, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub> {
+    shared.hubs.entry(root.clone()).or_default().clone()
 }
 
 async fn next_update<G: NetGame>(
