@@ -13,16 +13,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use tickforge::arena::Arena;
-use tickforge::arena::bot::Bot;
+use tickforge::arena::autoplay::{AutoplayCounters, play_slot};
 use tickforge::config::Config;
-use tickforge::engine::{Engine, EngineError, EngineStats};
-use tickforge::game::PlayerId;
+use tickforge::engine::{Engine, EngineStats};
 use tickforge::store::{AnyStore, Store};
 
 #[derive(Debug, Parser)]
@@ -49,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     anyhow::ensure!(args.matches > 0, "--matches must be at least 1");
@@ -64,14 +64,6 @@ async fn main() -> anyhow::Result<()> {
     run(store, name, &config, &args).await
 }
 
-/// Everything the demo counts beyond the engine's own stats.
-#[derive(Default)]
-struct DemoCounters {
-    created: AtomicU64,
-    finished: AtomicU64,
-    submit_errors: AtomicU64,
-}
-
 async fn run<S: Store>(
     store: S,
     store_name: &str,
@@ -84,7 +76,7 @@ async fn run<S: Store>(
         config.engine,
         &config.edition,
     ));
-    let counters = Arc::new(DemoCounters::default());
+    let counters = Arc::new(AutoplayCounters::default());
     // Unique match ids per run, so a persistent store never sees a clash.
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -104,7 +96,8 @@ async fn run<S: Store>(
         let engine = engine.clone();
         let counters = counters.clone();
         let players = args.players;
-        drivers.spawn(async move { drive_slot(engine, counters, run_id, slot, players).await });
+        let prefix = format!("demo-{run_id}");
+        drivers.spawn(play_slot(engine, counters, prefix, slot, players));
     }
 
     let started = Instant::now();
@@ -144,65 +137,6 @@ async fn run<S: Store>(
     Ok(())
 }
 
-/// Keeps one match slot busy: creates a match, plays it with bots until it
-/// ends, then starts the next one in the same slot.
-async fn drive_slot<S: Store>(
-    engine: Arc<Engine<Arena, S>>,
-    counters: Arc<DemoCounters>,
-    run_id: u128,
-    slot: usize,
-    players: u32,
-) -> Result<(), EngineError> {
-    for round in 0.. {
-        let root = format!("demo-{run_id}-{slot}-{round}");
-        engine.create_match(&root).await?;
-        counters.created.fetch_add(1, Relaxed);
-        let mut feed = engine.subscribe(&root)?;
-        let mut bots: Vec<Bot> = (1..=players)
-            .map(|p| Bot::new(PlayerId(p), (slot as u64) << 20 | u64::from(p) << 8 | round))
-            .collect();
-        // Join first; then one command per bot per published tick.
-        for bot in &bots {
-            let join = tickforge::arena::ArenaCommand::Join {
-                name: format!("bot-{}", bot.player().0),
-            };
-            submit(&engine, &counters, &root, bot.player(), join);
-        }
-        loop {
-            if feed.updates.changed().await.is_err() {
-                return Ok(()); // the engine is shutting down
-            }
-            let Some(update) = feed.updates.borrow_and_update().clone() else {
-                continue;
-            };
-            if update.over {
-                counters.finished.fetch_add(1, Relaxed);
-                break;
-            }
-            for bot in &mut bots {
-                if let Some(command) = bot.next_command(engine.game(), &update.state) {
-                    submit(&engine, &counters, &root, bot.player(), command);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn submit<S: Store>(
-    engine: &Engine<Arena, S>,
-    counters: &DemoCounters,
-    root: &str,
-    player: PlayerId,
-    command: tickforge::arena::ArenaCommand,
-) {
-    if let Err(error) = engine.submit(root, player, command, None) {
-        if counters.submit_errors.fetch_add(1, Relaxed) == 0 {
-            tracing::warn!(%error, "command not queued");
-        }
-    }
-}
-
 fn per_second(now: u64, before: u64, window: Duration) -> f64 {
     now.saturating_sub(before) as f64 / window.as_secs_f64().max(1e-9)
 }
@@ -212,7 +146,7 @@ fn print_progress(
     window: Duration,
     before: &EngineStats,
     now: &EngineStats,
-    counters: &DemoCounters,
+    counters: &AutoplayCounters,
     shards: usize,
 ) {
     eprintln!(
@@ -236,7 +170,7 @@ fn print_progress(
 fn print_summary(
     elapsed: Duration,
     stats: &EngineStats,
-    counters: &DemoCounters,
+    counters: &AutoplayCounters,
     store_name: &str,
     config: &Config,
     args: &Args,

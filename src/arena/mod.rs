@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::game::{Game, PlayerId, Rejection, Tick};
 
+pub mod autoplay;
 pub mod bot;
 pub mod map;
 

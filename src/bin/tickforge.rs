@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tickforge::arena::autoplay::{AutoplayCounters, play_match, play_slot};
 use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::codec;
 use tickforge::config::Config;
@@ -32,7 +34,15 @@ struct Cli {
 enum Command {
     /// Run the engine: restore every live match from the store, host it,
     /// and run until Ctrl-C (then snapshot and flush every match).
-    Serve,
+    Serve {
+        /// Keep this many arena matches busy with in-process bots (restored
+        /// matches are played by bots too when this is set).
+        #[arg(long, default_value_t = 0)]
+        bots: usize,
+        /// Bots per match.
+        #[arg(long, default_value_t = 8)]
+        players: u32,
+    },
     /// Print a stored match: head, snapshot, event count, last events.
     Inspect {
         /// The match id (root).
@@ -52,6 +62,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -88,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn dispatch<S: Store>(command: Command, config: &Config, store: S) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve(config, store).await,
+        Command::Serve { bots, players } => serve(config, store, bots, players).await,
         Command::Inspect { root, last } => inspect(config, &store, &root, last).await,
         Command::CheckConfig => {
             println!("{config:#?}");
@@ -97,8 +108,19 @@ async fn dispatch<S: Store>(command: Command, config: &Config, store: S) -> anyh
     }
 }
 
-async fn serve<S: Store>(config: &Config, store: S) -> anyhow::Result<()> {
-    let engine = Engine::start(Arena::default(), store, config.engine, &config.edition);
+async fn serve<S: Store>(
+    config: &Config,
+    store: S,
+    bots: usize,
+    players: u32,
+) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=16).contains(&players), "--players must be 1 to 16");
+    let engine = Arc::new(Engine::start(
+        Arena::default(),
+        store,
+        config.engine,
+        &config.edition,
+    ));
     let (restored, failed) = engine
         .restore_all()
         .await
@@ -110,13 +132,45 @@ async fn serve<S: Store>(config: &Config, store: S) -> anyhow::Result<()> {
         tick_hz = config.engine.tick_hz,
         "tickforge serving; Ctrl-C stops after snapshotting every match"
     );
+    let counters = Arc::new(AutoplayCounters::default());
+    let mut players_tasks = tokio::task::JoinSet::new();
+    if bots > 0 {
+        for root in engine.hosted_matches() {
+            let (engine, counters) = (engine.clone(), counters.clone());
+            players_tasks.spawn(async move {
+                play_match(&engine, &counters, &root, players, 0)
+                    .await
+                    .map(|_| ())
+            });
+        }
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        for slot in 0..bots {
+            let prefix = format!("serve-{run_id}");
+            players_tasks.spawn(play_slot(
+                engine.clone(),
+                counters.clone(),
+                prefix,
+                slot,
+                players,
+            ));
+        }
+        tracing::info!(bots, players, "in-process bots playing");
+    }
     let mut report = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = report.tick() => {
                 let s = engine.stats();
                 tracing::info!(matches = s.matches, ticks = s.ticks, late_ticks = s.late_ticks,
-                    events = s.events, p99_tick_ms = s.tick_ms(0.99), backlog = s.backlog_jobs, "status");
+                    events = s.events, persisted = s.persisted_events, p99_tick_ms = s.tick_ms(0.99),
+                    backlog = s.backlog_jobs, repaired = s.repaired_events, "status");
+            }
+            Some(joined) = players_tasks.join_next() => {
+                if let Err(error) = joined.context("bot task panicked")? {
+                    tracing::warn!(%error, "bots stopped playing a match");
+                }
             }
             signal = tokio::signal::ctrl_c() => {
                 signal.context("listening for Ctrl-C")?;
@@ -125,6 +179,7 @@ async fn serve<S: Store>(config: &Config, store: S) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping: final snapshots and flush");
+    players_tasks.abort_all();
     engine.shutdown().await;
     Ok(())
 }
