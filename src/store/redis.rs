@@ -100,6 +100,11 @@ pub struct RedisOptions {
     /// How long a command may wait for its reply before the call fails as
     /// [`StoreError::Unavailable`] (writes are safe to retry).
     pub response_timeout: Duration,
+    /// Single node: connection attempts after the first, with exponential
+    /// backoff from 100 ms, before a call fails as unavailable (the first
+    /// connection, and each reconnection after a drop; the next call tries
+    /// again).
+    pub reconnect_retries: usize,
     /// Most batches carried by one append script call.
     pub max_batches_per_call: usize,
     /// Soft cap on the payload bytes of one append script call (a single
@@ -112,6 +117,7 @@ impl Default for RedisOptions {
         Self {
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
+            reconnect_retries: 3,
             max_batches_per_call: 2_048,
             max_bytes_per_call: 4 * 1024 * 1024,
         }
@@ -216,7 +222,11 @@ impl RedisStore {
             // provider; an error only means one is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let shown = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
+        let shown = urls
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(", ");
         let unavailable =
             |e: RedisError| StoreError::Unavailable(format!("cannot connect to {shown}: {e}"));
         let connection = match urls {
@@ -227,7 +237,8 @@ impl RedisStore {
                 let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.connection_timeout))
-                    .set_response_timeout(Some(options.response_timeout));
+                    .set_response_timeout(Some(options.response_timeout))
+                    .set_number_of_retries(options.reconnect_retries);
                 let manager = ConnectionManager::new_with_config(client, config)
                     .await
                     .map_err(unavailable)?;
@@ -423,8 +434,10 @@ fn slot(key: &MatchKey) -> u16 {
 
 /// Maps a client error: bad data is corrupt, anything else unavailable.
 fn redis_error(key: &str, error: RedisError) -> StoreError {
-    let corrupt = matches!(error.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType)
-        || error.code() == Some("WRONGTYPE");
+    let corrupt = matches!(
+        error.kind(),
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType
+    ) || error.code() == Some("WRONGTYPE");
     if corrupt {
         StoreError::Corrupt {
             key: key.to_owned(),
@@ -468,7 +481,11 @@ impl EventStore for RedisStore {
         for (index, batch) in batches.iter().enumerate() {
             match validate(batch) {
                 Ok(()) => {
-                    let group = if self.is_cluster() { slot(&batch.key) } else { 0 };
+                    let group = if self.is_cluster() {
+                        slot(&batch.key)
+                    } else {
+                        0
+                    };
                     groups.entry(group).or_default().push(index);
                 }
                 Err(e) => results[index] = Some(Err(e)),
@@ -736,7 +753,10 @@ impl SnapshotStore for RedisStore {
     async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
         let snapshot_key = key.snapshot_key();
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&snapshot_key).arg("sequence").arg("tick").arg("state");
+        cmd.arg(&snapshot_key)
+            .arg("sequence")
+            .arg("tick")
+            .arg("state");
         let (sequence, tick, state): (Option<String>, Option<String>, Option<Vec<u8>>) = self
             .connection
             .query(&cmd)

@@ -1,0 +1,310 @@
+//! The storage suite against the memory store and the Redis store.
+//!
+//! `cargo test --test storage_redis --features redis`. Each Redis test gets
+//! its own server (a `redis-server` child process by default; see
+//! `tests/support` for `TICKFORGE_TEST_REDIS=container` and `url:…`).
+//!
+//! The append throughput probe is ignored by default; run it by hand with
+//! `cargo test --release --test storage_redis -- --ignored --nocapture append_probe`.
+
+#![cfg(feature = "redis")]
+
+mod storage_suite;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use storage_suite::Ns;
+use support::{Mode, ServerOptions, TestCluster, TestRedis};
+use tickforge::store::{
+    AppendBatch, EventStore, MemoryStore, RedisOptions, RedisStore, SnapshotStore, StoreError,
+};
+
+/// One test per suite function and backend.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    storage_suite::$name(&MemoryStore::new(), &Ns::new("main")).await;
+                }
+            )*
+        }
+
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let redis = TestRedis::start().await;
+                    let store = redis.store().await;
+                    storage_suite::$name(&store, &Ns::new(redis.edition())).await;
+                }
+            )*
+        }
+
+        /// The whole suite on one three-node cluster (process mode only).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_runs_the_suite() {
+            if Mode::from_env() != Mode::Process {
+                eprintln!("cluster tests need redis-server child processes; skipped");
+                return;
+            }
+            let cluster = TestCluster::start(3).await;
+            let store = cluster.store().await;
+            $(
+                storage_suite::$name(&store, &Ns::new(&format!("{}-{}", cluster.edition(), stringify!($name)))).await;
+            )*
+            storage_suite::racing_writers_never_fork(&store, &Ns::new(cluster.edition()), 32, 3).await;
+        }
+    };
+}
+
+suite!(
+    append_read_head,
+    gap_is_a_conflict,
+    retry_is_idempotent,
+    diverged_bytes_are_refused,
+    non_consecutive_batch_is_refused,
+    empty_batch_moves_the_tick,
+    unknown_match_is_refused,
+    create_twice_is_a_conflict,
+    snapshots_compare_and_set,
+    positions_move_forward_only,
+    finish_hides_a_match,
+    one_call_appends_many_matches,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_racing_writers_never_fork() {
+    storage_suite::racing_writers_never_fork(&MemoryStore::new(), &Ns::new("main"), 32, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_racing_writers_never_fork() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    storage_suite::racing_writers_never_fork(&store, &Ns::new(redis.edition()), 32, 5).await;
+}
+
+/// Payloads must be the envelopes of their events: the Redis store reads
+/// each event's tick back from them.
+#[tokio::test]
+async fn redis_refuses_payloads_that_are_not_their_envelope() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("payloads");
+    store.create(&key).await.unwrap();
+    let mut wrong_tick = storage_suite::event(0, 5, "x");
+    wrong_tick.tick = 6;
+    let mut garbage = storage_suite::event(0, 5, "x");
+    garbage.payload = b"not an envelope".to_vec();
+    for event in [wrong_tick, garbage] {
+        let result =
+            storage_suite::append_one(&store, storage_suite::batch(&key, 0, vec![event], 5)).await;
+        assert!(
+            matches!(result, Err(StoreError::Corrupt { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(store.head(&key).await.unwrap().unwrap().next_sequence, 0);
+}
+
+/// Data of the wrong type under a tickforge key is reported as corrupt.
+#[tokio::test]
+async fn redis_reports_foreign_data_as_corrupt() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("foreign");
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let () = ::redis::cmd("SET")
+        .arg(key.snapshot_key())
+        .arg("oops")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let () = ::redis::cmd("HSET")
+        .arg(key.meta_key())
+        .arg("head")
+        .arg("x")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.load_snapshot(&key).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.head(&key).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    let result = storage_suite::append_one(
+        &store,
+        storage_suite::batch(&key, 0, storage_suite::events(0, 1, 1, "f"), 1),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(StoreError::Corrupt { .. })),
+        "{result:?}"
+    );
+}
+
+/// A password in the URL is used; a wrong one is refused as unavailable.
+#[tokio::test]
+async fn redis_password_in_url() {
+    if Mode::from_env() != Mode::Process {
+        eprintln!("needs a redis-server child process; skipped");
+        return;
+    }
+    let redis = TestRedis::start_with(ServerOptions {
+        password: Some("s3cret".to_owned()),
+        ..ServerOptions::default()
+    })
+    .await;
+    let store = redis.store().await;
+    store.create(&redis.key("auth")).await.unwrap();
+    let wrong = redis.url().replace("s3cret", "wrong");
+    let refused = RedisStore::connect(&[wrong]).await;
+    match refused {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(!message.contains("wrong"), "password leaked: {message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Connecting to nothing fails as unavailable, TLS included.
+#[tokio::test]
+async fn redis_unreachable_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("rediss://user:pw@127.0.0.1:{port}"),
+    ] {
+        let result = RedisStore::connect(&[url]).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+    assert!(matches!(
+        RedisStore::connect(&[]).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// After a crash and restart (AOF with fsync always), the store reconnects
+/// on its own and finds every acknowledged event.
+#[tokio::test]
+async fn redis_reconnects_after_a_restart() {
+    if Mode::from_env() != Mode::Process {
+        eprintln!("needs a redis-server child process; skipped");
+        return;
+    }
+    let mut redis = TestRedis::start_with(ServerOptions::appendonly("always")).await;
+    let store = redis.store().await;
+    let key = redis.key("crash");
+    store.create(&key).await.unwrap();
+    let events = storage_suite::events(0, 3, 1, "before");
+    storage_suite::append_one(&store, storage_suite::batch(&key, 0, events.clone(), 1))
+        .await
+        .unwrap();
+
+    let process = redis.process().expect("process mode");
+    process.kill();
+    match store.head(&key).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable while down, got {other:?}"),
+    }
+    process.restart().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let head = loop {
+        match store.head(&key).await {
+            Ok(head) => break head,
+            Err(StoreError::Unavailable(e)) => {
+                assert!(Instant::now() < deadline, "never reconnected: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(head.map(|h| h.next_sequence), Some(3));
+    assert_eq!(store.read(&key, 0, 10).await.unwrap(), events);
+    // Scripts are loaded again transparently (the restart emptied the cache).
+    let more = storage_suite::events(3, 1, 2, "after");
+    let head = storage_suite::append_one(&store, storage_suite::batch(&key, 3, more, 2))
+        .await
+        .unwrap();
+    assert_eq!(head.next_sequence, 4);
+}
+
+/// Append throughput: 1,000 matches × 8 events per call, one shard's tick
+/// batch, against a fresh local server. Prints events/s and call latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput probe; run by hand in release mode"]
+async fn append_probe() {
+    const MATCHES: usize = 1_000;
+    const EVENTS: u64 = 8;
+    const CALLS: u64 = 200;
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect_with(&[redis.url().to_owned()], RedisOptions::default())
+        .await
+        .unwrap();
+    let keys: Vec<_> = (0..MATCHES).map(|i| redis.key(&format!("p{i}"))).collect();
+    for key in &keys {
+        store.create(key).await.unwrap();
+    }
+    let batches_at = |call: u64| -> Vec<AppendBatch> {
+        keys.iter()
+            .map(|key| {
+                let first = call * EVENTS;
+                storage_suite::batch(
+                    key,
+                    first,
+                    storage_suite::events(first, EVENTS, call + 1, "move"),
+                    call + 1,
+                )
+            })
+            .collect()
+    };
+    let payload_bytes: usize = batches_at(0)[0]
+        .events
+        .iter()
+        .map(|e| e.payload.len())
+        .sum();
+    // Batches are built outside the timed section, as a shard would have them.
+    let prepared: Vec<Vec<AppendBatch>> = (0..CALLS).map(batches_at).collect();
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for batches in prepared {
+        let call = Instant::now();
+        let results = store.append(batches).await.unwrap();
+        latencies.record(call.elapsed().as_micros() as u64).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    let elapsed = started.elapsed();
+    let events = CALLS * MATCHES as u64 * EVENTS;
+    println!(
+        "append probe: {CALLS} calls × {MATCHES} matches × {EVENTS} events \
+         ({} B per 8-event batch) in {elapsed:.2?}: {:.0} events/s, {:.0} match-batches/s; \
+         call latency p50 {} µs, p99 {} µs, max {} µs",
+        payload_bytes,
+        events as f64 / elapsed.as_secs_f64(),
+        (CALLS * MATCHES as u64) as f64 / elapsed.as_secs_f64(),
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.99),
+        latencies.max(),
+    );
+    assert_eq!(
+        store.head(&keys[0]).await.unwrap().unwrap().next_sequence,
+        CALLS * EVENTS
+    );
+}

@@ -1,0 +1,550 @@
+//! The storage suite: every rule of the store traits, as generic functions
+//! run against each backend (see `tests/storage_redis.rs`).
+//!
+//! Each function gets a store and a [`Ns`] (the edition its keys live in),
+//! so backends shared between tests never see each other's keys. Payloads
+//! are real encoded event envelopes: the Redis store recovers each event's
+//! tick from them.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tickforge::codec;
+use tickforge::engine::EventEnvelope;
+use tickforge::game::PlayerId;
+use tickforge::store::{
+    AppendBatch, Head, MatchKey, MatchStatus, RecordedEvent, Snapshot, Store, StoreError,
+};
+
+/// The namespace of one test: domain `arena`, its own edition.
+#[derive(Debug, Clone)]
+pub struct Ns {
+    edition: String,
+}
+
+impl Ns {
+    /// Keys in `edition`.
+    pub fn new(edition: &str) -> Ns {
+        Ns {
+            edition: edition.to_owned(),
+        }
+    }
+
+    /// The match `root` of this namespace.
+    pub fn key(&self, root: &str) -> MatchKey {
+        MatchKey::new("arena", &self.edition, root).expect("valid key")
+    }
+}
+
+/// Event `sequence` applied on `tick`, with a body naming its author.
+pub fn event(sequence: u64, tick: u64, body: &str) -> RecordedEvent {
+    let envelope = EventEnvelope {
+        sequence,
+        tick,
+        player: PlayerId(1),
+        event: body.to_owned(),
+    };
+    RecordedEvent {
+        sequence,
+        tick,
+        payload: codec::encode(&envelope).expect("encodable"),
+    }
+}
+
+/// `count` events from `first`, all on `tick`, bodies tagged with `tag`.
+pub fn events(first: u64, count: u64, tick: u64, tag: &str) -> Vec<RecordedEvent> {
+    (first..first + count)
+        .map(|s| event(s, tick, &format!("{tag}-{s}")))
+        .collect()
+}
+
+/// A batch of `events` starting at `first`.
+pub fn batch(key: &MatchKey, first: u64, events: Vec<RecordedEvent>, tick: u64) -> AppendBatch {
+    AppendBatch {
+        key: key.clone(),
+        first_sequence: first,
+        events,
+        head_tick: tick,
+    }
+}
+
+/// Appends one batch and returns its own result.
+pub async fn append_one<S: Store>(store: &S, batch: AppendBatch) -> Result<Head, StoreError> {
+    let mut results = store.append(vec![batch]).await.expect("append call");
+    assert_eq!(results.len(), 1, "one result per batch");
+    results.remove(0)
+}
+
+fn live(next_sequence: u64, tick: u64) -> Head {
+    Head {
+        next_sequence,
+        tick,
+        status: MatchStatus::Live,
+    }
+}
+
+async fn read_all<S: Store>(store: &S, key: &MatchKey) -> Vec<RecordedEvent> {
+    store.read(key, 0, usize::MAX).await.expect("read")
+}
+
+/// Append, read back (whole and in pages), head.
+pub async fn append_read_head<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("m1");
+    store.create(&key).await.expect("create");
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(0, 0)));
+
+    let first = events(0, 3, 1, "a");
+    let head = append_one(store, batch(&key, 0, first.clone(), 1)).await;
+    assert_eq!(head, Ok(live(3, 1)));
+    let second = vec![event(3, 2, "b-3"), event(4, 3, "b-4")];
+    let head = append_one(store, batch(&key, 3, second.clone(), 3)).await;
+    assert_eq!(head, Ok(live(5, 3)));
+
+    let all: Vec<RecordedEvent> = first.into_iter().chain(second).collect();
+    assert_eq!(read_all(store, &key).await, all);
+    assert_eq!(store.read(&key, 2, 2).await.unwrap(), all[2..4].to_vec());
+    assert_eq!(store.read(&key, 4, 10).await.unwrap(), all[4..].to_vec());
+    assert_eq!(store.read(&key, 5, 10).await.unwrap(), Vec::new());
+    assert_eq!(store.read(&key, 0, 0).await.unwrap(), Vec::new());
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(5, 3)));
+
+    let unknown = ns.key("never-created");
+    assert_eq!(store.head(&unknown).await.unwrap(), None);
+    assert_eq!(store.read(&unknown, 0, 10).await.unwrap(), Vec::new());
+}
+
+/// A batch starting past the head is a conflict and changes nothing.
+pub async fn gap_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("gap");
+    store.create(&key).await.unwrap();
+    let result = append_one(store, batch(&key, 2, events(2, 2, 1, "x"), 1)).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Conflict {
+                expected: 0,
+                found: 2,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(0, 0)));
+    append_one(store, batch(&key, 0, events(0, 2, 1, "x"), 1))
+        .await
+        .unwrap();
+    let result = append_one(store, batch(&key, 5, events(5, 1, 2, "x"), 2)).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Conflict {
+                expected: 2,
+                found: 5,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(read_all(store, &key).await.len(), 2);
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(2, 1)));
+}
+
+/// A retried batch that is stored byte for byte succeeds without
+/// duplicates; a batch overlapping the head appends only its new part.
+pub async fn retry_is_idempotent<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("retry");
+    store.create(&key).await.unwrap();
+    let all = events(0, 5, 1, "r");
+    let first = batch(&key, 0, all[..3].to_vec(), 1);
+    assert_eq!(append_one(store, first.clone()).await, Ok(live(3, 1)));
+    assert_eq!(append_one(store, first).await, Ok(live(3, 1)));
+    assert_eq!(read_all(store, &key).await, all[..3].to_vec());
+
+    // Overlap: events 1 and 2 are stored, 3 and 4 are new.
+    let overlap = batch(&key, 1, all[1..].to_vec(), 2);
+    assert_eq!(append_one(store, overlap.clone()).await, Ok(live(5, 2)));
+    assert_eq!(append_one(store, overlap).await, Ok(live(5, 2)));
+    assert_eq!(read_all(store, &key).await, all);
+}
+
+/// A batch disagreeing with stored events is refused and changes nothing.
+pub async fn diverged_bytes_are_refused<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("diverged");
+    store.create(&key).await.unwrap();
+    let stored = events(0, 3, 1, "mine");
+    append_one(store, batch(&key, 0, stored.clone(), 1))
+        .await
+        .unwrap();
+    let theirs = vec![
+        event(1, 1, "mine-1"),
+        event(2, 1, "theirs-2"),
+        event(3, 2, "theirs-3"),
+    ];
+    let result = append_one(store, batch(&key, 1, theirs, 2)).await;
+    assert!(
+        matches!(result, Err(StoreError::Diverged { sequence: 2, .. })),
+        "{result:?}"
+    );
+    assert_eq!(read_all(store, &key).await, stored);
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(3, 1)));
+}
+
+/// A batch whose events are not consecutive is refused.
+pub async fn non_consecutive_batch_is_refused<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("holes");
+    store.create(&key).await.unwrap();
+    let holes = vec![event(0, 1, "a"), event(2, 1, "b")];
+    let result = append_one(store, batch(&key, 0, holes, 1)).await;
+    assert!(
+        matches!(result, Err(StoreError::Corrupt { .. })),
+        "{result:?}"
+    );
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(0, 0)));
+}
+
+/// An empty batch moves the head tick (never back); one behind the head
+/// is a conflict.
+pub async fn empty_batch_moves_the_tick<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("ticks");
+    store.create(&key).await.unwrap();
+    assert_eq!(
+        append_one(store, batch(&key, 0, vec![], 5)).await,
+        Ok(live(0, 5))
+    );
+    assert_eq!(
+        append_one(store, batch(&key, 0, events(0, 2, 6, "t"), 6)).await,
+        Ok(live(2, 6))
+    );
+    assert_eq!(
+        append_one(store, batch(&key, 2, vec![], 4)).await,
+        Ok(live(2, 6)),
+        "the tick never moves back"
+    );
+    assert_eq!(
+        append_one(store, batch(&key, 2, vec![], 9)).await,
+        Ok(live(2, 9))
+    );
+    let behind = append_one(store, batch(&key, 1, vec![], 10)).await;
+    assert!(
+        matches!(
+            behind,
+            Err(StoreError::Conflict {
+                expected: 2,
+                found: 1,
+                ..
+            })
+        ),
+        "{behind:?}"
+    );
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(2, 9)));
+}
+
+/// Writes to a match that was never created fail; reads find nothing.
+pub async fn unknown_match_is_refused<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("nobody");
+    let result = append_one(store, batch(&key, 0, events(0, 1, 1, "u"), 1)).await;
+    assert!(
+        matches!(result, Err(StoreError::UnknownMatch(_))),
+        "{result:?}"
+    );
+    assert!(matches!(
+        store.finish(&key).await,
+        Err(StoreError::UnknownMatch(_))
+    ));
+    let snapshot = Snapshot {
+        sequence: 0,
+        tick: 0,
+        state: vec![1],
+    };
+    assert!(matches!(
+        store.save_snapshot(&key, &snapshot).await,
+        Err(StoreError::UnknownMatch(_))
+    ));
+    assert!(matches!(
+        store.advance_position("follower", &key, 3).await,
+        Err(StoreError::UnknownMatch(_))
+    ));
+    assert_eq!(store.load_position("follower", &key).await.unwrap(), 0);
+    assert_eq!(store.load_snapshot(&key).await.unwrap(), None);
+    assert_eq!(store.head(&key).await.unwrap(), None);
+    assert_eq!(read_all(store, &key).await, Vec::new());
+}
+
+/// Creating an existing match is a conflict naming its head.
+pub async fn create_twice_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("twice");
+    store.create(&key).await.unwrap();
+    append_one(store, batch(&key, 0, events(0, 2, 3, "c"), 3))
+        .await
+        .unwrap();
+    let again = store.create(&key).await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Conflict {
+                expected: 2,
+                found: 0,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(2, 3)));
+    assert_eq!(read_all(store, &key).await.len(), 2);
+}
+
+/// A snapshot never replaces a newer one; an equal one may be rewritten.
+pub async fn snapshots_compare_and_set<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("snap");
+    store.create(&key).await.unwrap();
+    assert_eq!(store.load_snapshot(&key).await.unwrap(), None);
+    let snap = |sequence, tick, byte| Snapshot {
+        sequence,
+        tick,
+        state: vec![byte; 64],
+    };
+    assert!(store.save_snapshot(&key, &snap(5, 10, 1)).await.unwrap());
+    assert_eq!(
+        store.load_snapshot(&key).await.unwrap(),
+        Some(snap(5, 10, 1))
+    );
+    assert!(!store.save_snapshot(&key, &snap(3, 20, 2)).await.unwrap());
+    assert!(!store.save_snapshot(&key, &snap(5, 9, 3)).await.unwrap());
+    assert_eq!(
+        store.load_snapshot(&key).await.unwrap(),
+        Some(snap(5, 10, 1))
+    );
+    assert!(store.save_snapshot(&key, &snap(5, 10, 4)).await.unwrap());
+    assert!(store.save_snapshot(&key, &snap(5, 11, 5)).await.unwrap());
+    assert!(store.save_snapshot(&key, &snap(6, 1, 6)).await.unwrap());
+    assert_eq!(
+        store.load_snapshot(&key).await.unwrap(),
+        Some(snap(6, 1, 6))
+    );
+    // Binary state survives as is.
+    let binary = Snapshot {
+        sequence: 7,
+        tick: 2,
+        state: (0..=255).collect(),
+    };
+    assert!(store.save_snapshot(&key, &binary).await.unwrap());
+    assert_eq!(store.load_snapshot(&key).await.unwrap(), Some(binary));
+}
+
+/// Positions start at 0, move forward only, per handler.
+pub async fn positions_move_forward_only<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("pos");
+    store.create(&key).await.unwrap();
+    assert_eq!(store.load_position("board", &key).await.unwrap(), 0);
+    assert_eq!(store.advance_position("board", &key, 5).await.unwrap(), 5);
+    assert_eq!(store.advance_position("board", &key, 3).await.unwrap(), 5);
+    assert_eq!(store.advance_position("board", &key, 9).await.unwrap(), 9);
+    assert_eq!(store.load_position("board", &key).await.unwrap(), 9);
+    assert_eq!(store.load_position("other", &key).await.unwrap(), 0);
+    assert!(matches!(
+        store.advance_position("a:b", &key, 1).await,
+        Err(StoreError::Key(_))
+    ));
+    assert!(matches!(
+        store.load_position("a}b", &key).await,
+        Err(StoreError::Key(_))
+    ));
+}
+
+/// live_matches lists created matches until they finish.
+pub async fn finish_hides_a_match<S: Store>(store: &S, ns: &Ns) {
+    let keys: Vec<MatchKey> = ["c", "a", "b"].iter().map(|r| ns.key(r)).collect();
+    for key in &keys {
+        store.create(key).await.unwrap();
+    }
+    let edition = keys[0].edition().to_owned();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(store.live_matches("arena", &edition).await.unwrap(), sorted);
+
+    let b = ns.key("b");
+    store.finish(&b).await.unwrap();
+    store.finish(&b).await.unwrap();
+    assert_eq!(
+        store.live_matches("arena", &edition).await.unwrap(),
+        vec![ns.key("a"), ns.key("c")]
+    );
+    assert_eq!(
+        store.head(&b).await.unwrap().map(|h| h.status),
+        Some(MatchStatus::Ended)
+    );
+    // An ended match still takes a late batch, and says it is ended.
+    let late = append_one(store, batch(&b, 0, events(0, 1, 1, "late"), 1)).await;
+    assert_eq!(
+        late,
+        Ok(Head {
+            next_sequence: 1,
+            tick: 1,
+            status: MatchStatus::Ended
+        })
+    );
+    // Creating it again conflicts and does not revive it.
+    assert!(matches!(
+        store.create(&b).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store.live_matches("arena", &edition).await.unwrap(),
+        vec![ns.key("a"), ns.key("c")]
+    );
+    assert_eq!(
+        store.live_matches("other-game", &edition).await.unwrap(),
+        vec![]
+    );
+}
+
+/// One append call carries many matches, each with its own result, in
+/// order: successes, an unknown match and a conflict mixed.
+pub async fn one_call_appends_many_matches<S: Store>(store: &S, ns: &Ns) {
+    let keys: Vec<MatchKey> = (0..200).map(|i| ns.key(&format!("many-{i}"))).collect();
+    for key in &keys {
+        store.create(key).await.unwrap();
+    }
+    let mut batches: Vec<AppendBatch> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| batch(key, 0, events(0, (i % 9) as u64, 1, key.root()), 1))
+        .collect();
+    batches.insert(
+        50,
+        batch(&ns.key("many-unknown"), 0, events(0, 2, 1, "u"), 1),
+    );
+    batches.insert(100, batch(&keys[7], 9, events(9, 1, 1, "gap"), 1));
+    let results = store.append(batches).await.expect("append call");
+    assert_eq!(results.len(), 202);
+    assert!(matches!(results[50], Err(StoreError::UnknownMatch(_))));
+    // Batches apply in order: keys[7]'s own batch (index 7) came first,
+    // so its head is 7 by the time the gapped batch comes.
+    assert!(
+        matches!(
+            results[100],
+            Err(StoreError::Conflict {
+                expected: 7,
+                found: 9,
+                ..
+            })
+        ),
+        "{:?}",
+        results[100]
+    );
+    let ok: Vec<&Result<Head, StoreError>> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 50 && *i != 100)
+        .map(|(_, r)| r)
+        .collect();
+    for (i, (key, result)) in keys.iter().zip(ok).enumerate() {
+        let count = (i % 9) as u64;
+        assert_eq!(result, &Ok(live(count, 1)), "{key}");
+        assert_eq!(read_all(store, key).await, events(0, count, 1, key.root()));
+    }
+}
+
+/// What one writer of [`racing_writers_never_fork`] got stored.
+#[derive(Debug)]
+struct Win {
+    writer: usize,
+    first: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+/// `writers` tasks race on one match: each reads the head, appends its own
+/// batch there and retries on conflict, until it has `wins` appends
+/// stored. Afterwards the log has no gap and no duplicate, and every
+/// stored event belongs to exactly one successful append.
+pub async fn racing_writers_never_fork<S: Store>(store: &S, ns: &Ns, writers: usize, wins: usize) {
+    let key = ns.key("race");
+    store.create(&key).await.unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(writers));
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let store = store.clone();
+        let key = key.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut won = Vec::new();
+            let mut lost = 0usize;
+            for attempt in 0.. {
+                assert!(attempt < 100_000, "writer {writer} never got through");
+                if won.len() == wins {
+                    break;
+                }
+                let head = store.head(&key).await.unwrap().expect("created");
+                // Let the others run between read and write, as network
+                // latency would: the race must happen on every backend.
+                tokio::task::yield_now().await;
+                let first = head.next_sequence;
+                let count = 1 + (writer + attempt) as u64 % 3;
+                let tick = head.tick + 1;
+                let batch_events: Vec<RecordedEvent> = (first..first + count)
+                    .map(|s| event(s, tick, &format!("w{writer}-a{attempt}-{s}")))
+                    .collect();
+                let payloads = batch_events.iter().map(|e| e.payload.clone()).collect();
+                match append_one(&store, batch(&key, first, batch_events, tick)).await {
+                    Ok(head) => {
+                        assert!(head.next_sequence >= first + count);
+                        won.push(Win {
+                            writer,
+                            first,
+                            payloads,
+                        });
+                    }
+                    Err(StoreError::Conflict { .. } | StoreError::Diverged { .. }) => lost += 1,
+                    Err(other) => panic!("writer {writer}: {other}"),
+                }
+            }
+            (won, lost)
+        }));
+    }
+    let mut wins_all = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (won, lost) = task.await.expect("writer task");
+        wins_all.extend(won);
+        conflicts += lost;
+    }
+    assert_eq!(wins_all.len(), writers * wins);
+
+    let stored = read_all(store, &key).await;
+    let total: usize = wins_all.iter().map(|w| w.payloads.len()).sum();
+    assert_eq!(stored.len(), total, "every won event stored once, no more");
+    for (i, event) in stored.iter().enumerate() {
+        assert_eq!(event.sequence, i as u64, "no gap");
+    }
+    // Exactly one winner per sequence, and the stored bytes are its bytes.
+    let mut owner: BTreeMap<u64, (usize, &Vec<u8>)> = BTreeMap::new();
+    for win in &wins_all {
+        for (offset, payload) in win.payloads.iter().enumerate() {
+            let sequence = win.first + offset as u64;
+            let previous = owner.insert(sequence, (win.writer, payload));
+            assert!(
+                previous.is_none(),
+                "sequence {sequence} won by writers {} and {:?}",
+                win.writer,
+                previous.map(|p| p.0)
+            );
+        }
+    }
+    for event in &stored {
+        let (_, payload) = owner[&event.sequence];
+        assert_eq!(&event.payload, payload, "event {}", event.sequence);
+    }
+    let distinct: BTreeSet<&Vec<u8>> = stored.iter().map(|e| &e.payload).collect();
+    assert_eq!(distinct.len(), stored.len(), "no duplicate payload");
+    assert_eq!(
+        store.head(&key).await.unwrap().map(|h| h.next_sequence),
+        Some(total as u64)
+    );
+    // With this many writers the race must actually have happened.
+    if writers > 1 {
+        assert!(conflicts > 0, "no writer ever lost a race");
+    }
+}

@@ -1,0 +1,525 @@
+//! Test fixtures: a Redis per test.
+//!
+//! [`TestRedis::start`] picks the server from `TICKFORGE_TEST_REDIS`:
+//!
+//! - unset (default): a `redis-server` child process on a free loopback
+//!   port, with its own temporary directory, killed on drop;
+//! - `container`: a `redis:7.0` container through testcontainers (the
+//!   Docker API socket from `DOCKER_HOST`), removed on drop;
+//! - `url:redis://…`: an existing server, shared with other tests.
+//!
+//! Every test also gets its own random edition (the keys' timeline part,
+//! see [`tickforge::store::keys`]), so tests sharing one server never see
+//! each other's keys. Readiness is awaited by connecting and `PING`ing with
+//! a bounded number of retries, never by a fixed sleep.
+//!
+//! [`TestCluster`] starts a Redis Cluster of child processes (process mode
+//! only).
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tickforge::store::{MatchKey, RedisStore};
+
+/// Environment variable choosing the Redis under test.
+pub const ENV: &str = "TICKFORGE_TEST_REDIS";
+
+/// The container image used in container mode.
+pub const IMAGE: (&str, &str) = ("redis", "7.0");
+
+/// Domain of every key the fixtures hand out.
+pub const DOMAIN: &str = "arena";
+
+/// How long a server may take to answer PING after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How many free ports are tried before giving up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Where the Redis under test comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A `redis-server` child process per test.
+    Process,
+    /// A container per test.
+    Container,
+    /// An existing server at this URL.
+    Url(String),
+}
+
+impl Mode {
+    /// The mode `TICKFORGE_TEST_REDIS` asks for.
+    pub fn from_env() -> Mode {
+        match std::env::var(ENV) {
+            Err(_) => Mode::Process,
+            Ok(value) if value.is_empty() || value == "process" => Mode::Process,
+            Ok(value) if value == "container" => Mode::Container,
+            Ok(value) => match value.strip_prefix("url:") {
+                Some(url) => Mode::Url(url.to_owned()),
+                None => panic!("{ENV}={value:?}: expected `container`, `url:redis://…` or nothing"),
+            },
+        }
+    }
+}
+
+/// How a fixture server persists data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// `--appendonly yes` with this `appendfsync` policy (`always`,
+    /// `everysec` or `no`); `None` is `--appendonly no`.
+    pub appendfsync: Option<&'static str>,
+    /// `--requirepass`.
+    pub password: Option<String>,
+    /// `--cluster-enabled yes` (process mode only).
+    pub cluster: bool,
+}
+
+impl ServerOptions {
+    /// AOF on with the given `appendfsync` policy.
+    pub fn appendonly(appendfsync: &'static str) -> Self {
+        Self {
+            appendfsync: Some(appendfsync),
+            ..Self::default()
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--save".into(), String::new()];
+        match self.appendfsync {
+            Some(policy) => args.extend([
+                "--appendonly".into(),
+                "yes".into(),
+                "--appendfsync".into(),
+                policy.into(),
+            ]),
+            None => args.extend(["--appendonly".into(), "no".into()]),
+        }
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass".into(), password.clone()]);
+        }
+        args
+    }
+}
+
+/// A fresh edition name: unique per call within the process and across
+/// processes (pid and clock).
+pub fn unique_edition() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "t{:x}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A Redis for one test, with its own edition.
+pub struct TestRedis {
+    url: String,
+    edition: String,
+    server: Server,
+}
+
+enum Server {
+    Process(RedisProcess),
+    Container(Box<ContainerAsync<GenericImage>>),
+    External,
+}
+
+impl TestRedis {
+    /// A server as `TICKFORGE_TEST_REDIS` asks, without persistence.
+    pub async fn start() -> TestRedis {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// A server as `TICKFORGE_TEST_REDIS` asks. Panics with the reason if
+    /// none can be had (this is a test fixture).
+    pub async fn start_with(options: ServerOptions) -> TestRedis {
+        let edition = unique_edition();
+        match Mode::from_env() {
+            Mode::Process => {
+                let process = RedisProcess::spawn(options)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+                TestRedis {
+                    url: process.url(),
+                    edition,
+                    server: Server::Process(process),
+                }
+            }
+            Mode::Container => {
+                let container = start_container(&options)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot start a Redis container: {e}"));
+                let host = container
+                    .get_host()
+                    .await
+                    .unwrap_or_else(|e| panic!("container host: {e}"));
+                let port = container
+                    .get_host_port_ipv4(6379.tcp())
+                    .await
+                    .unwrap_or_else(|e| panic!("container port: {e}"));
+                let url = with_password(&format!("redis://{host}:{port}"), &options);
+                wait_ready(&url, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("Redis container not ready: {e}"));
+                TestRedis {
+                    url,
+                    edition,
+                    server: Server::Container(Box::new(container)),
+                }
+            }
+            Mode::Url(url) => {
+                wait_ready(&url, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ENV}: {url} not reachable: {e}"));
+                TestRedis {
+                    url,
+                    edition,
+                    server: Server::External,
+                }
+            }
+        }
+    }
+
+    /// The server's URL (with the password, if any).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// This test's edition: every key from [`TestRedis::key`] uses it.
+    pub fn edition(&self) -> &str {
+        &self.edition
+    }
+
+    /// A match key of this test.
+    pub fn key(&self, root: &str) -> MatchKey {
+        MatchKey::new(DOMAIN, &self.edition, root).expect("valid test key")
+    }
+
+    /// A store connected to this server.
+    pub async fn store(&self) -> RedisStore {
+        RedisStore::connect(std::slice::from_ref(&self.url))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    /// The child process, in process mode (crash and restart tests).
+    pub fn process(&mut self) -> Option<&mut RedisProcess> {
+        match &mut self.server {
+            Server::Process(process) => Some(process),
+            _ => None,
+        }
+    }
+}
+
+async fn start_container(
+    options: &ServerOptions,
+) -> Result<ContainerAsync<GenericImage>, testcontainers::TestcontainersError> {
+    let mut cmd = vec![
+        "redis-server".to_owned(),
+        "--bind".to_owned(),
+        "0.0.0.0".to_owned(),
+        "--protected-mode".to_owned(),
+        "no".to_owned(),
+    ];
+    cmd.extend(options.args());
+    GenericImage::new(IMAGE.0, IMAGE.1)
+        .with_exposed_port(6379.tcp())
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_cmd(cmd)
+        .with_startup_timeout(Duration::from_secs(60))
+        .start()
+        .await
+}
+
+fn with_password(url: &str, options: &ServerOptions) -> String {
+    match &options.password {
+        Some(password) => url.replacen("redis://", &format!("redis://:{password}@"), 1),
+        None => url.to_owned(),
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Connects and PINGs until the server answers, the child exits, or
+/// [`READY_TIMEOUT`] passes.
+async fn wait_ready(url: &str, mut child: Option<&mut Child>) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    loop {
+        if let Some(child) = child.as_deref_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(format!("redis-server exited with {status}"));
+        }
+        let attempt = async {
+            let mut con = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut con).await
+        };
+        let last_error = match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            Ok(Ok(pong)) if pong == "PONG" => return Ok(()),
+            Ok(Ok(other)) => format!("PING answered {other:?}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "PING timed out".to_owned(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no PONG within {READY_TIMEOUT:?}; last error: {last_error}"
+            ));
+        }
+        // A poll interval, not a wait for readiness.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `redis-server` child process on a loopback port, with its own
+/// directory; killed on drop.
+pub struct RedisProcess {
+    child: Option<Child>,
+    port: u16,
+    cluster_port: Option<u16>,
+    dir: TempDir,
+    options: ServerOptions,
+}
+
+impl RedisProcess {
+    /// Starts a server on a free port, retrying with another port if the
+    /// chosen one was taken in between.
+    pub async fn spawn(options: ServerOptions) -> Result<RedisProcess, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("tickforge-redis-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let mut process = RedisProcess {
+            child: None,
+            port: 0,
+            cluster_port: None,
+            dir,
+            options,
+        };
+        let mut errors = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            process.port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            if process.options.cluster {
+                process.cluster_port = Some(free_port().map_err(|e| format!("no free port: {e}"))?);
+            }
+            match process.launch().await {
+                Ok(()) => return Ok(process),
+                Err(e) => errors.push(format!("port {}: {e}", process.port)),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Starts redis-server on `self.port` and waits for it.
+    async fn launch(&mut self) -> Result<(), String> {
+        let redis_server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(&redis_server);
+        cmd.arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .arg("--daemonize")
+            .arg("no")
+            .args(self.options.args());
+        if let Some(cluster_port) = self.cluster_port {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(cluster_port.to_string())
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot run {redis_server} (install it with `apt-get install -y redis-server`): {e}")
+            })?;
+        self.child = Some(child);
+        let url = self.url();
+        match wait_ready(&url, self.child.as_mut()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.kill();
+                Err(format!("{e}; log: {}", self.log_tail()))
+            }
+        }
+    }
+
+    /// The server's URL (with the password, if any).
+    pub fn url(&self) -> String {
+        with_password(&format!("redis://127.0.0.1:{}", self.port), &self.options)
+    }
+
+    /// The loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's working directory (AOF and RDB files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The end of the server's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut log = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.log_path()) {
+            let _ = file.read_to_string(&mut log);
+        }
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// Kills the server at once (SIGKILL: a crash, no final fsync).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (after
+    /// [`RedisProcess::kill`]), so it reloads whatever it persisted.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.launch().await
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of child processes, every slot covered, no replicas.
+pub struct TestCluster {
+    nodes: Vec<RedisProcess>,
+    edition: String,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes, spreads the 16384 slots over them, joins them
+    /// and waits until every node reports `cluster_state:ok`.
+    pub async fn start(size: usize) -> TestCluster {
+        assert!(size > 0, "a cluster needs a node");
+        let mut nodes = Vec::with_capacity(size);
+        for _ in 0..size {
+            let options = ServerOptions {
+                cluster: true,
+                ..ServerOptions::default()
+            };
+            nodes.push(
+                RedisProcess::spawn(options)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot start a cluster node: {e}")),
+            );
+        }
+        let per_node = 16_384 / size;
+        for (i, node) in nodes.iter().enumerate() {
+            let first = i * per_node;
+            let last = if i + 1 == size {
+                16_383
+            } else {
+                first + per_node - 1
+            };
+            let mut con = connect(&node.url()).await;
+            let () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query_async(&mut con)
+                .await
+                .unwrap_or_else(|e| panic!("CLUSTER ADDSLOTSRANGE: {e}"));
+            if i > 0 {
+                let () = redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(node.port())
+                    .arg(node.cluster_port.expect("cluster node"))
+                    .query_async(&mut connect(&nodes[0].url()).await)
+                    .await
+                    .unwrap_or_else(|e| panic!("CLUSTER MEET: {e}"));
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for node in &nodes {
+            let mut con = connect(&node.url()).await;
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap_or_else(|e| panic!("CLUSTER INFO: {e}"));
+                let known = format!("cluster_known_nodes:{size}");
+                if info.contains("cluster_state:ok") && info.contains(&known) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster not ready within {READY_TIMEOUT:?}: {info}"
+                );
+                // A poll interval while gossip converges.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        TestCluster {
+            nodes,
+            edition: unique_edition(),
+        }
+    }
+
+    /// Every node's URL: the seeds for [`RedisStore::connect`].
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisProcess::url).collect()
+    }
+
+    /// This cluster's test edition.
+    pub fn edition(&self) -> &str {
+        &self.edition
+    }
+
+    /// A store connected to the cluster.
+    pub async fn store(&self) -> RedisStore {
+        let store = RedisStore::connect(&self.urls())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the cluster: {e}"));
+        assert!(store.is_cluster());
+        store
+    }
+}
+
+async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
