@@ -482,18 +482,30 @@ impl<G: NetGame> Drop for Session<G> {
     }
 }
 
-/// A command on its way; [`wait`](PendingCommand::wait) for the verdict.
+/// A command on its way; await it (or [`wait`](PendingCommand::wait)) for the verdict.
 #[derive(Debug)]
 pub struct PendingCommand {
     rx: oneshot::Receiver<Result<CommandStatus, ClientError>>,
-    /// The client sequence number the command was given, once sent.
     sent_at: Instant,
+}
+
+impl std::future::Future for PendingCommand {
+    type Output = Result<CommandStatus, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Ended)))
+    }
 }
 
 impl PendingCommand {
     /// The server's verdict.
     pub async fn wait(self) -> Result<CommandStatus, ClientError> {
-        self.rx.await.unwrap_or(Err(ClientError::Ended))
+        self.await
     }
 
     /// When the command was handed to the session.
