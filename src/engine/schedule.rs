@@ -50,8 +50,11 @@ impl TickSchedule {
 
     /// When tick `tick` is due, as an offset from the start.
     pub fn due_at(&self, tick: Tick) -> Duration {
-        self.period
-            .saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX))
+        // In u128 nanoseconds: a u32 multiplier saturated after 2^32 ticks
+        // (50 days at 1000 Hz), and from then on every tick looked due.
+        let nanos = self.period.as_nanos().saturating_mul(u128::from(tick));
+        let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+        Duration::new(secs, (nanos % 1_000_000_000) as u32)
     }
 
     /// Ticks that were due by `elapsed` (the count a drift-free loop has run).

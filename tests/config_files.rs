@@ -1,0 +1,173 @@
+//! Configuration files on disk: each fault is its own `ConfigError`
+//! naming the key, the value and the file; the shipped file loads.
+
+use std::path::{Path, PathBuf};
+
+use tickforge::config::{Config, ConfigError, StorageConfig};
+use tickforge::engine::Durability;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// Writes `text` to a fresh file in its own temp dir.
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tickforge.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_missing_file_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::NotFound { path: p } if *p == path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn an_unreadable_path_is_a_read_error() {
+    // A directory exists but cannot be read as a file.
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::load_with_env(Some(dir.path()), no_env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Read { path, .. } if path == dir.path()),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_unknown_backend_names_key_value_and_file() {
+    let (_dir, path) = config_file("[storage]\nbackend = \"postgres\"\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    match &err {
+        ConfigError::UnknownBackend { origin, key, value } => {
+            assert_eq!(key, "storage.backend");
+            assert_eq!(value, "postgres");
+            assert_eq!(origin, &path.display().to_string());
+        }
+        other => panic!("expected UnknownBackend, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("postgres") && text.contains("tickforge.toml"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_backend_from_the_environment_names_the_variable() {
+    let (_dir, path) = config_file("[storage]\nbackend = \"memory\"\n");
+    let env = |name: &str| (name == "STORAGE_BACKEND").then(|| "postgres".to_owned());
+    let err = Config::load_with_env(Some(&path), env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::UnknownBackend { origin, key, value }
+            if origin == "environment" && key == "STORAGE_BACKEND" && value == "postgres"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_wrong_type_is_a_parse_error_naming_the_key() {
+    let (_dir, path) = config_file("[engine]\ntick_hz = \"fast\"\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    match &err {
+        ConfigError::Parse { origin, message } => {
+            assert!(message.contains("tick_hz"), "{message}");
+            assert_eq!(origin, &path.display().to_string());
+        }
+        other => panic!("expected Parse, got {other:?}"),
+    }
+    assert!(err.to_string().contains("tick_hz"), "{err}");
+}
+
+#[test]
+fn broken_toml_and_unknown_keys_are_parse_errors() {
+    for text in [
+        "[engine\ntick_hz = 30\n",
+        "[engine]\nticks = 30\n",
+        "[cache]\nsize = 1\n",
+    ] {
+        let (_dir, path) = config_file(text);
+        let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { .. }),
+            "{text:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_values_are_invalid_with_their_key() {
+    for (text, expected_key) in [
+        ("[engine]\ntick_hz = 5000\n", "engine.tick_hz"),
+        (
+            "[engine]\nsnapshot_every_ticks = 0\n",
+            "engine.snapshot_every_ticks",
+        ),
+        ("[engine]\nmatch_queue = 0\n", "engine.match_queue"),
+        (
+            "[engine]\ndurability = \"eventually\"\n",
+            "engine.durability",
+        ),
+        ("[engine]\nedition = \"a:b\"\n", "engine.edition"),
+        (
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"http://h\"\n",
+            "storage.redis.url",
+        ),
+    ] {
+        let (_dir, path) = config_file(text);
+        let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == expected_key),
+            "{text:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("tickforge.toml"), "{err}");
+    }
+}
+
+#[test]
+fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
+    let (_dir, path) = config_file(
+        "[engine]\ntick_hz = 60\nshards = 3\nsnapshot_every_ticks = 90\ndurability = \"sync\"\n\
+         edition = \"replays\"\n[storage]\nbackend = \"redis\"\n\
+         [storage.redis]\nurl = \"rediss://:secret@cache:6380\"\n",
+    );
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.engine.tick_hz, 60);
+    assert_eq!(config.engine.shards, 3);
+    assert_eq!(config.engine.policy.snapshot_every_ticks, 90);
+    assert_eq!(config.engine.durability, Durability::Sync);
+    assert_eq!(config.edition, "replays");
+    assert_eq!(
+        config.storage,
+        StorageConfig::Redis {
+            urls: vec!["rediss://:secret@cache:6380".into()]
+        }
+    );
+    let env = |name: &str| (name == "STORAGE_BACKEND").then(|| "memory".to_owned());
+    let config = Config::load_with_env(Some(&path), env).unwrap();
+    assert_eq!(config.storage, StorageConfig::Memory);
+}
+
+#[test]
+fn the_shipped_config_file_loads_and_equals_the_built_in_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tickforge.toml");
+    let from_file = Config::load_with_env(Some(&path), no_env).unwrap();
+    let built_in = Config::load_with_env(None, no_env).unwrap();
+    assert_eq!(from_file, built_in);
+    assert_eq!(from_file.storage, StorageConfig::Memory);
+    assert_eq!(from_file.edition, "main");
+    assert_eq!(from_file.engine.tick_hz, 30);
+    // An empty file means every default.
+    let (_dir, empty) = config_file("");
+    assert_eq!(
+        Config::load_with_env(Some(&empty), no_env).unwrap(),
+        built_in
+    );
+}
