@@ -1,0 +1,410 @@
+//! Durability against a store that fails or is slow: async states keep
+//! flowing through an outage and nothing is lost after it; a full write
+//! buffer pauses matches with a reason and they resume; sync durability
+//! publishes no state before the store acknowledged it.
+//!
+//! The store is the memory store behind a switch (down: every write is
+//! `Unavailable`) and a gate (closed: appends wait). Tokio's clock is
+//! paused; tests await updates and replies, never sleep.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+
+use tickforge::arena::bot::Bot;
+use tickforge::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState, Dir};
+use tickforge::codec;
+use tickforge::engine::{
+    self, CommandOutcome, CommandReply, Durability, Engine, EngineSettings, EventEnvelope,
+    MatchFeed, MatchPolicy, MatchUpdate, ReplyTo,
+};
+use tickforge::game::{Game, PlayerId, Tick};
+use tickforge::store::{
+    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, Snapshot,
+    SnapshotStore, StoreError,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// The memory store behind an outage switch and an append gate.
+#[derive(Debug, Clone)]
+struct FlakyStore {
+    inner: MemoryStore,
+    down: Arc<AtomicBool>,
+    gate: Arc<watch::Sender<bool>>,
+}
+
+impl FlakyStore {
+    fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            down: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(watch::channel(true).0),
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, SeqCst);
+    }
+
+    fn set_gate_open(&self, open: bool) {
+        self.gate.send_replace(open);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(SeqCst) {
+            return Err(StoreError::Unavailable("switched off by the test".into()));
+        }
+        Ok(())
+    }
+}
+
+impl EventStore for FlakyStore {
+    async fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
+        let mut open = self.gate.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        self.check()?;
+        self.inner.append(batches).await
+    }
+
+    async fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read(key, from, limit).await
+    }
+
+    async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.create(key).await
+    }
+
+    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.finish(key).await
+    }
+
+    async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
+        self.inner.live_matches(domain, edition).await
+    }
+}
+
+impl SnapshotStore for FlakyStore {
+    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.save_snapshot(key, snapshot).await
+    }
+
+    async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(key).await
+    }
+}
+
+impl PositionStore for FlakyStore {
+    async fn load_position(&self, handler: &str, key: &MatchKey) -> Result<u64, StoreError> {
+        self.inner.load_position(handler, key).await
+    }
+
+    async fn advance_position(
+        &self,
+        handler: &str,
+        key: &MatchKey,
+        to: u64,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.advance_position(handler, key, to).await
+    }
+}
+
+type Update = Arc<MatchUpdate<ArenaState>>;
+type Events = Vec<Arc<EventEnvelope<ArenaEvent>>>;
+
+const ROOT: &str = "m";
+
+fn key() -> MatchKey {
+    MatchKey::new("arena", "main", ROOT).unwrap()
+}
+
+fn bytes(state: &ArenaState) -> Vec<u8> {
+    codec::encode(state).unwrap()
+}
+
+fn settings(durability: Durability, write_queue_ticks: usize) -> EngineSettings {
+    EngineSettings {
+        tick_hz: 30,
+        shards: 1,
+        write_queue_ticks,
+        durability,
+        policy: MatchPolicy {
+            max_pending: 1024,
+            snapshot_every_ticks: 5,
+        },
+        ..EngineSettings::default()
+    }
+}
+
+/// Awaits the first update at or past `tick` (60 s of virtual time at most).
+async fn update_at(feed: &mut MatchFeed<Arena>, tick: Tick) -> Update {
+    let wait = async {
+        loop {
+            if let Some(update) = feed.updates.borrow_and_update().clone()
+                && update.tick >= tick
+            {
+                return update;
+            }
+            feed.updates
+                .changed()
+                .await
+                .expect("match stopped publishing");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no update for tick {tick} within 60 s"))
+}
+
+fn drain_events(feed: &mut MatchFeed<Arena>, into: &mut Events) {
+    loop {
+        match feed.events.try_recv() {
+            Ok(event) => {
+                assert_eq!(event.sequence, into.len() as u64, "feed out of order");
+                into.push(event);
+            }
+            Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("feed lagged by {n}"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// One round of the bots' commands against the state they last saw.
+fn play(engine: &Engine<Arena, FlakyStore>, bots: &mut [Bot], state: &ArenaState) {
+    for bot in bots {
+        if let Some(command) = bot.next_command(engine.game(), state) {
+            engine.submit(ROOT, bot.player(), command, None).unwrap();
+        }
+    }
+}
+
+/// After shutdown: the store holds exactly the events the feed published,
+/// and restoring gives exactly the last published state.
+async fn assert_stored_as_published(store: &FlakyStore, events: &Events, last: &Update) {
+    let key = key();
+    let stored = store.inner.read(&key, 0, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), events.len(), "stored events");
+    for (record, event) in stored.iter().zip(events) {
+        assert_eq!(record.sequence, event.sequence);
+        assert_eq!(record.payload, codec::encode(&**event).unwrap());
+    }
+    let head = store.inner.head(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (head.next_sequence, head.tick),
+        (last.next_sequence, last.tick)
+    );
+    let restored = engine::restore(&Arena::default(), &store.inner, &key)
+        .await
+        .unwrap();
+    assert_eq!(bytes(&restored.state), bytes(&last.state));
+    assert_eq!(restored.next_sequence, last.next_sequence);
+}
+
+async fn start(
+    settings: EngineSettings,
+) -> (
+    Engine<Arena, FlakyStore>,
+    FlakyStore,
+    MatchFeed<Arena>,
+    Vec<Bot>,
+) {
+    let store = FlakyStore::new();
+    let engine = Engine::start(Arena::default(), store.clone(), settings, "main");
+    engine.create_match(ROOT).await.unwrap();
+    let feed = engine.subscribe(ROOT).unwrap();
+    let bots = (1..=3).map(|p| Bot::new(PlayerId(p), p.into())).collect();
+    (engine, store, feed, bots)
+}
+
+/// Async durability: while the store is down, states still go out every
+/// tick and the writer retries; once it is back, every event reaches it.
+#[tokio::test(start_paused = true)]
+async fn an_outage_delays_writes_but_loses_nothing() {
+    let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
+    let mut events = Events::new();
+    let mut state = engine.game().initial_state();
+    let mut last = None;
+    for round in 0..60 {
+        match round {
+            10 => store.set_down(true),
+            40 => store.set_down(false),
+            _ => {}
+        }
+        play(&engine, &mut bots, &state);
+        let update = update_at(&mut feed, round + 1).await;
+        assert_eq!(update.tick, round + 1, "states keep flowing");
+        state = update.state.clone();
+        drain_events(&mut feed, &mut events);
+        if round == 39 {
+            let head = store.inner.head(&key()).await.unwrap().unwrap();
+            assert!(head.tick <= 11, "nothing stored during the outage");
+            assert!(engine.stats().append_failures > 0);
+        }
+        last = Some(update);
+    }
+    let last = last.unwrap();
+    assert!(last.next_sequence > 30, "the bots played");
+    // The writer catches up on its own (its backoff is at most a second).
+    let mut tick = last.tick;
+    loop {
+        let head = store.inner.head(&key()).await.unwrap().unwrap();
+        if head.tick >= last.tick {
+            break;
+        }
+        tick += 1;
+        assert!(tick < last.tick + 90, "the writer did not catch up");
+        update_at(&mut feed, tick).await;
+    }
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_stored_as_published(&store, &events, &last).await;
+}
+
+async fn send_and_wait(
+    engine: &Engine<Arena, FlakyStore>,
+    command: ArenaCommand,
+    tx: &mpsc::Sender<CommandReply>,
+    rx: &mut mpsc::Receiver<CommandReply>,
+) -> CommandOutcome {
+    let reply = Some(ReplyTo {
+        tx: tx.clone(),
+        client_seq: 0,
+    });
+    engine.submit(ROOT, PlayerId(1), command, reply).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a reply within 60 s")
+        .expect("reply channel open")
+        .outcome
+}
+
+/// A store down for longer than the write buffer holds pauses the shard's
+/// matches: commands are refused with the reason and no state goes out.
+/// When the store returns, the buffer drains, the matches resume, and the
+/// log has no gap.
+#[tokio::test(start_paused = true)]
+async fn a_full_write_buffer_pauses_matches_until_the_store_returns() {
+    let (engine, store, mut feed, _) = start(settings(Durability::Async, 2)).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let join = ArenaCommand::Join { name: "ada".into() };
+    let mut events = Events::new();
+    assert!(matches!(
+        send_and_wait(&engine, join, &tx, &mut rx).await,
+        CommandOutcome::Accepted { .. }
+    ));
+    store.set_down(true);
+    let paused = "match paused: the store is unavailable and the write buffer is full";
+    let mut accepted_while_down = 0;
+    let refusal = loop {
+        let turn = ArenaCommand::Turn(Dir::ALL[accepted_while_down % 4]);
+        match send_and_wait(&engine, turn, &tx, &mut rx).await {
+            CommandOutcome::Accepted { .. } => accepted_while_down += 1,
+            CommandOutcome::Rejected(rejection) => break rejection,
+        }
+        assert!(accepted_while_down < 50, "the match never paused");
+        drain_events(&mut feed, &mut events);
+    };
+    assert_eq!(refusal.reason, paused);
+    // The writer holds one job and its queue two more; the shard one: a
+    // few ticks' worth, then the pause.
+    assert!(
+        (2..=6).contains(&accepted_while_down),
+        "{accepted_while_down}"
+    );
+    let frozen = feed.updates.borrow().clone().unwrap();
+    // Time passes; the paused match publishes nothing and refuses commands.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let outcome = send_and_wait(&engine, ArenaCommand::Fire, &tx, &mut rx).await;
+    assert_eq!(outcome, CommandOutcome::Rejected(refusal.clone()));
+    assert_eq!(feed.updates.borrow().as_ref().unwrap().tick, frozen.tick);
+
+    store.set_down(false);
+    let mut tries = 0;
+    let first_sequence = loop {
+        // Let the writer's backoff run out, a tick at a time (a burst of
+        // catch-up ticks would refill a two-job buffer at once), then try.
+        tokio::time::advance(Duration::from_secs(1) / 30).await;
+        let outcome = send_and_wait(&engine, ArenaCommand::Turn(Dir::North), &tx, &mut rx).await;
+        if let CommandOutcome::Accepted { first_sequence, .. } = outcome {
+            break first_sequence;
+        }
+        assert_eq!(outcome, CommandOutcome::Rejected(refusal.clone()));
+        tries += 1;
+        assert!(tries < 300, "the match never resumed");
+    };
+    // The log goes on exactly where it paused.
+    assert_eq!(first_sequence, frozen.next_sequence);
+    let resumed = update_at(&mut feed, frozen.tick + 1).await;
+    assert!(resumed.tick > frozen.tick);
+    drain_events(&mut feed, &mut events);
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_eq!(last.next_sequence, 2 + accepted_while_down as u64);
+    assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// Sync durability: no state goes out before the store acknowledged the
+/// events behind it, checked at every update and with a withheld append.
+#[tokio::test(start_paused = true)]
+async fn sync_durability_publishes_only_acknowledged_states() {
+    let (engine, store, mut feed, mut bots) = start(settings(Durability::Sync, 1800)).await;
+    let mut state = engine.game().initial_state();
+    let mut events = Events::new();
+    for round in 0..20 {
+        play(&engine, &mut bots, &state);
+        let update = update_at(&mut feed, round + 1).await;
+        let head = store.inner.head(&key()).await.unwrap().unwrap();
+        assert!(
+            head.next_sequence >= update.next_sequence && head.tick >= update.tick,
+            "tick {}: state published before its events were stored",
+            update.tick
+        );
+        state = update.state.clone();
+        drain_events(&mut feed, &mut events);
+    }
+    let before = feed.updates.borrow().clone().unwrap();
+
+    // The store withholds its acknowledgement: nothing is published.
+    store.set_gate_open(false);
+    play(&engine, &mut bots, &state);
+    let withheld = tokio::time::timeout(
+        Duration::from_secs(2),
+        update_at(&mut feed, before.tick + 1),
+    );
+    assert!(
+        withheld.await.is_err(),
+        "a state went out before its append was acknowledged"
+    );
+    drain_events(&mut feed, &mut events);
+    assert_eq!(
+        events.len() as u64,
+        before.next_sequence,
+        "no events went out either"
+    );
+
+    store.set_gate_open(true);
+    let after = update_at(&mut feed, before.tick + 1).await;
+    let head = store.inner.head(&key()).await.unwrap().unwrap();
+    assert!(head.next_sequence >= after.next_sequence && head.tick >= after.tick);
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_stored_as_published(&store, &events, &last).await;
+}
