@@ -155,9 +155,12 @@ pub enum EngineError {
     },
 }
 
+/// The sending side of a match's state feed, shared by its shard and route.
+pub(crate) type UpdateSender<S> = Arc<watch::Sender<Option<Arc<MatchUpdate<S>>>>>;
+
 pub(crate) struct Route<G: Game> {
     shard: usize,
-    updates: Arc<watch::Sender<Option<Arc<MatchUpdate<G::State>>>>>,
+    updates: UpdateSender<G::State>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
 }
 

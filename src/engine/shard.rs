@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use dashmap::DashMap;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -23,6 +23,7 @@ use crate::engine::stats::ShardStats;
 use crate::engine::writer::{WriteFailure, WriteJob};
 use crate::engine::{
     CommandReply, Durability, EngineSettings, EventEnvelope, MatchUpdate, ReplyTo, Route,
+    UpdateSender,
 };
 use crate::game::{Game, PlayerId, Rejection};
 
@@ -36,7 +37,7 @@ pub(crate) enum ShardMsg<G: Game> {
     /// Start ticking a new or restored match.
     Host {
         core: Box<Core<G>>,
-        updates: Arc<watch::Sender<Option<Arc<MatchUpdate<G::State>>>>>,
+        updates: UpdateSender<G::State>,
         events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
     },
     /// A player's command for a hosted match.
@@ -52,14 +53,14 @@ pub(crate) enum ShardMsg<G: Game> {
 
 struct Hosted<G: Game> {
     core: Core<G>,
-    updates: Arc<watch::Sender<Option<Arc<MatchUpdate<G::State>>>>>,
+    updates: UpdateSender<G::State>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
     paused: Option<String>,
 }
 
 /// Publications held back until the tick's writes are acknowledged.
 struct Publication<G: Game> {
-    updates: Arc<watch::Sender<Option<Arc<MatchUpdate<G::State>>>>>,
+    updates: UpdateSender<G::State>,
     update: Option<Arc<MatchUpdate<G::State>>>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
     new_events: Vec<EventEnvelope<G::Event>>,

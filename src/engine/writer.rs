@@ -177,7 +177,9 @@ async fn repair<S: Store>(
     stats: &ShardStats,
 ) -> Result<Head, StoreError> {
     let stored_head = match &error {
-        StoreError::Conflict { expected, found, .. } if expected < found => *expected,
+        StoreError::Conflict {
+            expected, found, ..
+        } if expected < found => *expected,
         StoreError::UnknownMatch(_) => 0,
         _ => return Err(error),
     };
