@@ -247,64 +247,131 @@ async fn redis_reconnects_after_a_restart() {
 }
 
 /// Append throughput: 1,000 matches × 8 events per call, one shard's tick
-/// batch, against a fresh local server. Prints events/s and call latency.
+/// batch, against a fresh local server. Prints events/s, call latency and
+/// redis-server CPU per call, then the same load as plain pipelined `ZADD`s
+/// (no checks, no head) as a baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "throughput probe; run by hand in release mode"]
 async fn append_probe() {
     const MATCHES: usize = 1_000;
     const EVENTS: u64 = 8;
     const CALLS: u64 = 200;
-    let redis = TestRedis::start().await;
-    let store = RedisStore::connect_with(&[redis.url().to_owned()], RedisOptions::default())
-        .await
-        .unwrap();
-    let keys: Vec<_> = (0..MATCHES).map(|i| redis.key(&format!("p{i}"))).collect();
-    for key in &keys {
-        store.create(key).await.unwrap();
-    }
-    let batches_at = |call: u64| -> Vec<AppendBatch> {
-        keys.iter()
-            .map(|key| {
-                let first = call * EVENTS;
-                storage_suite::batch(
-                    key,
-                    first,
-                    storage_suite::events(first, EVENTS, call + 1, "move"),
-                    call + 1,
-                )
-            })
-            .collect()
-    };
-    let payload_bytes: usize = batches_at(0)[0]
-        .events
+    let mut redis = TestRedis::start().await;
+    let server_pid = redis.process().and_then(|p| p.pid());
+    let server_cpu = || server_pid.and_then(cpu_seconds).unwrap_or(f64::NAN);
+    let mut keys: Vec<_> = (0..MATCHES).map(|i| redis.key(&format!("p{i}"))).collect();
+    let payload_bytes: usize = storage_suite::events(0, EVENTS, 1, "move")
         .iter()
         .map(|e| e.payload.len())
         .sum();
-    // Batches are built outside the timed section, as a shard would have them.
-    let prepared: Vec<Vec<AppendBatch>> = (0..CALLS).map(batches_at).collect();
-    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let events = CALLS * MATCHES as u64 * EVENTS;
+
+    // The store as configured, then one script call per match (pipelined),
+    // for comparison.
+    for (label, max_batches_per_call) in [("append probe", 2_048), ("one call per match", 1)] {
+        let options = RedisOptions {
+            max_batches_per_call,
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::connect_with(&[redis.url().to_owned()], options)
+            .await
+            .unwrap();
+        for key in &keys {
+            store.create(key).await.unwrap();
+        }
+        let batches_at = |call: u64| -> Vec<AppendBatch> {
+            keys.iter()
+                .map(|key| {
+                    let first = call * EVENTS;
+                    storage_suite::batch(
+                        key,
+                        first,
+                        storage_suite::events(first, EVENTS, call + 1, "move"),
+                        call + 1,
+                    )
+                })
+                .collect()
+        };
+        // Batches are built outside the timed section, as a shard has them.
+        let prepared: Vec<Vec<AppendBatch>> = (0..CALLS).map(batches_at).collect();
+        let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        let cpu_before = server_cpu();
+        let started = Instant::now();
+        for batches in prepared {
+            let call = Instant::now();
+            let results = store.append(batches).await.unwrap();
+            latencies.record(call.elapsed().as_micros() as u64).unwrap();
+            assert!(results.iter().all(Result::is_ok));
+        }
+        let elapsed = started.elapsed();
+        let cpu = server_cpu() - cpu_before;
+        println!(
+            "{label}: {CALLS} appends × {MATCHES} matches × {EVENTS} events \
+             ({payload_bytes} B per batch) in {elapsed:.2?}: {:.0} events/s, \
+             {:.0} match-batches/s; append latency p50 {} µs, p99 {} µs, max {} µs; \
+             redis-server CPU {:.0} µs per append",
+            events as f64 / elapsed.as_secs_f64(),
+            (CALLS * MATCHES as u64) as f64 / elapsed.as_secs_f64(),
+            latencies.value_at_quantile(0.5),
+            latencies.value_at_quantile(0.99),
+            latencies.max(),
+            cpu * 1e6 / CALLS as f64,
+        );
+        assert_eq!(
+            store.head(&keys[0]).await.unwrap().unwrap().next_sequence,
+            CALLS * EVENTS
+        );
+        keys = (0..MATCHES).map(|i| redis.key(&format!("q{i}"))).collect();
+    }
+
+    // Baseline: the same members as plain 8-member ZADDs, one pipeline per
+    // "call", on other keys.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let pipelines: Vec<::redis::Pipeline> = (0..CALLS)
+        .map(|call| {
+            let mut pipe = ::redis::pipe();
+            for i in 0..MATCHES {
+                let zadd = pipe.cmd("ZADD").arg(format!("baseline:{{{i}}}"));
+                for event in storage_suite::events(call * EVENTS, EVENTS, call + 1, "move") {
+                    zadd.arg(event.sequence).arg(event.payload);
+                }
+                zadd.ignore();
+            }
+            pipe
+        })
+        .collect();
+    let cpu_before = server_cpu();
     let started = Instant::now();
-    for batches in prepared {
-        let call = Instant::now();
-        let results = store.append(batches).await.unwrap();
-        latencies.record(call.elapsed().as_micros() as u64).unwrap();
-        assert!(results.iter().all(Result::is_ok));
+    for pipe in pipelines {
+        let () = pipe.query_async(&mut con).await.unwrap();
     }
     let elapsed = started.elapsed();
-    let events = CALLS * MATCHES as u64 * EVENTS;
+    let cpu = server_cpu() - cpu_before;
     println!(
-        "append probe: {CALLS} calls × {MATCHES} matches × {EVENTS} events \
-         ({} B per 8-event batch) in {elapsed:.2?}: {:.0} events/s, {:.0} match-batches/s; \
-         call latency p50 {} µs, p99 {} µs, max {} µs",
-        payload_bytes,
+        "baseline (plain pipelined ZADD): {:.0} events/s; redis-server CPU {:.0} µs per call",
         events as f64 / elapsed.as_secs_f64(),
-        (CALLS * MATCHES as u64) as f64 / elapsed.as_secs_f64(),
-        latencies.value_at_quantile(0.5),
-        latencies.value_at_quantile(0.99),
-        latencies.max(),
+        cpu * 1e6 / CALLS as f64,
     );
-    assert_eq!(
-        store.head(&keys[0]).await.unwrap().unwrap().next_sequence,
-        CALLS * EVENTS
-    );
+    let stats: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+        println!("  {line}");
+    }
+}
+
+/// User plus system CPU seconds a process has used (Linux only).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks are 100 per second on Linux.
+    Some((utime + stime) / 100.0)
 }

@@ -161,17 +161,13 @@ impl TestRedis {
                 }
             }
             Mode::Container => {
-                let container = start_container(&options)
+                let (container, port) = start_container(&options)
                     .await
                     .unwrap_or_else(|e| panic!("cannot start a Redis container: {e}"));
                 let host = container
                     .get_host()
                     .await
                     .unwrap_or_else(|e| panic!("container host: {e}"));
-                let port = container
-                    .get_host_port_ipv4(6379.tcp())
-                    .await
-                    .unwrap_or_else(|e| panic!("container port: {e}"));
                 let url = with_password(&format!("redis://{host}:{port}"), &options);
                 wait_ready(&url, None)
                     .await
@@ -226,9 +222,14 @@ impl TestRedis {
     }
 }
 
+/// Starts a container with Redis's port mapped to a free host port.
+///
+/// The host port is chosen here rather than left to the engine: Podman's
+/// Docker API reports published ports with an empty host IP, which
+/// testcontainers does not map back.
 async fn start_container(
     options: &ServerOptions,
-) -> Result<ContainerAsync<GenericImage>, testcontainers::TestcontainersError> {
+) -> Result<(ContainerAsync<GenericImage>, u16), String> {
     let mut cmd = vec![
         "redis-server".to_owned(),
         "--bind".to_owned(),
@@ -237,13 +238,23 @@ async fn start_container(
         "no".to_owned(),
     ];
     cmd.extend(options.args());
-    GenericImage::new(IMAGE.0, IMAGE.1)
-        .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .with_cmd(cmd)
-        .with_startup_timeout(Duration::from_secs(60))
-        .start()
-        .await
+    let mut errors = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let started = GenericImage::new(IMAGE.0, IMAGE.1)
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_cmd(cmd.clone())
+            .with_mapped_port(port, 6379.tcp())
+            .with_startup_timeout(Duration::from_secs(60))
+            .start()
+            .await;
+        match started {
+            Ok(container) => return Ok((container, port)),
+            Err(e) => errors.push(format!("host port {port}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 fn with_password(url: &str, options: &ServerOptions) -> String {
@@ -371,6 +382,11 @@ impl RedisProcess {
     /// The server's URL (with the password, if any).
     pub fn url(&self) -> String {
         with_password(&format!("redis://127.0.0.1:{}", self.port), &self.options)
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The loopback port.
