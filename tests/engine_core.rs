@@ -608,3 +608,34 @@ fn replay_refuses_gaps_and_out_of_order_ticks() {
     from_snapshot.apply(&run.events[2]).unwrap();
     assert_same(&run.core, &from_snapshot.finish(run.core.tick()), "tail");
 }
+
+#[test]
+fn rejecting_the_queue_answers_every_command_and_changes_nothing() {
+    let game = duel_arena();
+    let mut core = core_after(&game, &[vec![join(0, "ada")]], 1024);
+    let mut twin = core_after(&game, &[vec![join(0, "ada")]], 1024);
+    for (token, command) in [
+        ArenaCommand::Turn(Dir::South),
+        ArenaCommand::Fire,
+        ArenaCommand::Leave,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        core.handle_command(PlayerId(0), command, token).unwrap();
+    }
+    let refusal = tickforge::game::Rejection::new("match paused: test");
+    let answered = core.reject_pending(&refusal);
+    let expected: Vec<_> = (0..3)
+        .map(|t| (t, CommandOutcome::Rejected(refusal.clone())))
+        .collect();
+    assert_eq!(answered, expected);
+    assert_eq!(core.pending(), 0);
+    assert!(core.reject_pending(&refusal).is_empty());
+    // The refused commands never run.
+    let (out, twin_out) = (core.run_tick(&game), twin.run_tick(&game));
+    assert!(out.outcomes.is_empty() && out.events.is_empty());
+    assert_eq!(bytes(core.state()), bytes(twin.state()));
+    assert_eq!(core.next_sequence(), twin.next_sequence());
+    assert_eq!(twin_out.tick, out.tick);
+}

@@ -7,8 +7,8 @@
 //! `Unavailable`) and a gate (closed: appends wait). Tokio's clock is
 //! paused; tests await updates and replies, never sleep.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tickforge::arena::bot::Bot;
@@ -25,10 +25,11 @@ use tickforge::store::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 
-/// The memory store behind an outage switch and an append gate.
+/// The memory store behind an outage switch and an append gate; its data
+/// can be swapped for what a restarted server would hold.
 #[derive(Debug, Clone)]
 struct FlakyStore {
-    inner: MemoryStore,
+    data: Arc<Mutex<MemoryStore>>,
     down: Arc<AtomicBool>,
     gate: Arc<watch::Sender<bool>>,
 }
@@ -36,10 +37,42 @@ struct FlakyStore {
 impl FlakyStore {
     fn new() -> Self {
         Self {
-            inner: MemoryStore::new(),
+            data: Arc::new(Mutex::new(MemoryStore::new())),
             down: Arc::new(AtomicBool::new(false)),
             gate: Arc::new(watch::channel(true).0),
         }
+    }
+
+    /// The data now (clones of a memory store share it).
+    fn inner(&self) -> MemoryStore {
+        self.data.lock().unwrap().clone()
+    }
+
+    /// A crash that loses acknowledged writes: from now on the store holds
+    /// only the first `keep` events of match `key` (no snapshot), or, with
+    /// `None`, nothing at all.
+    async fn crash_keeping(&self, key: &MatchKey, keep: Option<u64>) {
+        let old = self.inner();
+        let fresh = MemoryStore::new();
+        if let Some(keep) = keep {
+            let events = old.read(key, 0, keep as usize).await.unwrap();
+            assert_eq!(events.len() as u64, keep);
+            fresh.create(key).await.unwrap();
+            let batch = AppendBatch {
+                key: key.clone(),
+                first_sequence: 0,
+                head_tick: events.last().map_or(0, |e| e.tick),
+                events,
+            };
+            fresh
+                .append(vec![batch])
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+        }
+        *self.data.lock().unwrap() = fresh;
     }
 
     fn set_down(&self, down: bool) {
@@ -66,7 +99,7 @@ impl EventStore for FlakyStore {
         let mut open = self.gate.subscribe();
         let _ = open.wait_for(|open| *open).await;
         self.check()?;
-        self.inner.append(batches).await
+        self.inner().append(batches).await
     }
 
     async fn read(
@@ -75,42 +108,42 @@ impl EventStore for FlakyStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read(key, from, limit).await
+        self.inner().read(key, from, limit).await
     }
 
     async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
-        self.inner.head(key).await
+        self.inner().head(key).await
     }
 
     async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.create(key).await
+        self.inner().create(key).await
     }
 
     async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.finish(key).await
+        self.inner().finish(key).await
     }
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
-        self.inner.live_matches(domain, edition).await
+        self.inner().live_matches(domain, edition).await
     }
 }
 
 impl SnapshotStore for FlakyStore {
     async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
         self.check()?;
-        self.inner.save_snapshot(key, snapshot).await
+        self.inner().save_snapshot(key, snapshot).await
     }
 
     async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.load_snapshot(key).await
+        self.inner().load_snapshot(key).await
     }
 }
 
 impl PositionStore for FlakyStore {
     async fn load_position(&self, handler: &str, key: &MatchKey) -> Result<u64, StoreError> {
-        self.inner.load_position(handler, key).await
+        self.inner().load_position(handler, key).await
     }
 
     async fn advance_position(
@@ -120,7 +153,7 @@ impl PositionStore for FlakyStore {
         to: u64,
     ) -> Result<u64, StoreError> {
         self.check()?;
-        self.inner.advance_position(handler, key, to).await
+        self.inner().advance_position(handler, key, to).await
     }
 }
 
@@ -197,18 +230,18 @@ fn play(engine: &Engine<Arena, FlakyStore>, bots: &mut [Bot], state: &ArenaState
 /// and restoring gives exactly the last published state.
 async fn assert_stored_as_published(store: &FlakyStore, events: &Events, last: &Update) {
     let key = key();
-    let stored = store.inner.read(&key, 0, usize::MAX).await.unwrap();
+    let stored = store.inner().read(&key, 0, usize::MAX).await.unwrap();
     assert_eq!(stored.len(), events.len(), "stored events");
     for (record, event) in stored.iter().zip(events) {
         assert_eq!(record.sequence, event.sequence);
         assert_eq!(record.payload, codec::encode(&**event).unwrap());
     }
-    let head = store.inner.head(&key).await.unwrap().unwrap();
+    let head = store.inner().head(&key).await.unwrap().unwrap();
     assert_eq!(
         (head.next_sequence, head.tick),
         (last.next_sequence, last.tick)
     );
-    let restored = engine::restore(&Arena::default(), &store.inner, &key)
+    let restored = engine::restore(&Arena::default(), &store.inner(), &key)
         .await
         .unwrap();
     assert_eq!(bytes(&restored.state), bytes(&last.state));
@@ -251,7 +284,7 @@ async fn an_outage_delays_writes_but_loses_nothing() {
         state = update.state.clone();
         drain_events(&mut feed, &mut events);
         if round == 39 {
-            let head = store.inner.head(&key()).await.unwrap().unwrap();
+            let head = store.inner().head(&key()).await.unwrap().unwrap();
             assert!(head.tick <= 11, "nothing stored during the outage");
             assert!(engine.stats().append_failures > 0);
         }
@@ -262,7 +295,7 @@ async fn an_outage_delays_writes_but_loses_nothing() {
     // The writer catches up on its own (its backoff is at most a second).
     let mut tick = last.tick;
     loop {
-        let head = store.inner.head(&key()).await.unwrap().unwrap();
+        let head = store.inner().head(&key()).await.unwrap().unwrap();
         if head.tick >= last.tick {
             break;
         }
@@ -370,7 +403,7 @@ async fn sync_durability_publishes_only_acknowledged_states() {
     for round in 0..20 {
         play(&engine, &mut bots, &state);
         let update = update_at(&mut feed, round + 1).await;
-        let head = store.inner.head(&key()).await.unwrap().unwrap();
+        let head = store.inner().head(&key()).await.unwrap().unwrap();
         assert!(
             head.next_sequence >= update.next_sequence && head.tick >= update.tick,
             "tick {}: state published before its events were stored",
@@ -401,10 +434,96 @@ async fn sync_durability_publishes_only_acknowledged_states() {
 
     store.set_gate_open(true);
     let after = update_at(&mut feed, before.tick + 1).await;
-    let head = store.inner.head(&key()).await.unwrap().unwrap();
+    let head = store.inner().head(&key()).await.unwrap().unwrap();
     assert!(head.next_sequence >= after.next_sequence && head.tick >= after.tick);
     engine.shutdown().await;
     drain_events(&mut feed, &mut events);
     let last = feed.updates.borrow().clone().unwrap();
     assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// A store that restarts having lost its last acknowledged events (Redis
+/// with `appendfsync everysec` can): the writer re-appends the lost tail
+/// from memory, and the log ends up whole.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_lost_acknowledged_events_is_repaired() {
+    let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
+    let mut events = Events::new();
+    let mut state = engine.game().initial_state();
+    let mut lost = 0;
+    for round in 0..40 {
+        play(&engine, &mut bots, &state);
+        let update = update_at(&mut feed, round + 1).await;
+        state = update.state.clone();
+        drain_events(&mut feed, &mut events);
+        if round == 25 {
+            // Keep what was stored up to three ticks ago (snapshots come
+            // every 5 ticks, so the engine still holds the rest).
+            let head = store.inner().head(&key()).await.unwrap().unwrap();
+            let keep = events.iter().filter(|e| e.tick + 3 <= update.tick).count() as u64;
+            let keep = keep.min(head.next_sequence);
+            lost = head.next_sequence - keep;
+            assert!(lost > 0, "the bots made no events lately");
+            store.crash_keeping(&key(), Some(keep)).await;
+        }
+    }
+    let last = feed.updates.borrow().clone().unwrap();
+    let mut tick = last.tick;
+    loop {
+        let head = store.inner().head(&key()).await.unwrap().unwrap();
+        if head.tick >= last.tick {
+            break;
+        }
+        tick += 1;
+        assert!(tick < last.tick + 30, "the writer did not catch up");
+        update_at(&mut feed, tick).await;
+    }
+    assert_eq!(engine.stats().repaired_events, lost);
+    assert_eq!(engine.stats().paused_matches, 0);
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// A store that lost a match entirely, further back than the engine keeps
+/// events, cannot be repaired: the match pauses with the reason, loudly,
+/// and the store is not given a log with a hole in it.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_lost_more_than_the_engine_retains_pauses_the_match() {
+    let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
+    let mut state = engine.game().initial_state();
+    for round in 0..20 {
+        play(&engine, &mut bots, &state);
+        state = update_at(&mut feed, round + 1).await.state.clone();
+    }
+    store.crash_keeping(&key(), None).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut tries = 0;
+    let refusal = loop {
+        let turn = ArenaCommand::Turn(Dir::ALL[tries % 4]);
+        if let CommandOutcome::Rejected(rejection) =
+            send_and_wait(&engine, turn, &tx, &mut rx).await
+            && rejection.reason.starts_with("match paused")
+        {
+            break rejection.reason;
+        }
+        tries += 1;
+        assert!(tries < 100, "the match never paused");
+    };
+    assert!(
+        refusal.starts_with("match paused: its log could not be stored"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains("arena:main:m"),
+        "the reason names the match: {refusal}"
+    );
+    assert_eq!(engine.stats().paused_matches, 1);
+    assert!(
+        store.inner().head(&key()).await.unwrap().is_none(),
+        "no partial log was written"
+    );
+    engine.shutdown().await;
+    assert!(store.inner().head(&key()).await.unwrap().is_none());
 }

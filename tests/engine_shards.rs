@@ -514,15 +514,31 @@ async fn shutdown_flushes_events_and_final_snapshots() {
             drain_events(feed, &mut events[m]);
         }
     }
-    // A last burst nobody waits for, then stop.
+    // A last burst that no tick runs before the stop: each command is
+    // still answered, refused.
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut burst = 0;
     for (m, root) in roots.iter().enumerate() {
         for bot in &mut bots[m] {
             if let Some(command) = bot.next_command(&game, &states[m]) {
-                engine.submit(root, bot.player(), command, None).unwrap();
+                engine
+                    .submit(root, bot.player(), command, reply_to(&tx, burst))
+                    .unwrap();
+                burst += 1;
             }
         }
     }
+    assert!(burst > 0);
     engine.shutdown().await;
+    let answers = drain_replies(&mut rx);
+    assert_eq!(
+        answers.len() as u64,
+        burst,
+        "every queued command is answered"
+    );
+    for answer in answers {
+        assert_eq!(reason(&answer.outcome), Some("the server is shutting down"));
+    }
 
     let mut last_updates = Vec::new();
     for (m, root) in roots.iter().enumerate() {

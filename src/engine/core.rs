@@ -284,6 +284,16 @@ impl<G: Game, T> MatchCore<G, T> {
         }
     }
 
+    /// Refuses every queued command with `rejection`, for a driver that will
+    /// not tick this match again (paused or stopping), and hands back their
+    /// outcomes in arrival order. Nothing else changes.
+    pub fn reject_pending(&mut self, rejection: &Rejection) -> Vec<(T, CommandOutcome)> {
+        self.pending
+            .drain(..)
+            .map(|p| (p.token, CommandOutcome::Rejected(rejection.clone())))
+            .collect()
+    }
+
     /// The current state as a snapshot, or `None` if it cannot be encoded.
     pub fn snapshot(&self) -> Option<Snapshot> {
         match codec::encode(&self.state) {

@@ -228,10 +228,15 @@ impl<G: Game> Shard<G> {
 
     fn pause_refused_matches(&mut self) {
         while let Ok(WriteFailure { key, error }) = self.failures.try_recv() {
-            if let Some(hosted) = self.matches.get_mut(key.root())
+            let root: Arc<str> = key.root().into();
+            if let Some(hosted) = self.matches.get_mut(&root)
                 && hosted.paused.is_none()
             {
-                hosted.paused = Some(format!("its log could not be stored: {error}"));
+                let reason = format!("its log could not be stored: {error}");
+                // Queued commands will never run now: answer them.
+                let refusal = Rejection::new(format!("match paused: {reason}"));
+                reject_pending(&mut hosted.core, &root, &refusal, &self.stats);
+                hosted.paused = Some(reason);
                 self.stats.paused_matches.fetch_add(1, Relaxed);
             }
         }
@@ -347,7 +352,10 @@ impl<G: Game> Shard<G> {
     async fn shut_down(mut self, done: Option<oneshot::Sender<()>>) {
         if let Some(writer) = self.writer.take() {
             let mut final_job = WriteJob::default();
-            for hosted in self.matches.values_mut() {
+            let refusal = Rejection::new("the server is shutting down");
+            for (root, hosted) in &mut self.matches {
+                // Commands that arrived after the last tick never run.
+                reject_pending(&mut hosted.core, root, &refusal, &self.stats);
                 if hosted.paused.is_some() {
                     continue;
                 }
@@ -371,6 +379,21 @@ impl<G: Game> Shard<G> {
         }
         if let Some(done) = done {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Answers every command queued for a match that will not tick again.
+fn reject_pending<G: Game>(
+    core: &mut Core<G>,
+    root: &Arc<str>,
+    refusal: &Rejection,
+    stats: &ShardStats,
+) {
+    for (reply, outcome) in core.reject_pending(refusal) {
+        stats.rejected.fetch_add(1, Relaxed);
+        if let Some(reply) = reply {
+            send_reply(&reply, root, outcome);
         }
     }
 }
