@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use storage_suite::Ns;
 use support::{Mode, ServerOptions, TestCluster, TestRedis};
 use tickforge::store::{
-    AppendBatch, EventStore, MemoryStore, RedisOptions, RedisStore, SnapshotStore, StoreError,
+    AppendBatch, EventStore, MemoryStore, PositionStore, RedisOptions, RedisStore, SnapshotStore,
+    StoreError,
 };
 
 /// One test per suite function and backend.
@@ -75,7 +76,27 @@ suite!(
     positions_move_forward_only,
     finish_hides_a_match,
     one_call_appends_many_matches,
+    large_batch_is_stored_whole,
 );
+
+/// Appends split over many small script calls keep every rule, and the
+/// order of two batches of one match within one append.
+#[tokio::test]
+async fn redis_small_calls_keep_the_rules() {
+    let redis = TestRedis::start().await;
+    let options = RedisOptions {
+        max_batches_per_call: 3,
+        max_bytes_per_call: 200,
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::connect_with(&[redis.url().to_owned()], options)
+        .await
+        .unwrap();
+    let ns = Ns::new(redis.edition());
+    storage_suite::one_call_appends_many_matches(&store, &ns).await;
+    storage_suite::retry_is_idempotent(&store, &ns).await;
+    storage_suite::large_batch_is_stored_whole(&store, &ns).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_racing_writers_never_fork() {
@@ -110,6 +131,18 @@ async fn redis_refuses_payloads_that_are_not_their_envelope() {
         );
     }
     assert_eq!(store.head(&key).await.unwrap().unwrap().next_sequence, 0);
+    // Numbers Lua cannot compare exactly are refused before sending.
+    let beyond = tickforge::store::redis::MAX_EXACT + 1;
+    assert!(matches!(
+        store.advance_position("follower", &key, beyond).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    let result =
+        storage_suite::append_one(&store, storage_suite::batch(&key, 0, Vec::new(), beyond)).await;
+    assert!(
+        matches!(result, Err(StoreError::Corrupt { .. })),
+        "{result:?}"
+    );
 }
 
 /// Data of the wrong type under a tickforge key is reported as corrupt.

@@ -447,6 +447,31 @@ pub async fn one_call_appends_many_matches<S: Store>(store: &S, ns: &Ns) {
     }
 }
 
+/// A batch far larger than a tick's is stored whole and read back in pages.
+pub async fn large_batch_is_stored_whole<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("large");
+    store.create(&key).await.unwrap();
+    let all = events(0, 2_500, 4, "big");
+    assert_eq!(
+        append_one(store, batch(&key, 0, all.clone(), 4)).await,
+        Ok(live(2_500, 4))
+    );
+    // A retry of the whole thing plus one more event.
+    let mut again = all.clone();
+    again.push(event(2_500, 5, "big-2500"));
+    assert_eq!(
+        append_one(store, batch(&key, 0, again.clone(), 5)).await,
+        Ok(live(2_501, 5))
+    );
+    let mut read = Vec::new();
+    while read.len() < again.len() {
+        let page = store.read(&key, read.len() as u64, 1_000).await.unwrap();
+        assert!(!page.is_empty());
+        read.extend(page);
+    }
+    assert_eq!(read, again);
+}
+
 /// What one writer of [`racing_writers_never_fork`] got stored.
 #[derive(Debug)]
 struct Win {
