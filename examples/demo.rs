@@ -1,15 +1,18 @@
-//! The tickforge demo: hosts arena matches full of simulated players and
-//! shows the engine working live.
+//! The tickforge demo: a game server and its players in one process.
 //!
 //! ```text
-//! cargo run --release --example demo -- --seconds 20 --matches 200 --players 8
+//! cargo run --release --example demo -- --seconds 20 --matches 12 --players 8
 //! ```
 //!
-//! Every player sends one command per tick (move, turn or fire, chosen by
-//! [`tickforge::arena::bot::Bot`] from the state it last saw). A progress
-//! line appears every second; at the end one machine-readable line starts
-//! with `summary:`. With no `--seconds` it runs until Ctrl-C. Storage is the
-//! embedded memory store unless `REDIS_URL` is set (or `--config` says so).
+//! By default it starts the engine and a QUIC server on loopback (open
+//! mode, a development certificate) and connects `matches x players` bots
+//! to it, each its own QUIC connection: commands go over reliable streams,
+//! states come back as datagram deltas. `--transport local` skips the
+//! network and drives the engine in-process, for engine loads of thousands
+//! of matches. A progress line appears every second; at the end one
+//! machine-readable line starts with `summary:`. Without `--seconds` it runs
+//! until Ctrl-C. Storage is the embedded memory store unless `REDIS_URL` is
+//! set (or `--config` says otherwise).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +20,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tickforge::arena::Arena;
 use tickforge::arena::autoplay::{AutoplayCounters, play_slot};
+use tickforge::client::ClientConfig;
 use tickforge::config::Config;
 use tickforge::engine::{Engine, EngineStats};
+use tickforge::net::load::{LoadConfig, LoadSnapshot, LoadStats, run_load};
+use tickforge::net::server::Server;
 use tickforge::store::{AnyStore, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// Bots are QUIC clients of a server on loopback.
+    Quic,
+    /// Bots call the engine directly (no network).
+    Local,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Host arena matches full of bots and show the engine live")]
@@ -30,12 +44,15 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Matches hosted at once; a match that ends is replaced.
-    #[arg(long, default_value_t = 100)]
+    /// Matches played at once; a match that ends is replaced.
+    #[arg(long, default_value_t = 12)]
     matches: usize,
-    /// Simulated players per match.
+    /// Bots per match (the arena holds 16).
     #[arg(long, default_value_t = 8)]
     players: u32,
+    /// How the bots reach the engine.
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    transport: Transport,
     /// Configuration file (default: the built-in defaults).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -64,6 +81,21 @@ async fn main() -> anyhow::Result<()> {
     run(store, name, &config, &args).await
 }
 
+/// What the players side reports, whichever transport carries it.
+enum Players {
+    Quic {
+        stats: Arc<LoadStats>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        load: tokio::task::JoinHandle<Result<(), tickforge::client::ClientError>>,
+        server_stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+    },
+    Local {
+        counters: Arc<AutoplayCounters>,
+        drivers: tokio::task::JoinSet<Result<(), tickforge::engine::EngineError>>,
+    },
+}
+
 async fn run<S: Store>(
     store: S,
     store_name: &str,
@@ -76,65 +108,208 @@ async fn run<S: Store>(
         config.engine,
         &config.edition,
     ));
-    let counters = Arc::new(AutoplayCounters::default());
     // Unique match ids per run, so a persistent store never sees a clash.
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    let prefix = format!("demo-{run_id}");
+    let clients = args.matches as u64 * u64::from(args.players);
+    let mut players = match args.transport {
+        Transport::Quic => start_quic(&engine, config, args, &prefix).await?,
+        Transport::Local => start_local(&engine, args, &prefix),
+    };
     eprintln!(
-        "tickforge demo: {} matches x {} players at {} Hz on {} shards, {} store{}",
+        "tickforge demo: {} matches x {} players over {}, {} Hz on {} shards, {} store{}",
         args.matches,
         args.players,
+        match args.transport {
+            Transport::Quic => "QUIC on loopback",
+            Transport::Local => "in-process calls",
+        },
         config.engine.tick_hz,
         config.engine.shards,
         store_name,
         args.seconds
             .map_or_else(|| ", until Ctrl-C".to_owned(), |s| format!(", {s} s")),
     );
-    let mut drivers = tokio::task::JoinSet::new();
-    for slot in 0..args.matches {
-        let engine = engine.clone();
-        let counters = counters.clone();
-        let players = args.players;
-        let prefix = format!("demo-{run_id}");
-        drivers.spawn(play_slot(engine, counters, prefix, slot, players));
-    }
 
     let started = Instant::now();
     let deadline = args.seconds.map(Duration::from_secs);
     let mut previous = engine.stats();
+    let mut previous_net = net_snapshot(&players);
     let mut last_report = started;
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     progress.tick().await;
-    let stopped_by_user = loop {
+    loop {
         tokio::select! {
             _ = progress.tick() => {
                 let now = Instant::now();
                 let stats = engine.stats();
-                print_progress(started, now - last_report, &previous, &stats, &counters, config.engine.shards);
+                let net = net_snapshot(&players);
+                let net_line = match (&net, &previous_net) {
+                    (Some(n), Some(p)) => n.progress_line(p, now - last_report, clients),
+                    _ => String::new(),
+                };
+                print_progress(started, now - last_report, &previous, &stats, config.engine.shards, &net_line);
                 previous = stats;
+                previous_net = net;
                 last_report = now;
                 if deadline.is_some_and(|d| started.elapsed() >= d) {
-                    break false;
+                    break;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break true,
-            Some(result) = drivers.join_next() => {
-                // A driver only returns on an engine error.
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopped by Ctrl-C");
+                break;
+            }
+            Some(result) = next_driver_exit(&mut players) => {
+                // An in-process driver only returns on an engine error.
                 result.context("match driver panicked")??;
             }
         }
-    };
+    }
     let elapsed = started.elapsed();
-    drivers.abort_all();
-    while drivers.join_next().await.is_some() {}
+    let (net_fields, finished) = match players {
+        Players::Quic {
+            stats,
+            stop,
+            load,
+            server_stop,
+            server,
+        } => {
+            let _ = stop.send(());
+            load.await.context("the bots task panicked")??;
+            let _ = server_stop.send(());
+            server.await.context("the server task panicked")?;
+            let snapshot = stats.snapshot();
+            (
+                format!(
+                    " {}",
+                    net_fields(&snapshot.summary_fields(elapsed, clients))
+                ),
+                snapshot.finished,
+            )
+        }
+        Players::Local {
+            counters,
+            mut drivers,
+        } => {
+            drivers.abort_all();
+            while drivers.join_next().await.is_some() {}
+            (String::new(), counters.finished.load(Relaxed))
+        }
+    };
     engine.shutdown().await;
     let stats = engine.stats();
-    if stopped_by_user {
-        eprintln!("stopped by Ctrl-C");
-    }
-    print_summary(elapsed, &stats, &counters, store_name, config, args);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "summary: seconds={secs:.1} transport={} store={store_name} shards={} tick_hz={} matches={} players={} \
+         clients={clients} finished={finished} ticks={} match_ticks={} ticks_per_s={:.1} events={} \
+         events_per_s={:.0} commands={} rejected={} dropped={} late_ticks={} p50_tick_ms={:.3} \
+         p99_tick_ms={:.3} max_tick_ms={:.3} persisted_events={} appends={} p99_append_ms={:.3}{net_fields}",
+        match args.transport {
+            Transport::Quic => "quic",
+            Transport::Local => "local",
+        },
+        config.engine.shards,
+        config.engine.tick_hz,
+        args.matches,
+        args.players,
+        stats.ticks,
+        stats.match_ticks,
+        stats.ticks as f64 / secs / config.engine.shards.max(1) as f64,
+        stats.events,
+        stats.events as f64 / secs,
+        stats.commands,
+        stats.rejected,
+        stats.dropped,
+        stats.late_ticks,
+        stats.tick_ms(0.5),
+        stats.tick_ms(0.99),
+        stats.tick_micros.max() as f64 / 1000.0,
+        stats.persisted_events,
+        stats.appends,
+        stats.append_ms(0.99),
+    );
     Ok(())
+}
+
+async fn start_quic<S: Store>(
+    engine: &Arc<Engine<Arena, S>>,
+    config: &Config,
+    args: &Args,
+    prefix: &str,
+) -> anyhow::Result<Players> {
+    let mut net = config.net.clone();
+    net.listen = "127.0.0.1:0".parse().context("loopback address")?;
+    net.open_mode = true;
+    let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
+    let client = ClientConfig::new(server.local_addr(), vec![server.certificate().clone()]);
+    let (server_stop, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async {
+        let _ = server_stop_rx.await;
+    }));
+    let mut load_config = LoadConfig::new(client, args.matches, args.players);
+    load_config.match_prefix = prefix.to_owned();
+    let stats = Arc::new(LoadStats::default());
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn(run_load(load_config, stats.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    Ok(Players::Quic {
+        stats,
+        stop,
+        load,
+        server_stop,
+        server,
+    })
+}
+
+fn start_local<S: Store>(engine: &Arc<Engine<Arena, S>>, args: &Args, prefix: &str) -> Players {
+    let counters = Arc::new(AutoplayCounters::default());
+    let mut drivers = tokio::task::JoinSet::new();
+    for slot in 0..args.matches {
+        drivers.spawn(play_slot(
+            engine.clone(),
+            counters.clone(),
+            prefix.to_owned(),
+            slot,
+            args.players,
+        ));
+    }
+    Players::Local { counters, drivers }
+}
+
+fn net_snapshot(players: &Players) -> Option<LoadSnapshot> {
+    match players {
+        Players::Quic { stats, .. } => Some(stats.snapshot()),
+        Players::Local { .. } => None,
+    }
+}
+
+/// Resolves when an in-process driver ends; never for QUIC bots.
+async fn next_driver_exit(
+    players: &mut Players,
+) -> Option<Result<Result<(), tickforge::engine::EngineError>, tokio::task::JoinError>> {
+    match players {
+        Players::Local { drivers, .. } if !drivers.is_empty() => drivers.join_next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// The bots' summary fields, renamed where the engine's line has the same key.
+fn net_fields(fields: &str) -> String {
+    fields
+        .split_whitespace()
+        .filter(|field| !field.starts_with("clients="))
+        .map(|field| match field.split_once('=') {
+            Some((key @ ("commands" | "rejected" | "events"), value)) => {
+                format!("net_{key}={value}")
+            }
+            _ => field.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn per_second(now: u64, before: u64, window: Duration) -> f64 {
@@ -146,62 +321,25 @@ fn print_progress(
     window: Duration,
     before: &EngineStats,
     now: &EngineStats,
-    counters: &AutoplayCounters,
     shards: usize,
+    net_line: &str,
 ) {
+    let store_state = if now.backlog_jobs > 0 {
+        format!(" STORE UNAVAILABLE backlog={} jobs", now.backlog_jobs)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "[{:>4}s] matches={} ticks/s={:.0} match_ticks/s={:.0} events/s={:.0} commands/s={:.0} rejected={} \
-         tick_p50={:.2}ms tick_p99={:.2}ms late_ticks={} finished={} store_backlog={}",
+        "[{:>4}s] matches={} ticks/s={:.0} events/s={:.0} commands/s={:.0} rejected={} \
+         tick_p99={:.2}ms late={} persisted={}{store_state} | {net_line}",
         started.elapsed().as_secs(),
         now.matches,
         per_second(now.ticks, before.ticks, window) / shards.max(1) as f64,
-        per_second(now.match_ticks, before.match_ticks, window),
         per_second(now.events, before.events, window),
         per_second(now.commands, before.commands, window),
         now.rejected,
-        now.tick_ms(0.5),
         now.tick_ms(0.99),
         now.late_ticks,
-        counters.finished.load(Relaxed),
-        now.backlog_jobs,
-    );
-}
-
-fn print_summary(
-    elapsed: Duration,
-    stats: &EngineStats,
-    counters: &AutoplayCounters,
-    store_name: &str,
-    config: &Config,
-    args: &Args,
-) {
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "summary: seconds={:.1} store={} shards={} tick_hz={} matches={} players={} finished={} ticks={} \
-         match_ticks={} ticks_per_s={:.1} events={} events_per_s={:.0} commands={} rejected={} dropped={} \
-         late_ticks={} p50_tick_ms={:.3} p99_tick_ms={:.3} max_tick_ms={:.3} persisted_events={} appends={} \
-         p99_append_ms={:.3}",
-        secs,
-        store_name,
-        config.engine.shards,
-        config.engine.tick_hz,
-        counters.created.load(Relaxed),
-        args.players,
-        counters.finished.load(Relaxed),
-        stats.ticks,
-        stats.match_ticks,
-        stats.ticks as f64 / secs / config.engine.shards as f64,
-        stats.events,
-        stats.events as f64 / secs,
-        stats.commands,
-        stats.rejected,
-        stats.dropped + counters.submit_errors.load(Relaxed),
-        stats.late_ticks,
-        stats.tick_ms(0.5),
-        stats.tick_ms(0.99),
-        stats.tick_micros.max() as f64 / 1000.0,
-        stats.persisted_events,
-        stats.appends,
-        stats.append_ms(0.99),
+        now.persisted_events,
     );
 }

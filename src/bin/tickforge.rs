@@ -13,7 +13,8 @@ use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::codec;
 use tickforge::config::Config;
 use tickforge::engine::{Engine, EventEnvelope};
-use tickforge::game::Game;
+use tickforge::game::{Game, PlayerId};
+use tickforge::net::server::Server;
 use tickforge::store::{AnyStore, MatchKey, Store};
 
 #[derive(Debug, Parser)]
@@ -32,8 +33,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the engine: restore every live match from the store, host it,
-    /// and run until Ctrl-C (then snapshot and flush every match).
+    /// Run the game server: restore every live match from the store, host
+    /// it, accept players over QUIC, and run until Ctrl-C (then snapshot and
+    /// flush every match).
     Serve {
         /// Keep this many arena matches busy with in-process bots (restored
         /// matches are played by bots too when this is set).
@@ -42,6 +44,18 @@ enum Command {
         /// Bots per match.
         #[arg(long, default_value_t = 8)]
         players: u32,
+    },
+    /// Mint an admission ticket for a player (what a matchmaker does).
+    Ticket {
+        /// The match id.
+        #[arg(long = "match")]
+        root: String,
+        /// The player id.
+        #[arg(long)]
+        player: u32,
+        /// Seconds the ticket stays valid.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
     },
     /// Print a stored match: head, snapshot, event count, last events.
     Inspect {
@@ -101,6 +115,17 @@ async fn dispatch<S: Store>(command: Command, config: &Config, store: S) -> anyh
     match command {
         Command::Serve { bots, players } => serve(config, store, bots, players).await,
         Command::Inspect { root, last } => inspect(config, &store, &root, last).await,
+        Command::Ticket { root, player, ttl } => {
+            let secret = config.net.secret.as_ref().context(
+                "minting a ticket needs the server secret: net.secret, net.secret_file or TICKFORGE_SECRET",
+            )?;
+            let expires = tickforge::net::tickets::unix_now().saturating_add(ttl);
+            println!(
+                "{}",
+                tickforge::net::mint_ticket(secret, &root, PlayerId(player), expires)
+            );
+            Ok(())
+        }
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())
@@ -158,6 +183,13 @@ async fn serve<S: Store>(
         }
         tracing::info!(bots, players, "in-process bots playing");
     }
+    let server = Server::bind(engine.clone(), config.net.clone())
+        .with_context(|| format!("starting the QUIC server on {}", config.net.listen))?;
+    tracing::info!(listen = %server.local_addr(), open_mode = config.net.open_mode, "accepting players over QUIC");
+    let (server_stop, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async {
+        let _ = server_stop_rx.await;
+    }));
     let mut report = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
@@ -178,7 +210,9 @@ async fn serve<S: Store>(
             }
         }
     }
-    tracing::info!("stopping: final snapshots and flush");
+    tracing::info!("stopping: closing connections, final snapshots and flush");
+    let _ = server_stop.send(());
+    server.await.context("the QUIC server task panicked")?;
     players_tasks.abort_all();
     engine.shutdown().await;
     Ok(())
