@@ -156,9 +156,15 @@ mod tests {
 
     #[test]
     fn braces_colons_and_empty_parts_are_refused() {
-        assert_eq!(MatchKey::new("arena", "main", "a}b").unwrap_err().part, "root");
+        assert_eq!(
+            MatchKey::new("arena", "main", "a}b").unwrap_err().part,
+            "root"
+        );
         assert_eq!(MatchKey::new("arena", "", "m").unwrap_err().part, "edition");
-        assert_eq!(MatchKey::new("a:b", "main", "m").unwrap_err().part, "domain");
+        assert_eq!(
+            MatchKey::new("a:b", "main", "m").unwrap_err().part,
+            "domain"
+        );
         assert!(MatchKey::new("arena", "main", &"x".repeat(65)).is_err());
     }
 }
