@@ -40,7 +40,11 @@
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
 //!
-//! Requirements and limits: Redis 6.2 or later (`ZRANGE … BYSCORE`).
+//! Not yet: publishing each appended batch (`PUBLISH`, `SPUBLISH` in
+//! cluster mode) for followers; `append.lua` marks where it goes.
+//!
+//! Requirements and limits: Redis 6.2 or later (`ZRANGE … BYSCORE`),
+//! checked on connect.
 //! Sequences, ticks and positions must stay below 2^53, the largest
 //! integers Lua compares exactly; larger values are refused as
 //! [`StoreError::Corrupt`] before anything is sent.
@@ -259,14 +263,26 @@ impl RedisStore {
             options,
         };
         // Fail now, not on the first append, if the server is unusable.
-        let pong: String = store
-            .connection
-            .query(&redis::cmd("PING"))
-            .await
-            .map_err(unavailable)?;
-        if pong != "PONG" {
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        // One text on a single node; a map of node to text in cluster mode.
+        let info: redis::Value = store.connection.query(&info).await.map_err(unavailable)?;
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        let versions: Vec<&str> = texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|line| line.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .collect();
+        if versions.is_empty() {
             return Err(StoreError::Unavailable(format!(
-                "{shown} answered PING with {pong:?}"
+                "{shown} did not report a redis_version"
+            )));
+        }
+        if let Some(old) = versions.iter().find(|v| !at_least_6_2(v)) {
+            return Err(StoreError::Unavailable(format!(
+                "{shown} runs Redis {old}; tickforge needs 6.2 or later"
             )));
         }
         Ok(store)
@@ -453,6 +469,29 @@ fn parse_u64(key: &str, field: &str, value: &str) -> Result<u64, StoreError> {
         key: key.to_owned(),
         reason: format!("{field} is {value:?}, not a number"),
     })
+}
+
+/// Every text in a reply, however nested (maps, arrays).
+fn collect_texts(value: &redis::Value, out: &mut Vec<String>) {
+    use redis::Value;
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => out.push(text.clone()),
+        Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| collect_texts(item, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
+    }
+}
+
+/// Whether a `redis_version` is 6.2 or later.
+fn at_least_6_2(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (6, 2)
 }
 
 /// A URL with its password replaced, fit for error messages and logs.
@@ -831,6 +870,16 @@ mod tests {
         let slot_of = |root| slot(&MatchKey::new("arena", "main", root).unwrap());
         assert_eq!(slot_of("m1"), 12677);
         assert_eq!(slot_of("m42"), 2710);
+    }
+
+    #[test]
+    fn versions_from_6_2_on_are_accepted() {
+        assert!(at_least_6_2("7.0.15"));
+        assert!(at_least_6_2("6.2.0"));
+        assert!(at_least_6_2("10.0"));
+        assert!(!at_least_6_2("6.0.20"));
+        assert!(!at_least_6_2("5.0.7"));
+        assert!(!at_least_6_2("unknown"));
     }
 
     #[test]
