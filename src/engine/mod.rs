@@ -136,6 +136,9 @@ pub enum EngineError {
     /// The owning shard's queue is full; the command was not queued.
     #[error("the queue of the shard hosting {0:?} is full")]
     QueueFull(String),
+    /// The stored match has already ended; it is not hosted again.
+    #[error("match {0:?} has ended")]
+    MatchOver(String),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -292,6 +295,9 @@ impl<G: Game, S: Store> Engine<G, S> {
             return Err(EngineError::MatchExists(root.to_owned()));
         }
         let replayed = restore(&*self.game, &self.store, &key).await?;
+        if self.game.is_over(&replayed.state) {
+            return Err(EngineError::MatchOver(root.to_owned()));
+        }
         let core = MatchCore::restored(&*self.game, key, self.settings.policy, replayed.clone());
         self.host(core).await?;
         Ok(replayed)

@@ -132,6 +132,11 @@ impl<G: Game> Shard<G> {
                         self.stats.late_ticks.fetch_add(1, Relaxed);
                     }
                     self.run_tick().await;
+                    if late {
+                        // Catching up: let the writer and the network run
+                        // between back-to-back ticks.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Due::WaitUntil(offset) => {
                     tokio::select! {
@@ -350,6 +355,26 @@ impl<G: Game> Shard<G> {
 
     /// Final snapshot of every match, flush everything, stop the writer.
     async fn shut_down(mut self, done: Option<oneshot::Sender<()>>) {
+        // No more messages: commands still queued are answered below.
+        self.inbox.close();
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ShardMsg::Host { core, .. } => {
+                    self.stats.matches.fetch_sub(1, Relaxed);
+                    tracing::warn!(key = %core.key(), "match arrived during shutdown; not hosted");
+                }
+                ShardMsg::Command { root, reply, .. } => {
+                    self.stats.rejected.fetch_add(1, Relaxed);
+                    if let Some(reply) = reply {
+                        let refusal = Rejection::new("the server is shutting down");
+                        send_reply(&reply, &root, CommandOutcome::Rejected(refusal));
+                    }
+                }
+                ShardMsg::Shutdown { done } => {
+                    let _ = done.send(());
+                }
+            }
+        }
         if let Some(writer) = self.writer.take() {
             let mut final_job = WriteJob::default();
             let refusal = Rejection::new("the server is shutting down");
