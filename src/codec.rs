@@ -122,6 +122,59 @@ pub fn decode_envelope_header(bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
     Ok((sequence, tick))
 }
 
+/// Frames several encoded envelopes into one message: each as its length
+/// in decimal ASCII, a `:`, then its bytes (netstrings without the
+/// trailing comma). This is what the Redis store publishes per appended
+/// batch; `src/store/lua/append.lua` builds the same bytes.
+pub fn frame_events<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        out.extend_from_slice(payload.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Splits a message built by [`frame_events`] back into its envelopes.
+/// A frame longer than [`MAX_DECODE_BYTES`], a malformed length or a
+/// truncated frame is an error.
+pub fn unframe_events(mut bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        let colon = bytes
+            .iter()
+            .take(8)
+            .position(|&b| b == b':')
+            .ok_or_else(|| DecodeError::Malformed("frame length without ':'".to_owned()))?;
+        let digits = &bytes[..colon];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(DecodeError::Malformed(format!(
+                "frame length {:?} is not a number",
+                String::from_utf8_lossy(digits)
+            )));
+        }
+        // At most 7 digits, so this neither fails nor overflows.
+        let len: usize = digits.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0'));
+        if len > MAX_DECODE_BYTES {
+            return Err(DecodeError::TooLarge {
+                len,
+                limit: MAX_DECODE_BYTES,
+            });
+        }
+        let rest = &bytes[colon + 1..];
+        if rest.len() < len {
+            return Err(DecodeError::Malformed(format!(
+                "frame of {len} bytes truncated to {}",
+                rest.len()
+            )));
+        }
+        frames.push(&rest[..len]);
+        bytes = &rest[len..];
+    }
+    Ok(frames)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +272,18 @@ mod tests {
             decode_envelope_header(&[FORMAT_VERSION, 253, 1]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn event_frames_round_trip() {
+        let payloads: [&[u8]; 4] = [b"abc", b"", &[0, b':', 255], b"0123456789"];
+        let message = frame_events(payloads);
+        assert_eq!(&message[..6], b"3:abc0");
+        assert_eq!(unframe_events(&message).unwrap(), payloads.to_vec());
+        assert_eq!(unframe_events(b"").unwrap(), Vec::<&[u8]>::new());
+        for bad in [&b"3:ab"[..], b"x:abc", b":abc", b"12345678:", b"9999999:x"] {
+            assert!(unframe_events(bad).is_err(), "{bad:?}");
+        }
     }
 
     proptest! {

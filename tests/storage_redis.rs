@@ -14,11 +14,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use storage_suite::Ns;
 use support::{Mode, ServerOptions, TestCluster, TestRedis};
+use tickforge::store::redis::Follower;
 use tickforge::store::{
-    AppendBatch, EventStore, MemoryStore, PositionStore, RedisOptions, RedisStore, SnapshotStore,
-    StoreError,
+    AppendBatch, EventStore, MemoryStore, PositionStore, RecordedEvent, RedisOptions, RedisStore,
+    SnapshotStore, StoreError,
 };
 
 /// One test per suite function and backend.
@@ -59,6 +62,13 @@ macro_rules! suite {
                 storage_suite::$name(&store, &Ns::new(&format!("{}-{}", cluster.edition(), stringify!($name)))).await;
             )*
             storage_suite::racing_writers_never_fork(&store, &Ns::new(cluster.edition()), 32, 3).await;
+            let quiet = RedisStore::connect_with(
+                &cluster.urls(),
+                RedisOptions { publish: false, ..RedisOptions::default() },
+            )
+            .await
+            .unwrap();
+            follower_scenario(&store, &quiet, &Ns::new(cluster.edition())).await;
         }
     };
 }
@@ -279,6 +289,119 @@ async fn redis_reconnects_after_a_restart() {
     assert_eq!(head.next_sequence, 4);
 }
 
+/// Takes `wanted.len()` events from `follower`, each within 10 s.
+async fn expect_events(follower: &mut Follower, wanted: &[RecordedEvent]) {
+    for event in wanted {
+        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
+            .await
+            .expect("follower stalled")
+            .unwrap();
+        assert_eq!(&got, event);
+    }
+}
+
+/// A follower sees stored events, then published batches, and fills gaps
+/// left by appends that did not publish (on the next message, or after an
+/// idle poll). `quiet` appends to the same server without publishing.
+async fn follower_scenario(store: &RedisStore, quiet: &RedisStore, ns: &Ns) {
+    use storage_suite::{append_one, batch, events};
+    let key = ns.key("followed");
+    store.create(&key).await.unwrap();
+    let all = events(0, 10, 1, "f");
+    append_one(store, batch(&key, 0, all[..3].to_vec(), 1))
+        .await
+        .unwrap();
+
+    let mut follower = store.follow(&key, 1).await.unwrap();
+    // Stored before following.
+    expect_events(&mut follower, &all[1..3]).await;
+    // Published.
+    append_one(store, batch(&key, 3, all[3..5].to_vec(), 1))
+        .await
+        .unwrap();
+    let published = Instant::now();
+    expect_events(&mut follower, &all[3..5]).await;
+    // Through the message, not the idle poll.
+    assert!(
+        published.elapsed() < tickforge::store::redis::FOLLOW_POLL,
+        "published batch took {:?}",
+        published.elapsed()
+    );
+    // Not published, then a published batch after the gap.
+    append_one(quiet, batch(&key, 5, all[5..7].to_vec(), 1))
+        .await
+        .unwrap();
+    append_one(store, batch(&key, 7, all[7..8].to_vec(), 1))
+        .await
+        .unwrap();
+    expect_events(&mut follower, &all[5..8]).await;
+    // Not published and nothing after it: found by the idle poll.
+    append_one(quiet, batch(&key, 8, all[8..10].to_vec(), 1))
+        .await
+        .unwrap();
+    expect_events(&mut follower, &all[8..10]).await;
+    assert_eq!(follower.next_sequence(), 10);
+}
+
+#[tokio::test]
+async fn redis_follower_fills_gaps() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let quiet = RedisStore::connect_with(
+        &[redis.url().to_owned()],
+        RedisOptions {
+            publish: false,
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    follower_scenario(&store, &quiet, &Ns::new(redis.edition())).await;
+}
+
+/// What an append publishes: only the new events, framed per
+/// `codec::frame_events`, on the match's channel.
+#[tokio::test]
+async fn redis_publishes_new_events_only() {
+    use storage_suite::{append_one, batch, events};
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("published");
+    store.create(&key).await.unwrap();
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(tickforge::store::redis::updates_channel(&key))
+        .await
+        .unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let all = events(0, 5, 1, "p");
+    append_one(&store, batch(&key, 0, all[..3].to_vec(), 1))
+        .await
+        .unwrap();
+    // A retry overlapping the head, and a tick-only batch: only event 3 and
+    // 4 are new.
+    append_one(&store, batch(&key, 1, all[1..].to_vec(), 2))
+        .await
+        .unwrap();
+    append_one(&store, batch(&key, 5, Vec::new(), 3))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("no message")
+            .expect("subscription open");
+        received.push(message.get_payload_bytes().to_vec());
+    }
+    let framed = |range: std::ops::Range<usize>| {
+        tickforge::codec::frame_events(all[range].iter().map(|e| e.payload.as_slice()))
+    };
+    assert_eq!(received, vec![framed(0..3), framed(3..5)]);
+}
+
 /// Append throughput: 1,000 matches × 8 events per call, one shard's tick
 /// batch, against a fresh local server. Prints events/s, call latency and
 /// redis-server CPU per call, then the same load as plain pipelined `ZADD`s
@@ -292,7 +415,6 @@ async fn append_probe() {
     let mut redis = TestRedis::start().await;
     let server_pid = redis.process().and_then(|p| p.pid());
     let server_cpu = || server_pid.and_then(cpu_seconds).unwrap_or(f64::NAN);
-    let mut keys: Vec<_> = (0..MATCHES).map(|i| redis.key(&format!("p{i}"))).collect();
     let payload_bytes: usize = storage_suite::events(0, EVENTS, 1, "move")
         .iter()
         .map(|e| e.payload.len())
@@ -301,9 +423,18 @@ async fn append_probe() {
 
     // The store as configured, then one script call per match (pipelined),
     // for comparison.
-    for (label, max_batches_per_call) in [("append probe", 2_048), ("one call per match", 1)] {
+    let variants = [
+        ("append probe", 2_048, true),
+        ("without publishing", 2_048, false),
+        ("one call per match", 1, true),
+    ];
+    for (variant, (label, max_batches_per_call, publish)) in variants.into_iter().enumerate() {
+        let keys: Vec<_> = (0..MATCHES)
+            .map(|i| redis.key(&format!("v{variant}-{i}")))
+            .collect();
         let options = RedisOptions {
             max_batches_per_call,
+            publish,
             ..RedisOptions::default()
         };
         let store = RedisStore::connect_with(&[redis.url().to_owned()], options)
@@ -354,7 +485,6 @@ async fn append_probe() {
             store.head(&keys[0]).await.unwrap().unwrap().next_sequence,
             CALLS * EVENTS
         );
-        keys = (0..MATCHES).map(|i| redis.key(&format!("q{i}"))).collect();
     }
 
     // Baseline: the same members as plain 8-member ZADDs, one pipeline per

@@ -39,9 +39,10 @@
 //!   `(sequence, tick)`; loading is one `HMGET`.
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
-//!
-//! Not yet: publishing each appended batch (`PUBLISH`, `SPUBLISH` in
-//! cluster mode) for followers; `append.lua` marks where it goes.
+//! - **followers**: each append that stores new events publishes them
+//!   (`PUBLISH`, `SPUBLISH` in cluster mode) on `updates:{m}`, unless
+//!   [`RedisOptions::publish`] is off; [`RedisStore::follow`] turns that
+//!   plus the sorted set into a gap-free stream of events ([`Follower`]).
 //!
 //! Requirements and limits: Redis 6.2 or later (`ZRANGE … BYSCORE`),
 //! checked on connect.
@@ -55,7 +56,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -63,6 +64,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation};
+
+mod follow;
+
+pub use follow::{FOLLOW_POLL, Follower, updates_channel};
 
 use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
@@ -114,6 +119,10 @@ pub struct RedisOptions {
     /// Soft cap on the payload bytes of one append script call (a single
     /// larger batch still goes out whole, in a call of its own).
     pub max_bytes_per_call: usize,
+    /// Publish each batch's new events on the match's `updates:{m}`
+    /// channel (`PUBLISH`; `SPUBLISH` in cluster mode) for
+    /// [`RedisStore::follow`]ers.
+    pub publish: bool,
 }
 
 impl Default for RedisOptions {
@@ -124,6 +133,7 @@ impl Default for RedisOptions {
             reconnect_retries: 3,
             max_batches_per_call: 2_048,
             max_bytes_per_call: 4 * 1024 * 1024,
+            publish: true,
         }
     }
 }
@@ -196,6 +206,8 @@ impl Connection {
 pub struct RedisStore {
     connection: Connection,
     options: RedisOptions,
+    /// The URLs connected to: followers open their own subscriptions.
+    urls: Arc<[String]>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -261,6 +273,7 @@ impl RedisStore {
         let store = RedisStore {
             connection,
             options,
+            urls: urls.into(),
         };
         // Fail now, not on the first append, if the server is unusable.
         let mut info = redis::cmd("INFO");
@@ -300,6 +313,11 @@ impl RedisStore {
         batches: &[&AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut invocation = SCRIPTS.append.prepare_invoke();
+        invocation.arg(match (self.options.publish, self.is_cluster()) {
+            (false, _) => "",
+            (true, false) => "PUBLISH",
+            (true, true) => "SPUBLISH",
+        });
         for batch in batches {
             invocation
                 .key(batch.key.meta_key())

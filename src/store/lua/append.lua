@@ -4,9 +4,14 @@
 -- KEYS: two per batch, batch i (0-based) at KEYS[2i+1] = meta:{m},
 --       KEYS[2i+2] = events:{m}. In cluster mode all keys of one call share
 --       a slot (the caller groups batches by slot).
--- ARGV: per batch, in KEYS order: first_sequence, next_sequence, head_tick
---       (decimal strings), then next - first encoded envelopes, the events
---       first, first + 1, ..., next - 1.
+-- ARGV: ARGV[1] is the command publishing each batch's new events on
+--       updates:{m} ('PUBLISH', 'SPUBLISH' in cluster mode, or '' for
+--       none); then per batch, in KEYS order: first_sequence,
+--       next_sequence, head_tick (decimal strings), then next - first
+--       encoded envelopes, the events first, first + 1, ..., next - 1.
+-- Publishes: per batch that stored new events, one message on
+--       updates:{m}: those events framed as '<length>:<bytes>' each
+--       (tickforge::codec::frame_events).
 -- Reply: a flat array of three integers per batch, in KEYS order:
 --       0, head, tick  appended (or already stored), match live
 --       1, head, tick  appended (or already stored), match ended
@@ -18,8 +23,9 @@
 -- Numbers compare as Lua doubles: exact below 2^53, which the caller checks.
 -- Stored numbers are written from ARGV, never formatted by Lua.
 
+local publish = ARGV[1]
 local out = {}
-local a = 1
+local a = 2
 for k = 1, #KEYS, 2 do
   local meta, events = KEYS[k], KEYS[k + 1]
   local first, nxt, tick = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
@@ -67,6 +73,16 @@ for k = 1, #KEYS, 2 do
         if #z > 0 then
           redis.call('ZADD', events, unpack(z))
         end
+        if publish ~= '' then
+          local frames, n = {}, 0
+          for s = head, nxt - 1 do
+            local e = ARGV[p + s]
+            frames[n + 1], frames[n + 2], frames[n + 3] = #e, ':', e
+            n = n + 3
+          end
+          -- meta:{m} -> updates:{m}: same hash tag, same slot.
+          redis.call(publish, 'updates:' .. string.sub(meta, 6), table.concat(frames))
+        end
         head = nxt
         fields[#fields + 1] = 'head'
         fields[#fields + 1] = nxt_arg
@@ -79,9 +95,6 @@ for k = 1, #KEYS, 2 do
       if #fields > 0 then
         redis.call('HSET', meta, unpack(fields))
       end
-      -- Hook (later task): PUBLISH (SPUBLISH in cluster mode) the appended
-      -- events here so followers see each batch; the channel shares the
-      -- match's hash tag.
       if status == 'live' then code = 0 else code = 1 end
       x, y = head, stored_tick
     end

@@ -1,0 +1,235 @@
+//! Following one match's log as it grows: Redis Pub/Sub for the new
+//! batches, the sorted set for everything else.
+//!
+//! Each append that stores new events publishes them on the match's
+//! `updates:{d:e:r}` channel (`SPUBLISH` in cluster mode: the channel
+//! shares the match's hash tag, so its slot). Pub/Sub delivers at most
+//! once, so a [`Follower`] never trusts it alone: it subscribes first, then
+//! reads the stored events from its start; it skips published events it
+//! already has, and when a message starts past the next sequence it
+//! expects (a message lost, or an append that did not publish) it reads the
+//! missing events from the sorted set. When nothing arrives for
+//! [`FOLLOW_POLL`] it reads the sorted set too, so a lost last message
+//! delays events by at most that long.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{Connection, RedisStore, redact};
+use crate::codec;
+use crate::store::{EventStore, MatchKey, RecordedEvent, StoreError};
+
+/// How long a follower waits for a message before it reads the store for
+/// events it may have missed.
+pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Most events a follower reads from the store at once.
+const PAGE: usize = 1_000;
+
+/// Most cluster push messages queued for one follower; past it messages are
+/// dropped and the gap is backfilled from the store.
+const CLUSTER_QUEUE: usize = 1_024;
+
+/// The channel carrying a match's appended batches.
+pub fn updates_channel(key: &MatchKey) -> String {
+    format!("updates:{}", key.hash_tag())
+}
+
+/// One match's events in order from a given sequence, stored ones first,
+/// then new ones as they are appended. Made by [`RedisStore::follow`].
+pub struct Follower {
+    store: RedisStore,
+    key: MatchKey,
+    channel: String,
+    next_sequence: u64,
+    pending: VecDeque<RecordedEvent>,
+    /// The store may hold events past `pending`: read before waiting.
+    behind: bool,
+    messages: Messages,
+}
+
+enum Messages {
+    Single(redis::aio::PubSubStream),
+    Cluster {
+        received: mpsc::Receiver<PushInfo>,
+        // Holds the subscription open.
+        _connection: ClusterConnection,
+    },
+}
+
+enum Message {
+    Payload(Vec<u8>),
+    /// The connection dropped and came back: messages may be lost.
+    Lost,
+    /// The subscription ended for good.
+    Closed,
+}
+
+impl Messages {
+    async fn next(&mut self) -> Message {
+        match self {
+            Messages::Single(stream) => match stream.next().await {
+                Some(message) => Message::Payload(message.get_payload_bytes().to_vec()),
+                None => Message::Closed,
+            },
+            Messages::Cluster { received, .. } => loop {
+                let Some(push) = received.recv().await else {
+                    return Message::Closed;
+                };
+                match push.kind {
+                    PushKind::SMessage => {
+                        if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                            return Message::Payload(payload);
+                        }
+                    }
+                    PushKind::Disconnection => return Message::Lost,
+                    // Subscription confirmations and the like.
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+impl RedisStore {
+    /// Follows `key`'s log from sequence `from` on: stored events first,
+    /// then each appended batch as it is published. The subscription is
+    /// its own connection, closed when the [`Follower`] drops.
+    pub async fn follow(&self, key: &MatchKey, from: u64) -> Result<Follower, StoreError> {
+        let channel = updates_channel(key);
+        let shown = self
+            .urls
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let unavailable = |e: redis::RedisError| {
+            StoreError::Unavailable(format!("cannot subscribe to {channel} on {shown}: {e}"))
+        };
+        let messages = match &self.connection {
+            Connection::Single(_) => {
+                let url = self.urls.first().map(String::as_str).unwrap_or_default();
+                let client = redis::Client::open(url).map_err(unavailable)?;
+                let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+                pubsub.subscribe(&channel).await.map_err(unavailable)?;
+                Messages::Single(pubsub.into_on_message())
+            }
+            Connection::Cluster(_) => {
+                let (sender, received) = mpsc::channel(CLUSTER_QUEUE);
+                // A full queue drops the message: the follower notices the
+                // gap by sequence and reads the store instead.
+                let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+                    let _ = sender.try_send(info);
+                    Ok(())
+                };
+                let client = ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+                    .connection_timeout(self.options.connection_timeout)
+                    .response_timeout(self.options.response_timeout)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(push)
+                    .build()
+                    .map_err(unavailable)?;
+                let mut connection = client.get_async_connection().await.map_err(unavailable)?;
+                connection.ssubscribe(&channel).await.map_err(unavailable)?;
+                Messages::Cluster {
+                    received,
+                    _connection: connection,
+                }
+            }
+        };
+        Ok(Follower {
+            store: self.clone(),
+            key: key.clone(),
+            channel,
+            next_sequence: from,
+            pending: VecDeque::new(),
+            behind: true,
+            messages,
+        })
+    }
+}
+
+impl Follower {
+    /// The match followed.
+    pub fn key(&self) -> &MatchKey {
+        &self.key
+    }
+
+    /// The sequence of the event [`Follower::next`] returns next; follow
+    /// again from here after an error.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The next event, waiting for it to be appended if need be.
+    ///
+    /// [`StoreError::Unavailable`] when the store or the subscription is
+    /// lost; [`StoreError::Corrupt`] when a message or stored event is not
+    /// what tickforge writes.
+    pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.next_sequence = event.sequence + 1;
+                return Ok(event);
+            }
+            if self.behind {
+                let events = self.store.read(&self.key, self.next_sequence, PAGE).await?;
+                self.behind = events.len() == PAGE;
+                self.pending.extend(events);
+                if !self.pending.is_empty() {
+                    continue;
+                }
+            }
+            match tokio::time::timeout(FOLLOW_POLL, self.messages.next()).await {
+                Err(_idle) => self.behind = true,
+                Ok(Message::Lost) => self.behind = true,
+                Ok(Message::Closed) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "subscription to {} closed",
+                        self.channel
+                    )));
+                }
+                Ok(Message::Payload(message)) => self.accept(&message)?,
+            }
+        }
+    }
+
+    /// Queues a published batch's events that follow on from what this
+    /// follower has; a batch starting further on means events were missed.
+    fn accept(&mut self, message: &[u8]) -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: self.channel.clone(),
+            reason,
+        };
+        let frames = codec::unframe_events(message).map_err(|e| corrupt(e.to_string()))?;
+        let mut events = Vec::with_capacity(frames.len());
+        for payload in frames {
+            let (sequence, tick) =
+                codec::decode_envelope_header(payload).map_err(|e| corrupt(e.to_string()))?;
+            events.push(RecordedEvent {
+                sequence,
+                tick,
+                payload: payload.to_vec(),
+            });
+        }
+        for event in events {
+            let expected = self.next_sequence + self.pending.len() as u64;
+            if event.sequence < expected {
+                continue;
+            }
+            if event.sequence > expected {
+                // Stored before it was published: the read will find it.
+                self.behind = true;
+                break;
+            }
+            self.pending.push_back(event);
+        }
+        Ok(())
+    }
+}
