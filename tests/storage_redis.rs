@@ -359,6 +359,62 @@ async fn redis_follower_fills_gaps() {
     follower_scenario(&store, &quiet, &Ns::new(redis.edition())).await;
 }
 
+/// A follower whose server goes away says so (and can follow again from
+/// its next sequence once the server is back).
+#[tokio::test]
+async fn redis_follower_reports_a_lost_server() {
+    if Mode::from_env() != Mode::Process {
+        eprintln!("needs a redis-server child process; skipped");
+        return;
+    }
+    let mut redis = TestRedis::start_with(ServerOptions::appendonly("always")).await;
+    let store = redis.store().await;
+    let key = redis.key("lost");
+    store.create(&key).await.unwrap();
+    let all = storage_suite::events(0, 2, 1, "l");
+    storage_suite::append_one(&store, storage_suite::batch(&key, 0, all[..1].to_vec(), 1))
+        .await
+        .unwrap();
+    let mut follower = store.follow(&key, 0).await.unwrap();
+    expect_events(&mut follower, &all[..1]).await;
+
+    let process = redis.process().expect("process mode");
+    process.kill();
+    let lost = tokio::time::timeout(Duration::from_secs(10), follower.next())
+        .await
+        .expect("a lost server must not leave the follower waiting");
+    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    process.restart().await.unwrap();
+
+    let from = follower.next_sequence();
+    assert_eq!(from, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut follower = loop {
+        match store.follow(&key, from).await {
+            Ok(follower) => break follower,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot follow again: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let batch = storage_suite::batch(&key, 1, all[1..].to_vec(), 2);
+        match store.append(vec![batch]).await {
+            Ok(results) => {
+                assert!(results[0].is_ok(), "{results:?}");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "store never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    expect_events(&mut follower, &all[1..]).await;
+}
+
 /// What an append publishes: only the new events, framed per
 /// `codec::frame_events`, on the match's channel.
 #[tokio::test]
