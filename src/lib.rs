@@ -13,6 +13,7 @@
 //! - [`store`]: storage traits, key layout, the embedded memory store.
 //! - [`codec`]: the one place that encodes and decodes bytes.
 //! - [`config`]: TOML plus environment into a validated [`config::Config`].
+//! - [`projection`]: read models fed by match logs exactly once (the arena leaderboard).
 //! - [`net`]: the QUIC server and [`client`] library: tickets, commands,
 //!   state deltas over datagrams, sequenced events, rejoin, spectators.
 //!
@@ -48,6 +49,7 @@ pub mod config;
 pub mod engine;
 pub mod game;
 pub mod net;
+pub mod projection;
 pub mod store;
 
 pub use net::client;

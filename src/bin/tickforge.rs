@@ -15,7 +15,9 @@ use tickforge::config::Config;
 use tickforge::engine::{Engine, EventEnvelope};
 use tickforge::game::{Game, PlayerId};
 use tickforge::net::server::Server;
-use tickforge::store::{AnyStore, MatchKey, Store};
+use tickforge::projection::catch_up;
+use tickforge::projection::leaderboard::Leaderboard;
+use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +68,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         last: u64,
     },
+    /// Run the arena leaderboard projection (Redis): catch up every live
+    /// match, or one, and print its standings; `--watch` keeps following.
+    Leaderboard {
+        /// Only this match (default: every live match).
+        #[arg(name = "match")]
+        root: Option<String>,
+        /// Catch up again every this many seconds until Ctrl-C.
+        #[arg(long)]
+        watch: Option<u64>,
+    },
     /// Validate a configuration and print what it resolves to.
     CheckConfig,
 }
@@ -111,8 +123,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     dispatch(cli.command, &config, store).await
 }
 
-async fn dispatch<S: Store>(command: Command, config: &Config, store: S) -> anyhow::Result<()> {
+async fn dispatch(command: Command, config: &Config, store: AnyStore) -> anyhow::Result<()> {
     match command {
+        Command::Leaderboard { root, watch } => {
+            let AnyStore::Redis(redis) = store else {
+                anyhow::bail!(
+                    "the leaderboard projection lives in Redis: set REDIS_URL or [storage] backend = \"redis\""
+                );
+            };
+            leaderboard(config, redis, root, watch).await
+        }
         Command::Serve { bots, players } => serve(config, store, bots, players).await,
         Command::Inspect { root, last } => inspect(config, &store, &root, last).await,
         Command::Ticket { root, player, ttl } => {
@@ -216,6 +236,43 @@ async fn serve<S: Store>(
     players_tasks.abort_all();
     engine.shutdown().await;
     Ok(())
+}
+
+async fn leaderboard(
+    config: &Config,
+    store: RedisStore,
+    root: Option<String>,
+    watch: Option<u64>,
+) -> anyhow::Result<()> {
+    let arena = Arena::default();
+    let board = Leaderboard::new(store.clone());
+    loop {
+        let keys = match &root {
+            Some(root) => {
+                vec![MatchKey::new(arena.domain(), &config.edition, root).context("match id")?]
+            }
+            None => store
+                .live_matches(arena.domain(), &config.edition)
+                .await
+                .context("listing live matches")?,
+        };
+        for key in &keys {
+            let position = catch_up(&store, &board, key, usize::MAX)
+                .await
+                .with_context(|| format!("projecting {key}"))?;
+            let standings = board.standings(key).await.context("reading the board")?;
+            let line: Vec<String> = standings
+                .iter()
+                .map(|(p, tags)| format!("{p}={tags}"))
+                .collect();
+            println!("{key} @{position}: {}", line.join(" "));
+        }
+        let Some(every) = watch else { return Ok(()) };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 async fn inspect<S: Store>(

@@ -220,6 +220,29 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    /// Runs a script of another module (projections) on this store's
+    /// connection; `key` names the data in errors.
+    pub(crate) async fn invoke_script<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        self.connection
+            .invoke(invocation)
+            .await
+            .map_err(|e| redis_error(key, e))
+    }
+
+    /// Runs one command of another module (projections) on this store's
+    /// connection; `key` names the data in errors.
+    pub(crate) async fn query_command<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        self.connection.query(cmd).await.map_err(|e| redis_error(key, e))
+    }
+
     /// Connects with [`RedisOptions::default`]: one URL means a single node
     /// (reconnected automatically after a drop), several mean the seed
     /// nodes of a Redis Cluster. `rediss://` URLs use TLS; a password (and
