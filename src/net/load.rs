@@ -159,6 +159,15 @@ impl LoadStats {
         let _ = histogram.record(micros);
     }
 
+    /// A copy of the command-to-update latency histogram (µs) so far;
+    /// subtract an earlier copy to get one window's distribution.
+    pub fn latency_histogram(&self) -> Histogram<u64> {
+        self.latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> LoadSnapshot {
         let histogram = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());

@@ -99,6 +99,11 @@ pub struct NetStats {
     pub states: AtomicU64,
     /// States sent as deltas.
     pub deltas: AtomicU64,
+    /// Bytes of the state datagrams that carried deltas.
+    pub delta_bytes: AtomicU64,
+    /// Bytes the states sent as deltas take encoded whole (what a full
+    /// state would have cost instead).
+    pub delta_full_bytes: AtomicU64,
     /// States that went on a stream because they were too big for a datagram.
     pub stream_states: AtomicU64,
     /// State datagrams dropped by the loss test hook.
@@ -1189,6 +1194,7 @@ async fn send_state<S: serde::Serialize>(
         tracing::error!(tick = update.tick, "a state could not be encoded");
         return Ok(());
     };
+    let full_len = encoded.len() as u64;
     let (msg, is_delta) = states.message::<()>(update.tick, update.over, encoded);
     stats.states.fetch_add(1, Relaxed);
     if is_delta {
@@ -1197,6 +1203,10 @@ async fn send_state<S: serde::Serialize>(
     let Ok(bytes) = protocol::encode_datagram(&msg) else {
         return Ok(());
     };
+    if is_delta {
+        stats.delta_bytes.fetch_add(bytes.len() as u64, Relaxed);
+        stats.delta_full_bytes.fetch_add(full_len, Relaxed);
+    }
     if conn
         .max_datagram_size()
         .is_some_and(|max| bytes.len() <= max)
