@@ -78,6 +78,16 @@ enum Command {
         #[arg(long)]
         watch: Option<u64>,
     },
+    /// Print a match's events live as they are appended, from another
+    /// process (Redis pub/sub, gaps backfilled from the log).
+    Follow {
+        /// The match id.
+        #[arg(name = "match")]
+        root: String,
+        /// Start at this sequence (default: only new events).
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Validate a configuration and print what it resolves to.
     CheckConfig,
 }
@@ -125,6 +135,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command, config: &Config, store: AnyStore) -> anyhow::Result<()> {
     match command {
+        Command::Follow { root, from } => {
+            let AnyStore::Redis(redis) = store else {
+                anyhow::bail!(
+                    "following needs the Redis backend: set REDIS_URL or [storage] backend = \"redis\""
+                );
+            };
+            follow(config, redis, &root, from).await
+        }
         Command::Leaderboard { root, watch } => {
             let AnyStore::Redis(redis) = store else {
                 anyhow::bail!(
@@ -238,6 +256,47 @@ async fn serve<S: Store>(
     Ok(())
 }
 
+async fn follow(
+    config: &Config,
+    store: RedisStore,
+    root: &str,
+    from: Option<u64>,
+) -> anyhow::Result<()> {
+    let arena = Arena::default();
+    let key = MatchKey::new(arena.domain(), &config.edition, root).context("match id")?;
+    let head = store
+        .head(&key)
+        .await
+        .with_context(|| format!("reading the head of {key}"))?
+        .with_context(|| format!("no match {key} in the store"))?;
+    let start = from.unwrap_or(head.next_sequence);
+    let mut follower = store
+        .follow(&key, start)
+        .await
+        .with_context(|| format!("following {key}"))?;
+    eprintln!("following {key} from sequence {start} (Ctrl-C stops)");
+    loop {
+        let record = tokio::select! {
+            record = follower.next() => record.with_context(|| format!("following {key}"))?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        print_event(&record);
+    }
+}
+
+fn print_event(record: &tickforge::store::RecordedEvent) {
+    match codec::decode::<EventEnvelope<ArenaEvent>>(&record.payload) {
+        Ok(e) => println!(
+            "  #{:<8} tick {:<8} {} {:?}",
+            e.sequence, e.tick, e.player, e.event
+        ),
+        Err(error) => println!(
+            "  #{:<8} tick {:<8} undecodable: {error}",
+            record.sequence, record.tick
+        ),
+    }
+}
+
 async fn leaderboard(
     config: &Config,
     store: RedisStore,
@@ -313,17 +372,8 @@ async fn inspect<S: Store>(
         .await
         .context("reading the last events")?;
     println!("last {} events:", events.len());
-    for record in events {
-        match codec::decode::<EventEnvelope<ArenaEvent>>(&record.payload) {
-            Ok(e) => println!(
-                "  #{:<8} tick {:<8} {} {:?}",
-                e.sequence, e.tick, e.player, e.event
-            ),
-            Err(error) => println!(
-                "  #{:<8} tick {:<8} undecodable: {error}",
-                record.sequence, record.tick
-            ),
-        }
+    for record in &events {
+        print_event(record);
     }
     Ok(())
 }
