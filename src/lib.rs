@@ -18,8 +18,8 @@
 //!   state deltas over datagrams, sequenced events, rejoin, spectators.
 //!
 //! ```
-//! use tickforge::arena::{Arena, ArenaCommand, Dir};
-//! use tickforge::engine::{Engine, EngineSettings};
+//! use tickforge::arena::{Arena, ArenaCommand};
+//! use tickforge::engine::{CommandOutcome, Engine, EngineSettings, ReplyTo};
 //! use tickforge::game::PlayerId;
 //! use tickforge::store::MemoryStore;
 //!
@@ -28,14 +28,17 @@
 //! let engine = Engine::start(Arena::default(), MemoryStore::new(), EngineSettings::default(), "main");
 //! engine.create_match("m1").await?;
 //! let mut feed = engine.subscribe("m1")?;
-//! engine.submit("m1", PlayerId(1), ArenaCommand::Join { name: "ada".into() }, None)?;
-//! engine.submit("m1", PlayerId(1), ArenaCommand::Move(Dir::East), None)?;
-//! // Wait for the tick that applied both commands.
-//! let update = loop {
-//!     feed.updates.changed().await?;
-//!     let update = feed.updates.borrow_and_update().clone().expect("published");
-//!     if update.next_sequence == 2 { break update; }
-//! };
+//!
+//! // A command is answered: accepted with its events' sequences, or rejected with a reason.
+//! let (tx, mut replies) = tokio::sync::mpsc::channel(8);
+//! let join = ArenaCommand::Join { name: "ada".into() };
+//! engine.submit("m1", PlayerId(1), join, Some(ReplyTo { tx, client_seq: 1 }))?;
+//! let reply = replies.recv().await.expect("every command is answered");
+//! assert!(matches!(reply.outcome, CommandOutcome::Accepted { first_sequence: 0, .. }));
+//!
+//! // Every tick publishes the new state.
+//! feed.updates.changed().await?;
+//! let update = feed.updates.borrow_and_update().clone().expect("a state after a tick");
 //! assert!(update.state.players.contains_key(&PlayerId(1)));
 //! engine.shutdown().await;
 //! # Ok(()) }

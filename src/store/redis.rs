@@ -240,7 +240,10 @@ impl RedisStore {
         cmd: &Cmd,
         key: &str,
     ) -> Result<T, StoreError> {
-        self.connection.query(cmd).await.map_err(|e| redis_error(key, e))
+        self.connection
+            .query(cmd)
+            .await
+            .map_err(|e| redis_error(key, e))
     }
 
     /// Connects with [`RedisOptions::default`]: one URL means a single node
