@@ -36,9 +36,12 @@
 //! let reply = replies.recv().await.expect("every command is answered");
 //! assert!(matches!(reply.outcome, CommandOutcome::Accepted { first_sequence: 0, .. }));
 //!
-//! // Every tick publishes the new state.
-//! feed.updates.changed().await?;
-//! let update = feed.updates.borrow_and_update().clone().expect("a state after a tick");
+//! // Every tick publishes the new state; wait for the one holding the join.
+//! let update = loop {
+//!     feed.updates.changed().await?;
+//!     let update = feed.updates.borrow_and_update().clone().expect("a state after a tick");
+//!     if update.next_sequence > 0 { break update; }
+//! };
 //! assert!(update.state.players.contains_key(&PlayerId(1)));
 //! engine.shutdown().await;
 //! # Ok(()) }
