@@ -262,13 +262,7 @@ async fn follow(
     root: &str,
     from: Option<u64>,
 ) -> anyhow::Result<()> {
-    let arena = Arena::default();
-    let key = MatchKey::new(arena.domain(), &config.edition, root).context("match id")?;
-    let head = store
-        .head(&key)
-        .await
-        .with_context(|| format!("reading the head of {key}"))?
-        .with_context(|| format!("no match {key} in the store"))?;
+    let (key, head) = stored_match(config, &store, root).await?;
     let start = from.unwrap_or(head.next_sequence);
     let mut follower = store
         .follow(&key, start)
@@ -334,19 +328,29 @@ async fn leaderboard(
     }
 }
 
+/// The key and stored head of match `root`, or why there is none.
+async fn stored_match<S: Store>(
+    config: &Config,
+    store: &S,
+    root: &str,
+) -> anyhow::Result<(MatchKey, tickforge::store::Head)> {
+    let key =
+        MatchKey::new(Arena::default().domain(), &config.edition, root).context("match id")?;
+    let head = store
+        .head(&key)
+        .await
+        .with_context(|| format!("reading the head of {key}"))?
+        .with_context(|| format!("no match {key} in the store"))?;
+    Ok((key, head))
+}
+
 async fn inspect<S: Store>(
     config: &Config,
     store: &S,
     root: &str,
     last: u64,
 ) -> anyhow::Result<()> {
-    let arena = Arena::default();
-    let key = MatchKey::new(arena.domain(), &config.edition, root).context("match id")?;
-    let head = store
-        .head(&key)
-        .await
-        .with_context(|| format!("reading the head of {key}"))?
-        .with_context(|| format!("no match {key} in the store"))?;
+    let (key, head) = stored_match(config, store, root).await?;
     println!("match:        {key}");
     println!("status:       {:?}", head.status);
     println!(

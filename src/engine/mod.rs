@@ -32,7 +32,7 @@ pub use replay::{Replayed, Replayer, RestoreError};
 pub use stats::{EngineStats, ShardStats};
 
 use crate::game::{Game, PlayerId, Tick};
-use crate::store::{EventStore, KeyError, MatchKey, SnapshotStore, Store, StoreError};
+use crate::store::{EventStore, Head, KeyError, MatchKey, SnapshotStore, Store, StoreError};
 use shard::{Shard, ShardMsg};
 
 /// Events read from the store per round trip during a restore.
@@ -441,10 +441,7 @@ pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
     store: &S,
     key: &MatchKey,
 ) -> Result<Replayed<G::State>, EngineError> {
-    let head = store
-        .head(key)
-        .await?
-        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))?;
+    let head = stored_head(store, key).await?;
     let replayer = match store.load_snapshot(key).await? {
         Some(snapshot) => Replayer::from_snapshot(game, &snapshot),
         None => Ok(Replayer::from_start(game)),
@@ -463,11 +460,15 @@ pub async fn rebuild_from_start<G: Game, S: EventStore>(
     store: &S,
     key: &MatchKey,
 ) -> Result<Replayed<G::State>, EngineError> {
-    let head = store
+    let head = stored_head(store, key).await?;
+    replay_rest(store, key, Replayer::from_start(game), head.tick).await
+}
+
+async fn stored_head<S: EventStore>(store: &S, key: &MatchKey) -> Result<Head, EngineError> {
+    store
         .head(key)
         .await?
-        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))?;
-    replay_rest(store, key, Replayer::from_start(game), head.tick).await
+        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))
 }
 
 async fn replay_rest<G: Game, S: EventStore>(
