@@ -23,13 +23,17 @@ async fn play_into_store(
 ) -> Vec<RecordedEvent> {
     let arena = Arena::default();
     store.create(key).await.expect("create");
-    let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key.clone(), MatchPolicy::default());
-    let mut bots: Vec<Bot> = (1..=8).map(|p| Bot::new(PlayerId(p), 7 + u64::from(p))).collect();
+    let mut core: MatchCore<Arena, ()> =
+        MatchCore::new(&arena, key.clone(), MatchPolicy::default());
+    let mut bots: Vec<Bot> = (1..=8)
+        .map(|p| Bot::new(PlayerId(p), 7 + u64::from(p)))
+        .collect();
     let mut all = Vec::new();
     for _ in 0..ticks {
         for bot in &mut bots {
             if let Some(command) = bot.next_command(&arena, core.state()) {
-                core.handle_command(bot.player(), command, ()).expect("queue has room");
+                core.handle_command(bot.player(), command, ())
+                    .expect("queue has room");
             }
         }
         let _ = core.run_tick(&arena);
@@ -81,14 +85,20 @@ async fn leaderboard_counts_every_tag_once_across_runner_restarts() {
         .await
         .expect("catch up");
     assert_eq!(reached, events.len() as u64);
-    assert_eq!(sorted(second.standings(&key).await.expect("board")), expected);
+    assert_eq!(
+        sorted(second.standings(&key).await.expect("board")),
+        expected
+    );
 
     // Running again changes nothing.
     let again = catch_up(&store, &second, &key, usize::MAX)
         .await
         .expect("idle catch up");
     assert_eq!(again, events.len() as u64);
-    assert_eq!(sorted(second.standings(&key).await.expect("board")), expected);
+    assert_eq!(
+        sorted(second.standings(&key).await.expect("board")),
+        expected
+    );
 }
 
 #[tokio::test]
