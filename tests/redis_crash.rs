@@ -367,7 +367,7 @@ fn incr_aof(dir: &Path) -> PathBuf {
         .lines()
         .filter(|line| line.trim_end().ends_with("type i"))
         .filter_map(|line| line.split_whitespace().nth(1))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no incremental AOF in the manifest: {manifest}"))
         .to_owned();
     aof.join(name)
