@@ -1,0 +1,423 @@
+//! tickforge benchmarks, each beside its ceiling or target.
+//!
+//! ```text
+//! cargo run --release --example bench -- all            # everything, ~6-10 minutes on 2 cores
+//! cargo run --release --example bench -- all --quick    # smoke run, under a minute
+//! cargo run --release --example bench -- append         # or engine, restore, network
+//! cargo run --release --example bench -- --help         # flags that size each benchmark
+//! ```
+//!
+//! - `append`: events/s through `RedisStore::append` (1,000 matches per
+//!   call; 1, 8 and 64 events per match-tick) beside the same script calls
+//!   sent by a minimal raw RESP client, and plain pipelined ZADD+HSET.
+//! - `engine`: M matches x 8 players at 30 Hz in process, memory store and
+//!   Redis: ticks/s, tick time, persist lag, CPU, RSS; searches the largest
+//!   M that holds 30 Hz with p99 tick under 33 ms.
+//! - `restore`: restoring a match of 10k, 100k and 1M events from Redis
+//!   (snapshot + tail) against a full replay from 0.
+//! - `network`: 100, 500 and 1,000 QUIC clients on loopback: latency,
+//!   bytes per client, delta against full state size; draws
+//!   `network-latency.svg`.
+//!
+//! Each benchmark prints progress lines on stderr and its table at the end,
+//! and writes `target/bench/<name>.json` (and `.md`) so runs can be
+//! compared; a full run also copies the latency picture to
+//! `assets/bench/network-latency.svg`. Redis is `REDIS_URL` if set, else a
+//! `redis-server` child started on a free loopback port (no persistence)
+//! and killed at exit; without either, the Redis parts are skipped.
+
+mod append;
+mod child;
+mod engine;
+mod network;
+mod redis_server;
+mod report;
+mod resp;
+mod restore;
+mod svg;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use engine::StoreKind;
+use redis_server::RedisTarget;
+use report::{Outcome, Table, progress};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// Every benchmark, in order.
+    All,
+    /// RedisStore::append against a raw pipelined client.
+    Append,
+    /// Matches x players at 30 Hz, memory store and Redis.
+    Engine,
+    /// Restore from snapshot + tail against a full replay.
+    Restore,
+    /// QUIC clients on loopback.
+    Network,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "tickforge benchmarks with ceilings (see the doc comment of examples/bench/main.rs)"
+)]
+struct Args {
+    /// Which benchmark to run.
+    #[arg(value_enum)]
+    which: Option<Which>,
+    /// A short smoke run: small sizes, short windows.
+    #[arg(long)]
+    quick: bool,
+    /// Where JSON, Markdown and pictures go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+
+    /// append: matches per call.
+    #[arg(long, default_value_t = 1_000)]
+    append_matches: usize,
+    /// append: events per match-tick, one measurement each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64])]
+    append_events: Vec<usize>,
+    /// append: seconds per events-per-tick value [default: 8, quick 1].
+    #[arg(long)]
+    append_seconds: Option<f64>,
+
+    /// engine: players per match.
+    #[arg(long, default_value_t = 8)]
+    engine_players: u32,
+    /// engine: ticks per second.
+    #[arg(long, default_value_t = 30)]
+    engine_hz: u32,
+    /// engine: first M of the search [default: 500, quick 100].
+    #[arg(long)]
+    engine_start: Option<usize>,
+    /// engine: largest M tried [default: 64000, quick 200].
+    #[arg(long)]
+    engine_max: Option<usize>,
+    /// engine: bisection steps after doubling [default: 3, quick 0].
+    #[arg(long)]
+    engine_bisect: Option<usize>,
+    /// engine: warm-up seconds per step [default: 4, quick 1].
+    #[arg(long)]
+    engine_warmup: Option<f64>,
+    /// engine: measured seconds per step [default: 8, quick 2].
+    #[arg(long)]
+    engine_seconds: Option<f64>,
+    /// engine: stores to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StoreKind::Memory, StoreKind::Redis])]
+    engine_stores: Vec<StoreKind>,
+
+    /// restore: log sizes in events [default: 10000,100000,1000000; quick 10000,100000].
+    #[arg(long, value_delimiter = ',')]
+    restore_sizes: Option<Vec<u64>>,
+    /// restore: restores timed per size [default: 50, quick 10].
+    #[arg(long)]
+    restore_repeats: Option<usize>,
+
+    /// network: client counts [default: 100,500,1000; quick 100].
+    #[arg(long, value_delimiter = ',')]
+    network_clients: Option<Vec<usize>>,
+    /// network: players per match (the arena holds 16).
+    #[arg(long, default_value_t = 10)]
+    network_players: u32,
+    /// network: measured seconds per client count [default: 10, quick 3].
+    #[arg(long)]
+    network_seconds: Option<f64>,
+
+    /// Internal: run one step in this (child) process.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+    /// Internal: the step, as JSON.
+    #[arg(long, hide = true)]
+    spec: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: it sets the clock children inherit.
+    report::start_clock();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(kind) = &args.child {
+        let spec = args.spec.as_deref().context("--child needs --spec")?;
+        return match kind.as_str() {
+            "engine" => engine::step(serde_json::from_str(spec).context("engine step")?).await,
+            "network" => network::step(serde_json::from_str(spec).context("network step")?).await,
+            other => bail!("unknown step kind {other:?}"),
+        };
+    }
+    let Some(which) = args.which else {
+        bail!("say which benchmark to run: all, append, engine, restore or network (see --help)");
+    };
+    tokio::select! {
+        result = run(which, &args) => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+/// What every JSON file records about the run.
+#[derive(Debug, Serialize)]
+struct RunInfo {
+    command: String,
+    quick: bool,
+    started_unix_s: u64,
+    commit: Option<String>,
+    machine: sys::Machine,
+    redis: Option<redis_server::RedisInfo>,
+}
+
+async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
+    let quick = args.quick;
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Keys of this run live in their own edition (cleaned afterwards).
+    let edition = format!("bench-{started_unix_s}");
+    let wanted = |w: Which| which == Which::All || which == w;
+    let needs_redis = wanted(Which::Append)
+        || wanted(Which::Restore)
+        || (wanted(Which::Engine) && args.engine_stores.contains(&StoreKind::Redis));
+    let redis = if needs_redis {
+        RedisTarget::open().await?
+    } else {
+        None
+    };
+    let machine = sys::Machine::describe();
+    let info = RunInfo {
+        command: std::iter::once("cargo run --release --example bench --".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        quick,
+        started_unix_s,
+        commit: sys::git_commit(),
+        machine: machine.clone(),
+        redis: redis.as_ref().map(RedisTarget::info),
+    };
+    progress(format!(
+        "tickforge bench: {which:?}{} on {}",
+        if quick { " (quick)" } else { "" },
+        machine.line()
+    ));
+    let no_redis =
+        "no Redis: install redis-server (sudo apt-get install redis-server) or set REDIS_URL";
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut failed = Vec::new();
+    for bench in [Which::Append, Which::Engine, Which::Restore, Which::Network] {
+        if !wanted(bench) {
+            continue;
+        }
+        let result = match bench {
+            Which::Append => match &redis {
+                Some(redis) => {
+                    let config = append::AppendConfig {
+                        matches: args.append_matches,
+                        events_per_tick: args.append_events.clone(),
+                        seconds: args.append_seconds.unwrap_or(if quick { 1.0 } else { 8.0 }),
+                        max_events: if quick { 200_000 } else { 1_500_000 },
+                        min_rounds: if quick { 3 } else { 10 },
+                    };
+                    append::run(&config, redis, &edition).await
+                }
+                None => Ok(Outcome::skipped("append", no_redis)),
+            },
+            Which::Engine => {
+                let config = engine::EngineConfig {
+                    players: args.engine_players,
+                    tick_hz: args.engine_hz,
+                    start: args.engine_start.unwrap_or(if quick { 100 } else { 500 }),
+                    max: args.engine_max.unwrap_or(if quick { 200 } else { 64_000 }),
+                    bisect_steps: args.engine_bisect.unwrap_or(if quick { 0 } else { 3 }),
+                    warmup_s: args.engine_warmup.unwrap_or(if quick { 1.0 } else { 4.0 }),
+                    measure_s: args.engine_seconds.unwrap_or(if quick { 2.0 } else { 8.0 }),
+                    stores: args.engine_stores.clone(),
+                };
+                engine::run(&config, redis.as_ref(), &edition).await
+            }
+            Which::Restore => match &redis {
+                Some(redis) => {
+                    let config = restore::RestoreConfig {
+                        sizes: args.restore_sizes.clone().unwrap_or_else(|| {
+                            if quick {
+                                vec![10_000, 100_000]
+                            } else {
+                                vec![10_000, 100_000, 1_000_000]
+                            }
+                        }),
+                        repeats: args.restore_repeats.unwrap_or(if quick { 10 } else { 50 }),
+                        min_rebuilds: if quick { 2 } else { 3 },
+                        rebuild_seconds: if quick { 1.0 } else { 4.0 },
+                    };
+                    restore::run(&config, redis, &edition).await
+                }
+                None => Ok(Outcome::skipped("restore", no_redis)),
+            },
+            Which::Network => {
+                let config = network::NetworkConfig {
+                    clients: args.network_clients.clone().unwrap_or_else(|| {
+                        if quick {
+                            vec![100]
+                        } else {
+                            vec![100, 500, 1000]
+                        }
+                    }),
+                    players: args.network_players.clamp(1, 16),
+                    tick_hz: args.engine_hz,
+                    warmup_s: if quick { 1.0 } else { 3.0 },
+                    measure_s: args
+                        .network_seconds
+                        .unwrap_or(if quick { 3.0 } else { 10.0 }),
+                };
+                match network::run(&config).await {
+                    Ok((outcome, results)) => {
+                        draw_latency(&args.out, &results, &config, &machine, quick)?;
+                        Ok(outcome)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Which::All => unreachable!("not a single benchmark"),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let name = format!("{bench:?}").to_lowercase();
+                progress(format!("{name} FAILED: {error:#}"));
+                failed.push(name);
+                continue;
+            }
+        };
+        if let Some(why) = &outcome.skipped {
+            progress(format!("{} skipped: {why}", outcome.name));
+        }
+        for table in &outcome.tables {
+            print!("{}", table.text());
+        }
+        write_outcome(&args.out, &info, &outcome)?;
+        outcomes.push(outcome);
+    }
+
+    let targets: Vec<report::Target> = outcomes
+        .iter()
+        .flat_map(|o| o.targets.iter().cloned())
+        .collect();
+    let targets_table = report::targets_table(&targets);
+    if which == Which::All {
+        println!("\n==================== all results ====================");
+        println!("{}", machine.line());
+        for outcome in &outcomes {
+            if let Some(why) = &outcome.skipped {
+                println!("\n{}: skipped ({why})", outcome.name);
+            }
+            for table in &outcome.tables {
+                print!("{}", table.text());
+            }
+        }
+        let mut md = format!(
+            "Command: `{}`  \nMachine: {}  \nRedis: {}  \nCommit: {}\n\n",
+            info.command,
+            machine.line(),
+            info.redis.as_ref().map_or("none".to_owned(), |r| format!(
+                "{} ({}; {})",
+                r.version, r.source, r.config
+            )),
+            info.commit.as_deref().unwrap_or("unknown"),
+        );
+        for outcome in &outcomes {
+            if let Some(why) = &outcome.skipped {
+                md.push_str(&format!("**{}**: skipped ({why})\n\n", outcome.name));
+            }
+            for table in &outcome.tables {
+                md.push_str(&table.markdown());
+                md.push('\n');
+            }
+        }
+        md.push_str(&targets_table.markdown());
+        report::write_text(&args.out, "summary.md", &md)?;
+        report::write_json(
+            &args.out,
+            "summary",
+            &serde_json::json!({ "run": info, "targets": targets, "failed": failed }),
+        )?;
+    }
+    print!("{}", targets_table.text());
+    if let Some(redis) = &redis
+        && !redis.owned
+    {
+        redis.clean(&edition).await?;
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn write_outcome(dir: &Path, info: &RunInfo, outcome: &Outcome) -> anyhow::Result<()> {
+    report::write_json(
+        dir,
+        outcome.name,
+        &serde_json::json!({
+            "benchmark": outcome.name,
+            "run": info,
+            "skipped": outcome.skipped,
+            "targets": outcome.targets,
+            "tables": outcome.tables,
+            "results": outcome.results,
+        }),
+    )?;
+    let md: String = outcome
+        .tables
+        .iter()
+        .map(Table::markdown)
+        .collect::<Vec<_>>()
+        .join("\n");
+    report::write_text(dir, &format!("{}.md", outcome.name), &md)
+}
+
+fn draw_latency(
+    dir: &Path,
+    results: &[network::StepResult],
+    config: &network::NetworkConfig,
+    machine: &sys::Machine,
+    quick: bool,
+) -> anyhow::Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let period_ms = 1000.0 / f64::from(config.tick_hz);
+    let footer = format!(
+        "{} players per match, {:.0} s per client count; {} cores{}",
+        config.players,
+        config.measure_s,
+        machine.cores,
+        if quick { "; quick run" } else { "" }
+    );
+    let svg = svg::latency_histogram(results, period_ms, period_ms + 2.0, &footer);
+    report::write_text(dir, "network-latency.svg", &svg)?;
+    if !quick {
+        let assets = Path::new("assets/bench");
+        std::fs::create_dir_all(assets).context("creating assets/bench")?;
+        std::fs::write(assets.join("network-latency.svg"), &svg)
+            .context("writing assets/bench/network-latency.svg")?;
+        progress("copied the picture to assets/bench/network-latency.svg");
+    }
+    Ok(())
+}

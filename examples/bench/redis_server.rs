@@ -1,0 +1,253 @@
+//! The Redis the benchmarks talk to: `REDIS_URL` when set, else a
+//! `redis-server` child process of our own (loopback, a free port, a
+//! temporary directory, no persistence), killed when the run ends.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::report::progress;
+
+/// How long a fresh server may take to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reachable Redis.
+pub struct RedisTarget {
+    pub url: String,
+    /// The server's process id, when it is our child (for its CPU time).
+    pub pid: Option<u32>,
+    pub version: String,
+    /// Whether we started it (and may flush it).
+    pub owned: bool,
+    admin: redis::aio::MultiplexedConnection,
+    _process: Option<RedisProcess>,
+}
+
+/// What the JSON files record about the server.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisInfo {
+    pub version: String,
+    pub source: &'static str,
+    pub config: &'static str,
+}
+
+impl RedisTarget {
+    /// `REDIS_URL` if set, else a new child server. `Ok(None)` (with the
+    /// reason printed) when there is no `redis-server` to start.
+    pub async fn open() -> anyhow::Result<Option<Self>> {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            progress(format!("using Redis at REDIS_URL ({})", redact(&url)));
+            return Ok(Some(Self::connect(url, None).await?));
+        }
+        let Some(binary) = find_in_path("redis-server") else {
+            progress(
+                "redis-server not found in PATH: the Redis parts (append, engine with Redis, \
+                 restore) are SKIPPED. Install it with `sudo apt-get install redis-server` \
+                 (Debian/Ubuntu) or point REDIS_URL at a server.",
+            );
+            return Ok(None);
+        };
+        let process = RedisProcess::start(&binary)?;
+        let url = format!("redis://127.0.0.1:{}", process.port);
+        let mut target = Self::connect(url, Some(process)).await?;
+        target.owned = true;
+        progress(format!(
+            "started redis-server {} (pid {}) on {} with --save \"\" --appendonly no",
+            target.version,
+            target.pid.unwrap_or(0),
+            target.url
+        ));
+        Ok(Some(target))
+    }
+
+    async fn connect(url: String, mut process: Option<RedisProcess>) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url.as_str())
+            .with_context(|| format!("parsing the Redis URL {}", redact(&url)))?;
+        let started = Instant::now();
+        // Retry PING until the server answers: no fixed sleep.
+        let admin = loop {
+            let attempt = async {
+                let mut con = client.get_multiplexed_async_connection().await?;
+                let _: String = redis::cmd("PING").query_async(&mut con).await?;
+                Ok::<_, redis::RedisError>(con)
+            };
+            match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                Ok(Ok(con)) => break con,
+                Ok(Err(error)) if started.elapsed() < READY_TIMEOUT => {
+                    if let Some(process) = &mut process {
+                        process.check_alive()?;
+                    }
+                    tracing::debug!(%error, "redis not ready yet");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(error)) => {
+                    return Err(error)
+                        .with_context(|| format!("Redis at {} did not answer PING", redact(&url)));
+                }
+                Err(_) if started.elapsed() < READY_TIMEOUT => {}
+                Err(_) => bail!("Redis at {} did not answer PING in time", redact(&url)),
+            }
+        };
+        let mut target = Self {
+            url,
+            pid: process.as_ref().map(|p| p.child.id()),
+            version: String::new(),
+            owned: false,
+            admin,
+            _process: process,
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut target.admin)
+            .await
+            .context("asking Redis for INFO server")?;
+        target.version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        Ok(target)
+    }
+
+    pub fn info(&self) -> RedisInfo {
+        RedisInfo {
+            version: self.version.clone(),
+            source: if self.owned {
+                "child redis-server"
+            } else {
+                "REDIS_URL"
+            },
+            config: if self.owned {
+                "--save \"\" --appendonly no (no persistence)"
+            } else {
+                "as configured by its owner"
+            },
+        }
+    }
+
+    /// The server's CPU seconds so far (only for our own child).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        crate::sys::cpu_seconds(Some(self.pid?))
+    }
+
+    /// Removes what a benchmark wrote: FLUSHALL on our own server, else
+    /// the keys of `edition` only.
+    pub async fn clean(&self, edition: &str) -> anyhow::Result<()> {
+        let mut con = self.admin.clone();
+        if self.owned {
+            let () = redis::cmd("FLUSHALL")
+                .query_async(&mut con)
+                .await
+                .context("FLUSHALL")?;
+            return Ok(());
+        }
+        let pattern = format!("*:{{arena:{edition}*");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .context("SCAN for benchmark keys")?;
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut con)
+                    .await
+                    .context("UNLINK benchmark keys")?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// A `redis-server` child process and its temporary directory.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    fn start(binary: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tickforge-bench-redis")
+            .tempdir()
+            .context("creating a temporary directory for redis-server")?;
+        // A port the kernel just handed out; if another process takes it
+        // before redis-server binds, the readiness check reports it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free loopback port")?
+            .port();
+        let mut command = Command::new(binary);
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--logfile")
+            .arg(dir.path().join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl only sets a flag of the child between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                // Dies with us even if we are killed without running Drop.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { child, port, dir })
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("checking redis-server")? {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "redis-server exited with {status} before answering PING: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A URL with its password hidden.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_owned(),
+    }
+}
