@@ -47,6 +47,9 @@ pub struct AppendConfig {
     pub max_events: u64,
     /// At least this many timed calls per client.
     pub min_rounds: usize,
+    /// Whether `append.lua` publishes each batch for followers (the
+    /// store's default; off shows what publishing costs).
+    pub publish: bool,
 }
 
 /// Figures of one client at one events-per-tick value.
@@ -138,7 +141,10 @@ pub async fn run(
     redis: &RedisTarget,
     edition: &str,
 ) -> anyhow::Result<Outcome> {
-    let options = RedisOptions::default();
+    let options = RedisOptions {
+        publish: config.publish,
+        ..RedisOptions::default()
+    };
     let store = RedisStore::connect_with(std::slice::from_ref(&redis.url), options)
         .await
         .context("connecting RedisStore")?;
@@ -187,8 +193,9 @@ pub async fn run(
 
     let mut table = Table::new(
         format!(
-            "append: {} matches per call, one call per tick (events/s; call latency in ms)",
-            config.matches
+            "append: {} matches per call, one call per tick{} (events/s; call latency in ms)",
+            config.matches,
+            if config.publish { "" } else { ", publish off" }
         ),
         &[
             "events/tick",

@@ -85,6 +85,9 @@ struct Args {
     /// append: seconds per events-per-tick value [default: 8, quick 1].
     #[arg(long)]
     append_seconds: Option<f64>,
+    /// append: let append.lua publish each batch for followers (RedisStore's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    append_publish: bool,
 
     /// engine: players per match.
     #[arg(long, default_value_t = 8)]
@@ -234,6 +237,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                         seconds: args.append_seconds.unwrap_or(if quick { 1.0 } else { 8.0 }),
                         max_events: if quick { 200_000 } else { 1_500_000 },
                         min_rounds: if quick { 3 } else { 10 },
+                        publish: args.append_publish,
                     };
                     append::run(&config, redis, &edition).await
                 }

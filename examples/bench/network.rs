@@ -30,6 +30,10 @@ use crate::sys::{CpuMeter, MachineMeter, rss_bytes};
 pub const BIN_US: u64 = 500;
 /// Bins kept (up to 200 ms); later samples count as overflow.
 const BINS: usize = 400;
+/// Logarithmic bins for the picture: this many per decade from 1 ms.
+pub const LOG_BINS_PER_DECADE: f64 = 40.0;
+/// Logarithmic bins kept (1 ms to 100 s).
+const LOG_BINS: usize = 200;
 /// Longest time given to the clients to join.
 const JOIN_BUDGET: Duration = Duration::from_secs(45);
 /// The targets.
@@ -71,6 +75,10 @@ pub struct StepResult {
     /// Latency counts per `BIN_US` bin from 0, then the overflow.
     pub bins: Vec<u64>,
     pub overflow: u64,
+    /// Latency counts per logarithmic bin: bin i holds latencies from
+    /// 1 ms x 10^(i / LOG_BINS_PER_DECADE) (the first also everything below).
+    pub log_bins: Vec<u64>,
+    pub p001_ms: f64,
     pub updates_per_client_s: f64,
     pub commands_per_s: f64,
     pub rejected: u64,
@@ -307,13 +315,17 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     let _ = server_stop.send(());
 
     let mut bins = vec![0u64; BINS];
+    let mut log_bins = vec![0u64; LOG_BINS];
     let mut overflow = 0;
     for v in latency.iter_recorded() {
-        let bin = (v.value_iterated_to() / BIN_US) as usize;
-        match bins.get_mut(bin) {
+        let micros = v.value_iterated_to();
+        match bins.get_mut((micros / BIN_US) as usize) {
             Some(count) => *count += v.count_at_value(),
             None => overflow += v.count_at_value(),
         }
+        let log = (micros.max(1) as f64 / 1000.0).log10() * LOG_BINS_PER_DECADE;
+        let index = (log.max(0.0) as usize).min(LOG_BINS - 1);
+        log_bins[index] += v.count_at_value();
     }
     let per_client_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / window_s / clients as f64;
     let deltas = net_after.deltas - net_before.deltas;
@@ -335,6 +347,8 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         max_ms: report::max_ms(&latency),
         bins,
         overflow,
+        log_bins,
+        p001_ms: ms(&latency, 0.001),
         updates_per_client_s: per_client_s(load_after.updates, load_before.updates),
         commands_per_s: (load_after.commands - load_before.commands) as f64 / window_s,
         rejected: load_after.rejected - load_before.rejected,
