@@ -187,6 +187,7 @@ pub async fn run(
             "redis CPU %",
             "others CPU %",
             "RSS/match KiB",
+            "first failing M: why",
         ],
     );
     for &store in &config.stores {
@@ -203,6 +204,9 @@ pub async fn run(
         }
         let (best, first_fail, steps) = search(config, store, redis, edition).await?;
         let best_result = best.and_then(|m| steps.iter().find(|s| s.matches == m && s.holds));
+        let fail_why = first_fail
+            .and_then(|m| steps.iter().find(|s| s.matches == m && !s.holds))
+            .map_or(String::new(), |s| s.why_not.join("; "));
         match best_result {
             Some(r) => summary.row(vec![
                 store.name().into(),
@@ -219,12 +223,18 @@ pub async fn run(
                 report::opt(r.redis_cpu_percent, 0),
                 report::opt(r.others_cpu_percent, 0),
                 report::opt(r.rss_per_match_kib, 1),
+                fail_why,
             ]),
-            None => summary.row(vec![
-                store.name().into(),
-                "none held".into(),
-                first_fail.map_or("-".into(), |m| m.to_string()),
-            ]),
+            None => {
+                let mut row = vec![
+                    store.name().into(),
+                    "none held".into(),
+                    first_fail.map_or("-".into(), |m| m.to_string()),
+                ];
+                row.resize(14, String::new());
+                row.push(fail_why);
+                summary.row(row);
+            }
         }
         if store == StoreKind::Redis {
             let best_m = best.unwrap_or(0);

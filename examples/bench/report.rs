@@ -208,6 +208,14 @@ impl Outcome {
             results: serde_json::Value::Null,
         }
     }
+
+    /// Lists a target the skipped benchmark would have checked.
+    pub fn with_target(mut self, name: &str, goal: &str) -> Self {
+        let measured = format!("skipped ({})", self.skipped.as_deref().unwrap_or("not run"));
+        self.targets
+            .push(Target::new(self.name, name, goal, measured, None));
+        self
+    }
 }
 
 /// Writes `value` as pretty JSON to `dir/name.json`.
