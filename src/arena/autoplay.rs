@@ -8,7 +8,7 @@ use super::bot::Bot;
 use super::{Arena, ArenaCommand};
 use crate::engine::{Engine, EngineError};
 use crate::game::PlayerId;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Counters shared by every autoplayed match.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ pub async fn play_slot<S: Store>(
 ) -> Result<(), EngineError> {
     for round in 0u64.. {
         let root = format!("{prefix}-{slot}-{round}");
-        engine.create_match(&root).await?;
+        create_with_retry(&engine, &root).await?;
         counters.created.fetch_add(1, Relaxed);
         let seed = (slot as u64) << 24 | round;
         if !play_match(&engine, &counters, &root, players, seed).await? {
@@ -81,6 +81,25 @@ pub async fn play_slot<S: Store>(
         }
     }
     Ok(())
+}
+
+/// Creates `root`, waiting out a store outage (backoff up to 1 s); other
+/// errors end the slot.
+async fn create_with_retry<S: Store>(
+    engine: &Engine<Arena, S>,
+    root: &str,
+) -> Result<(), EngineError> {
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match engine.create_match(root).await {
+            Err(EngineError::Store(StoreError::Unavailable(reason))) => {
+                tracing::warn!(root, %reason, "store unavailable; retrying match creation");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn submit<S: Store>(

@@ -248,12 +248,20 @@ async fn serve<S: Store>(
             }
         }
     }
-    tracing::info!("stopping: closing connections, final snapshots and flush");
+    tracing::info!(
+        "stopping: closing connections, final snapshots and flush (Ctrl-C again to give up waiting for the store)"
+    );
     let _ = server_stop.send(());
     server.await.context("the QUIC server task panicked")?;
     players_tasks.abort_all();
-    engine.shutdown().await;
-    Ok(())
+    // Flushing waits for the store; a second Ctrl-C gives up on it.
+    tokio::select! {
+        () = engine.shutdown() => Ok(()),
+        _ = tokio::signal::ctrl_c() => {
+            let backlog = engine.stats().backlog_jobs;
+            anyhow::bail!("stopped before every write was stored ({backlog} tick jobs still queued); restore resumes from the last stored tick")
+        }
+    }
 }
 
 async fn follow(
