@@ -187,7 +187,7 @@ pub async fn run(
             k,
         )
         .await?;
-        redis.clean(edition).await?;
+        redis.clean(edition).await;
         sizes.push(figures);
     }
 

@@ -6,8 +6,10 @@
 //! and, for every match that published a new state, submits one command
 //! per player: the arena [`Bot`]'s choice for that state (a join, a step,
 //! a turn or a shot), or a turn while the bot is tagged out (the game
-//! refuses it, as it would a real client's input). No task per match; its
-//! CPU time is measured apart from the engine's.
+//! refuses it, as it would a real client's input); after a late wake-up it
+//! also sends the commands of the ticks it missed (up to 3), like a
+//! client's queued inputs. No task per match; its CPU time is measured
+//! apart from the engine's.
 //!
 //! A step holds 30 Hz when, over its measuring window (after a warm-up),
 //! the shards ran at least 97 % of the ticks due, the p99 tick took under
@@ -27,12 +29,15 @@ use tickforge::arena::bot::Bot;
 use tickforge::arena::{Arena, ArenaCommand, ArenaState, Dir};
 use tickforge::engine::{Engine, EngineSettings, MatchUpdate};
 use tickforge::game::PlayerId;
-use tickforge::store::{MemoryStore, RedisStore, Store};
+use tickforge::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use tokio::sync::watch;
 
 use crate::redis_server::RedisTarget;
 use crate::report::{self, Outcome, Table, Target, ms, num, progress, si};
 use crate::sys::{CpuMeter, MachineMeter, rss_bytes, thread_cpu_seconds, thread_id};
+
+/// Ticks of commands the generator sends late after it fell behind.
+const MAX_CATCH_UP: u64 = 3;
 
 /// The issue's target with Redis on the 2-core machine.
 const TARGET_MATCHES: usize = 2_000;
@@ -66,6 +71,9 @@ pub struct EngineConfig {
     pub warmup_s: f64,
     pub measure_s: f64,
     pub stores: Vec<StoreKind>,
+    /// Whether `append.lua` publishes each batch for followers (the
+    /// store's default).
+    pub publish: bool,
 }
 
 /// What a child process runs.
@@ -81,6 +89,7 @@ pub struct StepSpec {
     measure_s: f64,
     edition: String,
     prefix: String,
+    publish: bool,
 }
 
 /// What one step measured.
@@ -105,6 +114,9 @@ pub struct StepResult {
     lag_max_events: u64,
     /// The largest lag as time: events / events per second.
     lag_max_ms: f64,
+    /// How fast the lag grew over the window (least squares), ms per s: a
+    /// store that keeps up stays near 0.
+    lag_growth_ms_per_s: f64,
     backlog_max_jobs: u64,
     append_p50_ms: f64,
     append_p99_ms: f64,
@@ -129,7 +141,7 @@ pub struct StepResult {
 impl StepResult {
     fn line(&self) -> String {
         format!(
-            "engine {} M={} x {}: {} — ticks/s {}, tick p50/p99/max {}/{}/{} ms, lag max {} ms, \
+            "engine {} M={} x {}: {} — ticks/s {}, tick p50/p99/max {}/{}/{} ms, lag max {} ms (growing {} ms/s), \
              commands/s {}, CPU engine {}% + generator {}%{}, others on the machine {}%, \
              RSS/match {} KiB{}",
             self.store.name(),
@@ -141,6 +153,7 @@ impl StepResult {
             num(self.tick_p99_ms, 2),
             num(self.tick_max_ms, 1),
             num(self.lag_max_ms, 0),
+            num(self.lag_growth_ms_per_s, 0),
             si(self.commands_per_s),
             report::opt(self.cpu_percent, 0),
             report::opt(self.generator_cpu_percent, 0),
@@ -254,7 +267,8 @@ pub async fn run(
         all_steps.extend(steps);
     }
     summary.note(
-        "holds = ticks >= 97% of due, p99 tick < 33.3 ms, persist lag <= 1 s of events, \
+        "holds = ticks >= 97% of due, p99 tick < 33.3 ms, persist lag <= 1 s of events and \
+         growing < 50 ms per s, \
          no dropped commands, load at >= 95% of one command per player per tick; figures at \
          the largest M that held. CPU % of one core (200 = both cores): the engine (this \
          process minus the generator thread), the load generator, redis-server, and everything \
@@ -332,6 +346,7 @@ async fn search(
             measure_s: config.measure_s,
             edition: edition.to_owned(),
             prefix: format!("e{}", steps.len()),
+            publish: config.publish,
         };
         async move {
             progress(format!(
@@ -346,7 +361,7 @@ async fn search(
             if store == StoreKind::Redis
                 && let Some(redis) = redis
             {
-                redis.clean(edition).await?;
+                redis.clean(edition).await;
             }
             Ok::<_, anyhow::Error>(result)
         }
@@ -408,7 +423,11 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         StoreKind::Memory => run_step(MemoryStore::new(), &spec).await?,
         StoreKind::Redis => {
             let url = spec.url.clone().context("a Redis step needs a URL")?;
-            let store = RedisStore::connect(&[url])
+            let options = RedisOptions {
+                publish: spec.publish,
+                ..RedisOptions::default()
+            };
+            let store = RedisStore::connect_with(&[url], options)
                 .await
                 .context("connecting to Redis")?;
             run_step(store, &spec).await?
@@ -506,12 +525,15 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     let machine_cpu = MachineMeter::start();
     let started = Instant::now();
     let mut lags = Vec::new();
+    let mut lag_series: Vec<(f64, f64)> = Vec::new();
     let mut backlog_max = 0;
     let mut sampler = tokio::time::interval(Duration::from_millis(100));
     while started.elapsed().as_secs_f64() < spec.measure_s {
         sampler.tick().await;
         let now = engine.stats();
-        lags.push(now.events.saturating_sub(now.persisted_events));
+        let lag = now.events.saturating_sub(now.persisted_events);
+        lags.push(lag);
+        lag_series.push((started.elapsed().as_secs_f64(), lag as f64));
         backlog_max = backlog_max.max(now.backlog_jobs);
         if generator.is_finished() {
             return match generator.join() {
@@ -545,6 +567,11 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     } else {
         0.0
     };
+    let lag_growth_ms_per_s = if events_per_s > 0.0 {
+        slope(&lag_series) / events_per_s * 1000.0
+    } else {
+        0.0
+    };
     let mut result = StepResult {
         store: spec.store,
         matches: spec.matches,
@@ -562,6 +589,7 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
         lag_p50_events: lags.get(lags.len() / 2).copied().unwrap_or(0),
         lag_max_events: lag_max,
         lag_max_ms,
+        lag_growth_ms_per_s,
         backlog_max_jobs: backlog_max,
         append_p50_ms: ms(&appends, 0.5),
         append_p99_ms: ms(&appends, 0.99),
@@ -597,6 +625,11 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
         result
             .why_not
             .push(format!("store behind by {:.0} ms", result.lag_max_ms));
+    } else if result.lag_growth_ms_per_s > 50.0 {
+        result.why_not.push(format!(
+            "store falling behind by {:.0} ms per s",
+            result.lag_growth_ms_per_s
+        ));
     }
     if result.dropped + result.submit_errors > 0 {
         result.why_not.push(format!(
@@ -619,6 +652,21 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     }
     result.holds = result.why_not.is_empty();
     Ok(result)
+}
+
+/// Least-squares slope of `y` over `x`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den > 0.0 { num / den } else { 0.0 }
 }
 
 fn new_slot<S: Store>(
@@ -701,17 +749,28 @@ async fn generate<S: Store>(
                 *slot = new_slot(&engine, &counters, root, slot.base.clone(), round, players)?;
                 continue;
             }
-            if update.tick == slot.last_tick {
+            if update.tick <= slot.last_tick {
                 continue;
             }
+            // Ticks since the last pass: more than one when this thread
+            // was descheduled (a busy machine) or the match caught up.
+            // Their commands go now, as a real client's queued inputs
+            // would, so the rate stays one per player per tick.
+            let owed = if slot.last_tick == 0 {
+                1
+            } else {
+                (update.tick - slot.last_tick).min(MAX_CATCH_UP)
+            };
             slot.last_tick = update.tick;
             for bot in &mut slot.bots {
-                // A tagged-out bot has nothing to do; its client still
-                // sends its input for the tick (the game refuses it).
-                let command = bot
-                    .next_command(engine.game(), &update.state)
-                    .unwrap_or(ArenaCommand::Turn(Dir::North));
-                submit(&engine, &counters, &slot.root, bot.player(), command);
+                for _ in 0..owed {
+                    // A tagged-out bot has nothing to do; its client still
+                    // sends its input for the tick (the game refuses it).
+                    let command = bot
+                        .next_command(engine.game(), &update.state)
+                        .unwrap_or(ArenaCommand::Turn(Dir::North));
+                    submit(&engine, &counters, &slot.root, bot.player(), command);
+                }
             }
         }
     }

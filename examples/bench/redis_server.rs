@@ -69,8 +69,13 @@ impl RedisTarget {
         let started = Instant::now();
         // Retry PING until the server answers: no fixed sleep.
         let admin = loop {
+            // FLUSHALL of a few million events takes seconds.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(120)));
             let attempt = async {
-                let mut con = client.get_multiplexed_async_connection().await?;
+                let mut con = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
                 let _: String = redis::cmd("PING").query_async(&mut con).await?;
                 Ok::<_, redis::RedisError>(con)
             };
@@ -135,8 +140,15 @@ impl RedisTarget {
     }
 
     /// Removes what a benchmark wrote: FLUSHALL on our own server, else
-    /// the keys of `edition` only.
-    pub async fn clean(&self, edition: &str) -> anyhow::Result<()> {
+    /// the keys of `edition` only. A failure is reported, not fatal: the
+    /// figures already measured stand.
+    pub async fn clean(&self, edition: &str) {
+        if let Err(error) = self.try_clean(edition).await {
+            progress(format!("warning: could not clean Redis: {error:#}"));
+        }
+    }
+
+    async fn try_clean(&self, edition: &str) -> anyhow::Result<()> {
         let mut con = self.admin.clone();
         if self.owned {
             let () = redis::cmd("FLUSHALL")

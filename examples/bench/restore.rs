@@ -83,7 +83,7 @@ pub async fn run(
     let mut results = Vec::new();
     for &size in &config.sizes {
         results.push(run_size(config, &arena, &store, edition, size).await?);
-        redis.clean(edition).await?;
+        redis.clean(edition).await;
     }
 
     let mut table = Table::new(
