@@ -131,6 +131,12 @@ pub struct StepResult {
     redis_cpu_percent: Option<f64>,
     /// Everything else on the machine (other users' work), % of one core.
     others_cpu_percent: Option<f64>,
+    /// From Redis `INFO commandstats` over the window: time spent executing
+    /// the append script per call, and its share of the window.
+    evalsha_ms_per_call: Option<f64>,
+    evalsha_busy_percent: Option<f64>,
+    /// Time Redis spent executing any command, share of the window.
+    redis_exec_busy_percent: Option<f64>,
     rss_mib: Option<f64>,
     /// (RSS at the end - RSS before the engine started) / matches.
     rss_per_match_kib: Option<f64>,
@@ -285,6 +291,8 @@ pub async fn run(
             "tick max ms",
             "lag max ms",
             "append p99 ms",
+            "append.lua ms/call",
+            "redis exec %",
             "engine CPU %",
             "generator CPU %",
             "redis CPU %",
@@ -302,6 +310,8 @@ pub async fn run(
             num(s.tick_max_ms, 1),
             num(s.lag_max_ms, 0),
             num(s.append_p99_ms, 2),
+            report::opt(s.evalsha_ms_per_call, 1),
+            report::opt(s.redis_exec_busy_percent, 0),
             report::opt(s.cpu_percent, 0),
             report::opt(s.generator_cpu_percent, 0),
             report::opt(s.redis_cpu_percent, 0),
@@ -338,7 +348,9 @@ async fn search(
         let spec = StepSpec {
             store,
             url: redis.map(|r| r.url.clone()),
-            redis_pid: redis.and_then(|r| r.pid),
+            redis_pid: redis
+                .filter(|_| store == StoreKind::Redis)
+                .and_then(|r| r.pid),
             matches: m,
             players: config.players,
             tick_hz: config.tick_hz,
@@ -523,6 +535,7 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     let generator_cpu = thread_cpu_seconds(generator_tid);
     let redis_cpu = spec.redis_pid.map(|pid| CpuMeter::start(Some(pid)));
     let machine_cpu = MachineMeter::start();
+    let stats_before = command_stats(spec.url.as_deref()).await;
     let started = Instant::now();
     let mut lags = Vec::new();
     let mut lag_series: Vec<(f64, f64)> = Vec::new();
@@ -544,6 +557,7 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     }
     let after = engine.stats();
     let window_s = started.elapsed().as_secs_f64();
+    let stats_after = command_stats(spec.url.as_deref()).await;
     let cpu_percent = cpu.percent();
     let generator_cpu_percent = match (generator_cpu, thread_cpu_seconds(generator_tid)) {
         (Some(a), Some(b)) => Some((b - a) / window_s * 100.0),
@@ -572,6 +586,20 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     } else {
         0.0
     };
+    let (evalsha_ms_per_call, evalsha_busy_percent, redis_exec_busy_percent) =
+        match (stats_before, stats_after) {
+            (Some(a), Some(b)) if spec.store == StoreKind::Redis => {
+                let calls = b.evalsha_calls.saturating_sub(a.evalsha_calls);
+                let evalsha_us = b.evalsha_usec.saturating_sub(a.evalsha_usec) as f64;
+                let all_us = b.all_usec.saturating_sub(a.all_usec) as f64;
+                (
+                    (calls > 0).then(|| evalsha_us / calls as f64 / 1000.0),
+                    Some(evalsha_us / 1e6 / window_s * 100.0),
+                    Some(all_us / 1e6 / window_s * 100.0),
+                )
+            }
+            _ => (None, None, None),
+        };
     let mut result = StepResult {
         store: spec.store,
         matches: spec.matches,
@@ -600,6 +628,9 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
         generator_cpu_percent,
         redis_cpu_percent,
         others_cpu_percent,
+        evalsha_ms_per_call,
+        evalsha_busy_percent,
+        redis_exec_busy_percent,
         rss_mib: rss_after.map(|r| r as f64 / 1024.0 / 1024.0),
         rss_per_match_kib: match (rss_before, rss_after) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1024.0 / spec.matches as f64),
@@ -652,6 +683,48 @@ async fn run_step<S: Store>(store: S, spec: &StepSpec) -> anyhow::Result<StepRes
     }
     result.holds = result.why_not.is_empty();
     Ok(result)
+}
+
+/// Counters of Redis `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Default)]
+struct CommandStats {
+    evalsha_calls: u64,
+    evalsha_usec: u64,
+    /// Microseconds spent in all commands.
+    all_usec: u64,
+}
+
+/// Reads `INFO commandstats`, or `None` without Redis.
+async fn command_stats(url: Option<&str>) -> Option<CommandStats> {
+    let client = redis::Client::open(url?).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    let mut stats = CommandStats::default();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        stats.all_usec += field("usec");
+        if name == "evalsha" {
+            stats.evalsha_calls = field("calls");
+            stats.evalsha_usec = field("usec");
+        }
+    }
+    Some(stats)
 }
 
 /// Least-squares slope of `y` over `x`.

@@ -24,7 +24,7 @@ use tickforge::net::{NetConfig, TlsSource};
 use tickforge::store::MemoryStore;
 
 use crate::report::{self, Outcome, Table, Target, ms, num, progress, si};
-use crate::sys::{CpuMeter, MachineMeter, rss_bytes};
+use crate::sys::{CpuMeter, MachineMeter, rss_bytes, threads_cpu_seconds};
 
 /// Latency histogram bins in the results, µs.
 pub const BIN_US: u64 = 500;
@@ -34,6 +34,8 @@ const BINS: usize = 400;
 pub const LOG_BINS_PER_DECADE: f64 = 40.0;
 /// Logarithmic bins kept (1 ms to 100 s).
 const LOG_BINS: usize = 200;
+/// Name of the clients' runtime threads.
+const CLIENT_THREADS: &str = "load-client";
 /// Longest time given to the clients to join.
 const JOIN_BUDGET: Duration = Duration::from_secs(45);
 /// The issue's targets.
@@ -96,6 +98,10 @@ pub struct StepResult {
     pub stream_states: u64,
     pub tick_p99_ms: f64,
     pub cpu_percent: Option<f64>,
+    /// The server side (engine, QUIC server), % of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// The client side (client library, bots), % of one core.
+    pub client_cpu_percent: Option<f64>,
     /// Everything else on the machine meanwhile, % of one core.
     pub others_cpu_percent: Option<f64>,
     pub rss_mib: Option<f64>,
@@ -119,13 +125,16 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
         ));
         let result: StepResult = crate::child::run("network", &spec).await?;
         progress(format!(
-            "network {clients} clients: p50 {} ms, p99 {} ms, {} B/s per client, deltas {}% of full \
-             state, CPU {}%",
+            "network {clients} clients ({} connected): p50 {} ms, p99 {} ms, {} B/s per client, \
+             deltas {}% of full state, CPU server {}% + clients {}%, others {}%",
+            result.connected,
             num(result.p50_ms, 2),
             num(result.p99_ms, 2),
             num(result.bytes_in_per_client_s, 0),
             num(result.delta_to_full * 100.0, 1),
-            report::opt(result.cpu_percent, 0),
+            report::opt(result.server_cpu_percent, 0),
+            report::opt(result.client_cpu_percent, 0),
+            report::opt(result.others_cpu_percent, 0),
         ));
         results.push(result);
     }
@@ -137,6 +146,7 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
         ),
         &[
             "clients",
+            "connected",
             "latency p50 ms",
             "p99 ms",
             "p99.9 ms",
@@ -148,7 +158,8 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
             "delta/full",
             "deltas sent",
             "tick p99 ms",
-            "CPU %",
+            "server CPU %",
+            "client CPU %",
             "others CPU %",
         ],
     );
@@ -156,6 +167,7 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
     for r in &results {
         table.row(vec![
             r.clients.to_string(),
+            r.connected.to_string(),
             num(r.p50_ms, 2),
             num(r.p99_ms, 2),
             num(r.p999_ms, 2),
@@ -167,7 +179,8 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
             format!("{}%", num(r.delta_to_full * 100.0, 1)),
             format!("{}%", num(r.delta_share * 100.0, 0)),
             num(r.tick_p99_ms, 2),
-            report::opt(r.cpu_percent, 0),
+            report::opt(r.server_cpu_percent, 0),
+            report::opt(r.client_cpu_percent, 0),
             report::opt(r.others_cpu_percent, 0),
         ]);
     }
@@ -180,7 +193,10 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
         let goal = period_ms + TARGET_EXTRA_MS;
         targets.push(Target::new(
             "network",
-            format!("latency p99 at {} clients", largest.clients),
+            format!(
+                "latency p99 at {} clients ({} connected)",
+                largest.clients, largest.connected
+            ),
             format!("< {goal:.1} ms"),
             format!("{:.2} ms", largest.p99_ms),
             Some(largest.p99_ms < goal),
@@ -239,6 +255,14 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     let server_task = tokio::spawn(server.run(async {
         let _ = server_stop_rx.await;
     }));
+    // The clients run on a runtime of their own (same process, as in the
+    // demo) so that their CPU time can be told apart from the server's.
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build()
+        .context("starting the clients' runtime")?;
     // Clients join in waves of about 100: a thousand handshakes at once
     // on two cores overrun the server's Hello timeout, and a bot whose
     // join fails moves on to another match. Joining is bounded; the
@@ -255,9 +279,11 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         load.match_prefix = format!("net{index}");
         load.endpoints = 1;
         let mut stop = load_stop_rx.clone();
-        load_tasks.push(tokio::spawn(run_load(load, stats.clone(), async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })));
+        load_tasks.push(
+            client_runtime.spawn(run_load(load, stats.clone(), async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })),
+        );
         let expected = ((first + count) * spec.players as usize) as u64;
         let wave_started = Instant::now();
         while stats.snapshot().connected < expected
@@ -286,6 +312,7 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     let net_before = NetCounters::read(&net_stats);
     let engine_before = engine.stats();
     let cpu = CpuMeter::start(None);
+    let clients_cpu = threads_cpu_seconds(CLIENT_THREADS);
     let machine_cpu = MachineMeter::start();
     let started = Instant::now();
     let mut previous = load_before;
@@ -307,6 +334,10 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     let net_after = NetCounters::read(&net_stats);
     let engine_after = engine.stats();
     let cpu_percent = cpu.percent();
+    let client_cpu_percent = match (clients_cpu, threads_cpu_seconds(CLIENT_THREADS)) {
+        (Some(a), Some(b)) => Some((b - a) / window_s * 100.0),
+        _ => None,
+    };
     let others_cpu_percent = machine_cpu
         .percent()
         .map(|all| (all - cpu_percent.unwrap_or(0.0)).max(0.0));
@@ -362,6 +393,11 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         stream_states: net_after.stream_states - net_before.stream_states,
         tick_p99_ms: ms(&ticks, 0.99),
         cpu_percent,
+        server_cpu_percent: match (cpu_percent, client_cpu_percent) {
+            (Some(all), Some(clients)) => Some((all - clients).max(0.0)),
+            _ => None,
+        },
+        client_cpu_percent,
         others_cpu_percent,
         rss_mib: rss.map(|r| r as f64 / 1024.0 / 1024.0),
     };
@@ -373,6 +409,7 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         let _ = server_task.await;
     })
     .await;
+    client_runtime.shutdown_background();
     crate::child::emit(&result)
 }
 

@@ -39,6 +39,26 @@ pub fn thread_cpu_seconds(tid: i64) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// CPU seconds used by this process's threads whose name starts with
+/// `prefix` (Linux truncates thread names to 15 bytes).
+pub fn threads_cpu_seconds(prefix: &str) -> Option<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(prefix) {
+            total += thread_cpu_seconds(tid).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 /// The id of the calling thread.
 pub fn thread_id() -> i64 {
     // SAFETY: gettid has no preconditions.
