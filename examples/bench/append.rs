@@ -224,7 +224,7 @@ pub async fn run(
             size.events_per_tick.to_string(),
             store_f.map_or("-".into(), |c| si(c.events_per_s)),
             raw_f.map_or("-".into(), |c| si(c.events_per_s)),
-            report::opt(size.ratio_store_to_raw, 2),
+            report::opt(size.ratio_store_to_raw, 3),
             zadd_f.map_or("-".into(), |c| si(c.events_per_s)),
             store_f.map_or("-".into(), |c| report::num(c.p50_ms, 2)),
             store_f.map_or("-".into(), |c| report::num(c.p99_ms, 2)),
@@ -241,7 +241,7 @@ pub async fn run(
                 size.events_per_tick
             ),
             format!(">= {TARGET_RATIO}"),
-            report::opt(size.ratio_store_to_raw, 2),
+            report::opt(size.ratio_store_to_raw, 3),
             size.ratio_store_to_raw.map(|r| r >= TARGET_RATIO),
         ));
     }
