@@ -92,6 +92,8 @@ pub struct StepResult {
     /// States sent as deltas over all states sent.
     pub delta_share: f64,
     pub mean_delta_bytes: f64,
+    /// How many ticks behind the state its delta's baseline was, on average.
+    pub mean_baseline_age_ticks: f64,
     pub mean_full_bytes: f64,
     /// Delta datagram bytes over the full states they replaced.
     pub delta_to_full: f64,
@@ -156,6 +158,7 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
             "delta B",
             "full state B",
             "delta/full",
+            "baseline age",
             "deltas sent",
             "tick p99 ms",
             "server CPU %",
@@ -177,6 +180,7 @@ pub async fn run(config: &NetworkConfig) -> anyhow::Result<(Outcome, Vec<StepRes
             num(r.mean_delta_bytes, 0),
             num(r.mean_full_bytes, 0),
             format!("{}%", num(r.delta_to_full * 100.0, 1)),
+            num(r.mean_baseline_age_ticks, 2),
             format!("{}%", num(r.delta_share * 100.0, 0)),
             num(r.tick_p99_ms, 2),
             report::opt(r.server_cpu_percent, 0),
@@ -388,6 +392,9 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
         bytes_out_per_client_s: per_client_s(net_after.bytes_out, net_before.bytes_out),
         delta_share: deltas as f64 / (net_after.states - net_before.states).max(1) as f64,
         mean_delta_bytes: delta_bytes as f64 / deltas.max(1) as f64,
+        mean_baseline_age_ticks: (net_after.delta_baseline_ticks - net_before.delta_baseline_ticks)
+            as f64
+            / deltas.max(1) as f64,
         mean_full_bytes: full_bytes as f64 / deltas.max(1) as f64,
         delta_to_full: delta_bytes as f64 / full_bytes.max(1) as f64,
         stream_states: net_after.stream_states - net_before.stream_states,
@@ -420,6 +427,7 @@ struct NetCounters {
     deltas: u64,
     delta_bytes: u64,
     delta_full_bytes: u64,
+    delta_baseline_ticks: u64,
     bytes_out: u64,
     stream_states: u64,
 }
@@ -432,6 +440,7 @@ impl NetCounters {
             deltas: stats.deltas.load(Relaxed),
             delta_bytes: stats.delta_bytes.load(Relaxed),
             delta_full_bytes: stats.delta_full_bytes.load(Relaxed),
+            delta_baseline_ticks: stats.delta_baseline_ticks.load(Relaxed),
             bytes_out: stats.bytes_out.load(Relaxed),
             stream_states: stats.stream_states.load(Relaxed),
         }

@@ -104,6 +104,9 @@ pub struct NetStats {
     /// Bytes the states sent as deltas take encoded whole (what a full
     /// state would have cost instead).
     pub delta_full_bytes: AtomicU64,
+    /// Sum over deltas of how many ticks their baseline was behind the
+    /// state (divide by `deltas` for the mean baseline age).
+    pub delta_baseline_ticks: AtomicU64,
     /// States that went on a stream because they were too big for a datagram.
     pub stream_states: AtomicU64,
     /// State datagrams dropped by the loss test hook.
@@ -1206,6 +1209,16 @@ async fn send_state<S: serde::Serialize>(
     if is_delta {
         stats.delta_bytes.fetch_add(bytes.len() as u64, Relaxed);
         stats.delta_full_bytes.fetch_add(full_len, Relaxed);
+        if let ServerMsg::StateDelta {
+            tick,
+            baseline_tick,
+            ..
+        } = &msg
+        {
+            stats
+                .delta_baseline_ticks
+                .fetch_add(tick.saturating_sub(*baseline_tick), Relaxed);
+        }
     }
     if conn
         .max_datagram_size()
