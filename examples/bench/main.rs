@@ -1,7 +1,7 @@
 //! tickforge benchmarks, each beside its ceiling or target.
 //!
 //! ```text
-//! cargo run --release --example bench -- all            # everything, ~6-10 minutes on 2 cores
+//! cargo run --release --example bench -- all            # everything, about 5 minutes on 2 cores
 //! cargo run --release --example bench -- all --quick    # smoke run, under a minute
 //! cargo run --release --example bench -- append         # or engine, restore, network
 //! cargo run --release --example bench -- --help         # flags that size each benchmark
