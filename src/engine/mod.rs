@@ -38,6 +38,9 @@ use shard::{Shard, ShardMsg};
 /// Events read from the store per round trip during a restore.
 const RESTORE_PAGE: usize = 10_000;
 
+/// Events a match keeps for subscribers that fall behind (allocated up front).
+const EVENT_FEED_CAPACITY: usize = 1024;
+
 /// When a client may see a state relative to its events being stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -335,7 +338,9 @@ impl<G: Game, S: Store> Engine<G, S> {
         let shard = &self.shards[shard_index];
         let (updates, _) = watch::channel(None);
         let updates = Arc::new(updates);
-        let (events, _) = broadcast::channel(4096);
+        // 1024 events is seconds of play for a game like the arena; a subscriber
+        // further behind learns how many it missed and repairs from the store.
+        let (events, _) = broadcast::channel(EVENT_FEED_CAPACITY);
         match self.routes.entry(root.clone()) {
             dashmap::Entry::Occupied(_) => return Err(EngineError::MatchExists(root.to_string())),
             dashmap::Entry::Vacant(slot) => {
