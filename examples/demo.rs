@@ -136,6 +136,8 @@ async fn run<S: Store>(
     let started = Instant::now();
     let deadline = args.seconds.map(Duration::from_secs);
     let mut previous = engine.stats();
+    // Shards tick from `Engine::start`; rates count from here, after set-up.
+    let ticks_at_start = previous.ticks;
     let mut previous_net = net_snapshot(&players);
     let mut last_report = started;
     let mut progress = tokio::time::interval(Duration::from_secs(1));
@@ -169,6 +171,7 @@ async fn run<S: Store>(
         }
     }
     let elapsed = started.elapsed();
+    let ticks_in_window = engine.stats().ticks.saturating_sub(ticks_at_start);
     let (net_fields, finished) = match players {
         Players::Quic {
             stats,
@@ -217,7 +220,7 @@ async fn run<S: Store>(
         args.players,
         stats.ticks,
         stats.match_ticks,
-        stats.ticks as f64 / secs / config.engine.shards.max(1) as f64,
+        ticks_in_window as f64 / secs / config.engine.shards.max(1) as f64,
         stats.events,
         stats.events as f64 / secs,
         stats.commands,
