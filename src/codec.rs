@@ -78,8 +78,8 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
-/// Decodes a value written by [`encode`], enforcing every limit above.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Checks the size limit and the version byte; returns the bincode body.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if bytes.len() > MAX_DECODE_BYTES {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -90,6 +90,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: version });
     }
+    Ok(body)
+}
+
+/// Decodes a value written by [`encode`], enforcing every limit above.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let body = checked_body(bytes)?;
     let (value, read) = bincode::serde::decode_from_slice(body, CONFIG)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     match body.len() - read {
@@ -105,16 +111,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// version byte and the size limit are checked as in [`decode`]; bytes
 /// after the two numbers (the player and the event) are not looked at.
 pub fn decode_envelope_header(bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
-    if bytes.len() > MAX_DECODE_BYTES {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            limit: MAX_DECODE_BYTES,
-        });
-    }
-    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion { found: version });
-    }
+    let body = checked_body(bytes)?;
     // The envelope's first two fields, in declaration order.
     let ((sequence, tick), _read) =
         bincode::serde::decode_from_slice::<(u64, u64), _>(body, CONFIG)
