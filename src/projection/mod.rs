@@ -47,6 +47,16 @@ pub enum ProjectionError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log does not hold the events the projection needs next.
+    #[error("log of {key} has a gap: expected sequence {expected}, found {found}")]
+    Gap {
+        /// The match.
+        key: String,
+        /// The sequence the projection needed.
+        expected: u64,
+        /// The sequence the store returned.
+        found: u64,
+    },
     /// A stored event could not be decoded.
     #[error("event {sequence} of {key} cannot be decoded: {source}")]
     Decode {
@@ -80,7 +90,14 @@ where
             break;
         }
         let mut events = Vec::with_capacity(page.len());
-        for record in &page {
+        for (expected, record) in (position..).zip(&page) {
+            if record.sequence != expected {
+                return Err(ProjectionError::Gap {
+                    key: key.to_string(),
+                    expected,
+                    found: record.sequence,
+                });
+            }
             let envelope: EventEnvelope<G::Event> =
                 codec::decode(&record.payload).map_err(|source| ProjectionError::Decode {
                     key: key.to_string(),
