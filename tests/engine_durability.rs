@@ -7,6 +7,9 @@
 //! `Unavailable`) and a gate (closed: appends wait). Tokio's clock is
 //! paused; tests await updates and replies, never sleep.
 
+mod engine_support;
+
+use engine_support::{Update, update_at};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +19,9 @@ use tickforge::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState, Dir};
 use tickforge::codec;
 use tickforge::engine::{
     self, CommandOutcome, CommandReply, Durability, Engine, EngineSettings, EventEnvelope,
-    MatchFeed, MatchPolicy, MatchUpdate, ReplyTo,
+    MatchFeed, MatchPolicy, ReplyTo,
 };
-use tickforge::game::{Game, PlayerId, Tick};
+use tickforge::game::{Game, PlayerId};
 use tickforge::store::{
     AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, Snapshot,
     SnapshotStore, StoreError,
@@ -157,7 +160,6 @@ impl PositionStore for FlakyStore {
     }
 }
 
-type Update = Arc<MatchUpdate<ArenaState>>;
 type Events = Vec<Arc<EventEnvelope<ArenaEvent>>>;
 
 const ROOT: &str = "m";
@@ -182,26 +184,6 @@ fn settings(durability: Durability, write_queue_ticks: usize) -> EngineSettings 
         },
         ..EngineSettings::default()
     }
-}
-
-/// Awaits the first update at or past `tick` (60 s of virtual time at most).
-async fn update_at(feed: &mut MatchFeed<Arena>, tick: Tick) -> Update {
-    let wait = async {
-        loop {
-            if let Some(update) = feed.updates.borrow_and_update().clone()
-                && update.tick >= tick
-            {
-                return update;
-            }
-            feed.updates
-                .changed()
-                .await
-                .expect("match stopped publishing");
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no update for tick {tick} within 60 s"))
 }
 
 fn drain_events(feed: &mut MatchFeed<Arena>, into: &mut Events) {

@@ -3,6 +3,9 @@
 //! loop deterministic; the concurrency test uses a multi-thread runtime.
 //! Nothing here sleeps to synchronise: tests await published updates.
 
+mod engine_support;
+
+use engine_support::update_at;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use tickforge::codec;
 use tickforge::engine::schedule::TickSchedule;
 use tickforge::engine::{
     self, CommandOutcome, CommandReply, Engine, EngineError, EngineSettings, EventEnvelope,
-    MatchCore, MatchFeed, MatchPolicy, MatchUpdate, ReplyTo,
+    MatchCore, MatchFeed, MatchPolicy, ReplyTo,
 };
 use tickforge::game::{Game, PlayerId};
 use tickforge::store::{EventStore, MatchKey, MatchStatus, MemoryStore, SnapshotStore};
@@ -20,7 +23,6 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 type Feed = MatchFeed<Arena>;
-type Update = Arc<MatchUpdate<ArenaState>>;
 
 fn key(root: &str) -> MatchKey {
     MatchKey::new("arena", "main", root).unwrap()
@@ -28,28 +30,6 @@ fn key(root: &str) -> MatchKey {
 
 fn bytes(state: &ArenaState) -> Vec<u8> {
     codec::encode(state).unwrap()
-}
-
-/// Awaits the first published update at or past `tick`. A match that
-/// stops publishing fails the test instead of hanging it (paused-clock
-/// tests reach the deadline in virtual time, at once).
-async fn update_at(feed: &mut Feed, tick: u64) -> Update {
-    let wait = async {
-        loop {
-            if let Some(update) = feed.updates.borrow_and_update().clone()
-                && update.tick >= tick
-            {
-                return update;
-            }
-            feed.updates
-                .changed()
-                .await
-                .expect("the match stopped publishing");
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no update for tick {tick} within 60 s"))
 }
 
 /// Takes every event the feed holds now, checking they follow `into`.
