@@ -105,7 +105,7 @@ async fn run<S: Store>(
     let engine = Arc::new(Engine::start(
         Arena::default(),
         store,
-        config.engine,
+        config.engine.clone(),
         &config.edition,
     ));
     // Unique match ids per run, so a persistent store never sees a clash.

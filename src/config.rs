@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Durability, EngineSettings, MatchPolicy};
+use crate::engine::{Durability, EngineSettings, EventRetention, MatchPolicy};
 use crate::net::{DatagramLoss, NetConfig, ServerSecret, TlsSource};
 use crate::store::keys::{DEFAULT_EDITION, MatchKey};
 
@@ -137,6 +137,8 @@ struct RawEngine {
     write_queue_ticks: Option<usize>,
     durability: Option<String>,
     edition: Option<String>,
+    trim_events_below_snapshot: Option<bool>,
+    trim_keeps_events_for: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +271,23 @@ impl Config {
             ));
         }
 
+        let keep_for = e.trim_keeps_events_for.unwrap_or_default();
+        let probe = MatchKey::new("arena", DEFAULT_EDITION, "check").expect("valid probe key");
+        for handler in &keep_for {
+            if let Err(error) = probe.position_key(handler) {
+                return Err(invalid(
+                    "engine.trim_keeps_events_for",
+                    &format!("{handler:?}"),
+                    error.reason,
+                ));
+            }
+        }
+        let retention = if e.trim_events_below_snapshot.unwrap_or(false) {
+            EventRetention::TrimBelowSnapshot { keep_for }
+        } else {
+            EventRetention::Full
+        };
+
         let storage = storage_config(raw.storage, origin, &env)?;
         let net = net_config(raw.net, origin, &env)?;
         Ok(Config {
@@ -282,6 +301,7 @@ impl Config {
                     snapshot_every_ticks,
                 },
                 durability,
+                retention,
             },
             edition,
             storage,

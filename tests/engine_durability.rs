@@ -24,7 +24,7 @@ use tickforge::engine::{
 use tickforge::game::{Game, PlayerId};
 use tickforge::store::{
     AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError,
+    SnapshotStore, StoreError, Trimmed,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -130,6 +130,16 @@ impl EventStore for FlakyStore {
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
         self.inner().live_matches(domain, edition).await
+    }
+
+    async fn trim(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+    ) -> Result<Trimmed, StoreError> {
+        self.check()?;
+        self.inner().trim(key, below, keep_for).await
     }
 }
 

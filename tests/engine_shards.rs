@@ -465,7 +465,7 @@ async fn shutdown_flushes_events_and_final_snapshots() {
         ..EngineSettings::default()
     };
     let store = MemoryStore::new();
-    let engine = Engine::start(game.clone(), store.clone(), settings, "main");
+    let engine = Engine::start(game.clone(), store.clone(), settings.clone(), "main");
     let roots = ["a", "b", "c"];
     let mut feeds = Vec::new();
     let mut bots = Vec::new();

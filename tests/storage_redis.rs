@@ -87,6 +87,8 @@ suite!(
     finish_hides_a_match,
     one_call_appends_many_matches,
     large_batch_is_stored_whole,
+    trim_stops_at_the_snapshot,
+    trim_waits_for_handlers,
 );
 
 /// Appends split over many small script calls keep every rule, and the

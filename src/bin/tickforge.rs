@@ -181,7 +181,7 @@ async fn serve<S: Store>(
     let engine = Arc::new(Engine::start(
         Arena::default(),
         store,
-        config.engine,
+        config.engine.clone(),
         &config.edition,
     ));
     let (restored, failed) = engine

@@ -53,8 +53,26 @@ pub enum Durability {
     Sync,
 }
 
+/// Which events the store keeps once a snapshot covers them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EventRetention {
+    /// Keep every event: replays and rebuilds from sequence 0 always work.
+    #[default]
+    Full,
+    /// After each stored snapshot, remove the events below it (see
+    /// [`EventStore::trim`]). Restores are unaffected; a rebuild from
+    /// sequence 0, or a projection or follower reading below what was
+    /// kept, fails with [`StoreError::Trimmed`](crate::store::StoreError).
+    TrimBelowSnapshot {
+        /// Handlers (projections) whose stored positions hold trimming
+        /// back: events they have not processed stay, and a handler that
+        /// never ran for a match keeps all of its events.
+        keep_for: Vec<String>,
+    },
+}
+
 /// How the engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
     /// Ticks per second.
     pub tick_hz: u32,
@@ -69,6 +87,8 @@ pub struct EngineSettings {
     pub policy: MatchPolicy,
     /// Sync or async persistence.
     pub durability: Durability,
+    /// Whether events below stored snapshots are removed.
+    pub retention: EventRetention,
 }
 
 impl Default for EngineSettings {
@@ -80,6 +100,7 @@ impl Default for EngineSettings {
             write_queue_ticks: 1_800,
             policy: MatchPolicy::default(),
             durability: Durability::Async,
+            retention: EventRetention::Full,
         }
     }
 }
@@ -214,10 +235,11 @@ impl<G: Game, S: Store> Engine<G, S> {
                 jobs_rx,
                 failures_tx,
                 stats.clone(),
+                settings.retention.clone(),
             ));
             let shard = Shard::new(
                 game.clone(),
-                settings,
+                settings.clone(),
                 inbox_rx,
                 jobs_tx,
                 writer_task,

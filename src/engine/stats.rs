@@ -23,6 +23,7 @@ pub struct ShardStats {
     pub(crate) append_failures: AtomicU64,
     pub(crate) backlog_jobs: AtomicU64,
     pub(crate) repaired_events: AtomicU64,
+    pub(crate) trimmed_events: AtomicU64,
     /// Tick durations in microseconds.
     tick_micros: Mutex<Histogram<u64>>,
     /// Store append round trips in microseconds.
@@ -58,6 +59,7 @@ impl Default for ShardStats {
             append_failures: AtomicU64::new(0),
             backlog_jobs: AtomicU64::new(0),
             repaired_events: AtomicU64::new(0),
+            trimmed_events: AtomicU64::new(0),
             tick_micros: Mutex::new(histogram()),
             append_micros: Mutex::new(histogram()),
         }
@@ -105,6 +107,9 @@ pub struct EngineStats {
     pub backlog_jobs: u64,
     /// Events re-appended because the store had lost them.
     pub repaired_events: u64,
+    /// Events removed from the store below snapshots
+    /// ([`EventRetention::TrimBelowSnapshot`](crate::engine::EventRetention)).
+    pub trimmed_events: u64,
     /// Tick durations (µs), merged over shards.
     pub tick_micros: Histogram<u64>,
     /// Append round trips (µs), merged over shards.
@@ -128,6 +133,7 @@ impl EngineStats {
             append_failures: 0,
             backlog_jobs: 0,
             repaired_events: 0,
+            trimmed_events: 0,
             tick_micros: histogram(),
             append_micros: histogram(),
         };
@@ -146,6 +152,7 @@ impl EngineStats {
             total.append_failures += s.append_failures.load(Relaxed);
             total.backlog_jobs += s.backlog_jobs.load(Relaxed);
             total.repaired_events += s.repaired_events.load(Relaxed);
+            total.trimmed_events += s.trimmed_events.load(Relaxed);
             for (into, from) in [
                 (&mut total.tick_micros, &s.tick_micros),
                 (&mut total.append_micros, &s.append_micros),

@@ -14,6 +14,12 @@
 //! batch finds the stored head *below* where it starts (or the match gone),
 //! the writer re-appends the missing tail from memory, logs it, and goes
 //! on. So a store crash loses nothing while the engine lives.
+//!
+//! **Trimming.** With [`EventRetention::TrimBelowSnapshot`], each stored
+//! snapshot is followed by a trim of the events below it. The store never
+//! trims past its stored snapshot, and a store that comes back holding an
+//! older prefix of its writes (everysec) holds the older trim with it, so
+//! repair still finds every event it needs from the stored head on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::engine::EventRetention;
 use crate::engine::stats::ShardStats;
 use crate::game::Tick;
 use crate::store::{AppendBatch, Head, MatchKey, RecordedEvent, Snapshot, Store, StoreError};
@@ -106,6 +113,7 @@ pub(crate) async fn run_writer<S: Store>(
     mut jobs: mpsc::Receiver<WriteJob>,
     failures: mpsc::Sender<WriteFailure>,
     stats: Arc<ShardStats>,
+    retention: EventRetention,
 ) {
     let mut retained: HashMap<MatchKey, RetainedLog> = HashMap::new();
     while let Some(job) = jobs.recv().await {
@@ -150,6 +158,9 @@ pub(crate) async fn run_writer<S: Store>(
             if retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await {
                 if let Some(log) = retained.get_mut(key) {
                     log.snapshot_stored(snapshot.sequence);
+                }
+                if let EventRetention::TrimBelowSnapshot { keep_for } = &retention {
+                    trim(&store, key, snapshot.sequence, keep_for, &stats).await;
                 }
             }
         }
@@ -216,6 +227,27 @@ async fn repair<S: Store>(
             "store held less than it acknowledged; re-appended the missing events from memory");
     }
     result
+}
+
+/// Trims below a stored snapshot. Housekeeping: a failure is logged and
+/// the next snapshot's trim covers these events too.
+async fn trim<S: Store>(
+    store: &S,
+    key: &MatchKey,
+    below: u64,
+    keep_for: &[String],
+    stats: &ShardStats,
+) {
+    match store.trim(key, below, keep_for).await {
+        Ok(trimmed) => {
+            stats.trimmed_events.fetch_add(trimmed.removed, Relaxed);
+            if trimmed.retained_from < below {
+                tracing::debug!(%key, below, retained_from = trimmed.retained_from,
+                    "trimming held back by the snapshot or a handler's position");
+            }
+        }
+        Err(error) => tracing::warn!(%key, %error, "trimming events below the snapshot failed"),
+    }
 }
 
 async fn append_with_retry<S: Store>(

@@ -6,7 +6,7 @@
 
 use super::{
     AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, RedisStore,
-    Snapshot, SnapshotStore, StoreError,
+    Snapshot, SnapshotStore, StoreError, Trimmed,
 };
 use crate::config::StorageConfig;
 
@@ -79,6 +79,15 @@ impl EventStore for AnyStore {
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
         forward!(self, s => s.live_matches(domain, edition))
+    }
+
+    async fn trim(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+    ) -> Result<Trimmed, StoreError> {
+        forward!(self, s => s.trim(key, below, keep_for))
     }
 }
 

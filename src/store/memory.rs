@@ -5,17 +5,19 @@
 //! retries, snapshot compare-and-set, forward-only positions) but nothing
 //! survives the process.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError,
+    SnapshotStore, StoreError, Trimmed,
 };
 
 #[derive(Debug)]
 struct MatchRecord {
-    events: Vec<RecordedEvent>,
+    /// Events `retained_from..`; the ones below were trimmed.
+    events: VecDeque<RecordedEvent>,
+    retained_from: u64,
     tick: u64,
     status: MatchStatus,
     snapshot: Option<Snapshot>,
@@ -25,7 +27,8 @@ struct MatchRecord {
 impl MatchRecord {
     fn new() -> Self {
         Self {
-            events: Vec::new(),
+            events: VecDeque::new(),
+            retained_from: 0,
             tick: 0,
             status: MatchStatus::Live,
             snapshot: None,
@@ -33,16 +36,20 @@ impl MatchRecord {
         }
     }
 
+    fn next_sequence(&self) -> u64 {
+        self.retained_from + self.events.len() as u64
+    }
+
     fn head(&self) -> Head {
         Head {
-            next_sequence: self.events.len() as u64,
+            next_sequence: self.next_sequence(),
             tick: self.tick,
             status: self.status,
         }
     }
 
     fn append(&mut self, key: &MatchKey, batch: AppendBatch) -> Result<Head, StoreError> {
-        let head = self.events.len() as u64;
+        let head = self.next_sequence();
         if batch.first_sequence > head {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
@@ -61,7 +68,15 @@ impl MatchRecord {
                     ),
                 });
             }
-            if let Some(stored) = self.events.get(sequence as usize)
+            if sequence < self.retained_from {
+                // Cannot be compared any more: only a stale writer gets here.
+                return Err(StoreError::Trimmed {
+                    key: key.to_string(),
+                    requested: batch.first_sequence,
+                    retained_from: self.retained_from,
+                });
+            }
+            if let Some(stored) = self.events.get((sequence - self.retained_from) as usize)
                 && stored.payload != event.payload
             {
                 return Err(StoreError::Diverged {
@@ -82,6 +97,39 @@ impl MatchRecord {
         self.events.extend(batch.events.into_iter().skip(skip));
         self.tick = self.tick.max(batch.head_tick);
         Ok(self.head())
+    }
+
+    fn read(
+        &self,
+        key: &MatchKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if from < self.retained_from {
+            return Err(StoreError::Trimmed {
+                key: key.to_string(),
+                requested: from,
+                retained_from: self.retained_from,
+            });
+        }
+        let skip = usize::try_from(from - self.retained_from).unwrap_or(usize::MAX);
+        Ok(self.events.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    fn trim(&mut self, below: u64, keep_for: &[String]) -> Trimmed {
+        let snapshot = self.snapshot.as_ref().map_or(0, |s| s.sequence);
+        let limit = keep_for
+            .iter()
+            .map(|handler| self.positions.get(handler).copied().unwrap_or(0))
+            .fold(below.min(snapshot), u64::min)
+            .min(self.next_sequence());
+        let removed = limit.saturating_sub(self.retained_from);
+        self.events.drain(..removed as usize);
+        self.retained_from += removed;
+        Trimmed {
+            retained_from: self.retained_from,
+            removed,
+        }
     }
 }
 
@@ -140,19 +188,10 @@ impl EventStore for MemoryStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let matches = self.lock();
-        Ok(matches
-            .get(key)
-            .map(|record| {
-                record
-                    .events
-                    .iter()
-                    .skip(from as usize)
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        match self.lock().get(key) {
+            Some(record) => record.read(key, from, limit),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn head(&self, key: &MatchKey) -> Result<Option<Head>, StoreError> {
@@ -164,7 +203,7 @@ impl EventStore for MemoryStore {
         if let Some(existing) = matches.get(key) {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
-                expected: existing.events.len() as u64,
+                expected: existing.next_sequence(),
                 found: 0,
             });
         }
@@ -191,6 +230,18 @@ impl EventStore for MemoryStore {
             .map(|(key, _)| key)
             .collect();
         Ok(live.into_iter().cloned().collect())
+    }
+
+    async fn trim(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+    ) -> Result<Trimmed, StoreError> {
+        for handler in keep_for {
+            key.position_key(handler)?;
+        }
+        self.with_match(key, |record| Ok(record.trim(below, keep_for)))
     }
 }
 

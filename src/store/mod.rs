@@ -10,7 +10,10 @@
 //!   [`StoreError::Conflict`];
 //! - a retried batch whose events are already stored byte for byte
 //!   succeeds without duplicating them;
-//! - a snapshot never replaces a newer one; positions only move forward.
+//! - a snapshot never replaces a newer one; positions only move forward;
+//! - events are only ever removed by [`EventStore::trim`], never at or
+//!   above the stored snapshot's sequence, and reading below what was
+//!   trimmed is a [`StoreError::Trimmed`], never a silent skip.
 
 use std::future::Future;
 
@@ -131,9 +134,32 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The events asked for were removed by [`EventStore::trim`] (the
+    /// match's state below `retained_from` lives only in its snapshot).
+    #[error(
+        "events of {key} below sequence {retained_from} were trimmed (kept: only the snapshot); \
+         sequence {requested} was asked for"
+    )]
+    Trimmed {
+        /// The match.
+        key: String,
+        /// The first sequence asked for.
+        requested: u64,
+        /// The lowest sequence still stored.
+        retained_from: u64,
+    },
     /// A key part was invalid.
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// What [`EventStore::trim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// The lowest sequence still stored (0 when nothing was ever trimmed).
+    pub retained_from: u64,
+    /// Events this call removed.
+    pub removed: u64,
 }
 
 /// The per-match event log.
@@ -147,6 +173,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Result<Head, StoreError>>, StoreError>> + Send;
 
     /// Reads up to `limit` events from sequence `from` on, in order.
+    /// Reading from below the events [`EventStore::trim`] kept is a
+    /// [`StoreError::Trimmed`].
     fn read(
         &self,
         key: &MatchKey,
@@ -171,6 +199,18 @@ pub trait EventStore: Send + Sync + 'static {
         domain: &str,
         edition: &str,
     ) -> impl Future<Output = Result<Vec<MatchKey>, StoreError>> + Send;
+
+    /// Removes the events of `key` below `below` that nothing needs any
+    /// more, atomically: never an event at or above the stored snapshot's
+    /// sequence (nothing without a snapshot), nor one a handler named in
+    /// `keep_for` has not processed (a handler that never ran is at 0).
+    /// Rebuilding from sequence 0 is impossible afterwards.
+    fn trim(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+    ) -> impl Future<Output = Result<Trimmed, StoreError>> + Send;
 }
 
 /// The latest snapshot of each match.

@@ -21,7 +21,8 @@
 //!   `meta:{m}` holds `head` and `tick`; a batch must start at `head`,
 //!   already-stored events must match byte for byte, new events are
 //!   `ZADD`ed with their sequence as score.
-//! - **read**: `ZRANGE events:{m} from +inf BYSCORE LIMIT 0 limit`; each
+//! - **read**: `read.lua` checks `from` against the trimmed part (below)
+//!   and runs `ZRANGE events:{m} from +inf BYSCORE LIMIT 0 limit`; each
 //!   member is an encoded envelope, whose `(sequence, tick)` prefix is
 //!   decoded with [`codec::decode_envelope_header`]. Appends therefore
 //!   require every payload to be the encoded envelope of its event (checked
@@ -37,6 +38,11 @@
 //!   with an ended match).
 //! - **snapshots**: `snapshot.lua` compare-and-sets `snapshots:{m}` on
 //!   `(sequence, tick)`; loading is one `HMGET`.
+//! - **trim**: `trim.lua` removes events below the smallest of the asked
+//!   sequence, the stored snapshot's sequence and the listed handlers'
+//!   positions (`ZREMRANGEBYSCORE`) and records that floor as `trimmed` in
+//!   `meta:{m}`; reads and retried appends below it are
+//!   [`StoreError::Trimmed`].
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
 //! - **followers**: each append that stores new events publishes them
@@ -71,7 +77,7 @@ pub use follow::{FOLLOW_POLL, Follower, updates_channel};
 
 use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError,
+    SnapshotStore, StoreError, Trimmed,
 };
 use crate::codec;
 
@@ -87,6 +93,8 @@ const STATUS_ENDED: &str = "ended";
 
 struct Scripts {
     append: Script,
+    read: Script,
+    trim: Script,
     create: Script,
     finish: Script,
     snapshot: Script,
@@ -95,6 +103,8 @@ struct Scripts {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     append: Script::new(include_str!("lua/append.lua")),
+    read: Script::new(include_str!("lua/read.lua")),
+    trim: Script::new(include_str!("lua/trim.lua")),
     create: Script::new(include_str!("lua/create.lua")),
     finish: Script::new(include_str!("lua/finish.lua")),
     snapshot: Script::new(include_str!("lua/snapshot.lua")),
@@ -479,6 +489,11 @@ fn append_outcome(batch: &AppendBatch, code: i64, a: i64, b: i64) -> Result<Head
             key: key.meta_key(),
             reason: "meta hash or event log is not what tickforge writes".to_owned(),
         }),
+        6 => Err(StoreError::Trimmed {
+            key: key.to_string(),
+            requested: batch.first_sequence,
+            retained_from: number(a)?,
+        }),
         other => Err(StoreError::Corrupt {
             key: key.meta_key(),
             reason: format!("append script answered unknown code {other}"),
@@ -613,19 +628,32 @@ impl EventStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(&events_key)
+        let mut invocation = SCRIPTS.read.key(key.meta_key());
+        invocation
+            .key(&events_key)
             .arg(from)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
             .arg(i64::try_from(limit).unwrap_or(i64::MAX));
-        let members: Vec<Vec<u8>> = self
+        let mut reply: Vec<Vec<u8>> = self
             .connection
-            .query(&cmd)
+            .invoke(&invocation)
             .await
             .map_err(|e| redis_error(&events_key, e))?;
+        if reply.is_empty() {
+            return Err(StoreError::Corrupt {
+                key: events_key,
+                reason: "read script answered nothing".to_owned(),
+            });
+        }
+        let members = reply.split_off(1);
+        let floor = String::from_utf8_lossy(&reply[0]);
+        let retained_from = parse_u64(&key.meta_key(), "trimmed", &floor)?;
+        if from < retained_from {
+            return Err(StoreError::Trimmed {
+                key: key.to_string(),
+                requested: from,
+                retained_from,
+            });
+        }
         members
             .into_iter()
             .enumerate()
@@ -796,6 +824,38 @@ impl EventStore for RedisStore {
         }
         live.sort();
         Ok(live)
+    }
+
+    async fn trim(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+    ) -> Result<Trimmed, StoreError> {
+        let meta_key = key.meta_key();
+        let mut invocation = SCRIPTS.trim.key(&meta_key);
+        invocation.key(key.snapshot_key()).key(key.events_key());
+        for handler in keep_for {
+            invocation.key(key.position_key(handler)?);
+        }
+        invocation.arg(below.min(MAX_EXACT).to_string());
+        let (retained_from, removed): (i64, i64) = self
+            .connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        match (u64::try_from(retained_from), u64::try_from(removed)) {
+            (Ok(retained_from), Ok(removed)) => Ok(Trimmed {
+                retained_from,
+                removed,
+            }),
+            _ if retained_from == -1 => Err(StoreError::UnknownMatch(key.to_string())),
+            _ => Err(StoreError::Corrupt {
+                key: meta_key,
+                reason: "trimmed floor, head, snapshot sequence or a position is not a number"
+                    .to_owned(),
+            }),
+        }
     }
 }
 

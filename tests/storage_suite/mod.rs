@@ -15,7 +15,7 @@ use tickforge::codec;
 use tickforge::engine::EventEnvelope;
 use tickforge::game::PlayerId;
 use tickforge::store::{
-    AppendBatch, Head, MatchKey, MatchStatus, RecordedEvent, Snapshot, Store, StoreError,
+    AppendBatch, Head, MatchKey, MatchStatus, RecordedEvent, Snapshot, Store, StoreError, Trimmed,
 };
 
 /// The namespace of one test: domain `arena`, its own edition.
@@ -351,6 +351,120 @@ pub async fn positions_move_forward_only<S: Store>(store: &S, ns: &Ns) {
         store.load_position("a}b", &key).await,
         Err(StoreError::Key(_))
     ));
+}
+
+fn trimmed(retained_from: u64, removed: u64) -> Trimmed {
+    Trimmed {
+        retained_from,
+        removed,
+    }
+}
+
+fn is_trimmed_error<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    requested: u64,
+    retained_from: u64,
+) -> bool {
+    match result {
+        Err(StoreError::Trimmed {
+            requested: r,
+            retained_from: f,
+            ..
+        }) => (r, f) == (requested, retained_from),
+        other => panic!("expected a Trimmed error, got {other:?}"),
+    }
+}
+
+/// Trimming never passes the stored snapshot; reads and retried appends
+/// below what it kept fail loudly; appending goes on.
+pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("trim");
+    store.create(&key).await.unwrap();
+    let all = events(0, 10, 1, "t");
+    append_one(store, batch(&key, 0, all.clone(), 1))
+        .await
+        .unwrap();
+
+    // No snapshot yet: nothing may go.
+    assert_eq!(store.trim(&key, 100, &[]).await.unwrap(), trimmed(0, 0));
+    assert_eq!(read_all(store, &key).await, all);
+
+    let snapshot = Snapshot {
+        sequence: 6,
+        tick: 1,
+        state: vec![7; 16],
+    };
+    assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
+    // Asked for less than the snapshot allows: only that much.
+    assert_eq!(store.trim(&key, 2, &[]).await.unwrap(), trimmed(2, 2));
+    // Asked for more: up to the snapshot, not beyond.
+    assert_eq!(store.trim(&key, 100, &[]).await.unwrap(), trimmed(6, 4));
+    assert_eq!(store.trim(&key, 100, &[]).await.unwrap(), trimmed(6, 0));
+
+    assert!(is_trimmed_error(store.read(&key, 0, 10).await, 0, 6));
+    assert!(is_trimmed_error(store.read(&key, 5, 10).await, 5, 6));
+    assert_eq!(store.read(&key, 6, 100).await.unwrap(), all[6..].to_vec());
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(10, 1)));
+    assert_eq!(
+        store.load_snapshot(&key).await.unwrap(),
+        Some(snapshot),
+        "trimming leaves the snapshot alone"
+    );
+
+    // Appending goes on; a retry from above the floor is still idempotent,
+    // one from below it cannot be checked and is refused.
+    let more = events(10, 2, 2, "t");
+    append_one(store, batch(&key, 10, more.clone(), 2))
+        .await
+        .unwrap();
+    let retried: Vec<RecordedEvent> = all[8..].iter().chain(&more).cloned().collect();
+    assert_eq!(
+        append_one(store, batch(&key, 8, retried, 2)).await,
+        Ok(live(12, 2))
+    );
+    let stale: Vec<RecordedEvent> = all[4..].iter().chain(&more).cloned().collect();
+    assert!(is_trimmed_error(
+        append_one(store, batch(&key, 4, stale, 2)).await,
+        4,
+        6
+    ));
+    assert_eq!(store.read(&key, 6, 100).await.unwrap().len(), 6);
+
+    assert!(matches!(
+        store.trim(&ns.key("never-created"), 5, &[]).await,
+        Err(StoreError::UnknownMatch(_))
+    ));
+    assert!(matches!(
+        store.trim(&key, 100, &["a:b".to_owned()]).await,
+        Err(StoreError::Key(_))
+    ));
+}
+
+/// Events a listed handler has not processed stay; a handler that never
+/// ran keeps them all.
+pub async fn trim_waits_for_handlers<S: Store>(store: &S, ns: &Ns) {
+    let key = ns.key("trim-handlers");
+    store.create(&key).await.unwrap();
+    append_one(store, batch(&key, 0, events(0, 10, 1, "h"), 1))
+        .await
+        .unwrap();
+    let snapshot = Snapshot {
+        sequence: 8,
+        tick: 1,
+        state: vec![1; 4],
+    };
+    assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
+    let board = ["board".to_owned()];
+    let both = ["board".to_owned(), "never-ran".to_owned()];
+
+    assert_eq!(store.trim(&key, 8, &board).await.unwrap(), trimmed(0, 0));
+    store.advance_position("board", &key, 3).await.unwrap();
+    assert_eq!(store.trim(&key, 8, &both).await.unwrap(), trimmed(0, 0));
+    assert_eq!(store.trim(&key, 8, &board).await.unwrap(), trimmed(3, 3));
+    store.advance_position("board", &key, 10).await.unwrap();
+    assert_eq!(store.trim(&key, 8, &board).await.unwrap(), trimmed(8, 5));
+    assert_eq!(store.read(&key, 8, 10).await.unwrap().len(), 2);
+    assert!(is_trimmed_error(store.read(&key, 3, 10).await, 3, 8));
 }
 
 /// live_matches lists created matches until they finish.

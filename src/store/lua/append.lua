@@ -19,6 +19,8 @@
 --       3, seq, 0      diverged: event seq is stored with other bytes
 --       4, 0, 0        unknown match: no meta hash
 --       5, 0, 0        corrupt: meta hash or event log not as tickforge writes them
+--       6, floor, 0    trimmed: the batch retries events below `floor`, which
+--                      trim.lua removed, so they cannot be compared
 --
 -- Numbers compare as Lua doubles: exact below 2^53, which the caller checks.
 -- Stored numbers are written from ARGV, never formatted by Lua.
@@ -32,15 +34,18 @@ for k = 1, #KEYS, 2 do
   local p = a + 3 - first -- ARGV[p + s] is the event with sequence s
   local nxt_arg, tick_arg = ARGV[a + 1], ARGV[a + 2]
   a = a + 3 + nxt - first
-  local m = redis.call('HMGET', meta, 'head', 'tick', 'status')
+  local m = redis.call('HMGET', meta, 'head', 'tick', 'status', 'trimmed')
   local head, stored_tick, status = tonumber(m[1]), tonumber(m[2]), m[3]
+  local floor = tonumber(m[4] or '0')
   local code, x, y = nil, 0, 0
   if not m[1] then
     code = 4
-  elseif not head or not stored_tick or (status ~= 'live' and status ~= 'ended') then
+  elseif not head or not stored_tick or not floor or (status ~= 'live' and status ~= 'ended') then
     code = 5
   elseif first > head or (first < head and nxt == first) then
     code, x = 2, head
+  elseif first < floor then
+    code, x = 6, floor
   else
     -- Events first .. min(nxt, head) - 1 are stored already: a retry must
     -- carry them byte for byte.
