@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use tickforge::config::{Config, ConfigError, StorageConfig};
-use tickforge::engine::Durability;
+use tickforge::engine::{Durability, EventRetention};
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -170,4 +170,31 @@ fn the_shipped_config_file_loads_and_equals_the_built_in_defaults() {
         Config::load_with_env(Some(&empty), no_env).unwrap(),
         built_in
     );
+}
+
+#[test]
+fn trimming_is_off_by_default_and_names_the_handlers_it_keeps_events_for() {
+    let built_in = Config::load_with_env(None, no_env).unwrap();
+    assert_eq!(built_in.engine.retention, EventRetention::Full);
+
+    let (_dir, path) = config_file(
+        "[engine]\ntrim_events_below_snapshot = true\ntrim_keeps_events_for = [\"leaderboard\"]\n",
+    );
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(
+        config.engine.retention,
+        EventRetention::TrimBelowSnapshot {
+            keep_for: vec!["leaderboard".to_owned()]
+        }
+    );
+
+    let (_dir, path) = config_file(
+        "[engine]\ntrim_events_below_snapshot = true\ntrim_keeps_events_for = [\"a:b\"]\n",
+    );
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "engine.trim_keeps_events_for"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"a:b\""), "{err}");
 }

@@ -11,9 +11,9 @@ use tickforge::arena::bot::Bot;
 use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::engine::{EventEnvelope, MatchCore, MatchPolicy};
 use tickforge::game::PlayerId;
-use tickforge::projection::leaderboard::{Leaderboard, tags_by_player};
+use tickforge::projection::leaderboard::{HANDLER, Leaderboard, tags_by_player};
 use tickforge::projection::{PAGE, Projection, catch_up};
-use tickforge::store::{EventStore, MatchKey, RecordedEvent};
+use tickforge::store::{EventStore, MatchKey, RecordedEvent, SnapshotStore};
 
 /// Plays `ticks` ticks of an 8-bot match into the store; returns every event.
 async fn play_into_store(
@@ -118,4 +118,62 @@ async fn a_stale_runner_cannot_apply_a_page_twice() {
     assert_eq!(stored, end, "the stored position wins");
     assert_eq!(board.standings(&key).await.expect("board"), before);
     assert_eq!(board.position(&key).await.expect("position"), end);
+}
+
+/// With trimming on and the leaderboard listed to keep its events, the log
+/// is trimmed only as far as the board has counted, the board ends up
+/// exact, and a rebuild from sequence 0 is refused rather than wrong.
+#[tokio::test]
+async fn trimming_waits_for_the_leaderboard() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("trimmed-board");
+    let events = play_into_store(&store, &key, 900).await;
+    let expected: Vec<(String, u64)> = tags_by_player(&decode(&events)).into_iter().collect();
+    let head = events.len() as u64;
+    let snapshot = tickforge::store::Snapshot {
+        sequence: head,
+        tick: 900,
+        state: b"the engine's state at the head".to_vec(),
+    };
+    assert!(
+        store
+            .save_snapshot(&key, &snapshot)
+            .await
+            .expect("snapshot")
+    );
+    let keep_for = [HANDLER.to_owned()];
+
+    // The board never ran: nothing may go.
+    let trimmed = store.trim(&key, head, &keep_for).await.expect("trim");
+    assert_eq!((trimmed.retained_from, trimmed.removed), (0, 0));
+
+    // One page counted: only that page goes.
+    let board = Leaderboard::new(store.clone());
+    let reached = catch_up(&store, &board, &key, 1).await.expect("one page");
+    let trimmed = store.trim(&key, head, &keep_for).await.expect("trim");
+    assert_eq!(trimmed.retained_from, reached);
+
+    // The rest, after a restart of the runner: the board is exact and the
+    // log goes up to the snapshot.
+    let board = Leaderboard::new(redis.store().await);
+    let reached = catch_up(&store, &board, &key, usize::MAX)
+        .await
+        .expect("catch up");
+    assert_eq!(reached, head);
+    assert_eq!(
+        sorted(board.standings(&key).await.expect("board")),
+        expected
+    );
+    let trimmed = store.trim(&key, head, &keep_for).await.expect("trim");
+    assert_eq!(trimmed.retained_from, head);
+
+    let rebuild = tickforge::engine::rebuild_from_start(&Arena::default(), &store, &key).await;
+    match rebuild {
+        Err(error) => assert!(
+            error.to_string().contains("trimmed"),
+            "unexpected error: {error}"
+        ),
+        Ok(_) => panic!("rebuilt from sequence 0 a log trimmed up to {head}"),
+    }
 }

@@ -37,8 +37,8 @@ use tickforge::arena::autoplay::{AutoplayCounters, play_match};
 use tickforge::arena::{Arena, ArenaEvent, ArenaState};
 use tickforge::codec;
 use tickforge::engine::{
-    Durability, Engine, EngineSettings, EngineStats, EventEnvelope, MatchFeed, MatchPolicy,
-    MatchUpdate, rebuild_from_start, restore,
+    Durability, Engine, EngineError, EngineSettings, EngineStats, EventEnvelope, EventRetention,
+    MatchFeed, MatchPolicy, MatchUpdate, rebuild_from_start, restore,
 };
 use tickforge::game::{Game, Tick};
 use tickforge::store::{EventStore, Head, MatchKey, RedisStore, SnapshotStore, StoreError};
@@ -65,6 +65,10 @@ fn process_mode() -> bool {
 }
 
 fn settings() -> EngineSettings {
+    settings_with(EventRetention::Full)
+}
+
+fn settings_with(retention: EventRetention) -> EngineSettings {
     EngineSettings {
         tick_hz: 30,
         shards: 2,
@@ -74,6 +78,7 @@ fn settings() -> EngineSettings {
             max_pending: 1_024,
             snapshot_every_ticks: SNAPSHOT_EVERY_TICKS,
         },
+        retention,
         ..EngineSettings::default()
     }
 }
@@ -133,7 +138,17 @@ struct Busy {
 
 impl Busy {
     async fn start(store: RedisStore, edition: &str, roots: &[String], players: u32) -> Busy {
-        let engine = Arc::new(Engine::start(Arena::default(), store, settings(), edition));
+        Self::start_with(store, edition, roots, players, settings()).await
+    }
+
+    async fn start_with(
+        store: RedisStore,
+        edition: &str,
+        roots: &[String],
+        players: u32,
+        settings: EngineSettings,
+    ) -> Busy {
+        let engine = Arc::new(Engine::start(Arena::default(), store, settings, edition));
         let counters = Arc::new(AutoplayCounters::default());
         let mut matches = Vec::new();
         let mut bots = JoinSet::new();
@@ -254,10 +269,20 @@ async fn heads(store: &RedisStore, keys: &[MatchKey]) -> Result<Vec<Head>, Store
     Ok(heads)
 }
 
+/// The lowest sequence `key`'s log still holds (0 unless trimmed).
+async fn retained_from(store: &RedisStore, key: &MatchKey) -> u64 {
+    match store.read(key, 0, 1).await {
+        Ok(_) => 0,
+        Err(StoreError::Trimmed { retained_from, .. }) => retained_from,
+        Err(e) => panic!("{key}: reading the log: {e}"),
+    }
+}
+
 /// After shutdown: the stored log of `played` is gap-free and holds every
-/// event its feed published, byte for byte; the stored head is the
-/// engine's final one; restoring (snapshot plus events) equals rebuilding
-/// from sequence 0 and equals the last published state.
+/// event its feed published, byte for byte (from where it was trimmed, if
+/// it was); the stored head is the engine's final one; restoring (snapshot
+/// plus events) equals the last published state and, for an untrimmed
+/// log, rebuilding from sequence 0. A trimmed log refuses the rebuild.
 async fn assert_log_complete(store: &RedisStore, game: &Arena, played: &Played) {
     let key = &played.key;
     let last = played.last();
@@ -267,40 +292,39 @@ async fn assert_log_complete(store: &RedisStore, game: &Arena, played: &Played) 
         (last.next_sequence, last.tick),
         "{key}: stored head (next sequence, tick) vs the engine's final state"
     );
-    let stored = store.read(key, 0, usize::MAX).await.unwrap();
     assert_eq!(
         played.events.len() as u64,
         last.next_sequence,
         "{key}: the feed saw every event"
     );
+    let floor = retained_from(store, key).await;
+    let stored = store.read(key, floor, usize::MAX).await.unwrap();
     assert_eq!(
-        stored.len(),
-        played.events.len(),
-        "{key}: stored events vs published events"
+        floor + stored.len() as u64,
+        played.events.len() as u64,
+        "{key}: stored events (from {floor}) vs published events"
     );
-    for (i, (record, event)) in stored.iter().zip(&played.events).enumerate() {
-        assert_eq!(record.sequence, i as u64, "{key}: gap in the stored log");
+    for (record, event) in stored.iter().zip(&played.events[floor as usize..]) {
+        assert_eq!(
+            record.sequence, event.sequence,
+            "{key}: gap in the stored log"
+        );
         assert_eq!(
             record.payload,
             codec::encode(&**event).unwrap(),
-            "{key}: stored event {i} differs from the published one"
+            "{key}: stored event {} differs from the published one",
+            event.sequence
         );
     }
     let snapshot = store.load_snapshot(key).await.unwrap().expect("a snapshot");
     assert!(snapshot.sequence > 0, "{key}: snapshot folds no events");
-    let restored = restore(game, store, key).await.unwrap();
-    let rebuilt = rebuild_from_start(game, store, key).await.unwrap();
-    assert_eq!(
-        bytes(&restored.state),
-        bytes(&rebuilt.state),
-        "{key}: restore differs from a rebuild from sequence 0"
+    assert!(
+        floor <= snapshot.sequence,
+        "{key}: trimmed past the snapshot"
     );
+    let restored = restore(game, store, key).await.unwrap();
     assert_eq!(
         (restored.next_sequence, restored.tick),
-        (head.next_sequence, head.tick)
-    );
-    assert_eq!(
-        (rebuilt.next_sequence, rebuilt.tick),
         (head.next_sequence, head.tick)
     );
     assert_eq!(
@@ -308,6 +332,25 @@ async fn assert_log_complete(store: &RedisStore, game: &Arena, played: &Played) 
         bytes(&last.state),
         "{key}: restore differs from the engine's final state"
     );
+    match rebuild_from_start(game, store, key).await {
+        Ok(rebuilt) => {
+            assert_eq!(floor, 0, "{key}: rebuilt from 0 although trimmed");
+            assert_eq!(
+                bytes(&restored.state),
+                bytes(&rebuilt.state),
+                "{key}: restore differs from a rebuild from sequence 0"
+            );
+            assert_eq!(
+                (rebuilt.next_sequence, rebuilt.tick),
+                (head.next_sequence, head.tick)
+            );
+        }
+        Err(EngineError::Store(StoreError::Trimmed { retained_from, .. })) => {
+            assert_eq!(retained_from, floor, "{key}: trimmed floor");
+            assert!(floor > 0);
+        }
+        Err(e) => panic!("{key}: rebuild from sequence 0 failed: {e}"),
+    }
 }
 
 /// Polls `condition` until it holds (bounded by [`DEADLINE`]).
@@ -465,9 +508,39 @@ async fn kill_9_with_appendfsync_everysec_is_repaired_by_the_running_engine() {
     if !process_mode() {
         return;
     }
+    let stats = everysec_crash_is_repaired(EventRetention::Full).await;
+    assert_eq!(stats.trimmed_events, 0);
+}
+
+/// The same crash with events trimmed below every snapshot: the restarted
+/// Redis holds an older trim along with the older snapshot it belongs to,
+/// so the repair still finds the store's head within what the engine
+/// retains, and every log is whole from where it was trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_appendfsync_everysec_is_repaired_with_trimming_on() {
+    if !process_mode() {
+        return;
+    }
+    let trim = EventRetention::TrimBelowSnapshot {
+        keep_for: Vec::new(),
+    };
+    let stats = everysec_crash_is_repaired(trim).await;
+    assert!(stats.trimmed_events > 0, "nothing was trimmed: {stats:?}");
+}
+
+/// The body of the everysec crash tests; returns the engine's final stats.
+async fn everysec_crash_is_repaired(retention: EventRetention) -> EngineStats {
+    let trimming = retention != EventRetention::Full;
     let mut redis = TestRedis::start_with(ServerOptions::appendonly("everysec")).await;
     let store = redis.store().await;
-    let mut busy = Busy::start(redis.store().await, redis.edition(), &roots("e", 4), 6).await;
+    let mut busy = Busy::start_with(
+        redis.store().await,
+        redis.edition(),
+        &roots("e", 4),
+        6,
+        settings_with(retention),
+    )
+    .await;
     busy.wait_for_events(&store, 100).await;
 
     let process = redis.process().expect("process mode");
@@ -477,11 +550,19 @@ async fn kill_9_with_appendfsync_everysec_is_repaired_by_the_running_engine() {
     // A few acknowledged ticks after the "last fsync", well within a
     // snapshot interval (the engine retains events back to the snapshot
     // before the latest).
-    wait_for("acknowledged appends after the cut", || {
+    // With trimming, also a snapshot and trim after the cut: the crash
+    // then takes a trim with it.
+    wait_for("acknowledged appends (and a trim) after the cut", || {
         let now = busy.stats();
-        now.persisted_events >= at_sync.persisted_events + 40 && now.appends >= at_sync.appends + 4
+        now.persisted_events >= at_sync.persisted_events + 40
+            && now.appends >= at_sync.appends + 4
+            && (!trimming || now.trimmed_events > at_sync.trimmed_events)
     })
     .await;
+    let mut floors_at_kill = Vec::new();
+    for key in busy.keys() {
+        floors_at_kill.push(retained_from(&store, &key).await);
+    }
     process.kill();
     let at_kill = busy.stats();
     wait_for("the writer to notice the crash", || {
@@ -509,17 +590,29 @@ async fn kill_9_with_appendfsync_everysec_is_repaired_by_the_running_engine() {
         .unwrap();
     let (reader, on_disk) = files_of(process).await;
     let mut kept = 0;
-    for (played, head) in busy
+    let mut lost_trims = 0;
+    for ((played, head), floor_at_kill) in busy
         .matches
         .iter()
         .zip(heads(&on_disk, &busy.keys()).await.unwrap())
+        .zip(&floors_at_kill)
     {
-        let log = on_disk.read(&played.key, 0, usize::MAX).await.unwrap();
-        assert_eq!(log.len() as u64, head.next_sequence, "cut AOF is gap-free");
+        let floor = retained_from(&on_disk, &played.key).await;
+        lost_trims += usize::from(floor < *floor_at_kill);
+        let log = on_disk.read(&played.key, floor, usize::MAX).await.unwrap();
+        assert_eq!(
+            floor + log.len() as u64,
+            head.next_sequence,
+            "cut AOF is gap-free"
+        );
         kept += head.next_sequence;
     }
     drop(on_disk);
     drop(reader);
+    assert!(
+        !trimming || lost_trims > 0,
+        "no trim after the cut was lost (floors at the kill: {floors_at_kill:?})"
+    );
     assert!(
         kept < acknowledged,
         "the cut AOF holds {kept} events, no fewer than the {acknowledged} acknowledged: no loss to repair"
@@ -534,13 +627,21 @@ async fn kill_9_with_appendfsync_everysec_is_repaired_by_the_running_engine() {
         "repaired {repaired} events; the restarted Redis held {kept}, the engine had \
          {acknowledged} acknowledged and {produced} produced (kill -9 alone lost {lost_to_kill})"
     );
+    let keys = busy.keys();
     let stats = busy.finish(&store).await;
     assert_eq!(stats.paused_matches, 0);
+    if trimming {
+        for key in &keys {
+            assert!(retained_from(&store, key).await > 0, "{key}: never trimmed");
+        }
+    }
     eprintln!(
-        "everysec crash: kill -9 alone lost {lost_to_kill} acknowledged events; \
-         the cut AOF lost {}, all repaired ({repaired})",
-        acknowledged - kept
+        "everysec crash (trimming {trimming}): kill -9 alone lost {lost_to_kill} acknowledged \
+         events; the cut AOF lost {}, all repaired ({repaired}); {} events trimmed",
+        acknowledged - kept,
+        stats.trimmed_events
     );
+    stats
 }
 
 /// redis-server stopped for 3 s mid-match, then restarted on its directory

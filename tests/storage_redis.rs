@@ -361,6 +361,43 @@ async fn redis_follower_fills_gaps() {
     follower_scenario(&store, &quiet, &Ns::new(redis.edition())).await;
 }
 
+/// A follower asked to start below what trimming kept fails with
+/// [`StoreError::Trimmed`] instead of skipping; from the floor it works.
+#[tokio::test]
+async fn redis_follower_below_the_trimmed_part_says_so() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("follow-trimmed");
+    store.create(&key).await.unwrap();
+    let all = storage_suite::events(0, 6, 1, "f");
+    storage_suite::append_one(&store, storage_suite::batch(&key, 0, all.clone(), 1))
+        .await
+        .unwrap();
+    let snapshot = tickforge::store::Snapshot {
+        sequence: 4,
+        tick: 1,
+        state: vec![0; 8],
+    };
+    assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
+    store.trim(&key, 4, &[]).await.unwrap();
+
+    let mut follower = store.follow(&key, 1).await.unwrap();
+    let refused = follower.next().await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Trimmed {
+                requested: 1,
+                retained_from: 4,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let mut follower = store.follow(&key, 4).await.unwrap();
+    expect_events(&mut follower, &all[4..]).await;
+}
+
 /// A follower whose server goes away says so (and can follow again from
 /// its next sequence once the server is back).
 #[tokio::test]

@@ -17,7 +17,7 @@ use tickforge::game::{Game, PlayerId};
 use tickforge::net::server::Server;
 use tickforge::projection::catch_up;
 use tickforge::projection::leaderboard::Leaderboard;
-use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore, Store};
+use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore, Store, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -361,10 +361,24 @@ async fn inspect<S: Store>(
     let (key, head) = stored_match(config, store, root).await?;
     println!("match:        {key}");
     println!("status:       {:?}", head.status);
+    // Reading from 0 says where a trimmed log starts.
+    let retained_from = match store.read(&key, 0, 1).await {
+        Ok(_) => 0,
+        Err(StoreError::Trimmed { retained_from, .. }) => retained_from,
+        Err(error) => return Err(error).context("reading the first event"),
+    };
     println!(
-        "head:         next sequence {} (events stored: {}), tick {}",
-        head.next_sequence, head.next_sequence, head.tick
+        "head:         next sequence {}, tick {}",
+        head.next_sequence, head.tick
     );
+    if retained_from == 0 {
+        println!("events:       {} stored", head.next_sequence);
+    } else {
+        println!(
+            "events:       {} stored, from sequence {retained_from} (the ones below were trimmed)",
+            head.next_sequence - retained_from
+        );
+    }
     match store
         .load_snapshot(&key)
         .await
@@ -378,7 +392,7 @@ async fn inspect<S: Store>(
         ),
         None => println!("snapshot:     none"),
     }
-    let from = head.next_sequence.saturating_sub(last);
+    let from = head.next_sequence.saturating_sub(last).max(retained_from);
     let events = store
         .read(&key, from, last as usize)
         .await

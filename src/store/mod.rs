@@ -137,7 +137,7 @@ pub enum StoreError {
     /// The events asked for were removed by [`EventStore::trim`] (the
     /// match's state below `retained_from` lives only in its snapshot).
     #[error(
-        "events of {key} below sequence {retained_from} were trimmed (kept: only the snapshot); \
+        "events of {key} below sequence {retained_from} were trimmed (engine.trim_events_below_snapshot); \
          sequence {requested} was asked for"
     )]
     Trimmed {
