@@ -5,7 +5,9 @@
 //! environment overrides the file: `STORAGE_BACKEND`, and `REDIS_URL`
 //! (which selects the Redis backend unless `STORAGE_BACKEND` says
 //! otherwise). Every error names the key or variable, the value, and the
-//! file it came from. Defaults live in `assets/tickforge.toml`.
+//! file it came from. Defaults live in `assets/tickforge.toml`. Files the
+//! configuration names (certificates, keys) are read by whoever uses them,
+//! e.g. [`AnyStore::open`](crate::store::AnyStore::open), not here.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +42,38 @@ pub enum StorageConfig {
     Redis {
         /// `redis://` or `rediss://` URLs, password included where needed.
         urls: Vec<String>,
+        /// TLS files for `rediss://` URLs (`storage.redis.tls_*`).
+        tls: RedisTlsFiles,
     },
+}
+
+/// PEM files for TLS to Redis (`[storage.redis] tls_ca_file`,
+/// `tls_cert_file`, `tls_key_file`); empty means none. Paths are relative
+/// to the working directory; the files are read when the store opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// `tls_ca_file`: the root CA certificate(s) to trust instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `tls_cert_file` and `tls_key_file`: a client certificate for mutual
+    /// TLS.
+    pub client: Option<ClientCertFiles>,
+}
+
+impl RedisTlsFiles {
+    /// Whether no file is configured.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client.is_none()
+    }
+}
+
+/// A client certificate (chain) file and its private key file, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    /// `tls_cert_file`.
+    pub cert_file: PathBuf,
+    /// `tls_key_file`.
+    pub key_file: PathBuf,
 }
 
 /// Why a configuration was refused.
@@ -154,6 +187,9 @@ struct RawStorage {
 struct RawRedis {
     url: Option<String>,
     urls: Option<Vec<String>>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -520,13 +556,74 @@ fn storage_config(
                     });
                 }
             }
-            Ok(StorageConfig::Redis { urls })
+            let RawRedis {
+                tls_ca_file,
+                tls_cert_file,
+                tls_key_file,
+                ..
+            } = raw.redis;
+            let tls = redis_tls_files(tls_ca_file, tls_cert_file, tls_key_file, origin)?;
+            if let Some(key) = tls_key_given(&tls)
+                && let Some(url) = urls.iter().find(|url| !url.starts_with("rediss://"))
+            {
+                let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    key: key.into(),
+                    value: "(set)".into(),
+                    reason: format!(
+                        "TLS files need rediss:// URLs, but {url_key} ({url_origin}) has a {scheme}:// URL"
+                    ),
+                });
+            }
+            Ok(StorageConfig::Redis { urls, tls })
         }
         _ => Err(ConfigError::UnknownBackend {
             origin: backend_origin,
             key: backend_key.to_owned(),
             value: backend,
         }),
+    }
+}
+
+/// The `tls_*` keys: cert and key only together.
+fn redis_tls_files(
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    origin: &str,
+) -> Result<RedisTlsFiles, ConfigError> {
+    let missing = |key: &str, given: &str, path: &Path| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key: format!("storage.redis.{key}"),
+        value: "(missing)".into(),
+        reason: format!(
+            "storage.redis.{given} = {:?} needs storage.redis.{key} as well",
+            path.display()
+        ),
+    };
+    let client = match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+            cert_file,
+            key_file,
+        }),
+        (None, None) => None,
+        (Some(cert), None) => return Err(missing("tls_key_file", "tls_cert_file", &cert)),
+        (None, Some(key)) => return Err(missing("tls_cert_file", "tls_key_file", &key)),
+    };
+    Ok(RedisTlsFiles { ca_file, client })
+}
+
+/// The first `tls_*` key set, if any.
+fn tls_key_given(tls: &RedisTlsFiles) -> Option<&'static str> {
+    match tls {
+        RedisTlsFiles {
+            ca_file: Some(_), ..
+        } => Some("storage.redis.tls_ca_file"),
+        RedisTlsFiles {
+            client: Some(_), ..
+        } => Some("storage.redis.tls_cert_file"),
+        _ => None,
     }
 }
 
@@ -554,7 +651,8 @@ mod tests {
         assert_eq!(
             config.storage,
             StorageConfig::Redis {
-                urls: vec!["redis://127.0.0.1:7000".into()]
+                urls: vec!["redis://127.0.0.1:7000".into()],
+                tls: RedisTlsFiles::default(),
             }
         );
     }
@@ -579,7 +677,8 @@ mod tests {
         assert_eq!(
             config.storage,
             StorageConfig::Redis {
-                urls: vec!["redis://a:1".into(), "rediss://b:2".into()]
+                urls: vec!["redis://a:1".into(), "rediss://b:2".into()],
+                tls: RedisTlsFiles::default(),
             }
         );
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tickforge::config::{Config, ConfigError, StorageConfig};
+use tickforge::config::{ClientCertFiles, Config, ConfigError, RedisTlsFiles, StorageConfig};
 use tickforge::engine::{Durability, EventRetention};
 
 fn no_env(_: &str) -> Option<String> {
@@ -147,7 +147,8 @@ fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
     assert_eq!(
         config.storage,
         StorageConfig::Redis {
-            urls: vec!["rediss://:secret@cache:6380".into()]
+            urls: vec!["rediss://:secret@cache:6380".into()],
+            tls: RedisTlsFiles::default(),
         }
     );
     let env = |name: &str| (name == "STORAGE_BACKEND").then(|| "memory".to_owned());
@@ -197,4 +198,103 @@ fn trimming_is_off_by_default_and_names_the_handlers_it_keeps_events_for() {
         "{err:?}"
     );
     assert!(err.to_string().contains("\"a:b\""), "{err}");
+}
+
+#[test]
+fn redis_tls_files_are_read_as_paths() {
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\n\
+         urls = [\"rediss://:pw@a:6380\", \"rediss://b:6380\"]\n\
+         tls_ca_file = \"/etc/redis/ca.pem\"\n\
+         tls_cert_file = \"client.pem\"\ntls_key_file = \"client.key\"\n",
+    );
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(
+        config.storage,
+        StorageConfig::Redis {
+            urls: vec!["rediss://:pw@a:6380".into(), "rediss://b:6380".into()],
+            tls: RedisTlsFiles {
+                ca_file: Some(PathBuf::from("/etc/redis/ca.pem")),
+                client: Some(ClientCertFiles {
+                    cert_file: PathBuf::from("client.pem"),
+                    key_file: PathBuf::from("client.key"),
+                }),
+            },
+        }
+    );
+    // A CA alone is enough (server authentication only).
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"rediss://h:6380\"\n\
+         tls_ca_file = \"ca.pem\"\n",
+    );
+    let StorageConfig::Redis { tls, .. } =
+        Config::load_with_env(Some(&path), no_env).unwrap().storage
+    else {
+        panic!("expected the redis backend");
+    };
+    assert_eq!(tls.ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(tls.client, None);
+}
+
+#[test]
+fn a_redis_client_cert_needs_its_key_and_the_other_way_round() {
+    for (keys, missing, given) in [
+        ("tls_cert_file = \"c.pem\"\n", "tls_key_file", "c.pem"),
+        ("tls_key_file = \"c.key\"\n", "tls_cert_file", "c.key"),
+    ] {
+        let (_dir, path) = config_file(&format!(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"rediss://h:6380\"\n{keys}"
+        ));
+        let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if *key == format!("storage.redis.{missing}")),
+            "{keys:?}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(given) && text.contains("tickforge.toml"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn redis_tls_files_with_a_plain_url_are_invalid_without_echoing_it() {
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\n\
+         urls = [\"rediss://a:6380\", \"redis://:hunter2@b:6379\"]\n\
+         tls_ca_file = \"ca.pem\"\n",
+    );
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "storage.redis.tls_ca_file"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("rediss://") && text.contains("storage.redis.urls"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "password leaked: {text}");
+    // REDIS_URL overrides the file's URL: the TLS files still need rediss://.
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"rediss://a:6380\"\n\
+         tls_cert_file = \"c.pem\"\ntls_key_file = \"c.key\"\n",
+    );
+    let env = |name: &str| (name == "REDIS_URL").then(|| "redis://b:6379".to_owned());
+    let err = Config::load_with_env(Some(&path), env).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "storage.redis.tls_cert_file"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("REDIS_URL"), "{err}");
+    // The memory backend ignores [storage.redis] altogether.
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"memory\"\n[storage.redis]\nurl = \"redis://a:6379\"\n\
+         tls_ca_file = \"ca.pem\"\n",
+    );
+    assert_eq!(
+        Config::load_with_env(Some(&path), no_env).unwrap().storage,
+        StorageConfig::Memory
+    );
 }

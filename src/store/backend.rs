@@ -5,8 +5,8 @@
 //! call to the memory or Redis store it holds.
 
 use super::{
-    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, RedisStore,
-    Snapshot, SnapshotStore, StoreError, Trimmed,
+    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent,
+    RedisOptions, RedisStore, RedisTls, Snapshot, SnapshotStore, StoreError, Trimmed,
 };
 use crate::config::StorageConfig;
 
@@ -21,10 +21,25 @@ pub enum AnyStore {
 
 impl AnyStore {
     /// Opens the configured backend (connecting to Redis if selected).
+    ///
+    /// Configured TLS files are read here; a missing or malformed one is
+    /// [`StoreError::Unavailable`] naming the file.
     pub async fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         Ok(match config {
             StorageConfig::Memory => Self::Memory(MemoryStore::new()),
-            StorageConfig::Redis { urls } => Self::Redis(RedisStore::connect(urls).await?),
+            StorageConfig::Redis { urls, tls } if tls.is_empty() => {
+                Self::Redis(RedisStore::connect(urls).await?)
+            }
+            StorageConfig::Redis { urls, tls } => {
+                let client = tls
+                    .client
+                    .as_ref()
+                    .map(|c| (c.cert_file.as_path(), c.key_file.as_path()));
+                let material = RedisTls::from_files(tls.ca_file.as_deref(), client)?;
+                Self::Redis(
+                    RedisStore::connect_tls(urls, RedisOptions::default(), &material).await?,
+                )
+            }
         })
     }
 

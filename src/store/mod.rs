@@ -26,7 +26,7 @@ pub mod keys;
 pub mod memory;
 pub mod redis;
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisOptions, RedisStore, RedisTls};
 pub use backend::AnyStore;
 pub use keys::{KeyError, MatchKey};
 pub use memory::MemoryStore;

@@ -67,13 +67,16 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, TlsCertificates,
+};
 
 mod follow;
+mod tls;
 
 pub use follow::{FOLLOW_POLL, Follower, updates_channel};
+pub use tls::RedisTls;
 
 use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
@@ -218,6 +221,8 @@ pub struct RedisStore {
     options: RedisOptions,
     /// The URLs connected to: followers open their own subscriptions.
     urls: Arc<[String]>,
+    /// The TLS material given to [`RedisStore::connect_tls`], checked.
+    tls: Option<Arc<TlsCertificates>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -258,8 +263,10 @@ impl RedisStore {
 
     /// Connects with [`RedisOptions::default`]: one URL means a single node
     /// (reconnected automatically after a drop), several mean the seed
-    /// nodes of a Redis Cluster. `rediss://` URLs use TLS; a password (and
-    /// user name) may be given in the URL.
+    /// nodes of a Redis Cluster. `rediss://` URLs use TLS, trusting the
+    /// system's roots ([`RedisStore::connect_tls`] for a private CA or a
+    /// client certificate); a password (and user name) may be given in the
+    /// URL.
     pub async fn connect(urls: &[String]) -> Result<RedisStore, StoreError> {
         Self::connect_with(urls, RedisOptions::default()).await
     }
@@ -268,6 +275,44 @@ impl RedisStore {
     pub async fn connect_with(
         urls: &[String],
         options: RedisOptions,
+    ) -> Result<RedisStore, StoreError> {
+        Self::connect_inner(urls, options, None).await
+    }
+
+    /// Connects like [`RedisStore::connect_with`] over TLS with `tls`'s
+    /// root CA and client certificate (followers use them too). Every URL
+    /// must be `rediss://`; bad PEM or another scheme is refused as
+    /// [`StoreError::Unavailable`] before anything is sent.
+    ///
+    /// ```no_run
+    /// use tickforge::store::{RedisOptions, RedisStore, RedisTls};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = RedisTls::new().with_root_ca_pem(std::fs::read("/etc/redis/ca.pem")?);
+    /// let urls = ["rediss://:password@redis.internal:6380".to_owned()];
+    /// let store = RedisStore::connect_tls(&urls, RedisOptions::default(), &tls).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tls(
+        urls: &[String],
+        options: RedisOptions,
+        tls: &RedisTls,
+    ) -> Result<RedisStore, StoreError> {
+        if let Some(url) = urls.iter().find(|url| !url.starts_with("rediss://")) {
+            return Err(StoreError::Unavailable(format!(
+                "TLS material was given for {}, which is not a rediss:// URL",
+                redact(url)
+            )));
+        }
+        let certs = tls.certificates()?;
+        Self::connect_inner(urls, options, Some(Arc::new(certs))).await
+    }
+
+    async fn connect_inner(
+        urls: &[String],
+        options: RedisOptions,
+        tls: Option<Arc<TlsCertificates>>,
     ) -> Result<RedisStore, StoreError> {
         if urls.iter().any(|url| url.starts_with("rediss://")) {
             // redis-rs builds its rustls config from the process-wide
@@ -286,7 +331,7 @@ impl RedisStore {
                 return Err(StoreError::Unavailable("no Redis URL given".to_owned()));
             }
             [url] => {
-                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let client = tls::single_client(url, tls.as_deref()).map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.connection_timeout))
                     .set_response_timeout(Some(options.response_timeout))
@@ -297,7 +342,7 @@ impl RedisStore {
                 Connection::Single(manager)
             }
             seeds => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                let client = tls::cluster_builder(seeds, tls.as_deref())
                     .connection_timeout(options.connection_timeout)
                     .response_timeout(options.response_timeout)
                     .build()
@@ -310,6 +355,7 @@ impl RedisStore {
             connection,
             options,
             urls: urls.into(),
+            tls,
         };
         // Fail now, not on the first append, if the server is unusable.
         let mut info = redis::cmd("INFO");

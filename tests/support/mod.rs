@@ -15,12 +15,16 @@
 //!
 //! [`TestCluster`] starts a Redis Cluster of child processes (process mode
 //! only).
+//!
+//! A server with [`ServerOptions::tls`] is always a child process, whatever
+//! the mode: it listens on `rediss://` only (`--port 0`), with certificates
+//! from a fresh [`TestPki`] in its directory.
 
 #![allow(dead_code)]
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +33,7 @@ use tempfile::TempDir;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-use tickforge::store::{MatchKey, RedisStore};
+use tickforge::store::{MatchKey, RedisOptions, RedisStore, RedisTls};
 
 /// Environment variable choosing the Redis under test.
 pub const ENV: &str = "TICKFORGE_TEST_REDIS";
@@ -82,6 +86,125 @@ pub struct ServerOptions {
     pub password: Option<String>,
     /// `--cluster-enabled yes` (process mode only).
     pub cluster: bool,
+    /// TLS only, on a child process (not with `cluster`).
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS on a fixture server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTls {
+    /// `--tls-auth-clients yes`: clients must present a certificate issued
+    /// by the server's [`TestPki`] CA (`no`: none is asked for).
+    pub auth_clients: bool,
+}
+
+impl ServerTls {
+    /// Server authentication only.
+    pub fn server_only() -> Option<ServerTls> {
+        Some(ServerTls {
+            auth_clients: false,
+        })
+    }
+
+    /// Mutual TLS.
+    pub fn mutual() -> Option<ServerTls> {
+        Some(ServerTls { auth_clients: true })
+    }
+}
+
+/// A fresh test CA with a server certificate (SAN `127.0.0.1` and
+/// `localhost`) and a client certificate it issued, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca_file: PathBuf,
+    /// The server certificate.
+    pub server_cert_file: PathBuf,
+    /// The server's private key (PKCS#8).
+    pub server_key_file: PathBuf,
+    /// The client certificate (for mutual TLS).
+    pub client_cert_file: PathBuf,
+    /// The client's private key (PKCS#8).
+    pub client_key_file: PathBuf,
+}
+
+impl TestPki {
+    /// Generates a CA and both certificates into `dir`, file names starting
+    /// with `name`.
+    pub fn generate(dir: &Path, name: &str) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("tickforge test CA {name}"));
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, common_name: &str| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "localhost",
+        );
+        let (client_cert, client_key) = leaf(
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "tickforge test client",
+        );
+        let write = |suffix: &str, pem: &str| {
+            let path = dir.join(format!("{name}-{suffix}"));
+            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            path
+        };
+        TestPki {
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            server_cert_file: write("server.pem", &server_cert),
+            server_key_file: write("server.key", &server_key),
+            client_cert_file: write("client.pem", &client_cert),
+            client_key_file: write("client.key", &client_key),
+        }
+    }
+
+    /// Trusts this CA; presents no client certificate.
+    pub fn trust(&self) -> RedisTls {
+        RedisTls::from_files(Some(&self.ca_file), None).expect("test CA")
+    }
+
+    /// Trusts this CA and presents its client certificate.
+    pub fn trust_with_client_cert(&self) -> RedisTls {
+        RedisTls::from_files(
+            Some(&self.ca_file),
+            Some((&self.client_cert_file, &self.client_key_file)),
+        )
+        .expect("test CA and client certificate")
+    }
+
+    /// The CA and client certificate for a raw redis-rs client.
+    fn certificates(&self) -> redis::TlsCertificates {
+        let read =
+            |path: &Path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&self.client_cert_file),
+                client_key: read(&self.client_key_file),
+            }),
+            root_cert: Some(read(&self.ca_file)),
+        }
+    }
 }
 
 impl ServerOptions {
@@ -134,7 +257,7 @@ pub struct TestRedis {
 }
 
 enum Server {
-    Process(RedisProcess),
+    Process(Box<RedisProcess>),
     Container(Box<ContainerAsync<GenericImage>>),
     External,
 }
@@ -149,7 +272,11 @@ impl TestRedis {
     /// none can be had (this is a test fixture).
     pub async fn start_with(options: ServerOptions) -> TestRedis {
         let edition = unique_edition();
-        match Mode::from_env() {
+        let mode = match options.tls {
+            Some(_) => Mode::Process,
+            None => Mode::from_env(),
+        };
+        match mode {
             Mode::Process => {
                 let process = RedisProcess::spawn(options)
                     .await
@@ -157,7 +284,7 @@ impl TestRedis {
                 TestRedis {
                     url: process.url(),
                     edition,
-                    server: Server::Process(process),
+                    server: Server::Process(Box::new(process)),
                 }
             }
             Mode::Container => {
@@ -169,7 +296,7 @@ impl TestRedis {
                     .await
                     .unwrap_or_else(|e| panic!("container host: {e}"));
                 let url = with_password(&format!("redis://{host}:{port}"), &options);
-                wait_ready(&url, None)
+                wait_ready(&url, None, None)
                     .await
                     .unwrap_or_else(|e| panic!("Redis container not ready: {e}"));
                 TestRedis {
@@ -179,7 +306,7 @@ impl TestRedis {
                 }
             }
             Mode::Url(url) => {
-                wait_ready(&url, None)
+                wait_ready(&url, None, None)
                     .await
                     .unwrap_or_else(|e| panic!("{ENV}: {url} not reachable: {e}"));
                 TestRedis {
@@ -206,17 +333,44 @@ impl TestRedis {
         MatchKey::new(DOMAIN, &self.edition, root).expect("valid test key")
     }
 
-    /// A store connected to this server.
+    /// A store connected to this server (over TLS with [`TestRedis::tls`]
+    /// for a TLS server).
     pub async fn store(&self) -> RedisStore {
-        RedisStore::connect(std::slice::from_ref(&self.url))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+        let urls = std::slice::from_ref(&self.url);
+        let connected = match self.tls() {
+            None => RedisStore::connect(urls).await,
+            Some(tls) => RedisStore::connect_tls(urls, RedisOptions::default(), &tls).await,
+        };
+        connected.unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    /// A TLS server's certificates.
+    pub fn pki(&self) -> Option<&TestPki> {
+        match &self.server {
+            Server::Process(process) => process.pki.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What a client needs to connect to a TLS server: the CA, plus the
+    /// client certificate if the server asks for one.
+    pub fn tls(&self) -> Option<RedisTls> {
+        let Server::Process(process) = &self.server else {
+            return None;
+        };
+        match (&process.pki, process.options.tls) {
+            (Some(pki), Some(ServerTls { auth_clients: true })) => {
+                Some(pki.trust_with_client_cert())
+            }
+            (Some(pki), _) => Some(pki.trust()),
+            (None, _) => None,
+        }
     }
 
     /// The child process, in process mode (crash and restart tests).
     pub fn process(&mut self) -> Option<&mut RedisProcess> {
         match &mut self.server {
-            Server::Process(process) => Some(process),
+            Server::Process(process) => Some(&mut **process),
             _ => None,
         }
     }
@@ -259,7 +413,7 @@ async fn start_container(
 
 fn with_password(url: &str, options: &ServerOptions) -> String {
     match &options.password {
-        Some(password) => url.replacen("redis://", &format!("redis://:{password}@"), 1),
+        Some(password) => url.replacen("://", &format!("://:{password}@"), 1),
         None => url.to_owned(),
     }
 }
@@ -269,11 +423,23 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Connects and PINGs until the server answers, the child exits, or
-/// [`READY_TIMEOUT`] passes.
-async fn wait_ready(url: &str, mut child: Option<&mut Child>) -> Result<(), String> {
+/// Connects (with `pki`'s CA and client certificate if given) and PINGs
+/// until the server answers, the child exits, or [`READY_TIMEOUT`] passes.
+async fn wait_ready(
+    url: &str,
+    pki: Option<&TestPki>,
+    mut child: Option<&mut Child>,
+) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let client = match pki {
+        None => redis::Client::open(url),
+        Some(pki) => {
+            // redis-rs takes rustls's process-wide provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            redis::Client::build_with_tls(url, pki.certificates())
+        }
+    }
+    .map_err(|e| e.to_string())?;
     loop {
         if let Some(child) = child.as_deref_mut()
             && let Ok(Some(status)) = child.try_wait()
@@ -308,6 +474,7 @@ pub struct RedisProcess {
     cluster_port: Option<u16>,
     dir: TempDir,
     options: ServerOptions,
+    pki: Option<TestPki>,
 }
 
 impl RedisProcess {
@@ -318,12 +485,18 @@ impl RedisProcess {
             .prefix("tickforge-redis-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        assert!(
+            !(options.cluster && options.tls.is_some()),
+            "the fixture has no TLS cluster"
+        );
+        let pki = options.tls.map(|_| TestPki::generate(dir.path(), "redis"));
         let mut process = RedisProcess {
             child: None,
             port: 0,
             cluster_port: None,
             dir,
             options,
+            pki,
         };
         let mut errors = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -343,11 +516,25 @@ impl RedisProcess {
     async fn launch(&mut self) -> Result<(), String> {
         let redis_server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(&redis_server);
-        cmd.arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--dir")
+        cmd.arg("--bind").arg("127.0.0.1");
+        match (&self.pki, self.options.tls) {
+            (Some(pki), Some(tls)) => {
+                cmd.args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&pki.server_cert_file)
+                    .arg("--tls-key-file")
+                    .arg(&pki.server_key_file)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&pki.ca_file)
+                    .arg("--tls-auth-clients")
+                    .arg(if tls.auth_clients { "yes" } else { "no" });
+            }
+            _ => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+        }
+        cmd.arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
@@ -370,7 +557,7 @@ impl RedisProcess {
             })?;
         self.child = Some(child);
         let url = self.url();
-        match wait_ready(&url, self.child.as_mut()).await {
+        match wait_ready(&url, self.pki.as_ref(), self.child.as_mut()).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.kill();
@@ -379,9 +566,17 @@ impl RedisProcess {
         }
     }
 
-    /// The server's URL (with the password, if any).
+    /// The server's URL (with the password, if any): `rediss://` with TLS.
     pub fn url(&self) -> String {
-        with_password(&format!("redis://127.0.0.1:{}", self.port), &self.options)
+        let scheme = if self.pki.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        with_password(
+            &format!("{scheme}://127.0.0.1:{}", self.port),
+            &self.options,
+        )
     }
 
     /// The server's process id while it runs.

@@ -16,12 +16,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Connection, RedisStore, redact};
+use super::{Connection, RedisStore, redact, tls};
 use crate::codec;
 use crate::store::{EventStore, MatchKey, RecordedEvent, StoreError};
 
@@ -115,7 +114,7 @@ impl RedisStore {
         let messages = match &self.connection {
             Connection::Single(_) => {
                 let url = self.urls.first().map(String::as_str).unwrap_or_default();
-                let client = redis::Client::open(url).map_err(unavailable)?;
+                let client = tls::single_client(url, self.tls.as_deref()).map_err(unavailable)?;
                 let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
                 pubsub.subscribe(&channel).await.map_err(unavailable)?;
                 Messages::Single(pubsub.into_on_message())
@@ -128,7 +127,7 @@ impl RedisStore {
                     let _ = sender.try_send(info);
                     Ok(())
                 };
-                let client = ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+                let client = tls::cluster_builder(&self.urls, self.tls.as_deref())
                     .connection_timeout(self.options.connection_timeout)
                     .response_timeout(self.options.response_timeout)
                     .use_protocol(redis::ProtocolVersion::RESP3)

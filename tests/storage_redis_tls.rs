@@ -1,0 +1,293 @@
+//! TLS and passwords against a real `redis-server`.
+//!
+//! `cargo test --test storage_redis_tls --features redis`. Each test starts
+//! its own `redis-server` child process, whatever `TICKFORGE_TEST_REDIS`
+//! says: a TLS server listens on `rediss://` only (`--port 0`), with a CA,
+//! server and client certificate generated for it (see `tests/support`).
+//! The server must be built with TLS (Debian's is).
+
+#![cfg(feature = "redis")]
+
+mod storage_suite;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use storage_suite::{append_one, batch, events};
+use support::{ServerOptions, ServerTls, TestPki, TestRedis};
+use tickforge::config::{Config, StorageConfig};
+use tickforge::store::{
+    AnyStore, MatchKey, RedisOptions, RedisStore, RedisTls, Snapshot, Store, StoreError,
+};
+
+/// Fails fast: no reconnection attempts after the first.
+fn once() -> RedisOptions {
+    RedisOptions {
+        reconnect_retries: 0,
+        ..RedisOptions::default()
+    }
+}
+
+/// The message of a connection refused as unavailable.
+fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(StoreError::Unavailable(message)) => message,
+        other => panic!("expected StoreError::Unavailable, got {other:?}"),
+    }
+}
+
+/// Create, append real envelopes, read them back, snapshot round trip.
+async fn round_trip<S: Store>(store: &S, key: &MatchKey) {
+    store.create(key).await.unwrap();
+    let stored = events(0, 5, 3, "tls");
+    let head = append_one(store, batch(key, 0, stored.clone(), 3))
+        .await
+        .unwrap();
+    assert_eq!((head.next_sequence, head.tick), (5, 3));
+    assert_eq!(store.read(key, 0, usize::MAX).await.unwrap(), stored);
+    let snapshot = Snapshot {
+        sequence: 5,
+        tick: 3,
+        state: (0..=255).collect(),
+    };
+    assert!(store.save_snapshot(key, &snapshot).await.unwrap());
+    assert_eq!(store.load_snapshot(key).await.unwrap(), Some(snapshot));
+}
+
+async fn tls_server(tls: Option<ServerTls>, password: Option<&str>) -> TestRedis {
+    TestRedis::start_with(ServerOptions {
+        tls,
+        password: password.map(str::to_owned),
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+fn pki(redis: &TestRedis) -> &TestPki {
+    redis.pki().expect("a TLS server")
+}
+
+/// With the private CA trusted, the store works over TLS, followers
+/// included (their subscription is a connection of its own).
+#[tokio::test]
+async fn a_trusted_private_ca_carries_the_store() {
+    let redis = tls_server(ServerTls::server_only(), None).await;
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let tls = pki(&redis).trust();
+    assert!(tls.has_root_ca() && !tls.has_client_cert());
+    let store = RedisStore::connect_tls(&[redis.url().to_owned()], once(), &tls)
+        .await
+        .unwrap();
+    let key = redis.key("trusted");
+    round_trip(&store, &key).await;
+
+    let mut follower = store.follow(&key, 3).await.unwrap();
+    let more = events(5, 2, 4, "followed");
+    append_one(&store, batch(&key, 5, more.clone(), 4))
+        .await
+        .unwrap();
+    let wanted = [events(0, 5, 3, "tls")[3..].to_vec(), more].concat();
+    for event in wanted {
+        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
+            .await
+            .expect("follower stalled")
+            .unwrap();
+        assert_eq!(got, event);
+    }
+}
+
+/// Without the CA (system roots) or with another CA, the server's
+/// certificate is refused and the error says so.
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_refused() {
+    let redis = tls_server(ServerTls::server_only(), None).await;
+    let urls = [redis.url().to_owned()];
+    let message = unavailable(RedisStore::connect_with(&urls, once()).await);
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
+    assert!(message.contains(redis.url()), "names the URL: {message}");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::generate(other_dir.path(), "other");
+    let message = unavailable(RedisStore::connect_tls(&urls, once(), &other.trust()).await);
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
+}
+
+/// `--tls-auth-clients yes`: the client certificate of the CA is let in;
+/// none, or one of another CA, is refused.
+#[tokio::test]
+async fn mutual_tls_needs_the_client_certificate() {
+    let redis = tls_server(ServerTls::mutual(), None).await;
+    let urls = [redis.url().to_owned()];
+    let tls = pki(&redis).trust_with_client_cert();
+    assert!(tls.has_client_cert());
+    let store = RedisStore::connect_tls(&urls, once(), &tls).await.unwrap();
+    round_trip(&store, &redis.key("mutual")).await;
+
+    let message = unavailable(RedisStore::connect_tls(&urls, once(), &pki(&redis).trust()).await);
+    assert!(message.contains(redis.url()), "names the URL: {message}");
+    assert!(message.contains("CertificateRequired"), "{message}");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::generate(other_dir.path(), "other");
+    let stranger = RedisTls::from_files(
+        Some(&pki(&redis).ca_file),
+        Some((&other.client_cert_file, &other.client_key_file)),
+    )
+    .unwrap();
+    let message = unavailable(RedisStore::connect_tls(&urls, once(), &stranger).await);
+    assert!(message.contains("UnknownCA"), "{message}");
+}
+
+/// `--requirepass`, plain and over TLS: the right password in the URL
+/// works; a wrong or missing one is refused without echoing the password.
+#[tokio::test]
+async fn passwords_in_the_url_work_and_stay_secret() {
+    const PASSWORD: &str = "s3cret-Pa55";
+    const WRONG: &str = "not-the-Pa55word";
+    for tls in [None, ServerTls::server_only()] {
+        let redis = tls_server(tls, Some(PASSWORD)).await;
+        let material = redis.tls().unwrap_or_default();
+        let connect = |url: String| {
+            let material = material.clone();
+            async move {
+                let urls = [url];
+                match tls {
+                    None => RedisStore::connect_with(&urls, once()).await,
+                    Some(_) => RedisStore::connect_tls(&urls, once(), &material).await,
+                }
+            }
+        };
+        assert!(redis.url().contains(PASSWORD), "{}", redis.url());
+        let store = connect(redis.url().to_owned()).await.unwrap();
+        round_trip(&store, &redis.key("auth")).await;
+
+        let wrong = redis.url().replace(PASSWORD, WRONG);
+        let message = unavailable(connect(wrong).await);
+        assert!(
+            message.contains("Password authentication failed"),
+            "{tls:?}: {message}"
+        );
+        assert!(message.contains(":***@127.0.0.1"), "{tls:?}: {message}");
+        assert!(
+            !message.contains(WRONG) && !message.contains(PASSWORD),
+            "{tls:?}: password leaked: {message}"
+        );
+
+        let without = redis.url().replace(&format!(":{PASSWORD}@"), "");
+        let message = unavailable(connect(without).await);
+        assert!(message.contains("NOAUTH"), "{tls:?}: {message}");
+    }
+}
+
+/// The configuration route: `[storage.redis]` with all three TLS files,
+/// loaded from a file and opened by [`AnyStore::open`].
+#[tokio::test]
+async fn the_config_files_open_a_tls_store() {
+    let redis = tls_server(ServerTls::mutual(), Some("cfg-pass")).await;
+    let pki = pki(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tickforge.toml");
+    let text = format!(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = {:?}\n\
+         tls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        redis.url(),
+        pki.ca_file,
+        pki.client_cert_file,
+        pki.client_key_file,
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load_with_env(Some(&path), |_| None).unwrap();
+    let store = AnyStore::open(&config.storage).await.unwrap();
+    assert_eq!(store.name(), "redis");
+    round_trip(&store, &redis.key("configured")).await;
+
+    // Without the client files the server refuses the handshake.
+    let StorageConfig::Redis { urls, mut tls } = config.storage.clone() else {
+        panic!("expected the redis backend");
+    };
+    tls.client = None;
+    let message = unavailable(
+        AnyStore::open(&StorageConfig::Redis {
+            urls: urls.clone(),
+            tls,
+        })
+        .await,
+    );
+    assert!(message.contains("CertificateRequired"), "{message}");
+}
+
+/// Unreadable or malformed files are refused before connecting, naming
+/// the file.
+#[tokio::test]
+async fn bad_tls_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path(), "files");
+    let open = |ca: &Path, cert: &Path, key: &Path| {
+        let config = Config::parse(
+            &format!(
+                "[storage]\nbackend = \"redis\"\n[storage.redis]\n\
+                 url = \"rediss://127.0.0.1:1\"\n\
+                 tls_ca_file = {ca:?}\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
+            ),
+            "t.toml",
+            |_| None,
+        )
+        .unwrap();
+        async move { AnyStore::open(&config.storage).await }
+    };
+    let absent = dir.path().join("absent-ca.pem");
+    let message = unavailable(open(&absent, &pki.client_cert_file, &pki.client_key_file).await);
+    assert!(
+        message.contains(&absent.display().to_string()) && message.contains("cannot read"),
+        "{message}"
+    );
+    // A key where the CA belongs, a certificate where the key belongs.
+    let message = unavailable(
+        open(
+            &pki.client_key_file,
+            &pki.client_cert_file,
+            &pki.client_key_file,
+        )
+        .await,
+    );
+    assert!(
+        message.contains(&pki.client_key_file.display().to_string())
+            && message.contains("no PEM certificate"),
+        "{message}"
+    );
+    let message =
+        unavailable(open(&pki.ca_file, &pki.client_cert_file, &pki.client_cert_file).await);
+    assert!(
+        message.contains("client key file") && message.contains("no PEM private key"),
+        "{message}"
+    );
+}
+
+/// TLS material with a `redis://` URL is refused, naming the URL without
+/// its password, before anything is sent.
+#[tokio::test]
+async fn tls_material_needs_rediss_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestPki::generate(dir.path(), "scheme").trust();
+    for urls in [
+        vec!["redis://:hunter2@127.0.0.1:1".to_owned()],
+        vec![
+            "rediss://127.0.0.1:1".to_owned(),
+            "redis://:hunter2@127.0.0.1:2".to_owned(),
+        ],
+    ] {
+        let message = unavailable(RedisStore::connect_tls(&urls, once(), &tls).await);
+        assert!(
+            message.contains("redis://:***@127.0.0.1") && message.contains("rediss://"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "password leaked: {message}");
+    }
+}
