@@ -551,7 +551,8 @@ fn storage_config(
                     return Err(ConfigError::Invalid {
                         origin: url_origin.to_owned(),
                         key: url_key.into(),
-                        value: format!("{url:?}"),
+                        // Never echo a password into logs.
+                        value: format!("{:?}", crate::store::redis::redact(url)),
                         reason: "must start with redis:// or rediss://".into(),
                     });
                 }

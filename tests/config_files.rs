@@ -298,3 +298,15 @@ fn redis_tls_files_with_a_plain_url_are_invalid_without_echoing_it() {
         StorageConfig::Memory
     );
 }
+
+#[test]
+fn a_refused_redis_url_does_not_show_its_password() {
+    let (_dir, path) = config_file(
+        "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"http://admin:hunter2@cache:6379\"\n",
+    );
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("storage.redis.url"), "{message}");
+    assert!(message.contains("admin:***@cache"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}

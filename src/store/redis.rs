@@ -600,7 +600,7 @@ fn at_least_6_2(version: &str) -> bool {
 }
 
 /// A URL with its password replaced, fit for error messages and logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
