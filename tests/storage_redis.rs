@@ -497,6 +497,54 @@ async fn redis_publishes_new_events_only() {
     assert_eq!(received, vec![framed(0..3), framed(3..5)]);
 }
 
+/// How many PUBLISH calls the server has run (scripts' calls included).
+async fn publish_calls(url: &str) -> u64 {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// Appends to a match nobody follows publish nothing (the script asks
+/// PUBSUB NUMSUB first); once a follower subscribes, they do.
+#[tokio::test]
+async fn redis_publishes_only_while_someone_follows() {
+    use storage_suite::{append_one, batch, events};
+    if matches!(Mode::from_env(), Mode::Url(_)) {
+        eprintln!("needs a server of its own (it counts PUBLISH calls); skipped");
+        return;
+    }
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("unfollowed");
+    store.create(&key).await.unwrap();
+    let all = events(0, 4, 1, "u");
+    let before = publish_calls(redis.url()).await;
+    append_one(&store, batch(&key, 0, all[..2].to_vec(), 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        publish_calls(redis.url()).await,
+        before,
+        "published to nobody"
+    );
+
+    let mut follower = store.follow(&key, 0).await.unwrap();
+    expect_events(&mut follower, &all[..2]).await;
+    append_one(&store, batch(&key, 2, all[2..].to_vec(), 2))
+        .await
+        .unwrap();
+    expect_events(&mut follower, &all[2..]).await;
+    assert_eq!(publish_calls(redis.url()).await, before + 1);
+}
+
 /// Append throughput: 1,000 matches × 8 events per call, one shard's tick
 /// batch, against a fresh local server. Prints events/s, call latency and
 /// redis-server CPU per call, then the same load as plain pipelined `ZADD`s

@@ -46,7 +46,9 @@
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
 //! - **followers**: each append that stores new events publishes them
-//!   (`PUBLISH`, `SPUBLISH` in cluster mode) on `updates:{m}`, unless
+//!   (`PUBLISH`, `SPUBLISH` in cluster mode) on `updates:{m}` while that
+//!   channel has a subscriber on the node (`PUBSUB NUMSUB`/`SHARDNUMSUB`
+//!   in the script: unfollowed matches pay nothing), unless
 //!   [`RedisOptions::publish`] is off; [`RedisStore::follow`] turns that
 //!   plus the sorted set into a gap-free stream of events ([`Follower`]).
 //!
@@ -134,7 +136,9 @@ pub struct RedisOptions {
     pub max_bytes_per_call: usize,
     /// Publish each batch's new events on the match's `updates:{m}`
     /// channel (`PUBLISH`; `SPUBLISH` in cluster mode) for
-    /// [`RedisStore::follow`]ers.
+    /// [`RedisStore::follow`]ers, when the channel has a subscriber on the
+    /// node the script runs on. Off, followers see new events by polling
+    /// the store every [`FOLLOW_POLL`].
     pub publish: bool,
 }
 

@@ -3,7 +3,10 @@
 //!
 //! Each append that stores new events publishes them on the match's
 //! `updates:{d:e:r}` channel (`SPUBLISH` in cluster mode: the channel
-//! shares the match's hash tag, so its slot). Pub/Sub delivers at most
+//! shares the match's hash tag, so its slot), when the channel has a
+//! subscriber on the node that ran the append (a follower subscribed
+//! through a replica is not counted there and gets its events by polling,
+//! below). Pub/Sub delivers at most
 //! once, so a [`Follower`] never trusts it alone: it subscribes first, then
 //! reads the stored events from its start; it skips published events it
 //! already has, and when a message starts past the next sequence it
