@@ -361,6 +361,31 @@ async fn redis_follower_fills_gaps() {
     follower_scenario(&store, &quiet, &Ns::new(redis.edition())).await;
 }
 
+/// A follower that falls further behind than its message queue holds
+/// (the queue drops what does not fit) still gets every event, in order:
+/// it reads what was dropped from the store.
+#[tokio::test]
+async fn redis_follower_slower_than_the_appends_gets_every_event() {
+    use storage_suite::{append_one, batch, events};
+    const BATCHES: u64 = 3_000; // well past the follower's queue of 1,024
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let key = redis.key("slow-follower");
+    store.create(&key).await.unwrap();
+    let all = events(0, BATCHES, 1, "s");
+    let mut follower = store.follow(&key, 0).await.unwrap();
+    for (sequence, event) in all.iter().enumerate() {
+        let tick = sequence as u64 + 1;
+        append_one(
+            &store,
+            batch(&key, sequence as u64, vec![event.clone()], tick),
+        )
+        .await
+        .unwrap();
+    }
+    expect_events(&mut follower, &all).await;
+}
+
 /// A follower asked to start below what trimming kept fails with
 /// [`StoreError::Trimmed`] instead of skipping; from the floor it works.
 #[tokio::test]

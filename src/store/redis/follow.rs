@@ -18,9 +18,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::{Connection, RedisStore, redact, tls};
@@ -34,9 +34,9 @@ pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// Most events a follower reads from the store at once.
 const PAGE: usize = 1_000;
 
-/// Most cluster push messages queued for one follower; past it messages are
+/// Most published messages queued for one follower; past it messages are
 /// dropped and the gap is backfilled from the store.
-const CLUSTER_QUEUE: usize = 1_024;
+const PUSH_QUEUE: usize = 1_024;
 
 /// The channel carrying a match's appended batches.
 pub fn updates_channel(key: &MatchKey) -> String {
@@ -56,13 +56,22 @@ pub struct Follower {
     messages: Messages,
 }
 
-enum Messages {
-    Single(redis::aio::PubSubStream),
-    Cluster {
-        received: mpsc::Receiver<PushInfo>,
-        // Holds the subscription open.
-        _connection: ClusterConnection,
-    },
+/// The subscription: push messages (RESP3) queued by the connection,
+/// bounded so a slow follower costs memory for at most [`PUSH_QUEUE`]
+/// messages (past it they are dropped and backfilled from the store).
+struct Messages {
+    received: mpsc::Receiver<PushInfo>,
+    /// A cluster connection resubscribes after a reconnect (a drop only
+    /// loses messages); a single-node one does not (a drop ends it).
+    reconnects: bool,
+    /// Holds the subscription open.
+    _connection: Subscription,
+}
+
+/// Held only to keep its connection (and so the subscription) open.
+enum Subscription {
+    Single(#[allow(dead_code)] MultiplexedConnection),
+    Cluster(#[allow(dead_code)] ClusterConnection),
 }
 
 enum Message {
@@ -74,27 +83,45 @@ enum Message {
 }
 
 impl Messages {
-    async fn next(&mut self) -> Message {
-        match self {
-            Messages::Single(stream) => match stream.next().await {
-                Some(message) => Message::Payload(message.get_payload_bytes().to_vec()),
-                None => Message::Closed,
-            },
-            Messages::Cluster { received, .. } => loop {
-                let Some(push) = received.recv().await else {
-                    return Message::Closed;
-                };
-                match push.kind {
-                    PushKind::SMessage => {
-                        if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
-                            return Message::Payload(payload);
-                        }
-                    }
-                    PushKind::Disconnection => return Message::Lost,
-                    // Subscription confirmations and the like.
-                    _ => {}
+    /// A bounded queue and the push sender feeding it.
+    fn queue() -> (
+        impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static,
+        mpsc::Receiver<PushInfo>,
+    ) {
+        let (sender, received) = mpsc::channel(PUSH_QUEUE);
+        // A full queue drops the message: the follower notices the gap by
+        // sequence and reads the store instead. A disconnection always
+        // gets through (it waits for room on a runtime task).
+        let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+            if let Err(mpsc::error::TrySendError::Full(info)) = sender.try_send(info)
+                && info.kind == PushKind::Disconnection
+            {
+                let sender = sender.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { sender.send(info).await });
                 }
-            },
+            }
+            Ok(())
+        };
+        (push, received)
+    }
+
+    async fn next(&mut self) -> Message {
+        loop {
+            let Some(push) = self.received.recv().await else {
+                return Message::Closed;
+            };
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                        return Message::Payload(payload);
+                    }
+                }
+                PushKind::Disconnection if self.reconnects => return Message::Lost,
+                PushKind::Disconnection => return Message::Closed,
+                // Subscription confirmations and the like.
+                _ => {}
+            }
         }
     }
 }
@@ -114,22 +141,32 @@ impl RedisStore {
         let unavailable = |e: redis::RedisError| {
             StoreError::Unavailable(format!("cannot subscribe to {channel} on {shown}: {e}"))
         };
+        let (push, received) = Messages::queue();
         let messages = match &self.connection {
             Connection::Single(_) => {
                 let url = self.urls.first().map(String::as_str).unwrap_or_default();
-                let client = tls::single_client(url, self.tls.as_deref()).map_err(unavailable)?;
-                let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
-                pubsub.subscribe(&channel).await.map_err(unavailable)?;
-                Messages::Single(pubsub.into_on_message())
+                let client = tls::single_client_speaking(
+                    url,
+                    self.tls.as_deref(),
+                    redis::ProtocolVersion::RESP3,
+                )
+                .map_err(unavailable)?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.options.connection_timeout))
+                    .set_response_timeout(Some(self.options.response_timeout))
+                    .set_push_sender(push);
+                let mut connection = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(unavailable)?;
+                connection.subscribe(&channel).await.map_err(unavailable)?;
+                Messages {
+                    received,
+                    reconnects: false,
+                    _connection: Subscription::Single(connection),
+                }
             }
             Connection::Cluster(_) => {
-                let (sender, received) = mpsc::channel(CLUSTER_QUEUE);
-                // A full queue drops the message: the follower notices the
-                // gap by sequence and reads the store instead.
-                let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-                    let _ = sender.try_send(info);
-                    Ok(())
-                };
                 let client = tls::cluster_builder(&self.urls, self.tls.as_deref())
                     .connection_timeout(self.options.connection_timeout)
                     .response_timeout(self.options.response_timeout)
@@ -139,9 +176,10 @@ impl RedisStore {
                     .map_err(unavailable)?;
                 let mut connection = client.get_async_connection().await.map_err(unavailable)?;
                 connection.ssubscribe(&channel).await.map_err(unavailable)?;
-                Messages::Cluster {
+                Messages {
                     received,
-                    _connection: connection,
+                    reconnects: true,
+                    _connection: Subscription::Cluster(connection),
                 }
             }
         };

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::Path;
 
 use redis::cluster::ClusterClientBuilder;
-use redis::{ClientTlsConfig, RedisResult, TlsCertificates};
+use redis::{ClientTlsConfig, IntoConnectionInfo, RedisResult, TlsCertificates};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -192,9 +192,21 @@ pub(super) fn single_client(
     url: &str,
     certs: Option<&TlsCertificates>,
 ) -> RedisResult<redis::Client> {
+    single_client_speaking(url, certs, redis::ProtocolVersion::RESP2)
+}
+
+/// Like [`single_client`], speaking `protocol` (RESP3 for push messages).
+pub(super) fn single_client_speaking(
+    url: &str,
+    certs: Option<&TlsCertificates>,
+    protocol: redis::ProtocolVersion,
+) -> RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
     match certs {
-        None => redis::Client::open(url),
-        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+        None => redis::Client::open(info),
+        Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
     }
 }
 
