@@ -209,7 +209,8 @@ async fn run<S: Store>(
         "summary: seconds={secs:.1} transport={} store={store_name} shards={} tick_hz={} matches={} players={} \
          clients={clients} finished={finished} ticks={} match_ticks={} ticks_per_s={:.1} events={} \
          events_per_s={:.0} commands={} rejected={} dropped={} late_ticks={} p50_tick_ms={:.3} \
-         p99_tick_ms={:.3} max_tick_ms={:.3} persisted_events={} appends={} p99_append_ms={:.3}{net_fields}",
+         p99_tick_ms={:.3} max_tick_ms={:.3} persisted_events={} appends={} p99_append_ms={:.3} \
+         trimmed_events={}{net_fields}",
         match args.transport {
             Transport::Quic => "quic",
             Transport::Local => "local",
@@ -233,6 +234,7 @@ async fn run<S: Store>(
         stats.persisted_events,
         stats.appends,
         stats.append_ms(0.99),
+        stats.trimmed_events,
     );
     Ok(())
 }

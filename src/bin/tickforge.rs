@@ -235,7 +235,7 @@ async fn serve<S: Store>(
                 let s = engine.stats();
                 tracing::info!(matches = s.matches, ticks = s.ticks, late_ticks = s.late_ticks,
                     events = s.events, persisted = s.persisted_events, p99_tick_ms = s.tick_ms(0.99),
-                    backlog = s.backlog_jobs, repaired = s.repaired_events, "status");
+                    backlog = s.backlog_jobs, repaired = s.repaired_events, trimmed = s.trimmed_events, "status");
             }
             Some(joined) = players_tasks.join_next() => {
                 if let Err(error) = joined.context("bot task panicked")? {
