@@ -1101,11 +1101,15 @@ impl<G: NetGame> Driver<G> {
             ServerMsg::StateDelta {
                 tick,
                 over,
-                baseline_tick,
+                baseline_age,
                 len,
                 patch,
             } => {
-                let Some((_, base)) = self.baselines.iter().find(|(t, _)| *t == baseline_tick)
+                let baseline_tick = tick.checked_sub(u64::from(baseline_age));
+                let Some((_, base)) = self
+                    .baselines
+                    .iter()
+                    .find(|(t, _)| Some(*t) == baseline_tick)
                 else {
                     self.stats.missing_baseline.fetch_add(1, Relaxed);
                     return None;

@@ -5,8 +5,9 @@
 //! state, the server XORs the new encoding into it (the shorter one padded
 //! with zeros, the new length carried). When little changed the XOR is
 //! mostly zeros with a few scattered bytes, so it is sent as *runs*: a
-//! varint count of zero bytes to skip, a varint count of literal bytes, the
-//! literal bytes, repeated; trailing zeros are implied. (A general-purpose
+//! header holding the count of zero bytes to skip and the count of literal
+//! bytes (one byte when they are below 31 and 7), then the literal bytes,
+//! repeated; trailing zeros are implied. (A general-purpose
 //! compressor such as LZ4 does worse on a few hundred bytes with scattered
 //! changes: it needs 4-byte matches and pays a token per literal run.)
 //! When there is no baseline, or the patch would not be smaller than the
@@ -100,9 +101,16 @@ pub fn apply(baseline: Option<&[u8]>, patch: &Patch, limit: usize) -> Result<Vec
     }
 }
 
-/// Zero runs shorter than this stay inside a literal: splitting there
-/// would cost two varints for fewer saved bytes.
-const MIN_ZERO_RUN: usize = 3;
+/// Zero runs shorter than this stay inside a literal: a split costs a run
+/// header (usually one byte), so it only pays from two zeros on.
+const MIN_ZERO_RUN: usize = 2;
+
+/// Largest skip a run header holds in its own 5 bits; the field's
+/// maximum means "this much plus a varint that follows".
+const SKIP_INLINE: usize = 31;
+
+/// Largest literal count a run header holds in its own 3 bits, likewise.
+const COUNT_INLINE: usize = 7;
 
 fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     while value >= 0x80 {
@@ -129,7 +137,41 @@ fn take_varint(input: &[u8], at: &mut usize) -> Result<usize, DeltaError> {
     Err(DeltaError::Corrupt("run length too long".into()))
 }
 
-/// `(zeros, literal count, literals)*` with trailing zeros left out.
+/// Writes a run header: `skip` in the high 5 bits and `count` in the low 3
+/// (in arena states most runs skip fewer than 31 bytes and carry one to
+/// three literals), each followed by a varint of the excess when it is at
+/// its field's maximum.
+fn put_header(out: &mut Vec<u8>, skip: usize, count: usize) {
+    let (high, low) = (skip.min(SKIP_INLINE), count.min(COUNT_INLINE));
+    out.push(((high as u8) << 3) | low as u8);
+    if high == SKIP_INLINE {
+        put_varint(out, skip - SKIP_INLINE);
+    }
+    if low == COUNT_INLINE {
+        put_varint(out, count - COUNT_INLINE);
+    }
+}
+
+fn take_header(input: &[u8], at: &mut usize) -> Result<(usize, usize), DeltaError> {
+    let byte = *input
+        .get(*at)
+        .ok_or_else(|| DeltaError::Corrupt("truncated run header".into()))?;
+    *at += 1;
+    let mut field = |value: usize, inline: usize| -> Result<usize, DeltaError> {
+        if value < inline {
+            return Ok(value);
+        }
+        take_varint(input, at)?
+            .checked_add(inline)
+            .ok_or_else(|| DeltaError::Corrupt("run length overflows".into()))
+    };
+    let skip = field(usize::from(byte >> 3), SKIP_INLINE)?;
+    let count = field(usize::from(byte & 0x07), COUNT_INLINE)?;
+    Ok((skip, count))
+}
+
+/// `(header, literals)*` with trailing zeros left out; a header is the
+/// zeros to skip and the literal count (see [`put_header`]).
 fn encode_runs(xor: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -148,8 +190,7 @@ fn encode_runs(xor: &[u8]) -> Vec<u8> {
             }
             end += run.max(1);
         }
-        put_varint(&mut out, zeros);
-        put_varint(&mut out, end - start);
+        put_header(&mut out, zeros, end - start);
         out.extend_from_slice(&xor[start..end]);
         at = end;
     }
@@ -161,8 +202,7 @@ fn decode_runs(runs: &[u8], width: usize) -> Result<Vec<u8>, DeltaError> {
     let mut xor = vec![0u8; width];
     let (mut at, mut pos) = (0usize, 0usize);
     while at < runs.len() {
-        let zeros = take_varint(runs, &mut at)?;
-        let count = take_varint(runs, &mut at)?;
+        let (zeros, count) = take_header(runs, &mut at)?;
         let start = pos
             .checked_add(zeros)
             .filter(|&s| s.checked_add(count).is_some_and(|e| e <= width))
@@ -213,7 +253,8 @@ mod tests {
         let Patch::Xor { compressed, .. } = &patch else {
             panic!("expected a delta, got {patch:?}");
         };
-        assert!(compressed.len() <= 8 * 3, "{} bytes", compressed.len());
+        // One header byte and one literal per change.
+        assert!(compressed.len() <= 8 * 2, "{} bytes", compressed.len());
         assert_eq!(apply(Some(&base), &patch, 1 << 20).unwrap(), new);
     }
 
@@ -222,7 +263,7 @@ mod tests {
         // Skip 9 zeros, then 2 literals: 11 bytes into a 10-byte state.
         let patch = Patch::Xor {
             len: 10,
-            compressed: vec![9, 2, 1, 1],
+            compressed: vec![(9 << 3) | 2, 1, 1],
         };
         assert!(matches!(
             apply(Some(b"0123456789"), &patch, 100),
@@ -231,7 +272,7 @@ mod tests {
         // A literal count beyond the bytes that follow.
         let patch = Patch::Xor {
             len: 10,
-            compressed: vec![0, 5, 1],
+            compressed: vec![0x05, 1],
         };
         assert!(matches!(
             apply(Some(b"0123456789"), &patch, 100),

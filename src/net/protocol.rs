@@ -254,8 +254,9 @@ pub enum ServerMsg<E> {
         tick: Tick,
         /// Whether the match is over.
         over: bool,
-        /// The acknowledged tick whose state is the baseline.
-        baseline_tick: Tick,
+        /// How many ticks before `tick` the baseline is: the state of
+        /// `tick - baseline_age`, which the client acknowledged.
+        baseline_age: u32,
         /// Length of the new encoding.
         len: u32,
         /// The compressed XOR of baseline and new encodings.

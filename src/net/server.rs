@@ -928,7 +928,8 @@ impl StateStream {
                 ServerMsg::StateDelta {
                     tick,
                     over,
-                    baseline_tick,
+                    // At most MAX_BASELINE_AGE, checked above.
+                    baseline_age: u32::try_from(tick - baseline_tick).unwrap_or(u32::MAX),
                     len,
                     patch: compressed,
                 },
@@ -1209,15 +1210,10 @@ async fn send_state<S: serde::Serialize>(
     if is_delta {
         stats.delta_bytes.fetch_add(bytes.len() as u64, Relaxed);
         stats.delta_full_bytes.fetch_add(full_len, Relaxed);
-        if let ServerMsg::StateDelta {
-            tick,
-            baseline_tick,
-            ..
-        } = &msg
-        {
+        if let ServerMsg::StateDelta { baseline_age, .. } = &msg {
             stats
                 .delta_baseline_ticks
-                .fetch_add(tick.saturating_sub(*baseline_tick), Relaxed);
+                .fetch_add(u64::from(*baseline_age), Relaxed);
         }
     }
     if conn
@@ -1402,7 +1398,7 @@ mod tests {
         assert!(matches!(
             msg,
             ServerMsg::StateDelta {
-                baseline_tick: 1,
+                baseline_age: 1,
                 tick: 2,
                 ..
             }
