@@ -402,7 +402,7 @@ async fn run_size(
 
 /// The `k` events every match appends in `round` (tick `round + 1`):
 /// encoded arena `Moved` envelopes, the commonest event.
-fn round_events(round: u64, k: usize) -> anyhow::Result<Vec<RecordedEvent>> {
+pub fn round_events(round: u64, k: usize) -> anyhow::Result<Vec<RecordedEvent>> {
     (0..k)
         .map(|j| {
             let sequence = round * k as u64 + j as u64;
@@ -431,7 +431,12 @@ fn round_events(round: u64, k: usize) -> anyhow::Result<Vec<RecordedEvent>> {
 }
 
 /// One batch per match, as a shard's writer hands them over.
-fn batches(keys: &[MatchKey], events: &[RecordedEvent], round: u64, k: usize) -> Vec<AppendBatch> {
+pub fn batches(
+    keys: &[MatchKey],
+    events: &[RecordedEvent],
+    round: u64,
+    k: usize,
+) -> Vec<AppendBatch> {
     keys.iter()
         .map(|key| AppendBatch {
             key: key.clone(),

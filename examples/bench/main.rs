@@ -1,9 +1,10 @@
 //! tickforge benchmarks, each beside its ceiling or target.
 //!
 //! ```text
-//! cargo run --release --example bench -- all            # everything, about 5 minutes on 2 cores
+//! cargo run --release --example bench -- all            # everything, about 6 minutes on 2 cores
 //! cargo run --release --example bench -- all --quick    # smoke run, under a minute
 //! cargo run --release --example bench -- append         # or engine, restore, network
+//! cargo run --release --example bench -- cluster        # about 45 s; also part of all
 //! cargo run --release --example bench -- --help         # flags that size each benchmark
 //! ```
 //!
@@ -18,6 +19,11 @@
 //! - `network`: 100, 500 and 1,000 QUIC clients on loopback: latency,
 //!   bytes per client, delta against full state size; draws
 //!   `network-latency.svg`.
+//! - `cluster`: the same `RedisStore::append` load (2 concurrent writers x
+//!   1,000 matches x 8 events per call) against one redis-server and local
+//!   Redis Clusters of 1 and 3 masters (`--cluster-nodes`): events/s,
+//!   p50/p99 call latency, and the CPU of every node, of the client and
+//!   of the rest of the machine. Always starts its own servers.
 //!
 //! Each benchmark prints progress lines on stderr and its table at the end,
 //! and writes `target/bench/<name>.json` (and `.md`) so runs can be
@@ -28,6 +34,7 @@
 
 mod append;
 mod child;
+mod cluster;
 mod engine;
 mod network;
 mod redis_server;
@@ -59,6 +66,8 @@ enum Which {
     Restore,
     /// QUIC clients on loopback.
     Network,
+    /// RedisStore::append on one redis-server against local Redis Clusters.
+    Cluster,
 }
 
 #[derive(Debug, Parser)]
@@ -134,6 +143,25 @@ struct Args {
     #[arg(long)]
     network_seconds: Option<f64>,
 
+    /// cluster: masters of each cluster measured after the single server.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
+    cluster_nodes: Vec<usize>,
+    /// cluster: matches per append call, per writer.
+    #[arg(long, default_value_t = 1_000)]
+    cluster_matches: usize,
+    /// cluster: events per match-tick.
+    #[arg(long, default_value_t = 8)]
+    cluster_events: usize,
+    /// cluster: concurrent writers (the engine runs one per shard).
+    #[arg(long, default_value_t = 2)]
+    cluster_writers: usize,
+    /// cluster: measured seconds per setup [default: 10, quick 2].
+    #[arg(long)]
+    cluster_seconds: Option<f64>,
+    /// cluster: let append.lua publish each batch for followers (RedisStore's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_publish: bool,
+
     /// Internal: run one step in this (child) process.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -170,7 +198,10 @@ async fn async_main() -> anyhow::Result<()> {
         };
     }
     let Some(which) = args.which else {
-        bail!("say which benchmark to run: all, append, engine, restore or network (see --help)");
+        bail!(
+            "say which benchmark to run: all, append, engine, restore, network or cluster \
+             (see --help)"
+        );
     };
     tokio::select! {
         result = run(which, &args) => result,
@@ -227,7 +258,13 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
 
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut failed = Vec::new();
-    for bench in [Which::Append, Which::Engine, Which::Restore, Which::Network] {
+    for bench in [
+        Which::Append,
+        Which::Engine,
+        Which::Restore,
+        Which::Network,
+        Which::Cluster,
+    ] {
         if !wanted(bench) {
             continue;
         }
@@ -303,6 +340,20 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     }
                     Err(e) => Err(e),
                 }
+            }
+            Which::Cluster => {
+                let config = cluster::ClusterConfig {
+                    nodes: args.cluster_nodes.clone(),
+                    matches: args.cluster_matches.max(1),
+                    events_per_tick: args.cluster_events.max(1),
+                    writers: args.cluster_writers.max(1),
+                    warmup_s: if quick { 1.0 } else { 3.0 },
+                    seconds: args
+                        .cluster_seconds
+                        .unwrap_or(if quick { 2.0 } else { 10.0 }),
+                    publish: args.cluster_publish,
+                };
+                cluster::run(&config, &edition).await
             }
             Which::All => unreachable!("not a single benchmark"),
         };

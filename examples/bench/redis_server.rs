@@ -1,6 +1,8 @@
 //! The Redis the benchmarks talk to: `REDIS_URL` when set, else a
 //! `redis-server` child process of our own (loopback, a free port, a
 //! temporary directory, no persistence), killed when the run ends.
+//! [`RedisProcess`] also starts the plain and cluster-enabled nodes of the
+//! cluster benchmark.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -50,8 +52,8 @@ impl RedisTarget {
             );
             return Ok(None);
         };
-        let process = RedisProcess::start(&binary)?;
-        let url = format!("redis://127.0.0.1:{}", process.port);
+        let process = RedisProcess::start(&binary, false)?;
+        let url = process.url();
         let mut target = Self::connect(url, Some(process)).await?;
         target.owned = true;
         progress(format!(
@@ -66,36 +68,7 @@ impl RedisTarget {
     async fn connect(url: String, mut process: Option<RedisProcess>) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.as_str())
             .with_context(|| format!("parsing the Redis URL {}", redact(&url)))?;
-        let started = Instant::now();
-        // Retry PING until the server answers: no fixed sleep.
-        let admin = loop {
-            // FLUSHALL of a few million events takes seconds.
-            let config = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(120)));
-            let attempt = async {
-                let mut con = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                let _: String = redis::cmd("PING").query_async(&mut con).await?;
-                Ok::<_, redis::RedisError>(con)
-            };
-            match tokio::time::timeout(Duration::from_secs(1), attempt).await {
-                Ok(Ok(con)) => break con,
-                Ok(Err(error)) if started.elapsed() < READY_TIMEOUT => {
-                    if let Some(process) = &mut process {
-                        process.check_alive()?;
-                    }
-                    tracing::debug!(%error, "redis not ready yet");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Ok(Err(error)) => {
-                    return Err(error)
-                        .with_context(|| format!("Redis at {} did not answer PING", redact(&url)));
-                }
-                Err(_) if started.elapsed() < READY_TIMEOUT => {}
-                Err(_) => bail!("Redis at {} did not answer PING in time", redact(&url)),
-            }
-        };
+        let admin = wait_ready(&client, &url, process.as_mut()).await?;
         let mut target = Self {
             url,
             pid: process.as_ref().map(|p| p.child.id()),
@@ -184,25 +157,81 @@ impl RedisTarget {
     }
 }
 
-/// A `redis-server` child process and its temporary directory.
-struct RedisProcess {
+/// Connects to the server at `url`, retrying PING until it answers (no
+/// fixed sleep) or [`READY_TIMEOUT`] passes; `process`, when it is our
+/// child, is checked between attempts so an early exit is reported with its
+/// log.
+pub async fn wait_ready(
+    client: &redis::Client,
+    url: &str,
+    mut process: Option<&mut RedisProcess>,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let started = Instant::now();
+    loop {
+        // FLUSHALL of a few million events takes seconds.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(120)));
+        let attempt = async {
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let _: String = redis::cmd("PING").query_async(&mut con).await?;
+            Ok::<_, redis::RedisError>(con)
+        };
+        match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            Ok(Ok(con)) => return Ok(con),
+            Ok(Err(error)) if started.elapsed() < READY_TIMEOUT => {
+                if let Some(process) = process.as_deref_mut() {
+                    process.check_alive()?;
+                }
+                tracing::debug!(%error, "redis not ready yet");
+                // A poll interval, not a wait for readiness.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(Err(error)) => {
+                return Err(error)
+                    .with_context(|| format!("Redis at {} did not answer PING", redact(url)));
+            }
+            Err(_) if started.elapsed() < READY_TIMEOUT => {}
+            Err(_) => bail!("Redis at {} did not answer PING in time", redact(url)),
+        }
+    }
+}
+
+/// A `redis-server` child process and its temporary directory; killed
+/// on drop.
+pub struct RedisProcess {
     child: Child,
     port: u16,
+    /// The cluster bus port, for a `--cluster-enabled yes` node.
+    cluster_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
 impl RedisProcess {
-    fn start(binary: &Path) -> anyhow::Result<Self> {
+    /// Starts `binary` on a free loopback port with no persistence; with
+    /// `cluster`, as a Redis Cluster node (its bus on a second free port,
+    /// as the default port + 10000 may not exist).
+    pub fn start(binary: &Path, cluster: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tickforge-bench-redis")
             .tempdir()
             .context("creating a temporary directory for redis-server")?;
-        // A port the kernel just handed out; if another process takes it
-        // before redis-server binds, the readiness check reports it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("finding a free loopback port")?
-            .port();
+        // Ports the kernel just handed out (both listeners open at once, so
+        // they differ); if another process takes one before redis-server
+        // binds, the readiness check reports it.
+        let listeners = (0..if cluster { 2 } else { 1 })
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()
+            .context("finding a free loopback port")?;
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("finding a free loopback port")?;
+        drop(listeners);
+        let port = ports[0];
+        let cluster_port = ports.get(1).copied();
         let mut command = Command::new(binary);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -210,7 +239,15 @@ impl RedisProcess {
             .arg(dir.path())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
+            .arg(dir.path().join("redis.log"));
+        if let Some(cluster_port) = cluster_port {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(cluster_port.to_string())
+                .arg("--cluster-config-file")
+                .arg(dir.path().join("nodes.conf"));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -225,18 +262,45 @@ impl RedisProcess {
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { child, port, dir })
+        Ok(Self {
+            child,
+            port,
+            cluster_port,
+            dir,
+        })
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    /// The server's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The loopback port clients use.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster bus port (cluster nodes only).
+    pub fn cluster_port(&self) -> Option<u16> {
+        self.cluster_port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the server's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Fails, with the log's end, if the server has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait().context("checking redis-server")? {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!(
-                "redis-server exited with {status} before answering PING: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+            bail!("redis-server exited with {status}: {}", self.log_tail());
         }
         Ok(())
     }
@@ -249,7 +313,8 @@ impl Drop for RedisProcess {
     }
 }
 
-fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+/// The first `name` file on `PATH`.
+pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
