@@ -21,9 +21,9 @@
 //!   `meta:{m}` holds `head` and `tick`; a batch must start at `head`,
 //!   already-stored events must match byte for byte, new events are
 //!   `ZADD`ed with their sequence as score.
-//! - **read**: `read.lua` checks `from` against the trimmed part (below)
-//!   and runs `ZRANGE events:{m} from +inf BYSCORE LIMIT 0 limit`; each
-//!   member is an encoded envelope, whose `(sequence, tick)` prefix is
+//! - **read**: `ZRANGE events:{m} from +inf BYSCORE LIMIT 0 limit` (and,
+//!   only when that does not start at `from`, the trimmed floor, below);
+//!   each member is an encoded envelope, whose `(sequence, tick)` prefix is
 //!   decoded with [`codec::decode_envelope_header`]. Appends therefore
 //!   require every payload to be the encoded envelope of its event (checked
 //!   before sending), which also keeps members unique per sequence.
@@ -98,7 +98,6 @@ const STATUS_ENDED: &str = "ended";
 
 struct Scripts {
     append: Script,
-    read: Script,
     trim: Script,
     create: Script,
     finish: Script,
@@ -108,7 +107,6 @@ struct Scripts {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     append: Script::new(include_str!("lua/append.lua")),
-    read: Script::new(include_str!("lua/read.lua")),
     trim: Script::new(include_str!("lua/trim.lua")),
     create: Script::new(include_str!("lua/create.lua")),
     finish: Script::new(include_str!("lua/finish.lua")),
@@ -390,6 +388,20 @@ impl RedisStore {
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.connection, Connection::Cluster(_))
+    }
+
+    /// The lowest sequence `key`'s log still holds: the `trimmed` field of
+    /// its meta hash, 0 when never trimmed.
+    async fn retained_from(&self, key: &MatchKey) -> Result<u64, StoreError> {
+        let meta_key = key.meta_key();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&meta_key).arg("trimmed");
+        let floor: Option<String> = self
+            .connection
+            .query(&cmd)
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        floor.map_or(Ok(0), |f| parse_u64(&meta_key, "trimmed", &f))
     }
 
     /// Sends one group of already-validated batches as one script call and
@@ -678,31 +690,34 @@ impl EventStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut invocation = SCRIPTS.read.key(key.meta_key());
-        invocation
-            .key(&events_key)
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(&events_key)
             .arg(from)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
             .arg(i64::try_from(limit).unwrap_or(i64::MAX));
-        let mut reply: Vec<Vec<u8>> = self
+        let members: Vec<Vec<u8>> = self
             .connection
-            .invoke(&invocation)
+            .query(&cmd)
             .await
             .map_err(|e| redis_error(&events_key, e))?;
-        if reply.is_empty() {
-            return Err(StoreError::Corrupt {
-                key: events_key,
-                reason: "read script answered nothing".to_owned(),
-            });
-        }
-        let members = reply.split_off(1);
-        let floor = String::from_utf8_lossy(&reply[0]);
-        let retained_from = parse_u64(&key.meta_key(), "trimmed", &floor)?;
-        if from < retained_from {
-            return Err(StoreError::Trimmed {
-                key: key.to_string(),
-                requested: from,
-                retained_from,
-            });
+        // Events from `from` on came back: nothing below it matters. Else
+        // (none, or a later first one) the log may be trimmed past `from`;
+        // the floor only rises, so reading it after the range is safe.
+        let first = members
+            .first()
+            .map(|payload| codec::decode_envelope_header(payload).map(|(sequence, _)| sequence));
+        if !matches!(first, Some(Ok(sequence)) if sequence == from) {
+            let retained_from = self.retained_from(key).await?;
+            if from < retained_from {
+                return Err(StoreError::Trimmed {
+                    key: key.to_string(),
+                    requested: from,
+                    retained_from,
+                });
+            }
         }
         members
             .into_iter()

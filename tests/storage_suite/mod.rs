@@ -430,6 +430,23 @@ pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
     ));
     assert_eq!(store.read(&key, 6, 100).await.unwrap().len(), 6);
 
+    // A snapshot at the head: everything goes, and reading says so rather
+    // than answering "no events".
+    let whole = ns.key("trim-whole");
+    store.create(&whole).await.unwrap();
+    append_one(store, batch(&whole, 0, events(0, 3, 1, "w"), 1))
+        .await
+        .unwrap();
+    let at_head = Snapshot {
+        sequence: 3,
+        tick: 1,
+        state: vec![3; 4],
+    };
+    assert!(store.save_snapshot(&whole, &at_head).await.unwrap());
+    assert_eq!(store.trim(&whole, 3, &[]).await.unwrap(), trimmed(3, 3));
+    assert!(is_trimmed_error(store.read(&whole, 1, 10).await, 1, 3));
+    assert_eq!(store.read(&whole, 3, 10).await.unwrap(), Vec::new());
+
     assert!(matches!(
         store.trim(&ns.key("never-created"), 5, &[]).await,
         Err(StoreError::UnknownMatch(_))
