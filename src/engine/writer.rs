@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -151,18 +152,49 @@ pub(crate) async fn run_writer<S: Store>(
                 }
             }
         }
-        for (key, snapshot) in &job.snapshots {
-            if refused.contains(key) {
-                continue;
-            }
-            if retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await {
-                if let Some(log) = retained.get_mut(key) {
-                    log.snapshot_stored(snapshot.sequence);
+        // Matches created together snapshot on the same tick: their
+        // snapshots (and trims) go out concurrently, not one round trip each.
+        let due: Vec<&(MatchKey, Snapshot)> = job
+            .snapshots
+            .iter()
+            .filter(|(key, _)| !refused.contains(key))
+            .collect();
+        let first_tries = join_all(
+            due.iter()
+                .map(|(key, snapshot)| store.save_snapshot(key, snapshot)),
+        )
+        .await;
+        let mut stored = Vec::with_capacity(due.len());
+        for ((key, snapshot), first_try) in due.iter().zip(first_tries) {
+            stored.push(match first_try {
+                Ok(_) => true,
+                // The store is down: retry these one by one, with backoff.
+                Err(StoreError::Unavailable(_)) => {
+                    retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await
                 }
-                if let EventRetention::TrimBelowSnapshot { keep_for } = &retention {
-                    trim(&store, key, snapshot.sequence, keep_for, &stats).await;
+                Err(error) => {
+                    tracing::error!(%key, %error, "store refused a snapshot");
+                    false
                 }
+            });
+        }
+        let stored: Vec<&(MatchKey, Snapshot)> = due
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(due, stored)| stored.then_some(due))
+            .collect();
+        for (key, snapshot) in &stored {
+            if let Some(log) = retained.get_mut(key) {
+                log.snapshot_stored(snapshot.sequence);
             }
+        }
+        if let EventRetention::TrimBelowSnapshot { keep_for } = &retention {
+            join_all(
+                stored
+                    .iter()
+                    .map(|(key, snapshot)| trim(&store, key, snapshot.sequence, keep_for, &stats)),
+            )
+            .await;
         }
         for key in &job.finished {
             retained.remove(key);
