@@ -202,7 +202,7 @@ async fn run<S: Store>(
             (String::new(), counters.finished.load(Relaxed))
         }
     };
-    engine.shutdown().await;
+    engine.shutdown_reporting(Duration::from_secs(5)).await;
     let stats = engine.stats();
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(

@@ -256,7 +256,7 @@ async fn serve<S: Store>(
     players_tasks.abort_all();
     // Flushing waits for the store; a second Ctrl-C gives up on it.
     tokio::select! {
-        () = engine.shutdown() => Ok(()),
+        () = engine.shutdown_reporting(Duration::from_secs(5)) => Ok(()),
         _ = tokio::signal::ctrl_c() => {
             let backlog = engine.stats().backlog_jobs;
             anyhow::bail!("stopped before every write was stored ({backlog} tick jobs still queued); restore resumes from the last stored tick")

@@ -459,6 +459,29 @@ impl<G: Game, S: Store> Engine<G, S> {
             }
         }
     }
+
+    /// [`Engine::shutdown`], logging every `every` that writes are still
+    /// waiting for the store (a store that is down keeps the flush waiting,
+    /// retrying with backoff) with the backlog and failed attempts so far.
+    pub async fn shutdown_reporting(&self, every: std::time::Duration) {
+        let shutdown = self.shutdown();
+        tokio::pin!(shutdown);
+        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = report.tick() => {
+                    let stats = self.stats();
+                    tracing::warn!(
+                        backlog_jobs = stats.backlog_jobs,
+                        append_failures = stats.append_failures,
+                        persisted_events = stats.persisted_events,
+                        "still flushing writes to the store"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Rebuilds match `key` from its latest snapshot and the events after it,
