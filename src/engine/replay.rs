@@ -4,11 +4,19 @@
 //! point, apply that tick's events in sequence order, then `step`. Because
 //! the game is deterministic, the result equals the live state byte for
 //! byte. No I/O here: callers page events in from a store.
+//!
+//! - [`Replayer`] folds a log into the state at its head, stepping ticks
+//!   lazily as events arrive: what restores and rebuilds use.
+//! - [`TickReplayer`] runs the same log one tick at a time and stops after
+//!   each, so a caller (a replay viewer) can show every intermediate state
+//!   and the events of each tick.
+
+use std::collections::VecDeque;
 
 use crate::codec::{self, DecodeError};
 use crate::engine::EventEnvelope;
 use crate::game::{Game, Tick};
-use crate::store::{RecordedEvent, Snapshot};
+use crate::store::{Head, RecordedEvent, Snapshot};
 
 /// Why a log could not be replayed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +106,14 @@ impl<'g, G: Game> Replayer<'g, G> {
 
     /// Applies one stored event, first stepping through the ticks before it.
     pub fn apply(&mut self, record: &RecordedEvent) -> Result<(), RestoreError> {
+        self.apply_envelope(record).map(drop)
+    }
+
+    /// [`Replayer::apply`], handing back the decoded envelope.
+    fn apply_envelope(
+        &mut self,
+        record: &RecordedEvent,
+    ) -> Result<EventEnvelope<G::Event>, RestoreError> {
         if record.sequence != self.next_sequence {
             return Err(RestoreError::Gap {
                 expected: self.next_sequence,
@@ -132,7 +148,7 @@ impl<'g, G: Game> Replayer<'g, G> {
         // the same tick are still accepted; `open_tick` remembers that this
         // tick's step is still owed.
         self.open_tick = record.tick;
-        Ok(())
+        Ok(envelope)
     }
 
     fn step_until(&mut self, tick: Tick) {
@@ -164,4 +180,624 @@ pub struct Replayed<S> {
     pub next_sequence: u64,
     /// The tick the state is at (its step has run).
     pub tick: Tick,
+}
+
+/// What one call to [`TickReplayer::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum TickStep {
+    /// This tick ran: its events were applied in sequence order, then the
+    /// game's step. [`TickReplayer::state`] is the state after it and
+    /// [`TickReplayer::tick_events`] its events.
+    Ran(Tick),
+    /// Not every event of the next tick is queued yet: read the log from
+    /// sequence `from` on, [`push`](TickReplayer::push) the page, and step
+    /// again.
+    NeedEvents {
+        /// The sequence the next page must start at.
+        from: u64,
+    },
+    /// The head is reached: every event up to it is applied and every tick
+    /// up to it has run. Stepping again changes nothing.
+    Finished,
+}
+
+/// Replays a log one tick at a time, for callers that show every tick (a
+/// replay viewer) rather than only the end state.
+///
+/// It is told the log's [`Head`] up front and replays exactly up to it:
+/// every event below `head.next_sequence`, and every tick up to
+/// `head.tick` (or up to the last event's tick, if that is later). Each
+/// [`step`](Self::step) runs the next tick the way the match did: that
+/// tick's events in sequence order, then [`Game::step`]. At the end the
+/// state is byte for byte what [`Replayer`] (and so
+/// [`rebuild_from_start`](crate::engine::rebuild_from_start) or
+/// [`restore`](crate::engine::restore)) gives for the same head.
+///
+/// No I/O: when a tick's events are not all queued, `step` answers
+/// [`TickStep::NeedEvents`] and the caller pages them in with
+/// [`push`](Self::push). Events past the head (a live match moving on)
+/// are ignored.
+///
+/// After an error the replay is broken (the state may hold half a tick);
+/// start a new one.
+///
+/// ```
+/// use tickforge::arena::{Arena, bot::Bot};
+/// use tickforge::engine::replay::{TickReplayer, TickStep};
+/// use tickforge::engine::{MatchCore, MatchPolicy};
+/// use tickforge::game::PlayerId;
+/// use tickforge::store::{Head, MatchKey, MatchStatus};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A match played for 100 ticks; `log` is what the store would hold.
+/// let arena = Arena::default();
+/// let key = MatchKey::new("arena", "main", "m1")?;
+/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default());
+/// let mut bots = [Bot::new(PlayerId(1), 1), Bot::new(PlayerId(2), 2)];
+/// let mut log = Vec::new();
+/// for _ in 0..100 {
+///     for bot in &mut bots {
+///         if let Some(command) = bot.next_command(&arena, core.state()) {
+///             let _ = core.handle_command(bot.player(), command, ());
+///         }
+///     }
+///     let _ = core.run_tick(&arena);
+///     log.extend(core.poll_batch().into_iter().flat_map(|batch| batch.events));
+/// }
+/// let head = Head { next_sequence: core.next_sequence(), tick: core.tick(), status: MatchStatus::Live };
+///
+/// // Replayed tick by tick, paging the log in 16 events at a time.
+/// let mut replay = TickReplayer::from_start(&arena, &head);
+/// let mut ticks = 0;
+/// loop {
+///     match replay.step()? {
+///         TickStep::Ran(tick) => {
+///             assert_eq!(replay.state().tick, tick);
+///             assert!(replay.tick_events().iter().all(|e| e.tick == tick));
+///             ticks += 1;
+///         }
+///         TickStep::NeedEvents { from } => {
+///             let page = log.iter().skip(from as usize).take(16).cloned();
+///             replay.push(page)?;
+///         }
+///         TickStep::Finished => break,
+///     }
+/// }
+/// assert_eq!(ticks, 100);
+/// assert_eq!(replay.state(), core.state());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TickReplayer<'g, G: Game> {
+    replayer: Replayer<'g, G>,
+    /// The last tick to run (unless an event lies later).
+    head_tick: Tick,
+    /// The events to replay are those below this sequence.
+    end_sequence: u64,
+    /// Pushed events not applied yet, in sequence order.
+    queued: VecDeque<RecordedEvent>,
+    /// The sequence the next pushed event must have.
+    queued_to: u64,
+    /// The events of the last tick that ran.
+    tick_events: Vec<EventEnvelope<G::Event>>,
+}
+
+impl<'g, G: Game> TickReplayer<'g, G> {
+    /// Replays from the game's initial state at tick 0, sequence 0, up to `head`.
+    pub fn from_start(game: &'g G, head: &Head) -> Self {
+        Self::new(Replayer::from_start(game), head)
+    }
+
+    /// Replays from `snapshot` up to `head`: the first tick to run is the
+    /// one after the snapshot's, the first event to push the snapshot's
+    /// sequence.
+    pub fn from_snapshot(
+        game: &'g G,
+        snapshot: &Snapshot,
+        head: &Head,
+    ) -> Result<Self, RestoreError> {
+        Ok(Self::new(Replayer::from_snapshot(game, snapshot)?, head))
+    }
+
+    fn new(replayer: Replayer<'g, G>, head: &Head) -> Self {
+        let start = replayer.next_sequence();
+        Self {
+            replayer,
+            head_tick: head.tick,
+            end_sequence: head.next_sequence.max(start),
+            queued: VecDeque::new(),
+            queued_to: start,
+            tick_events: Vec::new(),
+        }
+    }
+
+    /// Queues a page of stored events, which must continue the ones pushed
+    /// before (a skipped sequence is [`RestoreError::Gap`]). Events at or
+    /// past the head's sequence are ignored. Decoding and order checks
+    /// happen when their tick runs.
+    pub fn push(
+        &mut self,
+        records: impl IntoIterator<Item = RecordedEvent>,
+    ) -> Result<(), RestoreError> {
+        for record in records {
+            if self.queued_to >= self.end_sequence {
+                break;
+            }
+            if record.sequence != self.queued_to {
+                return Err(RestoreError::Gap {
+                    expected: self.queued_to,
+                    found: record.sequence,
+                });
+            }
+            self.queued_to += 1;
+            self.queued.push_back(record);
+        }
+        Ok(())
+    }
+
+    /// Runs the next tick, if its events are all queued and the head is
+    /// not reached yet. See [`TickStep`].
+    pub fn step(&mut self) -> Result<TickStep, RestoreError> {
+        if self.is_finished() {
+            return Ok(TickStep::Finished);
+        }
+        let next = self.replayer.tick + 1;
+        // Events come in tick order, so the tick is complete once a later
+        // event is queued, or once every event up to the head is.
+        let complete = self.queued_to == self.end_sequence
+            || self.queued.back().is_some_and(|last| last.tick > next);
+        if !complete {
+            return Ok(TickStep::NeedEvents {
+                from: self.queued_to,
+            });
+        }
+        self.tick_events.clear();
+        // An event of an earlier tick is taken too, so that `apply`
+        // reports it as out of order rather than it being skipped.
+        while self
+            .queued
+            .front()
+            .is_some_and(|record| record.tick <= next)
+        {
+            let Some(record) = self.queued.pop_front() else {
+                break;
+            };
+            let envelope = self.replayer.apply_envelope(&record)?;
+            self.tick_events.push(envelope);
+        }
+        self.replayer.step_until(next);
+        Ok(TickStep::Ran(next))
+    }
+
+    /// Whether every event up to the head is applied and every tick up to
+    /// it has run.
+    pub fn is_finished(&self) -> bool {
+        self.queued.is_empty()
+            && self.queued_to == self.end_sequence
+            && self.replayer.tick >= self.head_tick
+    }
+
+    /// The state after the last tick that ran (the starting state before
+    /// the first step).
+    pub fn state(&self) -> &G::State {
+        &self.replayer.state
+    }
+
+    /// The last tick that ran (the starting tick before the first step).
+    pub fn tick(&self) -> Tick {
+        self.replayer.tick
+    }
+
+    /// The events the last tick applied, in sequence order (empty before
+    /// the first step and for a tick without events).
+    pub fn tick_events(&self) -> &[EventEnvelope<G::Event>] {
+        &self.tick_events
+    }
+
+    /// The sequence the next applied event will have (the number of
+    /// events folded into [`state`](Self::state)).
+    pub fn next_sequence(&self) -> u64 {
+        self.replayer.next_sequence
+    }
+
+    /// The head tick replay runs to: `head.tick`, or the tick of the last
+    /// event if that is later (known once it is queued).
+    pub fn head_tick(&self) -> Tick {
+        let last_event = self
+            .queued
+            .back()
+            .map_or(self.replayer.open_tick, |r| r.tick);
+        self.head_tick.max(last_event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arena::bot::Bot;
+    use crate::arena::{Arena, ArenaEvent, ArenaMap, ArenaRules, ArenaState};
+    use crate::engine::{MatchCore, MatchPolicy};
+    use crate::game::PlayerId;
+    use crate::store::{MatchKey, MatchStatus};
+
+    type Envelope = EventEnvelope<ArenaEvent>;
+
+    /// A match played by bots: what the store holds and what the live
+    /// match showed after every tick.
+    struct Played {
+        core: MatchCore<Arena, ()>,
+        /// Every event, as `poll_batch` handed them to the store.
+        log: Vec<RecordedEvent>,
+        /// The encoded live state after each tick (index 0: tick 0).
+        states: Vec<Vec<u8>>,
+        /// The events each tick applied (index 0: none).
+        events: Vec<Vec<Envelope>>,
+        /// The snapshots the core took, in order.
+        snapshots: Vec<Snapshot>,
+    }
+
+    impl Played {
+        fn head(&self) -> Head {
+            Head {
+                next_sequence: self.core.next_sequence(),
+                tick: self.core.tick(),
+                status: if self.core.is_over() {
+                    MatchStatus::Ended
+                } else {
+                    MatchStatus::Live
+                },
+            }
+        }
+    }
+
+    fn encode(state: &ArenaState) -> Vec<u8> {
+        codec::encode(state).expect("arena states encode")
+    }
+
+    /// `bots` bots play for `active` ticks, then the match runs `idle`
+    /// more ticks without commands (or until it ends).
+    fn play(arena: &Arena, bots: u32, seed: u64, active: Tick, idle: Tick, every: u64) -> Played {
+        let key = MatchKey::new("arena", "main", "replay").expect("valid key");
+        let policy = MatchPolicy {
+            max_pending: 1024,
+            snapshot_every_ticks: every,
+        };
+        let core: MatchCore<Arena, ()> = MatchCore::new(arena, key, policy);
+        let mut bots: Vec<Bot> = (1..=bots)
+            .map(|p| Bot::new(PlayerId(p), seed + u64::from(p)))
+            .collect();
+        let mut played = Played {
+            log: Vec::new(),
+            states: vec![encode(core.state())],
+            events: vec![Vec::new()],
+            snapshots: Vec::new(),
+            core,
+        };
+        for tick in 1..=active + idle {
+            if played.core.is_over() {
+                break;
+            }
+            if tick <= active {
+                for bot in &mut bots {
+                    if let Some(command) = bot.next_command(arena, played.core.state()) {
+                        played
+                            .core
+                            .handle_command(bot.player(), command, ())
+                            .expect("the queue has room");
+                    }
+                }
+            }
+            let out = played.core.run_tick(arena);
+            assert_eq!(out.tick, tick);
+            played.states.push(encode(played.core.state()));
+            played.events.push(out.events);
+            played.snapshots.extend(out.snapshot);
+            if let Some(batch) = played.core.poll_batch() {
+                played.log.extend(batch.events);
+            }
+        }
+        played
+    }
+
+    /// A small arena whose matches end quickly.
+    fn small_arena(time_limit_ticks: Tick) -> Arena {
+        Arena::new(
+            ArenaMap::default(),
+            ArenaRules {
+                max_players: 6,
+                score_limit: 5,
+                time_limit_ticks,
+                fire_cooldown_ticks: 3,
+                respawn_ticks: 5,
+            },
+        )
+    }
+
+    /// What a tick-by-tick replay showed.
+    struct Shown {
+        /// Each tick that ran, with the encoded state after it and its events.
+        ticks: Vec<(Tick, Vec<u8>, Vec<Envelope>)>,
+        /// The encoded state at the end.
+        end: Vec<u8>,
+        end_tick: Tick,
+        next_sequence: u64,
+    }
+
+    /// Replays `log` up to `head` tick by tick, paging `page` events in at
+    /// a time from where the replayer asks.
+    fn replay_ticks(
+        mut replay: TickReplayer<'_, Arena>,
+        log: &[RecordedEvent],
+        page: usize,
+    ) -> Result<Shown, RestoreError> {
+        let mut ticks = Vec::new();
+        loop {
+            match replay.step()? {
+                TickStep::Ran(tick) => {
+                    assert_eq!(replay.tick(), tick);
+                    ticks.push((tick, encode(replay.state()), replay.tick_events().to_vec()));
+                }
+                TickStep::NeedEvents { from } => {
+                    let from = usize::try_from(from).expect("small logs");
+                    assert!(from < log.len(), "asked for events past the log");
+                    replay.push(log[from..].iter().take(page).cloned())?;
+                }
+                TickStep::Finished => break,
+            }
+        }
+        assert!(replay.is_finished());
+        assert_eq!(
+            replay.step(),
+            Ok(TickStep::Finished),
+            "finished stays finished"
+        );
+        Ok(Shown {
+            end: encode(replay.state()),
+            end_tick: replay.tick(),
+            next_sequence: replay.next_sequence(),
+            ticks,
+        })
+    }
+
+    /// The whole-log replay the engine restores with.
+    fn replay_whole(arena: &Arena, log: &[RecordedEvent], head: &Head) -> Replayed<ArenaState> {
+        let mut replayer = Replayer::from_start(arena);
+        for record in log.iter().take_while(|r| r.sequence < head.next_sequence) {
+            replayer.apply(record).expect("the log replays");
+        }
+        replayer.finish(head.tick)
+    }
+
+    /// Every tick from `first` to the head ran once, in order, showing the
+    /// live state and events of that tick; the end is the live end and
+    /// the whole-log replay.
+    fn assert_matches_live(arena: &Arena, played: &Played, shown: &Shown, first: Tick) {
+        let head = played.head();
+        let expected: Vec<Tick> = (first..=head.tick).collect();
+        let ran: Vec<Tick> = shown.ticks.iter().map(|(tick, ..)| *tick).collect();
+        assert_eq!(ran, expected, "every tick runs once, in order");
+        for (tick, state, events) in &shown.ticks {
+            let at = usize::try_from(*tick).expect("small runs");
+            assert!(
+                state == &played.states[at],
+                "state after tick {tick} differs from the live match"
+            );
+            assert_eq!(events, &played.events[at], "events of tick {tick}");
+        }
+        let whole = replay_whole(arena, &played.log, &head);
+        assert!(
+            shown.end == encode(&whole.state),
+            "end differs from a whole replay"
+        );
+        assert!(
+            shown.end == encode(played.core.state()),
+            "end differs from the live match"
+        );
+        assert_eq!(shown.end_tick, whole.tick);
+        assert_eq!(shown.next_sequence, whole.next_sequence);
+        assert_eq!(shown.next_sequence, played.log.len() as u64);
+    }
+
+    #[test]
+    fn every_tick_equals_the_live_match() {
+        let arena = Arena::default();
+        let played = play(&arena, 8, 7, 600, 0, 300);
+        assert!(
+            played.log.len() > 1000,
+            "bots were busy: {}",
+            played.log.len()
+        );
+        let shown = replay_ticks(
+            TickReplayer::from_start(&arena, &played.head()),
+            &played.log,
+            7,
+        )
+        .expect("the log replays");
+        assert_matches_live(&arena, &played, &shown, 1);
+        assert!(
+            shown.ticks.iter().any(|(_, _, events)| events.len() > 1),
+            "some tick has several events"
+        );
+    }
+
+    #[test]
+    fn a_finished_match_replays_through_its_ending() {
+        let arena = small_arena(240);
+        let played = play(&arena, 6, 3, 1000, 0, 100);
+        assert!(played.core.is_over());
+        let head = played.head();
+        assert_eq!(head.status, MatchStatus::Ended);
+        let shown = replay_ticks(TickReplayer::from_start(&arena, &head), &played.log, 64)
+            .expect("the log replays");
+        assert_matches_live(&arena, &played, &shown, 1);
+        let end: ArenaState = codec::decode(&shown.end).expect("decodes");
+        assert!(end.ending.is_some(), "the replay shows the ending");
+    }
+
+    #[test]
+    fn idle_ticks_after_the_last_event_run_up_to_the_head() {
+        let arena = Arena::default();
+        let played = play(&arena, 3, 11, 40, 90, 1000);
+        let last_event_tick = played.log.last().expect("bots joined").tick;
+        assert!(played.head().tick >= last_event_tick + 90);
+        let mut replay = TickReplayer::from_start(&arena, &played.head());
+        assert_eq!(replay.head_tick(), played.head().tick);
+        replay.push(played.log.clone()).expect("one page");
+        let shown = replay_ticks(replay, &played.log, 1).expect("the log replays");
+        assert_matches_live(&arena, &played, &shown, 1);
+    }
+
+    #[test]
+    fn from_a_snapshot_the_ticks_continue_like_the_live_match() {
+        let arena = Arena::default();
+        let played = play(&arena, 8, 5, 400, 0, 120);
+        let snapshot = &played.snapshots[1];
+        assert_eq!(snapshot.tick, 240);
+        let replay = TickReplayer::from_snapshot(&arena, snapshot, &played.head())
+            .expect("the snapshot decodes");
+        assert_eq!(replay.tick(), 240);
+        assert_eq!(replay.next_sequence(), snapshot.sequence);
+        let shown = replay_ticks(replay, &played.log, 50).expect("the tail replays");
+        assert_matches_live(&arena, &played, &shown, 241);
+    }
+
+    #[test]
+    fn events_past_the_head_are_ignored() {
+        let arena = Arena::default();
+        let played = play(&arena, 8, 9, 300, 0, 1000);
+        // The head as read while the match was at tick 150.
+        let at = 150;
+        let next_sequence = played.log.iter().filter(|r| r.tick <= at).count() as u64;
+        let head = Head {
+            next_sequence,
+            tick: at,
+            status: MatchStatus::Live,
+        };
+        let mut replay = TickReplayer::from_start(&arena, &head);
+        replay
+            .push(played.log.clone())
+            .expect("pages past the head are fine");
+        let shown = replay_ticks(replay, &played.log, 10).expect("the log replays");
+        assert_eq!(shown.end_tick, at);
+        assert_eq!(shown.next_sequence, next_sequence);
+        assert!(shown.end == played.states[150], "state at the head tick");
+        assert!(shown.end == encode(&replay_whole(&arena, &played.log, &head).state));
+    }
+
+    #[test]
+    fn a_gap_between_pages_is_refused() {
+        let arena = Arena::default();
+        let played = play(&arena, 4, 1, 50, 0, 1000);
+        let mut replay = TickReplayer::from_start(&arena, &played.head());
+        replay
+            .push(played.log[..3].iter().cloned())
+            .expect("first page");
+        assert_eq!(
+            replay.push(played.log[4..].iter().cloned()),
+            Err(RestoreError::Gap {
+                expected: 3,
+                found: 4
+            })
+        );
+    }
+
+    #[test]
+    fn an_event_of_an_earlier_tick_is_refused_when_its_turn_comes() {
+        let arena = Arena::default();
+        let record = |sequence, tick| {
+            let envelope = EventEnvelope {
+                sequence,
+                tick,
+                player: PlayerId(1),
+                event: ArenaEvent::Left {
+                    player: PlayerId(1),
+                },
+            };
+            RecordedEvent {
+                sequence,
+                tick,
+                payload: codec::encode(&envelope).expect("encodes"),
+            }
+        };
+        let head = Head {
+            next_sequence: 2,
+            tick: 6,
+            status: MatchStatus::Live,
+        };
+        let mut replay = TickReplayer::from_start(&arena, &head);
+        assert_eq!(replay.step(), Ok(TickStep::NeedEvents { from: 0 }));
+        replay.push([record(0, 5), record(1, 3)]).expect("queued");
+        for tick in 1..=4 {
+            assert_eq!(replay.step(), Ok(TickStep::Ran(tick)));
+            assert!(replay.tick_events().is_empty());
+        }
+        assert_eq!(
+            replay.step(),
+            Err(RestoreError::TickOrder {
+                sequence: 1,
+                tick: 3,
+                at: 4
+            })
+        );
+    }
+
+    #[test]
+    fn an_undecodable_event_is_reported_with_its_sequence() {
+        let arena = Arena::default();
+        let head = Head {
+            next_sequence: 1,
+            tick: 2,
+            status: MatchStatus::Live,
+        };
+        let mut replay = TickReplayer::from_start(&arena, &head);
+        replay
+            .push([RecordedEvent {
+                sequence: 0,
+                tick: 1,
+                payload: vec![0xff; 3],
+            }])
+            .expect("queued");
+        assert!(matches!(
+            replay.step(),
+            Err(RestoreError::Decode { ref what, .. }) if what == "event 0"
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any run, paged in any size, from the start or from any of its
+        /// snapshots: every tick shows the live state and events, and the
+        /// end is the whole-log replay.
+        #[test]
+        fn tick_by_tick_equals_live_and_whole_replay(
+            bots in 0..6u32,
+            seed in any::<u64>(),
+            active in 0..200u64,
+            idle in 0..40u64,
+            time_limit in prop_oneof![Just(0u64), 20..200u64],
+            every in 1..80u64,
+            page in 1..40usize,
+            snapshot_pick in any::<prop::sample::Index>(),
+            from_snapshot in any::<bool>(),
+        ) {
+            let arena = small_arena(time_limit);
+            let played = play(&arena, bots, seed, active, idle, every);
+            let head = played.head();
+            let snapshot = (from_snapshot && !played.snapshots.is_empty())
+                .then(|| &played.snapshots[snapshot_pick.index(played.snapshots.len())]);
+            let (replay, first) = match snapshot {
+                Some(s) => (
+                    TickReplayer::from_snapshot(&arena, s, &head).expect("decodes"),
+                    s.tick + 1,
+                ),
+                None => (TickReplayer::from_start(&arena, &head), 1),
+            };
+            let shown = replay_ticks(replay, &played.log, page).expect("the log replays");
+            assert_matches_live(&arena, &played, &shown, first);
+        }
+    }
 }
