@@ -19,6 +19,21 @@ use tickforge::projection::catch_up;
 use tickforge::projection::leaderboard::Leaderboard;
 use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore, Store, StoreError};
 
+/// Prints a line on stdout. A reader that went away (`tickforge inspect m1
+/// | head`) ends the program quietly, as with other command-line tools.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {error}");
+            std::process::exit(74);
+        }
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tickforge",
@@ -158,14 +173,14 @@ async fn dispatch(command: Command, config: &Config, store: AnyStore) -> anyhow:
                 "minting a ticket needs the server secret: net.secret, net.secret_file or TICKFORGE_SECRET",
             )?;
             let expires = tickforge::net::tickets::unix_now().saturating_add(ttl);
-            println!(
+            out!(
                 "{}",
                 tickforge::net::mint_ticket(secret, &root, PlayerId(player), expires)
             );
             Ok(())
         }
         Command::CheckConfig => {
-            println!("{config:#?}");
+            out!("{config:#?}");
             Ok(())
         }
     }
@@ -288,13 +303,17 @@ async fn follow(
 
 fn print_event(record: &tickforge::store::RecordedEvent) {
     match codec::decode::<EventEnvelope<ArenaEvent>>(&record.payload) {
-        Ok(e) => println!(
+        Ok(e) => out!(
             "  #{:<8} tick {:<8} {} {:?}",
-            e.sequence, e.tick, e.player, e.event
+            e.sequence,
+            e.tick,
+            e.player,
+            e.event
         ),
-        Err(error) => println!(
+        Err(error) => out!(
             "  #{:<8} tick {:<8} undecodable: {error}",
-            record.sequence, record.tick
+            record.sequence,
+            record.tick
         ),
     }
 }
@@ -326,7 +345,7 @@ async fn leaderboard(
                 .iter()
                 .map(|(p, tags)| format!("{p}={tags}"))
                 .collect();
-            println!("{key} @{position}: {}", line.join(" "));
+            out!("{key} @{position}: {}", line.join(" "));
         }
         let Some(every) = watch else { return Ok(()) };
         tokio::select! {
@@ -359,22 +378,23 @@ async fn inspect<S: Store>(
     last: u64,
 ) -> anyhow::Result<()> {
     let (key, head) = stored_match(config, store, root).await?;
-    println!("match:        {key}");
-    println!("status:       {:?}", head.status);
+    out!("match:        {key}");
+    out!("status:       {:?}", head.status);
     // Reading from 0 says where a trimmed log starts.
     let retained_from = match store.read(&key, 0, 1).await {
         Ok(_) => 0,
         Err(StoreError::Trimmed { retained_from, .. }) => retained_from,
         Err(error) => return Err(error).context("reading the first event"),
     };
-    println!(
+    out!(
         "head:         next sequence {}, tick {}",
-        head.next_sequence, head.tick
+        head.next_sequence,
+        head.tick
     );
     if retained_from == 0 {
-        println!("events:       {} stored", head.next_sequence);
+        out!("events:       {} stored", head.next_sequence);
     } else {
-        println!(
+        out!(
             "events:       {} stored, from sequence {retained_from} (the ones below were trimmed)",
             head.next_sequence - retained_from
         );
@@ -384,20 +404,20 @@ async fn inspect<S: Store>(
         .await
         .context("reading the snapshot")?
     {
-        Some(s) => println!(
+        Some(s) => out!(
             "snapshot:     sequence {}, tick {}, {} state bytes",
             s.sequence,
             s.tick,
             s.state.len()
         ),
-        None => println!("snapshot:     none"),
+        None => out!("snapshot:     none"),
     }
     let from = head.next_sequence.saturating_sub(last).max(retained_from);
     let events = store
         .read(&key, from, last as usize)
         .await
         .context("reading the last events")?;
-    println!("last {} events:", events.len());
+    out!("last {} events:", events.len());
     for record in &events {
         print_event(record);
     }

@@ -1,7 +1,8 @@
 //! The engine: sans-IO match core plus the shard loops that drive it.
 //!
 //! - [`core`]: one match as a state machine (commands in, tick outputs out).
-//! - [`replay`]: rebuilding a match from a snapshot and its log.
+//! - [`replay`]: rebuilding a match from a snapshot and its log, whole or
+//!   tick by tick ([`TickReplayer`], for replays).
 //! - [`schedule`]: drift-free tick pacing as a pure calculation.
 //! - `shard` and `writer`: the async shell. A fixed number of shards each
 //!   tick all their matches; each shard's writer persists its ticks in order.
@@ -28,7 +29,7 @@ mod writer;
 
 pub use self::core::{CommandOutcome, MatchCore, MatchPolicy, QueueFull, TickOutput};
 pub use envelope::EventEnvelope;
-pub use replay::{Replayed, Replayer, RestoreError};
+pub use replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 pub use stats::{EngineStats, ShardStats};
 
 use crate::game::{Game, PlayerId, Tick};
