@@ -165,8 +165,9 @@ pub(crate) async fn run_writer<S: Store>(
         )
         .await;
         let mut stored = Vec::with_capacity(due.len());
-        for ((key, snapshot), first_try) in due.iter().zip(first_tries) {
-            stored.push(match first_try {
+        for (entry, first_try) in due.into_iter().zip(first_tries) {
+            let (key, snapshot) = entry;
+            let saved = match first_try {
                 Ok(_) => true,
                 // The store is down: retry these one by one, with backoff.
                 Err(StoreError::Unavailable(_)) => {
@@ -176,13 +177,11 @@ pub(crate) async fn run_writer<S: Store>(
                     tracing::error!(%key, %error, "store refused a snapshot");
                     false
                 }
-            });
+            };
+            if saved {
+                stored.push(entry);
+            }
         }
-        let stored: Vec<&(MatchKey, Snapshot)> = due
-            .into_iter()
-            .zip(stored)
-            .filter_map(|(due, stored)| stored.then_some(due))
-            .collect();
         for (key, snapshot) in &stored {
             if let Some(log) = retained.get_mut(key) {
                 log.snapshot_stored(snapshot.sequence);

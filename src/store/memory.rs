@@ -112,8 +112,10 @@ impl MatchRecord {
                 retained_from: self.retained_from,
             });
         }
-        let skip = usize::try_from(from - self.retained_from).unwrap_or(usize::MAX);
-        Ok(self.events.iter().skip(skip).take(limit).cloned().collect())
+        let start = usize::try_from(from - self.retained_from)
+            .unwrap_or(usize::MAX)
+            .min(self.events.len());
+        Ok(self.events.range(start..).take(limit).cloned().collect())
     }
 
     fn trim(&mut self, below: u64, keep_for: &[String]) -> Trimmed {
