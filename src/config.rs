@@ -308,9 +308,8 @@ impl Config {
         }
 
         let keep_for = e.trim_keeps_events_for.unwrap_or_default();
-        let probe = MatchKey::new("arena", DEFAULT_EDITION, "check").expect("valid probe key");
         for handler in &keep_for {
-            if let Err(error) = probe.position_key(handler) {
+            if let Err(error) = crate::store::keys::check_name("handler", handler) {
                 return Err(invalid(
                     "engine.trim_keeps_events_for",
                     &format!("{handler:?}"),

@@ -36,7 +36,8 @@ pub struct KeyError {
     pub reason: &'static str,
 }
 
-fn check_name(part: &'static str, value: &str) -> Result<(), KeyError> {
+/// Checks one part of a key name (`part` names it in the error).
+pub(crate) fn check_name(part: &'static str, value: &str) -> Result<(), KeyError> {
     let reason = if value.is_empty() {
         Some("must not be empty")
     } else if value.len() > MAX_NAME_LEN {
