@@ -19,7 +19,7 @@ use tickforge::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState, Dir};
 use tickforge::codec;
 use tickforge::engine::{
     self, CommandOutcome, CommandReply, Durability, Engine, EngineSettings, EventEnvelope,
-    MatchFeed, MatchPolicy, ReplyTo,
+    EventRetention, MatchFeed, MatchPolicy, ReplyTo,
 };
 use tickforge::game::{Game, PlayerId};
 use tickforge::store::{
@@ -518,4 +518,62 @@ async fn a_store_that_lost_more_than_the_engine_retains_pauses_the_match() {
     );
     engine.shutdown().await;
     assert!(store.inner().head(&key()).await.unwrap().is_none());
+}
+
+/// Trimming below snapshots keeps the store's log short while the match
+/// plays (the memory store, the default backend, stops growing without
+/// bound), restores still give exactly the live state, and a rebuild from
+/// sequence 0 is refused rather than wrong.
+#[tokio::test(start_paused = true)]
+async fn trimming_keeps_the_log_short_and_restores_exactly() {
+    let trim = EngineSettings {
+        retention: EventRetention::TrimBelowSnapshot {
+            keep_for: Vec::new(),
+        },
+        ..settings(Durability::Async, 1800)
+    };
+    let (engine, store, mut feed, mut bots) = start(trim).await;
+    let mut events = Events::new();
+    let mut state = engine.game().initial_state();
+    let mut sequence_at = Vec::new();
+    for round in 0..60 {
+        play(&engine, &mut bots, &state);
+        let update = update_at(&mut feed, round + 1).await;
+        state = update.state.clone();
+        sequence_at.push(update.next_sequence);
+        drain_events(&mut feed, &mut events);
+    }
+    // Snapshots every 5 ticks: by tick 60 nothing from before tick 50 is
+    // needed, and the writer is at most a couple of ticks behind.
+    let floor = match store.inner().read(&key(), 0, 1).await {
+        Err(StoreError::Trimmed { retained_from, .. }) => retained_from,
+        other => panic!("expected a trimmed log, got {other:?}"),
+    };
+    assert!(
+        floor >= sequence_at[45] && sequence_at[45] > 0,
+        "log kept from {floor}; the match was at {} by tick 46",
+        sequence_at[45]
+    );
+    let kept = store.inner().read(&key(), floor, usize::MAX).await.unwrap();
+    for (record, event) in kept.iter().zip(&events[floor as usize..]) {
+        assert_eq!(record.payload, codec::encode(&**event).unwrap());
+    }
+
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert!(engine.stats().trimmed_events >= floor);
+    let restored = engine::restore(&Arena::default(), &store.inner(), &key())
+        .await
+        .unwrap();
+    assert_eq!(bytes(&restored.state), bytes(&last.state));
+    assert_eq!(restored.next_sequence, last.next_sequence);
+    let rebuild = engine::rebuild_from_start(&Arena::default(), &store.inner(), &key()).await;
+    assert!(
+        matches!(
+            rebuild,
+            Err(engine::EngineError::Store(StoreError::Trimmed { .. }))
+        ),
+        "{rebuild:?}"
+    );
 }
