@@ -4,7 +4,9 @@
 //! its own `redis-server` child process, whatever `TICKFORGE_TEST_REDIS`
 //! says: a TLS server listens on `rediss://` only (`--port 0`), with a CA,
 //! server and client certificate generated for it (see `tests/support`).
-//! The server must be built with TLS (Debian's is).
+//! The server must be built with TLS (Debian's is). The cluster test
+//! needs child processes: it is skipped unless `TICKFORGE_TEST_REDIS` is
+//! unset (process mode).
 
 #![cfg(feature = "redis")]
 
@@ -15,10 +17,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use storage_suite::{append_one, batch, events};
-use support::{ServerOptions, ServerTls, TestPki, TestRedis};
+use support::{ENV, Mode, ServerOptions, ServerTls, TestCluster, TestPki, TestRedis};
 use tickforge::config::{Config, StorageConfig};
 use tickforge::store::{
-    AnyStore, MatchKey, RedisOptions, RedisStore, RedisTls, Snapshot, Store, StoreError,
+    AnyStore, EventStore, MatchKey, RedisOptions, RedisStore, RedisTls, Snapshot, Store, StoreError,
 };
 
 /// Fails fast: no reconnection attempts after the first.
@@ -290,4 +292,124 @@ async fn tls_material_needs_rediss_urls() {
         );
         assert!(!message.contains("hunter2"), "password leaked: {message}");
     }
+}
+
+/// How many `SPUBLISH` calls node `index` has run (scripts' calls
+/// included).
+async fn spublish_calls(cluster: &TestCluster, index: usize) -> u64 {
+    let mut con = cluster.node_connection(index).await;
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_spublish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// A three-master Redis Cluster serving TLS only (clients and cluster
+/// bus): with the test CA the store finds every node from the seeds and
+/// carries matches on each of them, snapshots and a follower (SPUBLISH on
+/// the match's shard) included; without the CA the certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_carries_the_store() {
+    if Mode::from_env() != Mode::Process {
+        eprintln!(
+            "cluster tests need redis-server child processes ({ENV} asks for another mode); skipped"
+        );
+        return;
+    }
+    const NODES: usize = 3;
+    const PER_NODE: usize = 2;
+    let cluster = TestCluster::start_tls(NODES).await;
+    let urls = cluster.urls();
+    assert!(
+        urls.len() == NODES && urls.iter().all(|url| url.starts_with("rediss://")),
+        "{urls:?}"
+    );
+    let pki = cluster.pki().expect("a TLS cluster");
+    let store = RedisStore::connect_tls(&urls, once(), &pki.trust())
+        .await
+        .unwrap();
+    assert!(store.is_cluster());
+
+    // PER_NODE matches on every node (their keys share the match's slot).
+    let mut keys: Vec<Vec<MatchKey>> = vec![Vec::new(); NODES];
+    for n in 0.. {
+        if keys.iter().all(|on_node| on_node.len() == PER_NODE) {
+            break;
+        }
+        assert!(n < 1_000, "no spread over the nodes: {keys:?}");
+        let key = cluster.key(&format!("m{n}"));
+        let owner = cluster.owner(&key.meta_key()).await;
+        if keys[owner].len() < PER_NODE {
+            keys[owner].push(key);
+        }
+    }
+    for (owner, on_node) in keys.iter().enumerate() {
+        for key in on_node {
+            round_trip(&store, key).await;
+            let mut con = cluster.node_connection(owner).await;
+            let stored: u64 = ::redis::cmd("EXISTS")
+                .arg(key.meta_key())
+                .arg(key.events_key())
+                .arg(key.snapshot_key())
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert_eq!(stored, 3, "{key:?} is stored on node {owner}");
+        }
+    }
+    let mut live = store
+        .live_matches(support::DOMAIN, cluster.edition())
+        .await
+        .unwrap();
+    live.sort_by(|a, b| a.root().cmp(b.root()));
+    let mut created: Vec<MatchKey> = keys.concat();
+    created.sort_by(|a, b| a.root().cmp(b.root()));
+    assert_eq!(live, created);
+
+    // A follower of a match on the last node gets the stored tail, then a
+    // batch published on that node's shard channel.
+    let owner = NODES - 1;
+    let key = &keys[owner][0];
+    let mut follower = store.follow(key, 3).await.unwrap();
+    let published_before = spublish_calls(&cluster, owner).await;
+    let more = events(5, 2, 4, "followed");
+    append_one(&store, batch(key, 5, more.clone(), 4))
+        .await
+        .unwrap();
+    let wanted = [events(0, 5, 3, "tls")[3..].to_vec(), more].concat();
+    for event in wanted {
+        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
+            .await
+            .expect("follower stalled")
+            .unwrap();
+        assert_eq!(got, event);
+    }
+    assert_eq!(
+        spublish_calls(&cluster, owner).await,
+        published_before + 1,
+        "the append published on the owner's shard channel"
+    );
+
+    // The system roots do not know the test CA; another CA does not either.
+    let message = unavailable(RedisStore::connect_with(&urls, once()).await);
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
+    assert!(
+        urls.iter().all(|url| message.contains(url.as_str())),
+        "names the seeds: {message}"
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestPki::generate(other_dir.path(), "other");
+    let message = unavailable(RedisStore::connect_tls(&urls, once(), &other.trust()).await);
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
 }

@@ -14,7 +14,8 @@
 //! a bounded number of retries, never by a fixed sleep.
 //!
 //! [`TestCluster`] starts a Redis Cluster of child processes (process mode
-//! only).
+//! only); [`TestCluster::start_tls`] one serving TLS only, client and
+//! cluster bus, with one [`TestPki`] shared by every node.
 //!
 //! A server with [`ServerOptions::tls`] is always a child process, whatever
 //! the mode: it listens on `rediss://` only (`--port 0`), with certificates
@@ -86,7 +87,8 @@ pub struct ServerOptions {
     pub password: Option<String>,
     /// `--cluster-enabled yes` (process mode only).
     pub cluster: bool,
-    /// TLS only, on a child process (not with `cluster`).
+    /// TLS only, on a child process (with `cluster`, the cluster bus too;
+    /// see [`TestCluster::start_tls`]).
     pub tls: Option<ServerTls>,
 }
 
@@ -479,17 +481,25 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     /// Starts a server on a free port, retrying with another port if the
-    /// chosen one was taken in between.
+    /// chosen one was taken in between. A TLS server gets a fresh
+    /// [`TestPki`] in its directory.
     pub async fn spawn(options: ServerOptions) -> Result<RedisProcess, String> {
+        Self::spawn_with_pki(options, None).await
+    }
+
+    /// Like [`RedisProcess::spawn`]; a TLS server uses `pki` if given (the
+    /// nodes of a TLS cluster share one CA and certificates).
+    async fn spawn_with_pki(
+        options: ServerOptions,
+        pki: Option<TestPki>,
+    ) -> Result<RedisProcess, String> {
         let dir = tempfile::Builder::new()
             .prefix("tickforge-redis-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
-        assert!(
-            !(options.cluster && options.tls.is_some()),
-            "the fixture has no TLS cluster"
-        );
-        let pki = options.tls.map(|_| TestPki::generate(dir.path(), "redis"));
+        let pki = options
+            .tls
+            .map(|_| pki.unwrap_or_else(|| TestPki::generate(dir.path(), "redis")));
         let mut process = RedisProcess {
             child: None,
             port: 0,
@@ -529,6 +539,16 @@ impl RedisProcess {
                     .arg(&pki.ca_file)
                     .arg("--tls-auth-clients")
                     .arg(if tls.auth_clients { "yes" } else { "no" });
+                if self.options.cluster {
+                    // The bus always asks the connecting node for a
+                    // certificate: present the client one (the server
+                    // certificate is for server authentication only).
+                    cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                        .arg("--tls-client-cert-file")
+                        .arg(&pki.client_cert_file)
+                        .arg("--tls-client-key-file")
+                        .arg(&pki.client_key_file);
+                }
             }
             _ => {
                 cmd.arg("--port").arg(self.port.to_string());
@@ -630,10 +650,14 @@ impl Drop for RedisProcess {
     }
 }
 
-/// A Redis Cluster of child processes, every slot covered, no replicas.
+/// A Redis Cluster of child processes, every slot covered, no replicas;
+/// every node is killed on drop (on a panic too).
 pub struct TestCluster {
     nodes: Vec<RedisProcess>,
     edition: String,
+    /// A TLS cluster's certificates, shared by every node, and the
+    /// directory holding them (dropped after the nodes).
+    pki: Option<(TestPki, TempDir)>,
 }
 
 impl TestCluster {
@@ -680,34 +704,69 @@ impl TestCluster {
                     .unwrap_or_else(|e| panic!("CLUSTER MEET: {e}"));
             }
         }
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for node in &nodes {
-            let mut con = connect(&node.url()).await;
-            loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut con)
-                    .await
-                    .unwrap_or_else(|e| panic!("CLUSTER INFO: {e}"));
-                let known = format!("cluster_known_nodes:{size}");
-                if info.contains("cluster_state:ok") && info.contains(&known) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster not ready within {READY_TIMEOUT:?}: {info}"
-                );
-                // A poll interval while gossip converges.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        wait_cluster_ok(&nodes).await;
         TestCluster {
             nodes,
             edition: unique_edition(),
+            pki: None,
         }
     }
 
-    /// Every node's URL: the seeds for [`RedisStore::connect`].
+    /// Starts `size` (at least 3) masters serving TLS only, clients (no
+    /// client certificate asked for) and cluster bus alike, all with the
+    /// certificates of one fresh [`TestPki`]; creates the cluster with
+    /// `redis-cli --cluster create` (`REDIS_CLI` overrides the binary) and
+    /// waits until every node reports `cluster_state:ok`.
+    pub async fn start_tls(size: usize) -> TestCluster {
+        assert!(size >= 3, "redis-cli --cluster create needs 3 masters");
+        let pki_dir = tempfile::Builder::new()
+            .prefix("tickforge-redis-pki-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let pki = TestPki::generate(pki_dir.path(), "cluster");
+        let mut nodes = Vec::with_capacity(size);
+        for _ in 0..size {
+            let options = ServerOptions {
+                cluster: true,
+                tls: ServerTls::server_only(),
+                ..ServerOptions::default()
+            };
+            nodes.push(
+                RedisProcess::spawn_with_pki(options, Some(pki.clone()))
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot start a TLS cluster node: {e}")),
+            );
+        }
+        let redis_cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let mut cmd = Command::new(&redis_cli);
+        cmd.arg("--tls")
+            .arg("--cacert")
+            .arg(&pki.ca_file)
+            .args(["--cluster", "create"])
+            .args(
+                nodes
+                    .iter()
+                    .map(|node| format!("127.0.0.1:{}", node.port())),
+            )
+            .args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let log = pki_dir.path().join("redis-cli.log");
+        if let Err(e) = run_bounded(cmd, &log, READY_TIMEOUT).await {
+            let tails: Vec<String> = nodes.iter().map(RedisProcess::log_tail).collect();
+            panic!(
+                "{redis_cli} --cluster create: {e}; node logs:\n{}",
+                tails.join("\n--\n")
+            );
+        }
+        wait_cluster_ok(&nodes).await;
+        TestCluster {
+            nodes,
+            edition: unique_edition(),
+            pki: Some((pki, pki_dir)),
+        }
+    }
+
+    /// Every node's URL (`rediss://` for a TLS cluster): the seeds for
+    /// [`RedisStore::connect`].
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisProcess::url).collect()
     }
@@ -717,14 +776,146 @@ impl TestCluster {
         &self.edition
     }
 
-    /// A store connected to the cluster.
+    /// A match key of this cluster's edition.
+    pub fn key(&self, root: &str) -> MatchKey {
+        MatchKey::new(DOMAIN, &self.edition, root).expect("valid test key")
+    }
+
+    /// A TLS cluster's certificates.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref().map(|(pki, _)| pki)
+    }
+
+    /// A store connected to the cluster (trusting the test CA for a TLS
+    /// cluster).
     pub async fn store(&self) -> RedisStore {
-        let store = RedisStore::connect(&self.urls())
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to the cluster: {e}"));
+        let urls = self.urls();
+        let connected = match self.pki() {
+            None => RedisStore::connect(&urls).await,
+            Some(pki) => {
+                RedisStore::connect_tls(&urls, RedisOptions::default(), &pki.trust()).await
+            }
+        };
+        let store = connected.unwrap_or_else(|e| panic!("cannot connect to the cluster: {e}"));
         assert!(store.is_cluster());
         store
     }
+
+    /// A plain (not cluster-aware) connection to node `index`.
+    pub async fn node_connection(&self, index: usize) -> redis::aio::MultiplexedConnection {
+        connect_node(&self.nodes[index]).await
+    }
+
+    /// The index of the node serving `key`'s slot: the one that answers
+    /// `EXISTS key` instead of redirecting it (`MOVED`).
+    pub async fn owner(&self, key: &str) -> usize {
+        let mut refusals = Vec::new();
+        for index in 0..self.nodes.len() {
+            let mut con = self.node_connection(index).await;
+            match redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<u64>(&mut con)
+                .await
+            {
+                Ok(_) => return index,
+                Err(e) => refusals.push(format!("node {index}: {e}")),
+            }
+        }
+        panic!("no node serves {key}: {}", refusals.join("; "))
+    }
+}
+
+/// Waits until every node reports `cluster_state:ok` and knows all the
+/// others, polling until [`READY_TIMEOUT`].
+async fn wait_cluster_ok(nodes: &[RedisProcess]) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let known = format!("cluster_known_nodes:{}", nodes.len());
+    for node in nodes {
+        let mut con = connect_node(node).await;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut con)
+                .await
+                .unwrap_or_else(|e| panic!("CLUSTER INFO: {e}"));
+            if info.contains("cluster_state:ok") && info.contains(&known) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready within {READY_TIMEOUT:?}: {info}"
+            );
+            // A poll interval while gossip converges.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A child process killed on drop (a fixture's helper command).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs `cmd` with its output in `log`, polling until it exits; killed
+/// past `timeout`. Fails with the output unless it exits with success.
+async fn run_bounded(mut cmd: Command, log: &Path, timeout: Duration) -> Result<(), String> {
+    let output = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let errors = output
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(errors)
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() >= deadline => {
+                break Err(format!("still running after {timeout:?}"));
+            }
+            Ok(None) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        // A poll interval, not a wait for the command.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(child);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("exited with {status}; output:\n{text}")),
+        Err(e) => Err(format!("{e}; output:\n{text}")),
+    }
+}
+
+/// A plain connection to one node, over TLS (with the test CA and client
+/// certificate) for a TLS node.
+async fn connect_node(node: &RedisProcess) -> redis::aio::MultiplexedConnection {
+    let url = node.url();
+    let client = match &node.pki {
+        None => redis::Client::open(url.as_str()),
+        Some(pki) => {
+            // redis-rs takes rustls's process-wide provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            redis::Client::build_with_tls(url.as_str(), pki.certificates())
+        }
+    }
+    .unwrap_or_else(|e| panic!("{url}: {e}"));
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
 async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
