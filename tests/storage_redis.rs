@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use storage_suite::Ns;
-use support::{Mode, ServerOptions, TestCluster, TestRedis};
-use tickforge::store::redis::Follower;
+use support::{Mode, ServerOptions, TestCluster, TestRedis, expect_events};
 use tickforge::store::{
-    AppendBatch, EventStore, MemoryStore, PositionStore, RecordedEvent, RedisOptions, RedisStore,
-    SnapshotStore, StoreError,
+    AppendBatch, EventStore, MemoryStore, PositionStore, RedisOptions, RedisStore, SnapshotStore,
+    StoreError,
 };
 
 /// One test per suite function and backend.
@@ -291,17 +290,6 @@ async fn redis_reconnects_after_a_restart() {
     assert_eq!(head.next_sequence, 4);
 }
 
-/// Takes `wanted.len()` events from `follower`, each within 10 s.
-async fn expect_events(follower: &mut Follower, wanted: &[RecordedEvent]) {
-    for event in wanted {
-        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
-            .await
-            .expect("follower stalled")
-            .unwrap();
-        assert_eq!(&got, event);
-    }
-}
-
 /// A follower sees stored events, then published batches, and fills gaps
 /// left by appends that did not publish (on the next message, or after an
 /// idle poll). `quiet` appends to the same server without publishing.
@@ -526,15 +514,7 @@ async fn redis_publishes_new_events_only() {
 async fn publish_calls(url: &str) -> u64 {
     let client = ::redis::Client::open(url).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+    support::command_calls(&mut con, "publish").await
 }
 
 /// Appends to a match nobody follows publish nothing (the script asks

@@ -14,10 +14,11 @@ mod storage_suite;
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use storage_suite::{append_one, batch, events};
-use support::{ENV, Mode, ServerOptions, ServerTls, TestCluster, TestPki, TestRedis};
+use support::{
+    ENV, Mode, ServerOptions, ServerTls, TestCluster, TestPki, TestRedis, expect_events,
+};
 use tickforge::config::{Config, StorageConfig};
 use tickforge::store::{
     AnyStore, EventStore, MatchKey, RedisOptions, RedisStore, RedisTls, Snapshot, Store, StoreError,
@@ -90,13 +91,7 @@ async fn a_trusted_private_ca_carries_the_store() {
         .await
         .unwrap();
     let wanted = [events(0, 5, 3, "tls")[3..].to_vec(), more].concat();
-    for event in wanted {
-        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
-            .await
-            .expect("follower stalled")
-            .unwrap();
-        assert_eq!(got, event);
-    }
+    expect_events(&mut follower, &wanted).await;
 }
 
 /// Without the CA (system roots) or with another CA, the server's
@@ -298,15 +293,7 @@ async fn tls_material_needs_rediss_urls() {
 /// included).
 async fn spublish_calls(cluster: &TestCluster, index: usize) -> u64 {
     let mut con = cluster.node_connection(index).await;
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_spublish:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+    support::command_calls(&mut con, "spublish").await
 }
 
 /// A three-master Redis Cluster serving TLS only (clients and cluster
@@ -382,13 +369,7 @@ async fn a_tls_cluster_carries_the_store() {
         .await
         .unwrap();
     let wanted = [events(0, 5, 3, "tls")[3..].to_vec(), more].concat();
-    for event in wanted {
-        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
-            .await
-            .expect("follower stalled")
-            .unwrap();
-        assert_eq!(got, event);
-    }
+    expect_events(&mut follower, &wanted).await;
     assert_eq!(
         spublish_calls(&cluster, owner).await,
         published_before + 1,

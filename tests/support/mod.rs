@@ -34,7 +34,8 @@ use tempfile::TempDir;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-use tickforge::store::{MatchKey, RedisOptions, RedisStore, RedisTls};
+use tickforge::store::redis::Follower;
+use tickforge::store::{MatchKey, RecordedEvent, RedisOptions, RedisStore, RedisTls};
 
 /// Environment variable choosing the Redis under test.
 pub const ENV: &str = "TICKFORGE_TEST_REDIS";
@@ -924,4 +925,31 @@ async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Takes `wanted.len()` events from `follower`, each within 10 s, and
+/// checks each against `wanted`.
+pub async fn expect_events(follower: &mut Follower, wanted: &[RecordedEvent]) {
+    for event in wanted {
+        let got = tokio::time::timeout(Duration::from_secs(10), follower.next())
+            .await
+            .expect("follower stalled")
+            .unwrap();
+        assert_eq!(&got, event);
+    }
+}
+
+/// How many times the server behind `con` has run `command` (lower case,
+/// e.g. `publish`), calls from scripts included (`INFO commandstats`).
+pub async fn command_calls(con: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
 }
