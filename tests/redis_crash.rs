@@ -185,6 +185,19 @@ impl Busy {
         self.engine.stats()
     }
 
+    /// kill -9 of `process`, then waits until the writer has noticed (an
+    /// append failed). No acknowledgement can arrive after that: the
+    /// returned count is every event the engine was told is stored.
+    async fn kill_redis(&self, process: &mut RedisProcess) -> u64 {
+        process.kill();
+        let at_kill = self.stats();
+        wait_for("the writer to notice the crash", || {
+            self.stats().append_failures > at_kill.append_failures
+        })
+        .await;
+        self.stats().persisted_events
+    }
+
     /// Polls until every match has stored at least `min_events` events and
     /// a snapshot; returns the heads.
     async fn wait_for_events(&mut self, store: &RedisStore, min_events: u64) -> Vec<Head> {
@@ -437,15 +450,7 @@ async fn kill_9_with_appendfsync_always_keeps_every_acknowledged_event() {
         served.push(store.read(&key, 0, usize::MAX).await.unwrap());
     }
     let process = redis.process().expect("process mode");
-    process.kill();
-    let at_kill = busy.stats();
-    wait_for("the writer to notice the crash", || {
-        busy.stats().append_failures > at_kill.append_failures
-    })
-    .await;
-    // No acknowledgement can arrive any more: this is every event the
-    // engine was told is stored.
-    let acknowledged = busy.stats().persisted_events;
+    let acknowledged = busy.kill_redis(process).await;
 
     let (reader, on_disk) = files_of(process).await;
     busy.drain();
@@ -563,13 +568,7 @@ async fn everysec_crash_is_repaired(retention: EventRetention) -> EngineStats {
     for key in busy.keys() {
         floors_at_kill.push(retained_from(&store, &key).await);
     }
-    process.kill();
-    let at_kill = busy.stats();
-    wait_for("the writer to notice the crash", || {
-        busy.stats().append_failures > at_kill.append_failures
-    })
-    .await;
-    let acknowledged = busy.stats().persisted_events;
+    let acknowledged = busy.kill_redis(process).await;
 
     // What kill -9 alone left behind.
     let (reader, on_disk) = files_of(process).await;
