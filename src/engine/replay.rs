@@ -13,9 +13,10 @@
 
 use std::collections::VecDeque;
 
-use crate::codec::{self, DecodeError};
+use crate::codec;
 use crate::engine::EventEnvelope;
-use crate::game::{Game, Tick};
+use crate::engine::envelope::{self, ReadError};
+use crate::game::{Game, MatchSetup, Tick};
 use crate::store::{Head, RecordedEvent, Snapshot};
 
 /// Why a log could not be replayed.
@@ -50,17 +51,62 @@ pub enum RestoreError {
         /// The tick inside the envelope.
         envelope_tick: Tick,
     },
-    /// An event or the snapshot state could not be decoded.
-    #[error("cannot decode {what}: {source}")]
-    Decode {
+    /// An event or the snapshot state could not be read (malformed, a
+    /// newer schema version, or an upgrade that failed).
+    #[error("cannot read {what}: {source}")]
+    Read {
         /// "snapshot state" or "event N".
         what: String,
-        /// The codec's reason.
-        source: DecodeError,
+        /// Why.
+        source: ReadError,
     },
+    /// The snapshot's bytes do not hash to the hash stored with them.
+    #[error(
+        "the snapshot at tick {tick} is corrupt: its state hashes to {found:#018x}, {expected:#018x} was stored"
+    )]
+    SnapshotCorrupt {
+        /// The snapshot's tick.
+        tick: Tick,
+        /// The stored hash.
+        expected: u64,
+        /// The hash of the stored bytes.
+        found: u64,
+    },
+    /// Replay reached a checkpoint (a stored snapshot's tick) with a
+    /// different state: the log, the snapshot or the game's determinism is
+    /// broken at or before this tick.
+    #[error(
+        "replay diverged by tick {tick} (sequence {sequence}): state hash {found:#018x}, \
+         the snapshot taken live has {expected:#018x}"
+    )]
+    Diverged {
+        /// The first checked tick whose state differs.
+        tick: Tick,
+        /// The events folded in at that tick (the live snapshot's sequence).
+        sequence: u64,
+        /// The hash the live match had.
+        expected: u64,
+        /// The hash replay arrived at.
+        found: u64,
+    },
+    /// The game refused the stored setup, or its code panicked in replay.
+    #[error("the game failed in replay: {0}")]
+    Game(String),
+}
+
+/// A state hash replay must arrive at: a stored snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    sequence: u64,
+    tick: Tick,
+    hash: u64,
 }
 
 /// Folds events into a state, one at a time, keeping tick order.
+///
+/// Within a tick, events of players' commands come first and are applied
+/// before the tick's step; events the step emitted (no player) follow and
+/// are applied after it, exactly as the match ran.
 #[derive(Debug)]
 pub struct Replayer<'g, G: Game> {
     game: &'g G,
@@ -70,33 +116,71 @@ pub struct Replayer<'g, G: Game> {
     tick: Tick,
     /// The tick of the last applied event (its step may still be owed).
     open_tick: Tick,
+    /// Set right after a step's event: more events of that step may follow.
+    open_step: Option<Tick>,
+    /// A stored snapshot the replay is checked against when it gets there.
+    checkpoint: Option<Checkpoint>,
 }
 
 impl<'g, G: Game> Replayer<'g, G> {
-    /// Starts from the game's initial state at tick 0, sequence 0.
-    pub fn from_start(game: &'g G) -> Self {
-        Self {
+    /// Starts from the state the game's setup builds at tick 0, sequence 0.
+    pub fn from_start(game: &'g G, setup: &MatchSetup<G::Params>) -> Result<Self, RestoreError> {
+        let state = crate::engine::core::guard(|| game.setup(setup))
+            .map_err(RestoreError::Game)?
+            .map_err(|rejection| RestoreError::Game(format!("setup refused: {rejection}")))?;
+        Ok(Self {
             game,
-            state: game.initial_state(),
+            state,
             next_sequence: 0,
             tick: 0,
             open_tick: 0,
-        }
+            open_step: None,
+            checkpoint: None,
+        })
     }
 
-    /// Starts from a snapshot.
+    /// Starts from a snapshot, after checking its bytes against its hash
+    /// and upgrading a state of an older schema version.
     pub fn from_snapshot(game: &'g G, snapshot: &Snapshot) -> Result<Self, RestoreError> {
-        let state = codec::decode(&snapshot.state).map_err(|source| RestoreError::Decode {
-            what: "snapshot state".into(),
-            source,
-        })?;
+        let found = codec::state_hash(&snapshot.state);
+        if found != snapshot.hash {
+            return Err(RestoreError::SnapshotCorrupt {
+                tick: snapshot.tick,
+                expected: snapshot.hash,
+                found,
+            });
+        }
+        let state =
+            envelope::decode_state(game, snapshot.schema, &snapshot.state).map_err(|source| {
+                RestoreError::Read {
+                    what: "snapshot state".into(),
+                    source,
+                }
+            })?;
         Ok(Self {
             game,
             state,
             next_sequence: snapshot.sequence,
             tick: snapshot.tick,
             open_tick: snapshot.tick,
+            open_step: None,
+            checkpoint: None,
         })
+    }
+
+    /// Checks the replay against `snapshot` (one taken live, later than
+    /// where this replay starts): when replay has folded in the snapshot's
+    /// events and run its tick, the state must hash to the snapshot's hash,
+    /// else [`RestoreError::Diverged`]. A snapshot at or before the start
+    /// is ignored.
+    pub fn check_against(&mut self, snapshot: &Snapshot) {
+        if snapshot.tick > self.tick {
+            self.checkpoint = Some(Checkpoint {
+                sequence: snapshot.sequence,
+                tick: snapshot.tick,
+                hash: snapshot.hash,
+            });
+        }
     }
 
     /// The sequence the next event must have.
@@ -120,11 +204,12 @@ impl<'g, G: Game> Replayer<'g, G> {
                 found: record.sequence,
             });
         }
-        let envelope: EventEnvelope<G::Event> =
-            codec::decode(&record.payload).map_err(|source| RestoreError::Decode {
+        let envelope = envelope::decode_event(self.game, &record.payload).map_err(|source| {
+            RestoreError::Read {
                 what: format!("event {}", record.sequence),
                 source,
-            })?;
+            }
+        })?;
         if envelope.sequence != record.sequence || envelope.tick != record.tick {
             return Err(RestoreError::EnvelopeMismatch {
                 sequence: record.sequence,
@@ -132,42 +217,85 @@ impl<'g, G: Game> Replayer<'g, G> {
                 envelope_tick: envelope.tick,
             });
         }
-        // The event belongs to tick `record.tick`, whose step has not run yet.
-        if record.tick <= self.tick {
+        let tick = record.tick;
+        let from_step = envelope.player.is_none();
+        // A command's event belongs before its tick's step; a step's event
+        // after it (and after every command event of that tick).
+        let in_order = tick > self.tick || (from_step && self.open_step == Some(tick));
+        if !in_order {
             return Err(RestoreError::TickOrder {
                 sequence: record.sequence,
-                tick: record.tick,
+                tick,
                 at: self.tick,
             });
         }
-        self.step_until(record.tick - 1);
-        self.game
-            .apply(&mut self.state, record.tick, &envelope.event);
+        self.verify_through(tick - 1)?;
+        self.step_until(if from_step { tick } else { tick - 1 })?;
+        let game = self.game;
+        let state = &mut self.state;
+        crate::engine::core::guard(|| game.apply(state, tick, &envelope.event))
+            .map_err(RestoreError::Game)?;
         self.next_sequence += 1;
-        // `self.tick` stays one below the event's tick, so later events of
-        // the same tick are still accepted; `open_tick` remembers that this
-        // tick's step is still owed.
-        self.open_tick = record.tick;
+        // `open_tick` remembers the tick of the last event: its step may
+        // still be owed (command events leave `self.tick` one below it).
+        self.open_tick = tick;
+        self.open_step = from_step.then_some(tick);
         Ok(envelope)
     }
 
-    fn step_until(&mut self, tick: Tick) {
+    fn step_until(&mut self, tick: Tick) -> Result<(), RestoreError> {
         while self.tick < tick {
-            self.tick += 1;
-            self.game.step(&mut self.state, self.tick);
+            let next = self.tick + 1;
+            let game = self.game;
+            let state = &mut self.state;
+            // The events the step emits are in the log; they are applied from there.
+            crate::engine::core::guard(|| drop(game.step(state, next)))
+                .map_err(RestoreError::Game)?;
+            self.tick = next;
         }
+        Ok(())
+    }
+
+    /// Once every event of the ticks up to `tick` is applied: runs up to
+    /// the checkpoint's tick if it lies there and compares the state hash.
+    fn verify_through(&mut self, tick: Tick) -> Result<(), RestoreError> {
+        let Some(checkpoint) = self.checkpoint else {
+            return Ok(());
+        };
+        if checkpoint.tick > tick {
+            return Ok(());
+        }
+        self.checkpoint = None;
+        self.step_until(checkpoint.tick)?;
+        let found = codec::encode(&self.state)
+            .map(|bytes| codec::state_hash(&bytes))
+            .unwrap_or(0);
+        if found != checkpoint.hash
+            || self.next_sequence != checkpoint.sequence
+            || self.tick != checkpoint.tick
+        {
+            return Err(RestoreError::Diverged {
+                tick: checkpoint.tick,
+                sequence: checkpoint.sequence,
+                expected: checkpoint.hash,
+                found,
+            });
+        }
+        Ok(())
     }
 
     /// Steps up to `head_tick` (or through the last event's tick, if that
-    /// is later) and returns the state, the next sequence and the tick reached.
-    pub fn finish(mut self, head_tick: Tick) -> Replayed<G::State> {
+    /// is later) and returns the state, the next sequence and the tick
+    /// reached, after checking a checkpoint on the way.
+    pub fn finish(mut self, head_tick: Tick) -> Result<Replayed<G::State>, RestoreError> {
         let target = head_tick.max(self.open_tick);
-        self.step_until(target);
-        Replayed {
+        self.verify_through(target)?;
+        self.step_until(target)?;
+        Ok(Replayed {
             state: self.state,
             next_sequence: self.next_sequence,
             tick: self.tick,
-        }
+        })
     }
 }
 
@@ -284,9 +412,21 @@ pub struct TickReplayer<'g, G: Game> {
 }
 
 impl<'g, G: Game> TickReplayer<'g, G> {
-    /// Replays from the game's initial state at tick 0, sequence 0, up to `head`.
-    pub fn from_start(game: &'g G, head: &Head) -> Self {
-        Self::new(Replayer::from_start(game), head)
+    /// Replays from the state the match's setup builds at tick 0,
+    /// sequence 0, up to `head`.
+    pub fn from_start(
+        game: &'g G,
+        setup: &MatchSetup<G::Params>,
+        head: &Head,
+    ) -> Result<Self, RestoreError> {
+        Ok(Self::new(Replayer::from_start(game, setup)?, head))
+    }
+
+    /// Checks the replay against a snapshot taken live (see
+    /// [`Replayer::check_against`]): the tick it was taken on is verified
+    /// right after it runs.
+    pub fn check_against(&mut self, snapshot: &Snapshot) {
+        self.replayer.check_against(snapshot);
     }
 
     /// Replays from `snapshot` up to `head`: the first tick to run is the
@@ -366,7 +506,8 @@ impl<'g, G: Game> TickReplayer<'g, G> {
             let envelope = self.replayer.apply_envelope(&record)?;
             self.tick_events.push(envelope);
         }
-        self.replayer.step_until(next);
+        self.replayer.step_until(next)?;
+        self.replayer.verify_through(next)?;
         Ok(TickStep::Ran(next))
     }
 
