@@ -354,14 +354,14 @@ pub enum TickStep {
 /// use tickforge::arena::{Arena, bot::Bot};
 /// use tickforge::engine::replay::{TickReplayer, TickStep};
 /// use tickforge::engine::{MatchCore, MatchPolicy};
-/// use tickforge::game::PlayerId;
+/// use tickforge::game::{MatchSetup, PlayerId};
 /// use tickforge::store::{Head, MatchKey, MatchStatus};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // A match played for 100 ticks; `log` is what the store would hold.
 /// let arena = Arena::default();
 /// let key = MatchKey::new("arena", "main", "m1")?;
-/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default());
+/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default(), &MatchSetup::default())?;
 /// let mut bots = [Bot::new(PlayerId(1), 1), Bot::new(PlayerId(2), 2)];
 /// let mut log = Vec::new();
 /// for _ in 0..100 {
@@ -376,7 +376,7 @@ pub enum TickStep {
 /// let head = Head { next_sequence: core.next_sequence(), tick: core.tick(), status: MatchStatus::Live };
 ///
 /// // Replayed tick by tick, paging the log in 16 events at a time.
-/// let mut replay = TickReplayer::from_start(&arena, &head);
+/// let mut replay = TickReplayer::from_start(&arena, &MatchSetup::default(), &head)?;
 /// let mut ticks = 0;
 /// loop {
 ///     match replay.step()? {
