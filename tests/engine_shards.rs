@@ -576,7 +576,8 @@ async fn shutdown_flushes_events_and_final_snapshots() {
 
     // A new engine on the same store resumes each match where it stopped.
     let engine = Engine::start(game.clone(), store.clone(), settings, "main");
-    let (restored, failed) = engine.restore_all().await.unwrap();
+    let report = engine.restore_all().await.unwrap();
+    let (restored, failed) = (report.restored, report.failed);
     assert_eq!((restored, failed), (3, vec![]));
     let mut feeds = Vec::new();
     for (m, root) in roots.iter().enumerate() {

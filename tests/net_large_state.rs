@@ -139,7 +139,7 @@ async fn big_states_use_streams_and_deltas_use_datagrams() {
     }));
 
     let session = client
-        .join::<Board>(JoinRequest::open_player("b1", "x"))
+        .join::<Board>(JoinRequest::open_player("b1", &()))
         .await
         .unwrap();
     let mut states = session.states();

@@ -118,6 +118,8 @@ pub struct Replayer<'g, G: Game> {
     open_tick: Tick,
     /// Set right after a step's event: more events of that step may follow.
     open_step: Option<Tick>,
+    /// The sequence replay started at.
+    start_sequence: u64,
     /// A stored snapshot the replay is checked against when it gets there.
     checkpoint: Option<Checkpoint>,
 }
@@ -135,6 +137,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             tick: 0,
             open_tick: 0,
             open_step: None,
+            start_sequence: 0,
             checkpoint: None,
         })
     }
@@ -164,6 +167,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             tick: snapshot.tick,
             open_tick: snapshot.tick,
             open_step: None,
+            start_sequence: snapshot.sequence,
             checkpoint: None,
         })
     }
@@ -295,6 +299,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             state: self.state,
             next_sequence: self.next_sequence,
             tick: self.tick,
+            events_replayed: self.next_sequence - self.start_sequence,
         })
     }
 }
@@ -308,6 +313,9 @@ pub struct Replayed<S> {
     pub next_sequence: u64,
     /// The tick the state is at (its step has run).
     pub tick: Tick,
+    /// How many events were replayed on top of the starting point (the
+    /// snapshot, or the setup).
+    pub events_replayed: u64,
 }
 
 /// What one call to [`TickReplayer::step`] did.
