@@ -7,6 +7,7 @@
 //!   pauses, its commands are refused with Redis's message, the 50 others
 //!   keep ticking with gap-free logs, shutdown completes, the stats count
 //!   one permanent error;
+//! - the same in sync durability: the refused tick is never published;
 //! - permanent, every match: `maxmemory 1` with `noeviction` makes every
 //!   write fail with `OOM`: every match pauses with that reason and stays
 //!   paused after memory is freed (a permanent error never turns into a
@@ -51,11 +52,11 @@ const SHUTDOWN_HANG: Duration = Duration::from_secs(60);
 /// Ticks every healthy match must still gain after the failure.
 const TICKS_AFTER: Tick = 60;
 
-fn settings() -> EngineSettings {
+fn settings(durability: Durability) -> EngineSettings {
     EngineSettings {
         tick_hz: 30,
         shards: 1,
-        durability: Durability::Async,
+        durability,
         policy: MatchPolicy {
             max_pending: 1_024,
             snapshot_every_ticks: 30,
@@ -100,7 +101,17 @@ struct Busy {
 
 impl Busy {
     async fn start(store: RedisStore, edition: &str, count: usize) -> Busy {
-        let engine = Arc::new(Engine::start(Arena::default(), store, settings(), edition));
+        Self::start_with(store, edition, count, Durability::Async).await
+    }
+
+    async fn start_with(
+        store: RedisStore,
+        edition: &str,
+        count: usize,
+        durability: Durability,
+    ) -> Busy {
+        let settings = settings(durability);
+        let engine = Arc::new(Engine::start(Arena::default(), store, settings, edition));
         let counters = Arc::new(AutoplayCounters::default());
         let mut matches = Vec::new();
         let mut bots = JoinSet::new();
@@ -309,6 +320,57 @@ async fn a_wrong_type_key_pauses_its_match_and_no_other() {
         store.head(&busy.matches[victim].key).await,
         Err(StoreError::Corrupt { .. })
     ));
+}
+
+/// Sync durability: the tick the store refused for a match is not
+/// published, so no client sees a state that was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_durability_publishes_no_refused_tick() {
+    let redis = TestRedis::start().await;
+    let store = redis.store().await;
+    let count = 5;
+    let mut busy = Busy::start_with(store.clone(), redis.edition(), count, Durability::Sync).await;
+    let all: Vec<usize> = (0..count).collect();
+    busy.wait_stored(&store, &all, 3).await;
+
+    // Read the stored tick and break the key in one transaction: nothing
+    // of this match is stored after `stored_tick`.
+    let victim = 2;
+    let meta = busy.matches[victim].key.meta_key();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (stored_tick, (), ()): (Tick, (), ()) = redis::pipe()
+        .atomic()
+        .hget(&meta, "tick")
+        .del(&meta)
+        .set(&meta, "not a hash")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    busy.wait_for("the match to pause", |b| b.stats().paused_matches == 1)
+        .await;
+    let reason = rejection(busy.command(victim).await);
+    assert!(reason.contains("WRONGTYPE"), "{reason}");
+    let published = busy.matches[victim].tick();
+    assert!(
+        published <= stored_tick,
+        "tick {published} published, only {stored_tick} stored"
+    );
+    let marks: Vec<Tick> = busy.matches.iter().map(Played::tick).collect();
+    busy.wait_for("the other matches to keep ticking", |b| {
+        (0..count)
+            .filter(|&i| i != victim)
+            .all(|i| b.matches[i].tick() >= marks[i] + TICKS_AFTER)
+    })
+    .await;
+    let stats = busy.shutdown().await;
+    assert_eq!((stats.paused_matches, stats.permanent_errors), (1, 1));
+    for i in (0..count).filter(|&i| i != victim) {
+        assert_log_whole(&store, &busy.matches[i]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,12 @@
 //! - events are only ever removed by [`EventStore::trim`], never at or
 //!   above the stored snapshot's sequence, and reading below what was
 //!   trimmed is a [`StoreError::Trimmed`], never a silent skip.
+//!
+//! Every [`StoreError`] has a [`class`](StoreError::class): transient
+//! ([`StoreError::Unavailable`]: retry later) or permanent (the same call
+//! fails again; [`StoreError::Refused`] carries the store's own message
+//! and a [`Refusal`] kind). [`StoreError::label`] names the cause for
+//! metrics.
 
 use std::future::Future;
 
