@@ -264,7 +264,7 @@ impl<G: Game> Shard<G> {
 
     /// The writer task ended: pauses every match (nothing can be stored),
     /// once, with the reason, and marks the shard in the stats.
-    async fn writer_stopped(&mut self) {
+    async fn on_writer_stopped(&mut self) {
         if self.writer_stopped.is_some() {
             return;
         }
@@ -292,7 +292,7 @@ impl<G: Game> Shard<G> {
         let started = Instant::now();
         self.pause_refused_matches();
         if self.writer.as_ref().is_some_and(mpsc::Sender::is_closed) {
-            self.writer_stopped().await;
+            self.on_writer_stopped().await;
         }
         if let Some(job) = self.backlog.take() {
             // Still no room: the shard's matches stay paused this tick.
@@ -366,7 +366,9 @@ impl<G: Game> Shard<G> {
                 "store writer queue full (in ticks or bytes); pausing this shard's matches until it drains"
             );
             if acked.take().is_some() {
-                // Held back, so not stored: nothing of this tick goes out.
+                // Not reached in sync durability (one job in flight at a
+                // time, so neither bound is ever hit); were it, nothing
+                // unstored goes out, and its ack is not awaited here.
                 publications.clear();
             }
         }
@@ -379,7 +381,7 @@ impl<G: Game> Shard<G> {
                 // The writer stopped: this tick was not stored.
                 Err(_) => {
                     publications.clear();
-                    self.writer_stopped().await;
+                    self.on_writer_stopped().await;
                 }
             }
         }
@@ -434,7 +436,7 @@ impl<G: Game> Shard<G> {
                     "store writer stopped; the writes of this tick are lost"
                 );
                 self.stats.held_bytes.store(0, Relaxed);
-                self.writer_stopped().await;
+                self.on_writer_stopped().await;
                 true
             }
         }

@@ -176,14 +176,14 @@ struct Writer<S: Store> {
 }
 
 impl<S: Store> Writer<S> {
-    /// Stores one job; returns the matches refused by this job.
+    /// Stores one job; returns the matches whose batches it did not store.
     async fn write(&mut self, job: WriteJob) -> Vec<MatchKey> {
-        let mut refused_now: Vec<MatchKey> = Vec::new();
-        let batches: Vec<AppendBatch> = job
+        // A refused match's writes still queued are not stored either.
+        let (skipped, batches): (Vec<AppendBatch>, Vec<AppendBatch>) = job
             .batches
             .into_iter()
-            .filter(|batch| !self.refused.contains(&batch.key))
-            .collect();
+            .partition(|batch| self.refused.contains(&batch.key));
+        let mut refused_now: Vec<MatchKey> = skipped.into_iter().map(|b| b.key).collect();
         if !batches.is_empty() {
             let results = append_each(&self.store, &batches, &self.stats).await;
             for (batch, result) in batches.iter().zip(results) {
