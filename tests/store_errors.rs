@@ -9,9 +9,10 @@
 //!   one permanent error;
 //! - the same in sync durability: the refused tick is never published;
 //! - permanent, every match: `maxmemory 1` with `noeviction` makes every
-//!   write fail with `OOM`: every match pauses with that reason and stays
-//!   paused after memory is freed (a permanent error never turns into a
-//!   silent resume); shutdown completes;
+//!   write fail with `OOM`, an ACL change takes `EVALSHA` from the
+//!   engine's user (`NOPERM`): every match pauses with that reason and
+//!   stays paused after the fault is undone (a permanent error never turns
+//!   into a silent resume); shutdown completes;
 //! - transient: redis-server killed and restarted on the same port and
 //!   directory: the writer retries, nothing pauses and nothing is lost;
 //! - one URL naming a node of a 3-master cluster connects in cluster mode
@@ -373,8 +374,20 @@ async fn sync_durability_publishes_no_refused_tick() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_memory_pauses_every_match_with_the_reason_until_restart() {
+/// Whether the test owns its server (it changes server-wide settings).
+fn own_server() -> bool {
+    let own = !matches!(Mode::from_env(), Mode::Url(_));
+    if !own {
+        eprintln!("changes server settings: needs its own server; skipped");
+    }
+    own
+}
+
+/// Plays 8 matches, runs `fault` on the server, and checks that every
+/// match pauses with a reason naming `code`; after `repair`, they stay
+/// paused (a permanent error never turns into a silent resume), and
+/// shutdown completes.
+async fn every_match_pauses_with(code: &str, fault: redis::Cmd, repair: redis::Cmd) {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let count = 8;
@@ -387,7 +400,34 @@ async fn out_of_memory_pauses_every_match_with_the_reason_until_restart() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let config = |value: &'static str| {
+    let () = fault.query_async(&mut raw).await.unwrap();
+    busy.wait_for("every match to pause", |b| {
+        b.stats().paused_matches == count as u64
+    })
+    .await;
+    for i in 0..count {
+        let reason = rejection(busy.command(i).await);
+        assert!(reason.contains(code), "{reason}");
+    }
+    let () = repair.query_async(&mut raw).await.unwrap();
+    let marks: Vec<Tick> = busy.matches.iter().map(Played::tick).collect();
+    let reason = rejection(busy.command(0).await);
+    assert!(reason.contains(code), "{reason}");
+    let stats = busy.shutdown().await;
+    assert_eq!(stats.paused_matches, count as u64, "{stats:?}");
+    assert!(stats.permanent_errors >= count as u64, "{stats:?}");
+    for (played, mark) in busy.matches.iter().zip(marks) {
+        assert_eq!(played.tick(), mark, "{}: ticked while paused", played.key);
+    }
+}
+
+/// `maxmemory 1` with `noeviction`: every write is refused with `OOM`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_pauses_every_match_with_the_reason() {
+    if !own_server() {
+        return;
+    }
+    let config = |value: &str| {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("SET")
             .arg("maxmemory-policy")
@@ -396,26 +436,22 @@ async fn out_of_memory_pauses_every_match_with_the_reason_until_restart() {
             .arg(value);
         cmd
     };
-    let () = config("1").query_async(&mut raw).await.unwrap();
-    busy.wait_for("every match to pause", |b| {
-        b.stats().paused_matches == count as u64
-    })
-    .await;
-    for i in 0..count {
-        let reason = rejection(busy.command(i).await);
-        assert!(reason.contains("OOM"), "{reason}");
+    every_match_pauses_with("OOM", config("1"), config("0")).await;
+}
+
+/// The engine's user loses EVALSHA (an ACL change): every script call is
+/// refused with `NOPERM`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_evalsha_pauses_every_match_with_the_reason() {
+    if !own_server() {
+        return;
     }
-    // Memory is back: a permanent error is no silent resume.
-    let () = config("0").query_async(&mut raw).await.unwrap();
-    let marks: Vec<Tick> = busy.matches.iter().map(Played::tick).collect();
-    let reason = rejection(busy.command(0).await);
-    assert!(reason.contains("OOM"), "{reason}");
-    let stats = busy.shutdown().await;
-    assert_eq!(stats.paused_matches, count as u64, "{stats:?}");
-    assert!(stats.permanent_errors >= count as u64, "{stats:?}");
-    for (played, mark) in busy.matches.iter().zip(marks) {
-        assert_eq!(played.tick(), mark, "{}: ticked while paused", played.key);
-    }
+    let acl = |rule: &str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default").arg(rule);
+        cmd
+    };
+    every_match_pauses_with("NOPERM", acl("-evalsha"), acl("+evalsha")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
