@@ -194,6 +194,7 @@ struct RawEngine {
     shard_queue: Option<usize>,
     match_queue: Option<usize>,
     write_queue_ticks: Option<usize>,
+    write_queue_bytes: Option<u64>,
     durability: Option<String>,
     edition: Option<String>,
     trim_events_below_snapshot: Option<bool>,
@@ -312,6 +313,17 @@ impl Config {
             e.write_queue_ticks,
             defaults.write_queue_ticks,
         )?;
+        let write_queue_bytes = match e.write_queue_bytes {
+            Some(0) => {
+                return Err(invalid(
+                    "engine.write_queue_bytes",
+                    &0,
+                    "must be at least 1 (bytes of writes a shard may queue)",
+                ));
+            }
+            Some(n) => n,
+            None => defaults.write_queue_bytes,
+        };
         let durability = match e.durability.as_deref() {
             None => defaults.durability,
             Some("async") => Durability::Async,
@@ -369,6 +381,7 @@ impl Config {
                 shards,
                 shard_queue,
                 write_queue_ticks,
+                write_queue_bytes,
                 policy: MatchPolicy {
                     max_pending,
                     snapshot_every_ticks,

@@ -112,6 +112,10 @@ fn out_of_range_values_are_invalid_with_their_key() {
         ),
         ("[engine]\nmatch_queue = 0\n", "engine.match_queue"),
         (
+            "[engine]\nwrite_queue_bytes = 0\n",
+            "engine.write_queue_bytes",
+        ),
+        (
             "[engine]\ndurability = \"eventually\"\n",
             "engine.durability",
         ),
@@ -129,6 +133,16 @@ fn out_of_range_values_are_invalid_with_their_key() {
         );
         assert!(err.to_string().contains("tickforge.toml"), "{err}");
     }
+}
+
+#[test]
+fn the_write_queue_is_bounded_in_bytes_as_configured() {
+    let (_dir, path) = config_file("[engine]\nwrite_queue_bytes = 1048576\n");
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.engine.write_queue_bytes, 1024 * 1024);
+    let (_dir, path) = config_file("[engine]\nwrite_queue_bytes = -1\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(err.to_string().contains("write_queue_bytes"), "{err}");
 }
 
 #[test]
@@ -165,6 +179,7 @@ fn the_shipped_config_file_loads_and_equals_the_built_in_defaults() {
     assert_eq!(from_file.storage, StorageConfig::Memory);
     assert_eq!(from_file.edition, "main");
     assert_eq!(from_file.engine.tick_hz, 30);
+    assert_eq!(from_file.engine.write_queue_bytes, 256 * 1024 * 1024);
     // An empty file means every default.
     let (_dir, empty) = config_file("");
     assert_eq!(

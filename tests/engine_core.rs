@@ -268,7 +268,7 @@ proptest! {
             store.create(&key, &[]).await.unwrap();
             let mut saved = 0;
             for (index, batch) in run.batches.iter().enumerate() {
-                let results = store.append(vec![batch.clone()]).await.unwrap();
+                let results = store.append(std::slice::from_ref(batch)).await.unwrap();
                 let head = results.into_iter().next().unwrap().unwrap();
                 assert_eq!(head.next_sequence, batch.next_sequence());
                 assert_eq!(head.tick, batch.head_tick);

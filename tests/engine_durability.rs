@@ -3,9 +3,14 @@
 //! buffer pauses matches with a reason and they resume; sync durability
 //! publishes no state before the store acknowledged it.
 //!
+//! The write buffer is bounded in ticks and in bytes. A writer task that
+//! dies (a store that panics) pauses every match with the reason, never
+//! passes for success.
+//!
 //! The store is the memory store behind a switch (down: every write is
-//! `Unavailable`) and a gate (closed: appends wait). Tokio's clock is
-//! paused; tests await updates and replies, never sleep.
+//! `Unavailable`), a gate (closed: appends wait) and a fault (appends
+//! panic). Tokio's clock is paused; tests await updates and replies, never
+//! sleep.
 
 mod engine_support;
 
@@ -35,6 +40,8 @@ struct FlakyStore {
     data: Arc<Mutex<MemoryStore>>,
     down: Arc<AtomicBool>,
     gate: Arc<watch::Sender<bool>>,
+    /// Appends panic (a bug in a store): the writer task dies.
+    panics: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -43,6 +50,7 @@ impl FlakyStore {
             data: Arc::new(Mutex::new(MemoryStore::new())),
             down: Arc::new(AtomicBool::new(false)),
             gate: Arc::new(watch::channel(true).0),
+            panics: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -68,7 +76,7 @@ impl FlakyStore {
                 events,
             };
             fresh
-                .append(vec![batch])
+                .append(&[batch])
                 .await
                 .unwrap()
                 .pop()
@@ -97,10 +105,14 @@ impl FlakyStore {
 impl EventStore for FlakyStore {
     async fn append(
         &self,
-        batches: Vec<AppendBatch>,
+        batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut open = self.gate.subscribe();
         let _ = open.wait_for(|open| *open).await;
+        assert!(
+            !self.panics.load(SeqCst),
+            "a store bug (injected by the test)"
+        );
         self.check()?;
         self.inner().append(batches).await
     }
@@ -398,6 +410,119 @@ async fn a_full_write_buffer_pauses_matches_until_the_store_returns() {
     let last = feed.updates.borrow().clone().unwrap();
     assert_eq!(last.next_sequence, 2 + accepted_while_down as u64);
     assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// The write buffer is bounded in bytes too: with room for 1,800 ticks
+/// but only 300 bytes, an outage pauses the match after a few ticks of
+/// events; the held bytes show in the stats; the match resumes when the
+/// store returns, with no gap.
+#[tokio::test(start_paused = true)]
+async fn a_write_buffer_full_in_bytes_pauses_matches_until_the_store_returns() {
+    let settings = EngineSettings {
+        write_queue_bytes: 300,
+        ..settings(Durability::Async, 1800)
+    };
+    let (engine, store, mut feed, _) = start(settings).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let join = ArenaCommand::Join { name: "ada".into() };
+    let mut events = Events::new();
+    assert!(matches!(
+        send_and_wait(&engine, join, &tx, &mut rx).await,
+        CommandOutcome::Accepted { .. }
+    ));
+    store.set_down(true);
+    let mut accepted_while_down = 0;
+    let refusal = loop {
+        let turn = ArenaCommand::Turn(Dir::ALL[accepted_while_down % 4]);
+        match send_and_wait(&engine, turn, &tx, &mut rx).await {
+            CommandOutcome::Accepted { .. } => accepted_while_down += 1,
+            CommandOutcome::Rejected(rejection) => break rejection,
+        }
+        assert!(accepted_while_down < 100, "the match never paused");
+        drain_events(&mut feed, &mut events);
+    };
+    assert_eq!(
+        refusal.reason,
+        "match paused: the store is unavailable and the write buffer is full"
+    );
+    let stats = engine.stats();
+    assert!(stats.backlog_bytes > 0, "{stats:?}");
+    // Far below the 1,800 ticks the queue has room for.
+    assert!(stats.backlog_jobs < 100, "{stats:?}");
+    let frozen = feed.updates.borrow().clone().unwrap();
+
+    store.set_down(false);
+    let mut tries = 0;
+    let first_sequence = loop {
+        tokio::time::advance(Duration::from_secs(1) / 30).await;
+        let outcome = send_and_wait(&engine, ArenaCommand::Turn(Dir::North), &tx, &mut rx).await;
+        if let CommandOutcome::Accepted { first_sequence, .. } = outcome {
+            break first_sequence;
+        }
+        assert_eq!(outcome, CommandOutcome::Rejected(refusal.clone()));
+        tries += 1;
+        assert!(tries < 300, "the match never resumed");
+    };
+    assert_eq!(first_sequence, frozen.next_sequence);
+    engine.shutdown().await;
+    drain_events(&mut feed, &mut events);
+    assert_eq!(engine.stats().backlog_bytes, 0, "everything written");
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// A writer task that dies (the store panicked) is an error: in sync
+/// durability the tick it was writing is not published, every match
+/// pauses with the reason, the stats count a dead writer, and shutdown
+/// still completes.
+#[tokio::test(start_paused = true)]
+async fn a_dead_writer_pauses_every_match() {
+    let (engine, store, mut feed, _) = start(settings(Durability::Sync, 1800)).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let join = ArenaCommand::Join { name: "ada".into() };
+    assert!(matches!(
+        send_and_wait(&engine, join, &tx, &mut rx).await,
+        CommandOutcome::Accepted { .. }
+    ));
+    let before = update_at(&mut feed, 2).await;
+
+    store.panics.store(true, SeqCst);
+    // The next tick's append panics; commands of the ticks before it run.
+    let mut accepted = 0;
+    let refusal = loop {
+        match send_and_wait(&engine, ArenaCommand::Turn(Dir::North), &tx, &mut rx).await {
+            CommandOutcome::Accepted { .. } => accepted += 1,
+            CommandOutcome::Rejected(rejection) => break rejection,
+        }
+        assert!(
+            accepted < 10,
+            "a match of a shard without writer kept taking commands"
+        );
+    };
+    assert!(
+        refusal.reason.contains("match paused") && refusal.reason.contains("panicked"),
+        "{}",
+        refusal.reason
+    );
+    // Nothing after the last stored tick went out.
+    let published = feed.updates.borrow().clone().unwrap();
+    let head = store.inner().head(&key()).await.unwrap().unwrap();
+    assert!(published.tick >= before.tick);
+    assert!(
+        published.tick <= head.tick,
+        "tick {} published but only {} stored",
+        published.tick,
+        head.tick
+    );
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.dead_writers, stats.paused_matches),
+        (1, 1),
+        "{stats:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(60), engine.shutdown())
+        .await
+        .expect("shutdown completes without a writer");
 }
 
 /// Sync durability: no state goes out before the store acknowledged the

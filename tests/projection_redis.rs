@@ -44,7 +44,7 @@ async fn play_into_store(
         let _ = core.run_tick(&arena);
         if let Some(batch) = core.poll_batch() {
             all.extend(batch.events.iter().cloned());
-            let results = store.append(vec![batch]).await.expect("append");
+            let results = store.append(&[batch]).await.expect("append");
             results.into_iter().for_each(|r| {
                 r.expect("batch accepted");
             });

@@ -449,7 +449,7 @@ async fn redis_follower_reports_a_lost_server() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let batch = storage_suite::batch(&key, 1, all[1..].to_vec(), 2);
-        match store.append(vec![batch]).await {
+        match store.append(&[batch]).await {
             Ok(results) => {
                 assert!(results[0].is_ok(), "{results:?}");
                 break;
@@ -607,7 +607,7 @@ async fn append_probe() {
         let started = Instant::now();
         for batches in prepared {
             let call = Instant::now();
-            let results = store.append(batches).await.unwrap();
+            let results = store.append(&batches).await.unwrap();
             latencies.record(call.elapsed().as_micros() as u64).unwrap();
             assert!(results.iter().all(Result::is_ok));
         }

@@ -330,7 +330,7 @@ async fn run_size(
             let took = match client {
                 0 => {
                     let call = Instant::now();
-                    let results = store.append(batches).await.context("RedisStore::append")?;
+                    let results = store.append(&batches).await.context("RedisStore::append")?;
                     let took = call.elapsed();
                     if let Some(error) = results.into_iter().find_map(Result::err) {
                         bail!("RedisStore refused a benchmark batch: {error}");

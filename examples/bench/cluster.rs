@@ -383,7 +383,7 @@ async fn writer(
         let events = round_events(round, k)?;
         let batches = batches(&keys, &events, round, k);
         let call = Instant::now();
-        let results = store.append(batches).await.context("RedisStore::append")?;
+        let results = store.append(&batches).await.context("RedisStore::append")?;
         let took = call.elapsed();
         if let Some(error) = results.into_iter().find_map(Result::err) {
             bail!("RedisStore refused a benchmark batch: {error}");

@@ -311,11 +311,7 @@ async fn flush(store: &RedisStore, pending: &mut Option<AppendBatch>) -> anyhow:
     let Some(batch) = pending.take() else {
         return Ok(());
     };
-    for result in store
-        .append(vec![batch])
-        .await
-        .context("appending the log")?
-    {
+    for result in store.append(&[batch]).await.context("appending the log")? {
         result.context("the store refused the log")?;
     }
     Ok(())

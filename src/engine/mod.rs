@@ -86,6 +86,11 @@ pub struct EngineSettings {
     /// Ticks of writes a shard may have queued for the store before its
     /// matches pause (the outage buffer).
     pub write_queue_ticks: usize,
+    /// Encoded bytes (events and snapshot states) a shard may have queued
+    /// for the store before its matches pause, whichever of this and
+    /// `write_queue_ticks` comes first. One job larger than this still
+    /// goes out when nothing else is queued.
+    pub write_queue_bytes: u64,
     /// Per-match limits and snapshot policy.
     pub policy: MatchPolicy,
     /// Sync or async persistence.
@@ -101,6 +106,7 @@ impl Default for EngineSettings {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_queue: 65_536,
             write_queue_ticks: 1_800,
+            write_queue_bytes: 256 * 1024 * 1024,
             policy: MatchPolicy::default(),
             durability: Durability::Async,
             retention: EventRetention::Full,
@@ -255,7 +261,9 @@ impl<G: Game, S: Store> Engine<G, S> {
             let stats = Arc::new(ShardStats::default());
             let (inbox_tx, inbox_rx) = mpsc::channel(settings.shard_queue.max(1));
             let (jobs_tx, jobs_rx) = mpsc::channel(settings.write_queue_ticks.max(1));
-            let (failures_tx, failures_rx) = mpsc::channel(1024);
+            // Unbounded, yet at most one failure per match: the writer
+            // never waits on a shard that may be waiting for its ack.
+            let (failures_tx, failures_rx) = mpsc::unbounded_channel();
             let writer_task = tokio::spawn(writer::run_writer(
                 store.clone(),
                 jobs_rx,
@@ -557,6 +565,7 @@ impl<G: Game, S: Store> Engine<G, S> {
                     let stats = self.stats();
                     tracing::warn!(
                         backlog_jobs = stats.backlog_jobs,
+                        backlog_bytes = stats.backlog_bytes,
                         append_failures = stats.append_failures,
                         persisted_events = stats.persisted_events,
                         "still flushing writes to the store"

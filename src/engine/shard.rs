@@ -7,6 +7,13 @@
 //! sync durability). Pacing comes from [`TickSchedule`]: no drift, late
 //! ticks caught up and counted. A full queue anywhere rejects work; it
 //! never blocks the tick.
+//!
+//! The writer queue is bounded in jobs (`write_queue_ticks`) and in
+//! encoded bytes (`write_queue_bytes`): past either bound the shard keeps
+//! the tick's job as backlog and its matches pause until there is room.
+//! A writer task that stopped (it panicked) is an error, never success:
+//! every match of the shard pauses with the reason, and it is logged and
+//! counted (`dead_writers`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,6 +69,7 @@ struct Hosted<G: Game> {
 
 /// Publications held back until the tick's writes are acknowledged.
 struct Publication<G: Game> {
+    root: Arc<str>,
     updates: UpdateSender<G::State>,
     update: Option<Arc<MatchUpdate<G::State>>>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
@@ -85,8 +93,11 @@ pub(crate) struct Shard<G: Game> {
     settings: EngineSettings,
     inbox: mpsc::Receiver<ShardMsg<G>>,
     writer: Option<mpsc::Sender<WriteJob>>,
-    writer_task: JoinHandle<()>,
-    failures: mpsc::Receiver<WriteFailure>,
+    /// Taken when the writer is awaited (it stopped, or at shutdown).
+    writer_task: Option<JoinHandle<()>>,
+    /// Why nothing can be stored any more, once the writer stopped.
+    writer_stopped: Option<String>,
+    failures: mpsc::UnboundedReceiver<WriteFailure>,
     stats: Arc<ShardStats>,
     routes: Arc<DashMap<Arc<str>, Route<G>>>,
     matches: HashMap<Arc<str>, Hosted<G>>,
@@ -104,7 +115,7 @@ impl<G: Game> Shard<G> {
         inbox: mpsc::Receiver<ShardMsg<G>>,
         writer: mpsc::Sender<WriteJob>,
         writer_task: JoinHandle<()>,
-        failures: mpsc::Receiver<WriteFailure>,
+        failures: mpsc::UnboundedReceiver<WriteFailure>,
         stats: Arc<ShardStats>,
         routes: Arc<DashMap<Arc<str>, Route<G>>>,
     ) -> Self {
@@ -113,7 +124,8 @@ impl<G: Game> Shard<G> {
             settings,
             inbox,
             writer: Some(writer),
-            writer_task,
+            writer_task: Some(writer_task),
+            writer_stopped: None,
             failures,
             stats,
             routes,
@@ -181,13 +193,18 @@ impl<G: Game> Shard<G> {
             } => {
                 let root: Arc<str> = core.key().root().into();
                 self.setups.push((core.key().clone(), core.setup().clone()));
+                // Nothing of a match can be stored once the writer stopped.
+                let paused = self.writer_stopped.clone();
+                if paused.is_some() {
+                    self.stats.paused_matches.fetch_add(1, Relaxed);
+                }
                 self.matches.insert(
                     root,
                     Hosted {
                         core: *core,
                         updates,
                         events,
-                        paused: None,
+                        paused,
                     },
                 );
             }
@@ -245,22 +262,49 @@ impl<G: Game> Shard<G> {
     fn pause_refused_matches(&mut self) {
         while let Ok(WriteFailure { key, error }) = self.failures.try_recv() {
             let root: Arc<str> = key.root().into();
-            if let Some(hosted) = self.matches.get_mut(&root)
-                && hosted.paused.is_none()
-            {
-                let reason = format!("its log could not be stored: {error}");
-                // Queued commands will never run now: answer them.
-                let refusal = Rejection::new(format!("match paused: {reason}"));
-                reject_pending(&mut hosted.core, &root, &refusal, &self.stats);
-                hosted.paused = Some(reason);
-                self.stats.paused_matches.fetch_add(1, Relaxed);
+            if let Some(hosted) = self.matches.get_mut(&root) {
+                pause(
+                    hosted,
+                    &root,
+                    format!("its log could not be stored: {error}"),
+                    &self.stats,
+                );
             }
         }
+    }
+
+    /// The writer task ended: pauses every match (nothing can be stored),
+    /// once, with the reason, and marks the shard in the stats.
+    async fn on_writer_stopped(&mut self) {
+        if self.writer_stopped.is_some() {
+            return;
+        }
+        // The queue closes as the task's future is dropped: it is ending.
+        let how = match self.writer_task.take() {
+            Some(task) => match task.await {
+                Ok(()) => "stopped".to_owned(),
+                Err(error) if error.is_panic() => {
+                    format!("panicked: {}", panic_message(error.into_panic()))
+                }
+                Err(error) => format!("was cancelled: {error}"),
+            },
+            None => "stopped".to_owned(),
+        };
+        let reason = format!("the store writer of its shard {how}; nothing can be stored");
+        tracing::error!(matches = self.matches.len(), %reason, "pausing every match of the shard");
+        self.stats.writer_stopped.store(1, Relaxed);
+        for (root, hosted) in &mut self.matches {
+            pause(hosted, root, reason.clone(), &self.stats);
+        }
+        self.writer_stopped = Some(reason);
     }
 
     async fn run_tick(&mut self) {
         let started = Instant::now();
         self.pause_refused_matches();
+        if self.writer.as_ref().is_some_and(mpsc::Sender::is_closed) {
+            self.on_writer_stopped().await;
+        }
         if let Some(job) = self.backlog.take() {
             // Still no room: the shard's matches stay paused this tick.
             if !self.dispatch(job).await {
@@ -297,6 +341,7 @@ impl<G: Game> Shard<G> {
                 }
                 job.failed.push((hosted.core.key().clone(), reason.clone()));
                 publications.push(Publication::<G> {
+                    root: root.clone(),
                     updates: hosted.updates.clone(),
                     update: Some(failed_update(&hosted.updates, hosted.core.state(), &reason)),
                     events: hosted.events.clone(),
@@ -335,6 +380,7 @@ impl<G: Game> Shard<G> {
                 })
             });
             publications.push(Publication::<G> {
+                root: root.clone(),
                 updates: hosted.updates.clone(),
                 update,
                 events: hosted.events.clone(),
@@ -345,7 +391,7 @@ impl<G: Game> Shard<G> {
         self.stats.events.fetch_add(events, Relaxed);
         self.stats.rejected.fetch_add(rejected, Relaxed);
 
-        let acked = match self.settings.durability {
+        let mut acked = match self.settings.durability {
             Durability::Sync if !job.is_empty() => {
                 let (tx, rx) = oneshot::channel();
                 job.ack = Some(tx);
@@ -353,12 +399,30 @@ impl<G: Game> Shard<G> {
             }
             _ => None,
         };
+        job.seal();
         if !job.is_empty() && !self.dispatch(job).await {
-            tracing::warn!("store writer queue full; pausing this shard's matches until it drains");
+            tracing::warn!(
+                "store writer queue full (in ticks or bytes); pausing this shard's matches until it drains"
+            );
+            if acked.take().is_some() {
+                // Not reached in sync durability (one job in flight at a
+                // time, so neither bound is ever hit); were it, nothing
+                // unstored goes out, and its ack is not awaited here.
+                publications.clear();
+            }
         }
         if let Some(acked) = acked {
-            // The writer only drops the sender if it stopped; publish anyway then.
-            let _ = acked.await;
+            match acked.await {
+                // Refused matches pause next tick; their state was not stored.
+                Ok(refused) => {
+                    publications.retain(|p| !refused.iter().any(|key| key.root() == &*p.root))
+                }
+                // The writer stopped: this tick was not stored.
+                Err(_) => {
+                    publications.clear();
+                    self.on_writer_stopped().await;
+                }
+            }
         }
         for publication in publications {
             publication.publish();
@@ -372,23 +436,55 @@ impl<G: Game> Shard<G> {
         self.stats.record_tick(started.elapsed());
     }
 
-    /// Hands a job to the writer without waiting for room. Returns false
-    /// (keeping the job as backlog) when the writer queue is full.
+    /// Hands a (sealed) job to the writer without waiting for room.
+    /// Returns false, keeping the job as backlog, when the writer queue is
+    /// full in jobs or would pass `write_queue_bytes` (a job goes out
+    /// whatever its size when nothing is queued). A stopped writer pauses
+    /// every match (the job is lost, and logged).
     async fn dispatch(&mut self, job: WriteJob) -> bool {
         let Some(writer) = &self.writer else {
             return true;
         };
+        if self.writer_stopped.is_some() {
+            return true;
+        }
+        let queued = &self.stats.queued_bytes;
+        let before = queued.load(Relaxed);
+        if before > 0 && before.saturating_add(job.bytes) > self.settings.write_queue_bytes {
+            self.hold(job);
+            return false;
+        }
+        // Counted before the writer can finish it (and subtract).
+        queued.fetch_add(job.bytes, Relaxed);
         match writer.try_send(job) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.stats.held_bytes.store(0, Relaxed);
+                true
+            }
             Err(mpsc::error::TrySendError::Full(job)) => {
-                self.backlog = Some(job);
+                queued.fetch_sub(job.bytes, Relaxed);
+                self.hold(job);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("store writer stopped; writes of this tick are lost");
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                queued.fetch_sub(job.bytes, Relaxed);
+                let events: usize = job.batches.iter().map(|b| b.events.len()).sum();
+                tracing::error!(
+                    tick = job.tick,
+                    events,
+                    "store writer stopped; the writes of this tick are lost"
+                );
+                self.stats.held_bytes.store(0, Relaxed);
+                self.on_writer_stopped().await;
                 true
             }
         }
+    }
+
+    /// Keeps `job` until the writer has room; the shard's matches pause.
+    fn hold(&mut self, job: WriteJob) {
+        self.stats.held_bytes.store(job.bytes, Relaxed);
+        self.backlog = Some(job);
     }
 
     /// Final snapshot of every match, flush everything, stop the writer.
@@ -438,18 +534,55 @@ impl<G: Game> Shard<G> {
                     }
                 }
             }
+            final_job.seal();
             // Waiting for room is right here: nothing ticks any more.
-            if let Some(backlog) = self.backlog.take() {
-                let _ = writer.send(backlog).await;
+            let jobs = self.backlog.take().into_iter().chain([final_job]);
+            for job in jobs {
+                if self.writer_stopped.is_some() {
+                    break;
+                }
+                self.stats.queued_bytes.fetch_add(job.bytes, Relaxed);
+                if let Err(mpsc::error::SendError(job)) = writer.send(job).await {
+                    self.stats.queued_bytes.fetch_sub(job.bytes, Relaxed);
+                    tracing::error!(
+                        tick = job.tick,
+                        "store writer stopped; the final writes are lost"
+                    );
+                    break;
+                }
             }
-            let _ = writer.send(final_job).await;
+            self.stats.held_bytes.store(0, Relaxed);
         }
-        if let Err(error) = (&mut self.writer_task).await {
+        if let Some(task) = self.writer_task.take()
+            && let Err(error) = task.await
+        {
             tracing::error!(%error, "store writer task failed");
         }
         if let Some(done) = done {
             let _ = done.send(());
         }
+    }
+}
+
+/// Pauses a match for good (unless it is already): its queued commands
+/// are answered with the reason, later ones refused with it.
+fn pause<G: Game>(hosted: &mut Hosted<G>, root: &Arc<str>, reason: String, stats: &ShardStats) {
+    if hosted.paused.is_some() {
+        return;
+    }
+    let refusal = Rejection::new(format!("match paused: {reason}"));
+    reject_pending(&mut hosted.core, root, &refusal, stats);
+    hosted.paused = Some(reason);
+    stats.paused_matches.fetch_add(1, Relaxed);
+}
+
+/// The text of a panic payload, when it is one.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |text| (*text).to_owned()),
     }
 }
 

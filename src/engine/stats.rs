@@ -25,6 +25,15 @@ pub struct ShardStats {
     pub(crate) backlog_jobs: AtomicU64,
     pub(crate) repaired_events: AtomicU64,
     pub(crate) trimmed_events: AtomicU64,
+    /// Store writes refused for good (per match append, snapshot, end mark).
+    pub(crate) permanent_errors: AtomicU64,
+    /// Encoded bytes of the jobs handed to the writer and not yet stored.
+    pub(crate) queued_bytes: AtomicU64,
+    /// Encoded bytes of the job the shard holds back (no room in the queue).
+    pub(crate) held_bytes: AtomicU64,
+    /// 1 once the shard's writer task stopped (it panicked): nothing more
+    /// is stored and every match of the shard is paused.
+    pub(crate) writer_stopped: AtomicU64,
     /// Tick durations in microseconds.
     tick_micros: Mutex<Histogram<u64>>,
     /// Store append round trips in microseconds.
@@ -62,6 +71,10 @@ impl Default for ShardStats {
             backlog_jobs: AtomicU64::new(0),
             repaired_events: AtomicU64::new(0),
             trimmed_events: AtomicU64::new(0),
+            permanent_errors: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            held_bytes: AtomicU64::new(0),
+            writer_stopped: AtomicU64::new(0),
             tick_micros: Mutex::new(histogram()),
             append_micros: Mutex::new(histogram()),
         }
@@ -97,10 +110,17 @@ pub struct EngineStats {
     pub dropped: u64,
     /// Events applied.
     pub events: u64,
-    /// Matches paused because their writes could not be stored.
+    /// Matches paused because their writes could not be stored (refused
+    /// for good, or their shard's writer stopped); they stay paused.
     pub paused_matches: u64,
     /// Matches ended because their game code failed (a panic).
     pub failed_matches: u64,
+    /// Store writes refused for good ([`ErrorClass::Permanent`](crate::store::ErrorClass)):
+    /// per match append, snapshot or end mark.
+    pub permanent_errors: u64,
+    /// Shards whose store writer stopped (panicked): their matches are
+    /// paused and nothing of theirs is stored any more. Not ready.
+    pub dead_writers: u64,
     /// Store append calls that succeeded.
     pub appends: u64,
     /// Events the store acknowledged.
@@ -109,6 +129,9 @@ pub struct EngineStats {
     pub append_failures: u64,
     /// Write jobs waiting for the store.
     pub backlog_jobs: u64,
+    /// Encoded bytes (events and snapshot states) waiting for the store,
+    /// bounded per shard by `write_queue_bytes`.
+    pub backlog_bytes: u64,
     /// Events re-appended because the store had lost them.
     pub repaired_events: u64,
     /// Events removed from the store below snapshots
@@ -133,10 +156,13 @@ impl EngineStats {
             events: 0,
             paused_matches: 0,
             failed_matches: 0,
+            permanent_errors: 0,
+            dead_writers: 0,
             appends: 0,
             persisted_events: 0,
             append_failures: 0,
             backlog_jobs: 0,
+            backlog_bytes: 0,
             repaired_events: 0,
             trimmed_events: 0,
             tick_micros: histogram(),
@@ -153,10 +179,13 @@ impl EngineStats {
             total.events += s.events.load(Relaxed);
             total.paused_matches += s.paused_matches.load(Relaxed);
             total.failed_matches += s.failed_matches.load(Relaxed);
+            total.permanent_errors += s.permanent_errors.load(Relaxed);
+            total.dead_writers += s.writer_stopped.load(Relaxed);
             total.appends += s.appends.load(Relaxed);
             total.persisted_events += s.persisted_events.load(Relaxed);
             total.append_failures += s.append_failures.load(Relaxed);
             total.backlog_jobs += s.backlog_jobs.load(Relaxed);
+            total.backlog_bytes += s.queued_bytes.load(Relaxed) + s.held_bytes.load(Relaxed);
             total.repaired_events += s.repaired_events.load(Relaxed);
             total.trimmed_events += s.trimmed_events.load(Relaxed);
             for (into, from) in [

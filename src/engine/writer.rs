@@ -3,10 +3,18 @@
 //! A shard hands each tick's writes over as one [`WriteJob`]: every match's
 //! append batch, the snapshots that fell due, the matches that ended. The
 //! writer sends the batches in one `append` call, retries with exponential
-//! backoff while the store is unavailable (jobs queue up behind it, bounded
-//! by the channel), then stores snapshots and end marks. A batch the store
-//! refuses for good (a conflict) is reported back so the shard pauses that
-//! match instead of forking or dropping its log.
+//! backoff while the error is transient (jobs queue up behind it, bounded
+//! in jobs by the channel and in bytes by the shard), then stores snapshots
+//! and end marks.
+//!
+//! **Permanent errors** ([`StoreError::class`]): a batch the store refuses
+//! for good (a conflict, a script error, out of memory, …) is reported back
+//! once so the shard pauses that match, with the store's message, instead
+//! of forking or dropping its log; the match's writes still queued are
+//! dropped unsent, and the other matches go on. When a whole call of
+//! several matches fails for good, its batches are sent one by one to find
+//! the matches concerned. A snapshot or end mark refused for good is logged
+//! and given up. Every such refusal counts in `permanent_errors`.
 //!
 //! **Repair.** Redis with `appendfsync everysec` can come back from a crash
 //! holding less than it acknowledged. The writer keeps every match's
@@ -21,7 +29,7 @@
 //! older prefix of its writes (everysec) holds the older trim with it, so
 //! repair still finds every event it needs from the stored head on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -50,8 +58,13 @@ pub(crate) struct WriteJob {
     pub failed: Vec<(MatchKey, String)>,
     /// Encoded setups of matches hosted since the last job (kept for repair).
     pub setups: Vec<(MatchKey, Arc<[u8]>)>,
-    /// Fired once the job is stored (sync durability, shutdown).
-    pub ack: Option<oneshot::Sender<()>>,
+    /// The encoded bytes this job holds ([`WriteJob::seal`]): counted in
+    /// [`ShardStats::queued_bytes`] while the writer has it.
+    pub bytes: u64,
+    /// Fired once the job is handled (sync durability, shutdown), with the
+    /// matches whose writes the store refused. Dropped unfired only if the
+    /// writer stopped.
+    pub ack: Option<oneshot::Sender<Vec<MatchKey>>>,
 }
 
 impl WriteJob {
@@ -61,6 +74,19 @@ impl WriteJob {
             && self.finished.is_empty()
             && self.failed.is_empty()
             && self.ack.is_none()
+    }
+
+    /// Counts the job's encoded bytes (event payloads and snapshot states)
+    /// into [`WriteJob::bytes`]; call once, when the job is complete.
+    pub(crate) fn seal(&mut self) {
+        let events: usize = self
+            .batches
+            .iter()
+            .flat_map(|batch| &batch.events)
+            .map(|event| event.payload.len())
+            .sum();
+        let states: usize = self.snapshots.iter().map(|(_, s)| s.state.len()).sum();
+        self.bytes = (events + states) as u64;
     }
 }
 
@@ -119,45 +145,80 @@ impl RetainedLog {
 pub(crate) async fn run_writer<S: Store>(
     store: S,
     mut jobs: mpsc::Receiver<WriteJob>,
-    failures: mpsc::Sender<WriteFailure>,
+    failures: mpsc::UnboundedSender<WriteFailure>,
     stats: Arc<ShardStats>,
     retention: EventRetention,
 ) {
-    let mut retained: HashMap<MatchKey, RetainedLog> = HashMap::new();
-    while let Some(job) = jobs.recv().await {
-        stats.backlog_jobs.store(jobs.len() as u64, Relaxed);
-        for (key, setup) in &job.setups {
-            retained.entry(key.clone()).or_default().setup = setup.clone();
+    let mut writer = Writer {
+        store,
+        failures,
+        stats,
+        retention,
+        retained: HashMap::new(),
+        refused: HashSet::new(),
+    };
+    while let Some(mut job) = jobs.recv().await {
+        writer.stats.backlog_jobs.store(jobs.len() as u64, Relaxed);
+        let ack = job.ack.take();
+        let bytes = job.bytes;
+        let refused = writer.write(job).await;
+        writer.stats.queued_bytes.fetch_sub(bytes, Relaxed);
+        if let Some(ack) = ack {
+            let _ = ack.send(refused);
         }
-        let mut refused: Vec<MatchKey> = Vec::new();
-        if !job.batches.is_empty() {
-            let results = append_with_retry(&store, &job.batches, &stats).await;
-            for (batch, result) in job.batches.iter().zip(results) {
+    }
+}
+
+/// The writer's state across jobs.
+struct Writer<S: Store> {
+    store: S,
+    failures: mpsc::UnboundedSender<WriteFailure>,
+    stats: Arc<ShardStats>,
+    retention: EventRetention,
+    /// Per match, the acknowledged events it can still re-append.
+    retained: HashMap<MatchKey, RetainedLog>,
+    /// Matches whose writes the store refused for good: the shard pauses
+    /// them; writes of theirs still queued are dropped unsent.
+    refused: HashSet<MatchKey>,
+}
+
+impl<S: Store> Writer<S> {
+    /// Stores one job; returns the matches whose batches it did not store.
+    async fn write(&mut self, job: WriteJob) -> Vec<MatchKey> {
+        for (key, setup) in &job.setups {
+            self.retained.entry(key.clone()).or_default().setup = setup.clone();
+        }
+        // A refused match's writes still queued are not stored either.
+        let (skipped, batches): (Vec<AppendBatch>, Vec<AppendBatch>) = job
+            .batches
+            .into_iter()
+            .partition(|batch| self.refused.contains(&batch.key));
+        let mut refused_now: Vec<MatchKey> = skipped.into_iter().map(|b| b.key).collect();
+        if !batches.is_empty() {
+            let results = append_each(&self.store, &batches, &self.stats).await;
+            for (batch, result) in batches.iter().zip(results) {
                 let result = match result {
                     Err(error @ (StoreError::Conflict { .. } | StoreError::UnknownMatch(_))) => {
-                        repair(&store, batch, error, retained.get(&batch.key), &stats).await
+                        let retained = self.retained.get(&batch.key);
+                        repair(&self.store, batch, error, retained, &self.stats).await
                     }
                     other => other,
                 };
                 match result {
                     Ok(_) => {
-                        stats
+                        self.stats
                             .persisted_events
                             .fetch_add(batch.events.len() as u64, Relaxed);
-                        retained
+                        self.retained
                             .entry(batch.key.clone())
                             .or_default()
                             .retain(&batch.events);
                     }
                     Err(error) => {
-                        tracing::error!(key = %batch.key, %error, tick = job.tick, "store refused a batch; pausing the match");
-                        refused.push(batch.key.clone());
-                        let _ = failures
-                            .send(WriteFailure {
-                                key: batch.key.clone(),
-                                error,
-                            })
-                            .await;
+                        tracing::error!(key = %batch.key, %error, class = %error.class(), tick = job.tick,
+                            "store refused the match's writes; pausing the match");
+                        self.refuse(&batch.key, error);
+                        refused_now.push(batch.key.clone());
                     }
                 }
             }
@@ -167,56 +228,58 @@ pub(crate) async fn run_writer<S: Store>(
         let due: Vec<&(MatchKey, Snapshot)> = job
             .snapshots
             .iter()
-            .filter(|(key, _)| !refused.contains(key))
+            .filter(|(key, _)| !self.refused.contains(key))
             .collect();
-        let first_tries = join_all(
-            due.iter()
-                .map(|(key, snapshot)| store.save_snapshot(key, snapshot)),
-        )
+        let (store, stats) = (&self.store, &self.stats);
+        let saved = join_all(due.iter().map(|(key, snapshot)| async move {
+            retry_transient(stats, "snapshot", key, || {
+                store.save_snapshot(key, snapshot)
+            })
+            .await
+        }))
         .await;
-        let mut stored = Vec::with_capacity(due.len());
-        for (entry, first_try) in due.into_iter().zip(first_tries) {
-            let (key, snapshot) = entry;
-            let saved = match first_try {
-                Ok(_) => true,
-                // The store is down: retry these one by one, with backoff.
-                Err(StoreError::Unavailable(_)) => {
-                    retry_unavailable(&stats, || store.save_snapshot(key, snapshot)).await
-                }
-                Err(error) => {
-                    tracing::error!(%key, %error, "store refused a snapshot");
-                    false
-                }
-            };
-            if saved {
-                stored.push(entry);
-            }
-        }
+        let stored: Vec<&(MatchKey, Snapshot)> = due
+            .into_iter()
+            .zip(saved)
+            .filter_map(|(entry, saved)| saved.then_some(entry))
+            .collect();
         for (key, snapshot) in &stored {
-            if let Some(log) = retained.get_mut(key) {
+            if let Some(log) = self.retained.get_mut(key) {
                 log.snapshot_stored(snapshot.sequence);
             }
         }
-        if let EventRetention::TrimBelowSnapshot { keep_for } = &retention {
+        if let EventRetention::TrimBelowSnapshot { keep_for } = &self.retention {
             join_all(
                 stored
                     .iter()
-                    .map(|(key, snapshot)| trim(&store, key, snapshot.sequence, keep_for, &stats)),
+                    .map(|(key, snapshot)| trim(store, key, snapshot.sequence, keep_for, stats)),
             )
             .await;
         }
         for key in &job.finished {
-            retained.remove(key);
-            if !refused.contains(key) {
-                retry_unavailable(&stats, || store.finish(key)).await;
+            self.retained.remove(key);
+            if !self.refused.contains(key) {
+                retry_transient(stats, "end mark", key, || store.finish(key)).await;
             }
         }
         for (key, reason) in &job.failed {
-            retained.remove(key);
-            retry_unavailable(&stats, || store.fail(key, reason)).await;
+            self.retained.remove(key);
+            retry_transient(stats, "failure mark", key, || store.fail(key, reason)).await;
         }
-        if let Some(ack) = job.ack {
-            let _ = ack.send(());
+        refused_now
+    }
+
+    /// Records that the store refused `key`'s writes for good and tells
+    /// the shard (once per match).
+    fn refuse(&mut self, key: &MatchKey, error: StoreError) {
+        self.stats.permanent_errors.fetch_add(1, Relaxed);
+        self.retained.remove(key);
+        if self.refused.insert(key.clone()) {
+            // The shard outlives its writer; if it is gone, nobody listens.
+            let _ = self.failures.send(WriteFailure {
+                key: key.clone(),
+                error,
+            });
         }
     }
 }
@@ -263,10 +326,15 @@ async fn repair<S: Store>(
         events,
         head_tick: batch.head_tick,
     };
-    let result = append_with_retry(store, std::slice::from_ref(&repaired), stats)
+    let result = append_each(store, std::slice::from_ref(&repaired), stats)
         .await
         .pop()
-        .unwrap_or_else(|| Err(StoreError::Unavailable("empty append reply".into())));
+        .unwrap_or_else(|| {
+            Err(StoreError::Corrupt {
+                key: batch.key.to_string(),
+                reason: "the store answered no result for the repaired batch".to_owned(),
+            })
+        });
     if result.is_ok() {
         stats.repaired_events.fetch_add(missing as u64, Relaxed);
         tracing::warn!(key = %batch.key, stored_head, missing,
@@ -296,25 +364,60 @@ async fn trim<S: Store>(
     }
 }
 
+/// Appends `batches`, retrying transient failures. A permanent failure
+/// of the whole call (say one match's key holding the wrong type fails the
+/// whole script) is narrowed down: each batch is then sent on its own, so
+/// only the matches concerned are refused. Batches a failed call stored
+/// before stopping are found stored and succeed.
+async fn append_each<S: Store>(
+    store: &S,
+    batches: &[AppendBatch],
+    stats: &ShardStats,
+) -> Vec<Result<Head, StoreError>> {
+    match append_with_retry(store, batches, stats).await {
+        Ok(results) => results,
+        Err(error) if batches.len() == 1 => vec![Err(error)],
+        Err(error) => {
+            tracing::warn!(%error, batches = batches.len(),
+                "store refused an append of several matches; sending their batches one by one");
+            join_all(batches.iter().map(|batch| async move {
+                let one = std::slice::from_ref(batch);
+                match append_with_retry(store, one, stats).await {
+                    Ok(mut results) if results.len() == 1 => results.remove(0),
+                    Ok(results) => Err(StoreError::Corrupt {
+                        key: batch.key.to_string(),
+                        reason: format!("the store answered {} results for 1 batch", results.len()),
+                    }),
+                    Err(error) => Err(error),
+                }
+            }))
+            .await
+        }
+    }
+}
+
+/// Sends one append call, retrying it with backoff while the error is
+/// transient (the shard's write buffer bounds how long that can last
+/// before its matches pause). Returns a permanent error.
 async fn append_with_retry<S: Store>(
     store: &S,
     batches: &[AppendBatch],
     stats: &ShardStats,
-) -> Vec<Result<crate::store::Head, StoreError>> {
+) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        match store.append(batches.to_vec()).await {
+        match store.append(batches).await {
             Ok(results) => {
                 stats.record_append(started.elapsed());
                 stats.appends.fetch_add(1, Relaxed);
                 if failures > 0 {
                     tracing::info!(failures, "store reachable again; backlog flushing in order");
                 }
-                return results;
+                return Ok(results);
             }
-            Err(error) => {
+            Err(error) if error.is_transient() => {
                 stats.append_failures.fetch_add(1, Relaxed);
                 if failures == 0 || failures.is_power_of_two() {
                     tracing::warn!(%error, failures, ?backoff, "store append failed; retrying");
@@ -323,15 +426,24 @@ async fn append_with_retry<S: Store>(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+            Err(error) => {
+                stats.append_failures.fetch_add(1, Relaxed);
+                return Err(error);
+            }
         }
     }
 }
 
-/// Retries a snapshot or end-mark write while the store is unavailable;
-/// any other error is logged and the write given up (both are re-derivable:
-/// the next snapshot supersedes it, restore replays from the log).
-/// Returns whether the write succeeded.
-async fn retry_unavailable<T, F, Fut>(stats: &ShardStats, mut write: F) -> bool
+/// Retries a snapshot or end-mark write while the error is transient; a
+/// permanent one is logged, counted and the write given up (both are
+/// re-derivable: the next snapshot supersedes it, restore replays from the
+/// log). Returns whether the write succeeded.
+async fn retry_transient<T, F, Fut>(
+    stats: &ShardStats,
+    what: &str,
+    key: &MatchKey,
+    mut write: F,
+) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -340,14 +452,15 @@ where
     loop {
         match write().await {
             Ok(_) => return true,
-            Err(StoreError::Unavailable(error)) => {
+            Err(error) if error.is_transient() => {
                 stats.append_failures.fetch_add(1, Relaxed);
-                tracing::warn!(%error, ?backoff, "store write failed; retrying");
+                tracing::warn!(%key, %error, ?backoff, "store write of a {what} failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => {
-                tracing::error!(%error, "store write refused");
+                stats.permanent_errors.fetch_add(1, Relaxed);
+                tracing::error!(%key, %error, class = %error.class(), "store refused a {what}; given up");
                 return false;
             }
         }

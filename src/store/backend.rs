@@ -66,7 +66,7 @@ macro_rules! forward {
 impl EventStore for AnyStore {
     async fn append(
         &self,
-        batches: Vec<AppendBatch>,
+        batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         forward!(self, s => s.append(batches))
     }

@@ -52,7 +52,7 @@ impl MatchRecord {
         }
     }
 
-    fn append(&mut self, key: &MatchKey, batch: AppendBatch) -> Result<Head, StoreError> {
+    fn append(&mut self, key: &MatchKey, batch: &AppendBatch) -> Result<Head, StoreError> {
         let head = self.next_sequence();
         if batch.first_sequence > head {
             return Err(StoreError::Conflict {
@@ -98,7 +98,8 @@ impl MatchRecord {
             });
         }
         let skip = (head - batch.first_sequence) as usize;
-        self.events.extend(batch.events.into_iter().skip(skip));
+        // The only copy of the payloads: the store keeps them.
+        self.events.extend(batch.events.iter().skip(skip).cloned());
         self.tick = self.tick.max(batch.head_tick);
         Ok(self.head())
     }
@@ -173,15 +174,15 @@ impl MemoryStore {
 impl EventStore for MemoryStore {
     async fn append(
         &self,
-        batches: Vec<AppendBatch>,
+        batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut matches = self.lock();
         Ok(batches
-            .into_iter()
+            .iter()
             .map(|batch| {
-                let key = batch.key.clone();
-                match matches.get_mut(&key) {
-                    Some(record) => record.append(&key, batch),
+                let key = &batch.key;
+                match matches.get_mut(key) {
+                    Some(record) => record.append(key, batch),
                     None => Err(StoreError::UnknownMatch(key.to_string())),
                 }
             })

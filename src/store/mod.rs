@@ -14,6 +14,12 @@
 //! - events are only ever removed by [`EventStore::trim`], never at or
 //!   above the stored snapshot's sequence, and reading below what was
 //!   trimmed is a [`StoreError::Trimmed`], never a silent skip.
+//!
+//! Every [`StoreError`] has a [`class`](StoreError::class): transient
+//! ([`StoreError::Unavailable`]: retry later) or permanent (the same call
+//! fails again; [`StoreError::Refused`] carries the store's own message
+//! and a [`Refusal`] kind). [`StoreError::label`] names the cause for
+//! metrics.
 
 use std::future::Future;
 
@@ -145,9 +151,22 @@ pub enum StoreError {
     /// The match was never created in this store.
     #[error("unknown match {0}")]
     UnknownMatch(String),
-    /// The store could not be reached or refused the call.
+    /// The store could not be reached, or is busy for now (connection
+    /// lost, timeout, loading, failover, cluster reconfiguring): the call
+    /// may succeed later ([`ErrorClass::Transient`]).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the call in a way that retrying does not change
+    /// (a script error, out of memory, an ACL, …): [`ErrorClass::Permanent`].
+    #[error("store refused the call on {key} ({refusal}): {message}")]
+    Refused {
+        /// The key (or the first key) of the call.
+        key: String,
+        /// What kind of refusal.
+        refusal: Refusal,
+        /// The store's own message (for Redis: the error code and text).
+        message: String,
+    },
     /// Stored data is not what tickforge wrote.
     #[error("corrupt data at {key}: {reason}")]
     Corrupt {
@@ -175,6 +194,109 @@ pub enum StoreError {
     Key(#[from] KeyError),
 }
 
+impl StoreError {
+    /// Whether retrying the same call can succeed.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Unavailable(_) => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    /// Shorthand for `class() == ErrorClass::Transient`.
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// A short, fixed name of the error's cause, fit as a metrics label:
+    /// `unavailable`, `conflict`, `corrupt`, …, or the [`Refusal`]'s name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::Diverged { .. } => "diverged",
+            StoreError::UnknownMatch(_) => "unknown_match",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Refused { refusal, .. } => refusal.as_str(),
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Trimmed { .. } => "trimmed",
+            StoreError::Key(_) => "key",
+        }
+    }
+}
+
+/// Whether a failed store call is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The store is out of reach or busy for now: retry with backoff
+    /// (the engine does, within its write buffer).
+    Transient,
+    /// The same call fails again: the engine pauses the affected matches.
+    Permanent,
+}
+
+impl ErrorClass {
+    /// `"transient"` or `"permanent"` (a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a store refused a call for good ([`StoreError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A Lua script failed (Redis `ERR … script: …`), including a command
+    /// inside it that the user's ACL does not allow.
+    Script,
+    /// The server is out of memory and may not evict (Redis `OOM`, with
+    /// `maxmemory-policy noeviction`).
+    OutOfMemory,
+    /// The keys of one call live in different cluster slots (Redis
+    /// `CROSSSLOT`: e.g. a managed cluster endpoint used as one node).
+    CrossSlot,
+    /// A script is unknown and loading it failed (Redis `NOSCRIPT`).
+    NoScript,
+    /// The user may not run the command (Redis `NOPERM`, ACLs).
+    NoPermission,
+    /// Authentication failed (Redis `NOAUTH`, `WRONGPASS`).
+    Authentication,
+    /// The server cannot persist and refuses writes (Redis `MISCONF`).
+    Persistence,
+    /// Any other refusal (an unknown error code, a client-side error).
+    Other,
+}
+
+impl Refusal {
+    /// A fixed lower-case name (a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Script => "script",
+            Refusal::OutOfMemory => "oom",
+            Refusal::CrossSlot => "crossslot",
+            Refusal::NoScript => "noscript",
+            Refusal::NoPermission => "noperm",
+            Refusal::Authentication => "auth",
+            Refusal::Persistence => "misconf",
+            Refusal::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What [`EventStore::trim`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trimmed {
@@ -187,11 +309,13 @@ pub struct Trimmed {
 /// The per-match event log.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends several matches' batches in one round trip. The outer error
-    /// means nothing was confirmed; otherwise each batch has its own result,
-    /// the new head on success.
+    /// means nothing was confirmed (some batches may be stored: retrying
+    /// them is safe); otherwise each batch has its own result, the new head
+    /// on success. The batches are borrowed, so a caller retrying after an
+    /// outage does not copy them for every attempt.
     fn append(
         &self,
-        batches: Vec<AppendBatch>,
+        batches: &[AppendBatch],
     ) -> impl Future<Output = Result<Vec<Result<Head, StoreError>>, StoreError>> + Send;
 
     /// Reads up to `limit` events from sequence `from` on, in order.

@@ -1,7 +1,7 @@
 //! The Redis store: single node (through a reconnecting
 //! [`ConnectionManager`]) or Redis Cluster (through a
 //! [`ClusterConnection`]), chosen by the number of URLs given to
-//! [`RedisStore::connect`].
+//! [`RedisStore::connect`] (several URLs, or one naming a cluster node).
 //!
 //! It owns the mapping of the store traits onto the key layout of
 //! [`super::keys`] and the Lua scripts in `src/store/lua/`; it leaves
@@ -58,9 +58,30 @@
 //! integers Lua compares exactly; larger values are refused as
 //! [`StoreError::Corrupt`] before anything is sent.
 //!
-//! Errors: connection, I/O, timeouts and refusals by the server (OOM,
-//! read-only replica, cluster down, …) are [`StoreError::Unavailable`];
-//! data of an unexpected type or shape is [`StoreError::Corrupt`].
+//! Errors come in two classes ([`StoreError::class`]):
+//! - *transient*, [`StoreError::Unavailable`]: connection refused, reset
+//!   or dropped, I/O errors, timeouts, and the replies `LOADING`,
+//!   `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `BUSY` (a slow script),
+//!   `MOVED`/`ASK` (a resharding the cluster client did not follow in
+//!   time), `NOREPLICAS`, `READONLY` (a failover demoted the node; the
+//!   reconnect finds the new master. A URL naming a replica for good
+//!   therefore looks like an outage that never ends: the engine's write
+//!   buffer fills and its matches pause, logging `READONLY`) and
+//!   `ERR max number of clients reached`;
+//! - *permanent*: data of an unexpected type or shape (`WRONGTYPE`
+//!   included) is [`StoreError::Corrupt`]; other refusals are
+//!   [`StoreError::Refused`] with a [`Refusal`]: `OOM` (maxmemory with
+//!   `noeviction`), `CROSSSLOT`, `NOSCRIPT` (the client reloads a missing
+//!   script once; missing again is final), `NOPERM`, `NOAUTH`/`WRONGPASS`,
+//!   `MISCONF`, errors raised inside a script (`ERR … script: …`, which is
+//!   also how a command the ACL forbids inside a script fails), and any
+//!   unknown code. The message is Redis's own (`CODE text`).
+//!
+//! One URL naming a Redis Cluster node (`INFO cluster` says
+//! `cluster_enabled:1`) connects in cluster mode with that node as the
+//! only seed, and logs a warning saying to list the nodes in `urls`: as
+//! a single node it would answer other slots' keys with `MOVED` and
+//! multi-key calls with `CROSSSLOT`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,8 +102,8 @@ pub use follow::{FOLLOW_POLL, Follower, updates_channel};
 pub use tls::RedisTls;
 
 use super::{
-    AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError, Trimmed,
+    AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Refusal,
+    Snapshot, SnapshotStore, StoreError, Trimmed,
 };
 use crate::codec;
 
@@ -374,17 +395,20 @@ impl RedisStore {
                 let manager = ConnectionManager::new_with_config(client, config)
                     .await
                     .map_err(unavailable)?;
-                Connection::Single(manager)
+                if cluster_enabled(&manager).await.map_err(unavailable)? {
+                    tracing::warn!(url = %shown,
+                        "this Redis is a cluster node: using cluster mode with it as the only seed \
+                         (list several nodes in [storage.redis] urls so that start-up survives one being down)");
+                    cluster_connection(urls, &options, tls.as_deref())
+                        .await
+                        .map_err(unavailable)?
+                } else {
+                    Connection::Single(manager)
+                }
             }
-            seeds => {
-                let client = tls::cluster_builder(seeds, tls.as_deref())
-                    .connection_timeout(options.connection_timeout)
-                    .response_timeout(options.response_timeout)
-                    .build()
-                    .map_err(unavailable)?;
-                let connection = client.get_async_connection().await.map_err(unavailable)?;
-                Connection::Cluster(connection)
-            }
+            seeds => cluster_connection(seeds, &options, tls.as_deref())
+                .await
+                .map_err(unavailable)?,
         };
         let store = RedisStore {
             connection,
@@ -602,19 +626,123 @@ fn slot(key: &MatchKey) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
 }
 
-/// Maps a client error: bad data is corrupt, anything else unavailable.
+/// Connects to the Redis Cluster that `seeds` belong to.
+async fn cluster_connection(
+    seeds: &[String],
+    options: &RedisOptions,
+    tls: Option<&TlsCertificates>,
+) -> Result<Connection, RedisError> {
+    let client = tls::cluster_builder(seeds, tls)
+        .connection_timeout(options.connection_timeout)
+        .response_timeout(options.response_timeout)
+        .build()?;
+    Ok(Connection::Cluster(client.get_async_connection().await?))
+}
+
+/// Whether the server behind a single-node connection runs in cluster
+/// mode (`INFO cluster` says `cluster_enabled:1`): it would answer keys of
+/// other nodes' slots with `MOVED`, and multi-key calls with `CROSSSLOT`.
+async fn cluster_enabled(manager: &ConnectionManager) -> Result<bool, RedisError> {
+    let mut info = redis::cmd("INFO");
+    info.arg("cluster");
+    let info: redis::Value = info.query_async(&mut manager.clone()).await?;
+    let mut texts = Vec::new();
+    collect_texts(&info, &mut texts);
+    Ok(texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .any(|line| line.trim() == "cluster_enabled:1"))
+}
+
+/// How a Redis error is reported: see "Errors" in the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorOrigin {
+    /// Worth retrying: [`StoreError::Unavailable`].
+    Transient,
+    /// Data of an unexpected type or shape: [`StoreError::Corrupt`].
+    Corrupt,
+    /// Refused for good: [`StoreError::Refused`].
+    Refused(Refusal),
+}
+
+/// Maps a client error onto the store's errors and their classes.
 fn redis_error(key: &str, error: RedisError) -> StoreError {
-    let corrupt = matches!(
-        error.kind(),
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType
-    ) || error.code() == Some("WRONGTYPE");
-    if corrupt {
-        StoreError::Corrupt {
+    let message = redis_message(&error);
+    match classify(&error) {
+        ErrorOrigin::Transient => StoreError::Unavailable(format!("{key}: {message}")),
+        ErrorOrigin::Corrupt => StoreError::Corrupt {
             key: key.to_owned(),
-            reason: error.to_string(),
+            reason: message,
+        },
+        ErrorOrigin::Refused(refusal) => StoreError::Refused {
+            key: key.to_owned(),
+            refusal,
+            message,
+        },
+    }
+}
+
+/// The first error reply inside `error` (a plain reply or a pipeline's).
+fn server_reply(error: &RedisError) -> Option<redis::ServerError> {
+    let replies = error.clone().into_server_errors()?;
+    replies.first().map(|(_, reply)| reply.clone())
+}
+
+/// The error as Redis worded it (`CODE text`) for a reply, else the
+/// client's description.
+fn redis_message(error: &RedisError) -> String {
+    match server_reply(error) {
+        Some(reply) => match reply.details() {
+            Some(detail) => format!("{} {detail}", reply.code()),
+            None => reply.code().to_owned(),
+        },
+        None => error.to_string(),
+    }
+}
+
+fn classify(error: &RedisError) -> ErrorOrigin {
+    match error.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => return ErrorOrigin::Corrupt,
+        ErrorKind::Io
+        | ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::MasterNameNotFoundBySentinel
+        | ErrorKind::NoValidReplicasFoundBySentinel => return ErrorOrigin::Transient,
+        ErrorKind::AuthenticationFailed => {
+            return ErrorOrigin::Refused(Refusal::Authentication);
         }
-    } else {
-        StoreError::Unavailable(format!("{key}: {error}"))
+        _ => {}
+    }
+    if error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return ErrorOrigin::Transient;
+    }
+    match server_reply(error) {
+        Some(reply) => classify_reply(reply.code(), reply.details().unwrap_or_default()),
+        // Errors raised by the client itself (bad configuration, …).
+        None => ErrorOrigin::Refused(Refusal::Other),
+    }
+}
+
+/// Classifies an error reply by its code (its first word) and text. A
+/// command failing inside a script keeps its own code (`OOM …, script: …`).
+fn classify_reply(code: &str, detail: &str) -> ErrorOrigin {
+    use ErrorOrigin::{Corrupt, Refused, Transient};
+    match code {
+        // Loading a dataset, resharding, failover, a slow script: passes.
+        "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "BUSY" | "MOVED" | "ASK"
+        | "NOREPLICAS" => Transient,
+        // A failover demoted the node (the reconnect finds the new master).
+        "READONLY" => Transient,
+        "ERR" if detail.starts_with("max number of clients") => Transient,
+        "WRONGTYPE" => Corrupt,
+        "OOM" => Refused(Refusal::OutOfMemory),
+        "CROSSSLOT" => Refused(Refusal::CrossSlot),
+        // The client reloads a missing script once; still missing is final.
+        "NOSCRIPT" => Refused(Refusal::NoScript),
+        "NOPERM" => Refused(Refusal::NoPermission),
+        "NOAUTH" | "WRONGPASS" => Refused(Refusal::Authentication),
+        "MISCONF" => Refused(Refusal::Persistence),
+        _ if detail.contains("script") => Refused(Refusal::Script),
+        _ => Refused(Refusal::Other),
     }
 }
 
@@ -665,7 +793,7 @@ pub(crate) fn redact(url: &str) -> String {
 impl EventStore for RedisStore {
     async fn append(
         &self,
-        batches: Vec<AppendBatch>,
+        batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut results: Vec<Option<Result<Head, StoreError>>> = vec![None; batches.len()];
         // Batches of one match must stay in one call, in order: they do,
@@ -686,7 +814,7 @@ impl EventStore for RedisStore {
         }
         let calls: Vec<Vec<usize>> = groups
             .into_values()
-            .flat_map(|indices| self.chunk_calls(&batches, indices))
+            .flat_map(|indices| self.chunk_calls(batches, indices))
             .collect();
         // All calls go out at once: pipelined on the single connection (in
         // order), spread over the nodes in cluster mode.
@@ -696,8 +824,10 @@ impl EventStore for RedisStore {
         }))
         .await;
         for (call, reply) in calls.iter().zip(replies) {
-            // A failed call fails the whole append; the engine retries it
-            // as a whole, which is safe since stored events are skipped.
+            // A failed call fails the whole append (a script stops at its
+            // first error, keeping the batches it stored before): callers
+            // retry it whole or batch by batch, which is safe since stored
+            // events are skipped.
             for (&index, result) in call.iter().zip(reply?) {
                 results[index] = Some(result);
             }
@@ -1124,6 +1254,102 @@ mod tests {
         );
         assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+
+    /// The error redis-rs makes of an error reply `line` from the server.
+    fn reply_error(line: &str) -> RedisError {
+        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .expect("an error reply parses");
+        value
+            .extract_error()
+            .expect_err("an error reply is an error")
+    }
+
+    fn class_of(error: RedisError) -> (crate::store::ErrorClass, &'static str) {
+        let error = redis_error("events:{arena:main:m1}", error);
+        (error.class(), error.label())
+    }
+
+    #[test]
+    fn connection_failures_and_passing_states_are_transient() {
+        use crate::store::ErrorClass::Transient;
+        use std::io::ErrorKind as Io;
+        for kind in [
+            Io::ConnectionRefused,
+            Io::ConnectionReset,
+            Io::BrokenPipe,
+            Io::TimedOut,
+            Io::UnexpectedEof,
+        ] {
+            let error = RedisError::from(std::io::Error::from(kind));
+            assert_eq!(class_of(error), (Transient, "unavailable"), "{kind:?}");
+        }
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "MOVED 3999 127.0.0.1:6381",
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "ERR max number of clients reached",
+        ] {
+            assert_eq!(
+                class_of(reply_error(line)),
+                (Transient, "unavailable"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_keep_the_redis_message() {
+        use crate::store::ErrorClass::Permanent;
+        for (line, label) in [
+            (
+                "OOM command not allowed when used memory > 'maxmemory'. script: 219bb3, on @user_script:1.",
+                "oom",
+            ),
+            (
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                "crossslot",
+            ),
+            ("NOSCRIPT No matching script. Please use EVAL.", "noscript"),
+            (
+                "NOPERM this user has no permissions to run the 'evalsha' command",
+                "noperm",
+            ),
+            (
+                "ERR The user executing the script can't run this command or subcommand script: 37df4d, on @user_script:1.",
+                "script",
+            ),
+            (
+                "ERR user_script:1: Script attempted to access nonexistent global variable 'x' script: 42dc45, on @user_script:1.",
+                "script",
+            ),
+            (
+                "WRONGPASS invalid username-password pair or user is disabled.",
+                "auth",
+            ),
+            ("NOAUTH Authentication required.", "auth"),
+            (
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+                "misconf",
+            ),
+            ("ERR unknown command 'ZRANGE'", "other"),
+            ("SOMENEWCODE from a later Redis", "other"),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value script: 37df4d, on @user_script:1.",
+                "corrupt",
+            ),
+        ] {
+            let error = redis_error("events:{arena:main:m1}", reply_error(line));
+            assert_eq!((error.class(), error.label()), (Permanent, label), "{line}");
+            assert!(!error.is_transient());
+            // The message is Redis's own, code first.
+            assert!(error.to_string().contains(line), "{line}: {error}");
+        }
     }
 
     #[test]

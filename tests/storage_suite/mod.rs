@@ -73,7 +73,7 @@ pub fn batch(key: &MatchKey, first: u64, events: Vec<RecordedEvent>, tick: u64) 
 
 /// Appends one batch and returns its own result.
 pub async fn append_one<S: Store>(store: &S, batch: AppendBatch) -> Result<Head, StoreError> {
-    let mut results = store.append(vec![batch]).await.expect("append call");
+    let mut results = store.append(&[batch]).await.expect("append call");
     assert_eq!(results.len(), 1, "one result per batch");
     results.remove(0)
 }
@@ -525,7 +525,7 @@ pub async fn one_call_appends_many_matches<S: Store>(store: &S, ns: &Ns) {
         batch(&ns.key("many-unknown"), 0, events(0, 2, 1, "u"), 1),
     );
     batches.insert(100, batch(&keys[7], 9, events(9, 1, 1, "gap"), 1));
-    let results = store.append(batches).await.expect("append call");
+    let results = store.append(&batches).await.expect("append call");
     assert_eq!(results.len(), 202);
     assert!(matches!(results[50], Err(StoreError::UnknownMatch(_))));
     // Batches apply in order: keys[7]'s own batch (index 7) came first,
