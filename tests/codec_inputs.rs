@@ -109,7 +109,8 @@ fn envelopes() -> Vec<Envelope> {
         .map(|(i, event)| EventEnvelope {
             sequence: [0, 250, 251, 65_536, u64::MAX][i],
             tick: [1, 7, 1 << 33, 3, 0][i],
-            player: PlayerId(3),
+            player: Some(PlayerId(3)),
+            schema: 1,
             event,
         })
         .collect()
@@ -141,11 +142,12 @@ fn state() -> ArenaState {
 }
 
 fn snapshot_record() -> SnapshotRecord {
-    SnapshotRecord::from(&Snapshot {
-        sequence: 1234,
-        tick: 912,
-        state: codec::encode(&state()).unwrap(),
-    })
+    SnapshotRecord::from(&Snapshot::new(
+        1234,
+        912,
+        codec::encode(&state()).unwrap(),
+        1,
+    ))
 }
 
 /// Valid encodings of every shape the fuzzer mutates.
