@@ -50,10 +50,10 @@ CMD ["serve", "--config", "/etc/tickforge/tickforge.toml"]
 FROM ${RUNTIME_IMAGE} AS runtime
 # ca-certificates: the system roots rediss:// URLs are checked against.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 tickforge \
- && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tickforge \
+ && groupadd --gid 10001 tickforge \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/tickforge \
       --shell /usr/sbin/nologin tickforge \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/tickforge
 COPY --from=build /usr/local/bin/tickforge /usr/local/bin/tickforge
