@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tickforge::admin::{self, Health};
 use tickforge::arena::autoplay::{AutoplayCounters, play_match, play_slot};
 use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::codec;
@@ -199,10 +200,24 @@ async fn serve<S: Store>(
         config.engine.clone(),
         &config.edition,
     ));
+    let health = Health::new(&engine);
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin = match config.admin.listen {
+        Some(listen) => {
+            let (addr, task) =
+                admin::spawn(listen, health.clone(), admin_stop.clone().cancelled_owned())
+                    .await
+                    .context("starting the admin HTTP listener")?;
+            tracing::info!(listen = %addr, "admin HTTP: /metrics, /healthz, /readyz");
+            Some(task)
+        }
+        None => None,
+    };
     let (restored, failed) = engine
         .restore_all()
         .await
         .context("listing live matches to restore")?;
+    health.set_restored();
     tracing::info!(
         restored,
         failed = failed.len(),
@@ -266,17 +281,24 @@ async fn serve<S: Store>(
     tracing::info!(
         "stopping: closing connections, final snapshots and flush (Ctrl-C again to give up waiting for the store)"
     );
+    health.set_draining();
     let _ = server_stop.send(());
     server.await.context("the QUIC server task panicked")?;
     players_tasks.abort_all();
     // Flushing waits for the store; a second Ctrl-C gives up on it.
-    tokio::select! {
+    let flushed = tokio::select! {
         () = engine.shutdown_reporting(Duration::from_secs(5)) => Ok(()),
         _ = tokio::signal::ctrl_c() => {
             let backlog = engine.stats().backlog_jobs;
-            anyhow::bail!("stopped before every write was stored ({backlog} tick jobs still queued); restore resumes from the last stored tick")
+            Err(anyhow::anyhow!("stopped before every write was stored ({backlog} tick jobs still queued); restore resumes from the last stored tick"))
         }
+    };
+    // The probes answer "draining" until everything is flushed.
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        admin.await.context("the admin HTTP task panicked")?;
     }
+    flushed
 }
 
 async fn follow(

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::admin::metrics::{self as names, rejected as why};
 use crate::engine::core::{CommandOutcome, MatchCore};
 use crate::engine::schedule::{Due, TickSchedule};
 use crate::engine::stats::ShardStats;
@@ -130,6 +131,8 @@ impl<G: Game> Shard<G> {
                     }
                     if late {
                         self.stats.late_ticks.fetch_add(1, Relaxed);
+                        metrics::counter!(names::LATE_TICKS, "shard" => self.stats.shard_label())
+                            .increment(1);
                     }
                     self.run_tick().await;
                     if late {
@@ -204,6 +207,7 @@ impl<G: Game> Shard<G> {
                             Ok(()) => return,
                             Err(full) => {
                                 self.stats.dropped.fetch_add(1, Relaxed);
+                                metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::QUEUE_FULL).increment(1);
                                 if let Some(reply) = full.0 {
                                     send_reply(
                                         &reply,
@@ -219,6 +223,12 @@ impl<G: Game> Shard<G> {
                     },
                 };
                 self.stats.rejected.fetch_add(1, Relaxed);
+                let class = if self.matches.contains_key(&root) {
+                    why::PAUSED
+                } else {
+                    why::UNKNOWN_MATCH
+                };
+                metrics::counter!(names::COMMANDS_REJECTED, "reason" => class).increment(1);
                 if let (Some(reason), Some(reply)) = (refusal, reply) {
                     send_reply(
                         &reply,
@@ -243,6 +253,7 @@ impl<G: Game> Shard<G> {
                 reject_pending(&mut hosted.core, &root, &refusal, &self.stats);
                 hosted.paused = Some(reason);
                 self.stats.paused_matches.fetch_add(1, Relaxed);
+                metrics::counter!(names::MATCHES_PAUSED).increment(1);
             }
         }
     }
@@ -261,7 +272,7 @@ impl<G: Game> Shard<G> {
         let mut job = WriteJob::default();
         let mut publications = Vec::with_capacity(self.matches.len());
         let mut ended = Vec::new();
-        let (mut match_ticks, mut events, mut rejected) = (0u64, 0u64, 0u64);
+        let (mut match_ticks, mut events, mut rejected, mut decided) = (0u64, 0u64, 0u64, 0u64);
         for (root, hosted) in &mut self.matches {
             if hosted.paused.is_some() {
                 continue;
@@ -271,6 +282,7 @@ impl<G: Game> Shard<G> {
             events += out.events.len() as u64;
             job.tick = job.tick.max(out.tick);
             for (reply, outcome) in out.outcomes {
+                decided += 1;
                 if matches!(outcome, CommandOutcome::Rejected(_)) {
                     rejected += 1;
                 }
@@ -306,6 +318,8 @@ impl<G: Game> Shard<G> {
         self.stats.match_ticks.fetch_add(match_ticks, Relaxed);
         self.stats.events.fetch_add(events, Relaxed);
         self.stats.rejected.fetch_add(rejected, Relaxed);
+        metrics::counter!(names::COMMANDS_ACCEPTED).increment(decided - rejected);
+        metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::GAME).increment(rejected);
 
         let acked = match self.settings.durability {
             Durability::Sync if !job.is_empty() => {
@@ -325,6 +339,7 @@ impl<G: Game> Shard<G> {
         for publication in publications {
             publication.publish();
         }
+        metrics::counter!(names::MATCHES_ENDED).increment(ended.len() as u64);
         for root in ended {
             self.matches.remove(&root);
             self.routes.remove(&root);
@@ -340,8 +355,13 @@ impl<G: Game> Shard<G> {
         let Some(writer) = &self.writer else {
             return true;
         };
+        let bytes = job.payload_bytes();
         match writer.try_send(job) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.stats
+                    .write_queued(bytes, writer.max_capacity() - writer.capacity());
+                true
+            }
             Err(mpsc::error::TrySendError::Full(job)) => {
                 self.backlog = Some(job);
                 false
@@ -365,6 +385,8 @@ impl<G: Game> Shard<G> {
                 }
                 ShardMsg::Command { root, reply, .. } => {
                     self.stats.rejected.fetch_add(1, Relaxed);
+                    metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::SHUTDOWN)
+                        .increment(1);
                     if let Some(reply) = reply {
                         let refusal = Rejection::new("the server is shutting down");
                         send_reply(&reply, &root, CommandOutcome::Rejected(refusal));
@@ -395,9 +417,17 @@ impl<G: Game> Shard<G> {
             }
             // Waiting for room is right here: nothing ticks any more.
             if let Some(backlog) = self.backlog.take() {
-                let _ = writer.send(backlog).await;
+                let bytes = backlog.payload_bytes();
+                if writer.send(backlog).await.is_ok() {
+                    self.stats
+                        .write_queued(bytes, writer.max_capacity() - writer.capacity());
+                }
             }
-            let _ = writer.send(final_job).await;
+            let bytes = final_job.payload_bytes();
+            if writer.send(final_job).await.is_ok() {
+                self.stats
+                    .write_queued(bytes, writer.max_capacity() - writer.capacity());
+            }
         }
         if let Err(error) = (&mut self.writer_task).await {
             tracing::error!(%error, "store writer task failed");
@@ -417,6 +447,7 @@ fn reject_pending<G: Game>(
 ) {
     for (reply, outcome) in core.reject_pending(refusal) {
         stats.rejected.fetch_add(1, Relaxed);
+        metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::STOPPED).increment(1);
         if let Some(reply) = reply {
             send_reply(&reply, root, outcome);
         }

@@ -1,10 +1,14 @@
 //! Counters the shards keep and the demo, `serve` and benchmarks read.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use metrics::SharedString;
+
+use crate::admin::metrics as names;
+use crate::store::StoreError;
 
 /// Live counters of one shard; cheap to update from its loop.
 #[derive(Debug)]
@@ -24,6 +28,13 @@ pub struct ShardStats {
     pub(crate) backlog_jobs: AtomicU64,
     pub(crate) repaired_events: AtomicU64,
     pub(crate) trimmed_events: AtomicU64,
+    /// Failed store calls since the last one that worked.
+    pub(crate) store_failure_streak: AtomicU64,
+    /// Payload bytes of the write jobs queued for the writer. Signed: the
+    /// writer may finish a job before the shard has counted it in.
+    pub(crate) backlog_bytes: AtomicI64,
+    /// This shard's `shard` label in metrics.
+    shard: SharedString,
     /// Tick durations in microseconds.
     tick_micros: Mutex<Histogram<u64>>,
     /// Store append round trips in microseconds.
@@ -60,6 +71,9 @@ impl Default for ShardStats {
             backlog_jobs: AtomicU64::new(0),
             repaired_events: AtomicU64::new(0),
             trimmed_events: AtomicU64::new(0),
+            store_failure_streak: AtomicU64::new(0),
+            backlog_bytes: AtomicI64::new(0),
+            shard: SharedString::const_str("0"),
             tick_micros: Mutex::new(histogram()),
             append_micros: Mutex::new(histogram()),
         }
@@ -67,12 +81,74 @@ impl Default for ShardStats {
 }
 
 impl ShardStats {
+    /// Counters of shard `index` (its `shard` label in metrics).
+    pub(crate) fn for_shard(index: usize) -> Self {
+        Self {
+            shard: SharedString::from(std::sync::Arc::<str>::from(index.to_string())),
+            ..Self::default()
+        }
+    }
+
+    /// This shard's `shard` label value.
+    pub(crate) fn shard_label(&self) -> SharedString {
+        self.shard.clone()
+    }
+
     pub(crate) fn record_tick(&self, took: Duration) {
         record(&self.tick_micros, took);
+        metrics::histogram!(names::TICK_DURATION, "shard" => self.shard_label())
+            .record(took.as_secs_f64());
+        metrics::gauge!(names::MATCHES_LIVE, "shard" => self.shard_label())
+            .set(self.matches.load(Relaxed) as f64);
     }
 
     pub(crate) fn record_append(&self, took: Duration) {
         record(&self.append_micros, took);
+        metrics::histogram!(names::APPEND_DURATION).record(took.as_secs_f64());
+    }
+
+    /// A store call failed and will be retried: the writer's failure streak grows.
+    pub(crate) fn store_retrying(&self, error: &StoreError) {
+        self.store_failure_streak.fetch_add(1, Relaxed);
+        self.store_error(error);
+    }
+
+    /// A store call failed for good (counted, no streak: the store answered).
+    pub(crate) fn store_error(&self, error: &StoreError) {
+        metrics::counter!(names::STORE_ERRORS, "class" => names::store_error_class(error))
+            .increment(1);
+    }
+
+    /// A store call worked: any failure streak is over.
+    pub(crate) fn store_reachable(&self) {
+        self.store_failure_streak.store(0, Relaxed);
+    }
+
+    /// The shard queued a write job of `bytes`; `queued` jobs wait now.
+    pub(crate) fn write_queued(&self, bytes: u64, queued: usize) {
+        self.set_backlog(queued);
+        self.add_backlog_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The writer took a job off its queue; `queued` jobs wait behind it.
+    pub(crate) fn set_backlog(&self, queued: usize) {
+        self.backlog_jobs.store(queued as u64, Relaxed);
+        metrics::gauge!(names::WRITER_BACKLOG_TICKS, "shard" => self.shard_label())
+            .set(queued as f64);
+    }
+
+    /// The writer finished a job of `bytes`.
+    pub(crate) fn write_done(&self, bytes: u64) {
+        self.add_backlog_bytes(-i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    fn add_backlog_bytes(&self, delta: i64) {
+        let total = self
+            .backlog_bytes
+            .fetch_add(delta, Relaxed)
+            .wrapping_add(delta);
+        metrics::gauge!(names::WRITER_BACKLOG_BYTES, "shard" => self.shard_label())
+            .set(total.max(0) as f64);
     }
 }
 

@@ -30,6 +30,7 @@ use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::admin::metrics as names;
 use crate::engine::EventRetention;
 use crate::engine::stats::ShardStats;
 use crate::game::Tick;
@@ -56,6 +57,13 @@ impl WriteJob {
             && self.snapshots.is_empty()
             && self.finished.is_empty()
             && self.ack.is_none()
+    }
+
+    /// Bytes of the events and snapshots this job stores.
+    pub(crate) fn payload_bytes(&self) -> u64 {
+        let events = self.batches.iter().flat_map(|b| &b.events);
+        let snapshots = self.snapshots.iter().map(|(_, s)| s.state.len());
+        (events.map(|e| e.payload.len()).sum::<usize>() + snapshots.sum::<usize>()) as u64
     }
 }
 
@@ -118,7 +126,8 @@ pub(crate) async fn run_writer<S: Store>(
 ) {
     let mut retained: HashMap<MatchKey, RetainedLog> = HashMap::new();
     while let Some(job) = jobs.recv().await {
-        stats.backlog_jobs.store(jobs.len() as u64, Relaxed);
+        stats.set_backlog(jobs.len());
+        let job_bytes = job.payload_bytes();
         let mut refused: Vec<MatchKey> = Vec::new();
         if !job.batches.is_empty() {
             let results = append_with_retry(&store, &job.batches, &stats).await;
@@ -134,6 +143,8 @@ pub(crate) async fn run_writer<S: Store>(
                         stats
                             .persisted_events
                             .fetch_add(batch.events.len() as u64, Relaxed);
+                        metrics::counter!(names::EVENTS_APPENDED)
+                            .increment(batch.events.len() as u64);
                         retained
                             .entry(batch.key.clone())
                             .or_default()
@@ -141,6 +152,7 @@ pub(crate) async fn run_writer<S: Store>(
                     }
                     Err(error) => {
                         tracing::error!(key = %batch.key, %error, tick = job.tick, "store refused a batch; pausing the match");
+                        stats.store_error(&error);
                         refused.push(batch.key.clone());
                         let _ = failures
                             .send(WriteFailure {
@@ -175,6 +187,7 @@ pub(crate) async fn run_writer<S: Store>(
                 }
                 Err(error) => {
                     tracing::error!(%key, %error, "store refused a snapshot");
+                    stats.store_error(&error);
                     false
                 }
             };
@@ -204,6 +217,7 @@ pub(crate) async fn run_writer<S: Store>(
         if let Some(ack) = job.ack {
             let _ = ack.send(());
         }
+        stats.write_done(job_bytes);
     }
 }
 
@@ -277,7 +291,10 @@ async fn trim<S: Store>(
                     "trimming held back by the snapshot or a handler's position");
             }
         }
-        Err(error) => tracing::warn!(%key, %error, "trimming events below the snapshot failed"),
+        Err(error) => {
+            stats.store_error(&error);
+            tracing::warn!(%key, %error, "trimming events below the snapshot failed");
+        }
     }
 }
 
@@ -294,6 +311,7 @@ async fn append_with_retry<S: Store>(
             Ok(results) => {
                 stats.record_append(started.elapsed());
                 stats.appends.fetch_add(1, Relaxed);
+                stats.store_reachable();
                 if failures > 0 {
                     tracing::info!(failures, "store reachable again; backlog flushing in order");
                 }
@@ -301,6 +319,7 @@ async fn append_with_retry<S: Store>(
             }
             Err(error) => {
                 stats.append_failures.fetch_add(1, Relaxed);
+                stats.store_retrying(&error);
                 if failures == 0 || failures.is_power_of_two() {
                     tracing::warn!(%error, failures, ?backoff, "store append failed; retrying");
                 }
@@ -324,14 +343,19 @@ where
     let mut backoff = FIRST_BACKOFF;
     loop {
         match write().await {
-            Ok(_) => return true,
-            Err(StoreError::Unavailable(error)) => {
+            Ok(_) => {
+                stats.store_reachable();
+                return true;
+            }
+            Err(error @ StoreError::Unavailable(_)) => {
                 stats.append_failures.fetch_add(1, Relaxed);
+                stats.store_retrying(&error);
                 tracing::warn!(%error, ?backoff, "store write failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => {
+                stats.store_error(&error);
                 tracing::error!(%error, "store write refused");
                 return false;
             }
