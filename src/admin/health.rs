@@ -137,8 +137,13 @@ impl Health {
     }
 
     /// Liveness: every shard's tick counter moved within the stall bound.
+    /// A draining node counts as live: its shards stop on purpose, and a
+    /// restart would cut its final flush short.
     pub fn live(&self) -> Verdict {
         self.sample();
+        if self.is_draining() {
+            return Verdict::default();
+        }
         let now = self.now_ms();
         let stall_after = self.inner.stall_after_ms.load(Relaxed);
         let failures = self
@@ -276,5 +281,7 @@ mod tests {
         let verdict = health.live();
         assert_eq!(verdict.failures.len(), 1, "{verdict:?}");
         assert!(verdict.failures[0].starts_with("shard 0 has not ticked"));
+        health.set_draining();
+        assert!(health.live().is_ok(), "draining shards stop on purpose");
     }
 }

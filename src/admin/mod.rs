@@ -3,7 +3,8 @@
 //!
 //! - `GET /metrics`: every metric recorded in the process, as Prometheus
 //!   text ([`metrics`] holds the names and the one recorder);
-//! - `GET /healthz`: 200 while every shard ticks, else 503 saying which not;
+//! - `GET /healthz`: 200 while every shard ticks (or the node drains),
+//!   else 503 saying which shard stands still;
 //! - `GET /readyz`: 200 when restored, the store reachable, every write
 //!   backlog under its bound and not draining, else 503 listing each
 //!   failed condition ([`Health`]).
