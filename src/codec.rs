@@ -9,8 +9,9 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
-/// Version byte that prefixes every encoded value.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version byte that prefixes every encoded value. Version 2 added the
+/// schema version and the optional player to stored event envelopes.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Largest encoded value accepted by [`decode`] (4 MiB).
 pub const MAX_DECODE_BYTES: usize = 4 * 1024 * 1024;
@@ -24,9 +25,22 @@ type Config = bincode::config::Configuration<
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_DECODE_BYTES>();
 
 /// Why a value could not be encoded.
-#[derive(Debug, thiserror::Error)]
-#[error("encoding failed: {0}")]
-pub struct EncodeError(String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The serializer refused the value.
+    #[error("encoding failed: {0}")]
+    Failed(String),
+    /// The encoding would be larger than [`decode`] accepts, so it could
+    /// never be read back; nothing is written.
+    #[error("encoding of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Length of the encoding.
+        len: usize,
+        /// The limit in force ([`MAX_DECODE_BYTES`]).
+        limit: usize,
+    },
+}
 
 /// Why a byte string could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,10 +72,11 @@ pub enum DecodeError {
 }
 
 /// Encodes `value` as the format version byte plus its bincode body.
+/// An encoding over [`MAX_DECODE_BYTES`] is refused: nothing is written
+/// that [`decode`] would refuse to read back.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, CONFIG)
-        .map_err(|e| EncodeError(e.to_string()))?;
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
     Ok(out)
 }
 
@@ -71,11 +86,25 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
     out.push(FORMAT_VERSION);
-    bincode::serde::encode_into_std_write(value, out, CONFIG).map_err(|e| {
+    if let Err(e) = bincode::serde::encode_into_std_write(value, out, CONFIG) {
         out.truncate(start);
-        EncodeError(e.to_string())
-    })?;
+        return Err(EncodeError::Failed(e.to_string()));
+    }
+    let len = out.len() - start;
+    if len > MAX_DECODE_BYTES {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge {
+            len,
+            limit: MAX_DECODE_BYTES,
+        });
+    }
     Ok(())
+}
+
+/// A 64-bit hash of encoded bytes (XXH3), stored beside snapshots so a
+/// replay that arrives at a different state is detected.
+pub fn state_hash(encoded: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(encoded)
 }
 
 /// Checks the size limit and the version byte; returns the bincode body.
@@ -93,9 +122,35 @@ fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     Ok(body)
 }
 
+/// The body of a value written by [`encode`] (the bytes after the
+/// version byte), after checking the size limit and the version.
+pub(crate) fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    checked_body(bytes)
+}
+
+/// Decodes a leading `T` of an encoded value and hands back the rest of
+/// the body undecoded (for a header read before the part it describes).
+pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
+    let body = checked_body(bytes)?;
+    let (value, read) = bincode::serde::decode_from_slice(body, CONFIG)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    Ok((value, &body[read..]))
+}
+
 /// Decodes a value written by [`encode`], enforcing every limit above.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let body = checked_body(bytes)?;
+    decode_body(checked_body(bytes)?)
+}
+
+/// Decodes a body without its version byte (what [`decode_prefix`] leaves
+/// over, or [`body`]), refusing trailing bytes.
+pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    if body.len() > MAX_DECODE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: body.len(),
+            limit: MAX_DECODE_BYTES,
+        });
+    }
     let (value, read) = bincode::serde::decode_from_slice(body, CONFIG)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     match body.len() - read {
@@ -254,7 +309,8 @@ mod tests {
             let envelope = EventEnvelope {
                 sequence,
                 tick,
-                player: PlayerId(9),
+                player: Some(PlayerId(9)),
+                schema: 3,
                 event: sample(),
             };
             let bytes = encode(&envelope).unwrap();
@@ -262,8 +318,8 @@ mod tests {
         }
         assert_eq!(decode_envelope_header(&[]), Err(DecodeError::Empty));
         assert_eq!(
-            decode_envelope_header(&[2, 0, 0]),
-            Err(DecodeError::UnsupportedVersion { found: 2 })
+            decode_envelope_header(&[1, 0, 0]),
+            Err(DecodeError::UnsupportedVersion { found: 1 })
         );
         assert!(matches!(
             decode_envelope_header(&[FORMAT_VERSION, 253, 1]),

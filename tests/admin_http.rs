@@ -2,7 +2,8 @@
 //! follows the shards' ticking, `/readyz` lists each failed condition
 //! (not restored, store unreachable, draining), `/metrics` is Prometheus
 //! text whose counters move with the engine, and bad requests get 400 or
-//! 404 without stopping the listener. The client is a plain TCP stream.
+//! 404 without stopping the listener; a `tickforge serve` process answers
+//! them as an operator would see it. The client is a plain TCP stream.
 
 mod support;
 
@@ -380,4 +381,90 @@ async fn readyz_reports_an_unreachable_redis() {
     assert_eq!(back.body, "ok\n");
     engine.shutdown().await;
     admin.stop().await;
+}
+
+/// What an operator sees: `tickforge serve --bots 3` with `[admin] listen`
+/// answers `/readyz` and `/healthz` with 200 once it accepts players,
+/// serves a per-shard tick histogram on `/metrics`, and exits 0 on SIGTERM.
+#[tokio::test]
+async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tickforge.toml");
+    let text = format!(
+        "[engine]\nshards = 2\n\n[storage]\nbackend = \"memory\"\n\n\
+         [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        cert = dir.path().join("cert.der").display(),
+        key = dir.path().join("key.der").display(),
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickforge"))
+        .args(["serve", "--bots", "3", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("REDIS_URL")
+        .env_remove("STORAGE_BACKEND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tickforge serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| loop {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no log line with {needle:?} in:\n{}", seen.join("\n")),
+        }
+    };
+    let admin_line = wait_for("admin HTTP");
+    let addr: SocketAddr = admin_line
+        .split_once("listen=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {admin_line:?}"));
+    // Restored before the QUIC endpoint binds.
+    wait_for("accepting players over QUIC");
+
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, "ok\n"),
+        "{ready:?}"
+    );
+    let live = get(addr, "/healthz").await;
+    assert_eq!(live.status, 200, "{live:?}");
+    let metrics = get_until(addr, "/metrics", |r| r.body.contains("_bucket{shard=")).await;
+    let tick_buckets = metrics
+        .body
+        .lines()
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            name.starts_with("tickforge_") && name.contains("tick") && name.ends_with("_bucket")
+        })
+        .count();
+    assert!(tick_buckets > 0, "{}", metrics.body);
+
+    let pid = i32::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
+    let exit = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::time::timeout(WAIT, exit)
+        .await
+        .unwrap_or_else(|_| panic!("serve still running {WAIT:?} after SIGTERM"))
+        .expect("waiter")
+        .expect("serve exits");
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
 }

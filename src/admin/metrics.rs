@@ -29,6 +29,8 @@ pub const MATCHES_CREATED: &str = "tickforge_matches_created_total";
 pub const MATCHES_RESTORED: &str = "tickforge_matches_restored_total";
 /// Counter: matches that ended.
 pub const MATCHES_ENDED: &str = "tickforge_matches_ended_total";
+/// Counter: matches ended because their game code failed (panicked).
+pub const MATCHES_FAILED: &str = "tickforge_matches_failed_total";
 /// Counter: matches paused because the store refused their writes.
 pub const MATCHES_PAUSED: &str = "tickforge_matches_paused_total";
 /// Counter: commands the game accepted.
@@ -138,6 +140,7 @@ fn build_and_install() -> Result<PrometheusHandle, RecorderError> {
         MATCHES_RESTORED,
         MATCHES_ENDED,
         MATCHES_PAUSED,
+        MATCHES_FAILED,
         COMMANDS_ACCEPTED,
         EVENTS_APPENDED,
         RESTORE_EVENTS_REPLAYED,
@@ -168,6 +171,11 @@ fn describe() {
         MATCHES_PAUSED,
         Count,
         "Matches paused because the store refused their writes."
+    );
+    describe_counter!(
+        MATCHES_FAILED,
+        Count,
+        "Matches ended because their game code failed."
     );
     describe_counter!(COMMANDS_ACCEPTED, Count, "Commands the game accepted.");
     describe_counter!(COMMANDS_REJECTED, Count, "Commands refused, by reason.");

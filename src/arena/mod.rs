@@ -6,14 +6,14 @@
 //! player reaches the score limit or the time limit runs out. Everything is
 //! integer math over ordered maps, so replay is exact.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::game::{Game, PlayerId, Rejection, Tick};
+use crate::game::{Game, MatchSetup, PlayerId, Rejection, Tick, Viewer};
 
-pub mod autoplay;
 pub mod bot;
 pub mod map;
 
@@ -232,13 +232,19 @@ impl Game for Arena {
     type State = ArenaState;
     type Command = ArenaCommand;
     type Event = ArenaEvent;
+    type Params = ();
+    type View = ArenaState;
+    /// The display name (`p<id>` when empty).
+    type Join = String;
+
+    const SCHEMA: u32 = 1;
 
     fn domain(&self) -> &str {
         "arena"
     }
 
-    fn initial_state(&self) -> ArenaState {
-        ArenaState::default()
+    fn setup(&self, _: &MatchSetup<()>) -> Result<ArenaState, Rejection> {
+        Ok(ArenaState::default())
     }
 
     fn decide(
@@ -356,7 +362,7 @@ impl Game for Arena {
         }
     }
 
-    fn step(&self, state: &mut ArenaState, tick: Tick) {
+    fn step(&self, state: &mut ArenaState, tick: Tick) -> Vec<ArenaEvent> {
         state.tick = tick;
         let due: Vec<PlayerId> = state
             .players
@@ -388,9 +394,46 @@ impl Game for Arena {
             };
             state.ending = Some(Ending::TimeLimit { winner });
         }
+        Vec::new()
     }
 
     fn is_over(&self, state: &ArenaState) -> bool {
         state.ending.is_some()
+    }
+
+    /// Nothing is hidden in the arena: every viewer sees the whole state.
+    fn view<'s>(&self, state: &'s ArenaState, _: Viewer) -> Cow<'s, ArenaState> {
+        Cow::Borrowed(state)
+    }
+
+    fn shared_view(&self) -> bool {
+        true
+    }
+
+    fn is_reliable(&self, event: &ArenaEvent) -> bool {
+        match event {
+            ArenaEvent::Joined { .. } | ArenaEvent::Left { .. } => true,
+            // A score: a shot that tagged someone.
+            ArenaEvent::Fired { tagged, .. } => tagged.is_some(),
+            ArenaEvent::Moved { .. } => false,
+        }
+    }
+
+    fn join(&self, player: PlayerId, name: &String) -> Result<ArenaCommand, Rejection> {
+        let name = if name.is_empty() {
+            player.to_string()
+        } else {
+            name.clone()
+        };
+        Self::check_name(&name)?;
+        Ok(ArenaCommand::Join { name })
+    }
+
+    fn leave(&self) -> ArenaCommand {
+        ArenaCommand::Leave
+    }
+
+    fn players(&self, state: &ArenaState) -> Vec<PlayerId> {
+        state.players.keys().copied().collect()
     }
 }

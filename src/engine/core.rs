@@ -6,13 +6,19 @@
 //! new events, a snapshot when one is due), and
 //! [`MatchCore::poll_batch`] hands out the events not yet sent to the
 //! store. No clock, no tokio, no store here: the shard loop drives it.
+//!
+//! Game code is untrusted for availability: a panic in `decide`, `apply`
+//! or `step` fails this match only ([`TickOutput::failure`]); the tick's
+//! events are dropped, the state is never snapshotted again, and the
+//! driver stops ticking it.
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::codec;
+use crate::codec::{self, EncodeError};
 use crate::engine::EventEnvelope;
 use crate::engine::replay::Replayed;
-use crate::game::{Game, PlayerId, Rejection, Tick};
+use crate::game::{Game, MatchSetup, PlayerId, Rejection, Tick};
 use crate::store::{AppendBatch, MatchKey, RecordedEvent, Snapshot};
 
 /// What happened to one command.
@@ -62,6 +68,10 @@ pub struct TickOutput<E, T> {
     pub snapshot: Option<Snapshot>,
     /// Whether the match ended on this tick.
     pub ended: bool,
+    /// Set when game code panicked (or produced something that cannot be
+    /// stored) on this tick: the match has failed for this reason. The
+    /// tick's events were dropped; nothing of it is to be stored.
+    pub failure: Option<String>,
 }
 
 /// The command queue of this match is full; the command comes back.
@@ -90,6 +100,12 @@ pub struct MatchCore<G: Game, T> {
     /// Tick last handed out by `poll_batch`.
     batched_tick: Tick,
     over: bool,
+    failed: Option<String>,
+    /// A failure found outside the tick (the game's view panicked),
+    /// reported by the next `run_tick`.
+    aborted: Option<String>,
+    /// The encoded [`MatchSetup`] the match was created with.
+    setup: std::sync::Arc<[u8]>,
 }
 
 impl<G: Game, T> std::fmt::Debug for MatchCore<G, T> {
@@ -104,15 +120,39 @@ impl<G: Game, T> std::fmt::Debug for MatchCore<G, T> {
 }
 
 impl<G: Game, T> MatchCore<G, T> {
-    /// A new match at tick 0 with the game's initial state.
-    pub fn new(game: &G, key: MatchKey, policy: MatchPolicy) -> Self {
-        let state = game.initial_state();
-        Self::from_parts(game, key, policy, state, 0, 0)
+    /// A new match at tick 0 with the state [`Game::setup`] builds. Refused
+    /// parameters (or a panic in `setup`) are a [`Rejection`].
+    pub fn new(
+        game: &G,
+        key: MatchKey,
+        policy: MatchPolicy,
+        setup: &MatchSetup<G::Params>,
+    ) -> Result<Self, Rejection> {
+        let state = guard(|| game.setup(setup))
+            .map_err(|panic| Rejection::new(format!("game setup panicked: {panic}")))??;
+        let encoded = codec::encode(setup)
+            .map_err(|e| Rejection::new(format!("the match setup cannot be stored: {e}")))?;
+        Ok(Self::from_parts(
+            game,
+            key,
+            policy,
+            state,
+            0,
+            0,
+            encoded.into(),
+        ))
     }
 
-    /// A match continuing from a replayed state.
-    pub fn restored(game: &G, key: MatchKey, policy: MatchPolicy, r: Replayed<G::State>) -> Self {
-        Self::from_parts(game, key, policy, r.state, r.next_sequence, r.tick)
+    /// A match continuing from a replayed state; `setup` is its stored
+    /// encoded setup.
+    pub fn restored(
+        game: &G,
+        key: MatchKey,
+        policy: MatchPolicy,
+        r: Replayed<G::State>,
+        setup: std::sync::Arc<[u8]>,
+    ) -> Self {
+        Self::from_parts(game, key, policy, r.state, r.next_sequence, r.tick, setup)
     }
 
     fn from_parts(
@@ -122,6 +162,7 @@ impl<G: Game, T> MatchCore<G, T> {
         state: G::State,
         next_sequence: u64,
         tick: Tick,
+        setup: std::sync::Arc<[u8]>,
     ) -> Self {
         let over = game.is_over(&state);
         Self {
@@ -135,7 +176,16 @@ impl<G: Game, T> MatchCore<G, T> {
             outbox_start: next_sequence,
             batched_tick: tick,
             over,
+            failed: None,
+            aborted: None,
+            setup,
         }
+    }
+
+    /// The encoded setup (parameters and seed) the match was created with,
+    /// as the store keeps it.
+    pub fn setup(&self) -> &std::sync::Arc<[u8]> {
+        &self.setup
     }
 
     /// The match's identity.
@@ -163,6 +213,20 @@ impl<G: Game, T> MatchCore<G, T> {
         self.over
     }
 
+    /// Fails the match on its next tick with `reason`, for game code that
+    /// broke outside the tick (the view a client is sent). Events already
+    /// produced are kept.
+    pub fn abort(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.aborted = Some(reason);
+        }
+    }
+
+    /// Why the match failed, if its game code broke.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Commands waiting for the next tick.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -187,18 +251,23 @@ impl<G: Game, T> MatchCore<G, T> {
     }
 
     /// Runs one tick: decides and applies the queued commands in arrival
-    /// order, then steps the simulation.
+    /// order, then steps the simulation and applies the events the step
+    /// emitted.
     ///
-    /// On an ended match no command is applied and no step runs; queued
-    /// commands are rejected.
+    /// On an ended or failed match no command is applied and no step runs;
+    /// queued commands are rejected.
     pub fn run_tick(&mut self, game: &G) -> TickOutput<G::Event, T> {
         let mut outcomes = Vec::with_capacity(self.pending.len());
         let mut events = Vec::new();
-        if self.over {
+        if self.over || self.failed.is_some() {
+            let reason = match &self.failed {
+                Some(failure) => format!("the match failed: {failure}"),
+                None => "the match is over".to_owned(),
+            };
             for pending in self.pending.drain(..) {
                 outcomes.push((
                     pending.token,
-                    CommandOutcome::Rejected(Rejection::new("the match is over")),
+                    CommandOutcome::Rejected(Rejection::new(&reason)),
                 ));
             }
             return TickOutput {
@@ -207,28 +276,106 @@ impl<G: Game, T> MatchCore<G, T> {
                 events,
                 snapshot: None,
                 ended: false,
+                failure: None,
             };
         }
-        let tick = self.tick + 1;
-        while let Some(Pending {
-            player,
-            command,
-            token,
-        }) = self.pending.pop_front()
-        {
-            let outcome = self.decide_and_apply(game, tick, player, &command, &mut events);
-            outcomes.push((token, outcome));
+        if let Some(reason) = self.aborted.take() {
+            let unprocessed = std::mem::take(&mut self.pending);
+            let (outbox_len, next_sequence) = (self.outbox.len(), self.next_sequence);
+            return self.fail(
+                self.tick,
+                reason,
+                outcomes,
+                unprocessed,
+                outbox_len,
+                next_sequence,
+            );
         }
-        game.step(&mut self.state, tick);
-        self.tick = tick;
-        self.over = game.is_over(&self.state);
+        let tick = self.tick + 1;
+        let (outbox_len, next_sequence) = (self.outbox.len(), self.next_sequence);
+        let mut pending = std::mem::take(&mut self.pending);
+        let ran = guard(|| {
+            while let Some(Pending {
+                player,
+                command,
+                token,
+            }) = pending.pop_front()
+            {
+                let outcome = self.decide_and_apply(game, tick, player, &command, &mut events);
+                outcomes.push((token, outcome));
+            }
+            let emitted = game.step(&mut self.state, tick);
+            self.record(game, tick, None, emitted, &mut events)
+                .map_err(|e| format!("an event of the step cannot be stored: {e}"))?;
+            Ok::<_, String>(game.is_over(&self.state))
+        });
+        let failure = match ran {
+            Ok(Ok(over)) => {
+                self.tick = tick;
+                self.over = over;
+                None
+            }
+            Ok(Err(reason)) => Some(reason),
+            Err(panic) => Some(format!("game code panicked on tick {tick}: {panic}")),
+        };
         let snapshot_due = self.over || tick % self.policy.snapshot_every_ticks.max(1) == 0;
+        let snapshot = match (&failure, snapshot_due) {
+            (None, true) => match self.snapshot() {
+                Ok(snapshot) => Some(snapshot),
+                Err(e) => {
+                    return self.fail(
+                        tick,
+                        format!("the state cannot be stored: {e}"),
+                        outcomes,
+                        pending,
+                        outbox_len,
+                        next_sequence,
+                    );
+                }
+            },
+            _ => None,
+        };
+        if let Some(reason) = failure {
+            return self.fail(tick, reason, outcomes, pending, outbox_len, next_sequence);
+        }
         TickOutput {
             tick,
             outcomes,
             events,
-            snapshot: if snapshot_due { self.snapshot() } else { None },
+            snapshot,
             ended: self.over,
+            failure: None,
+        }
+    }
+
+    /// Fails the match on `tick`: drops the tick's events (its state is not
+    /// trustworthy), rejects every command of the tick, keeps nothing to store.
+    fn fail(
+        &mut self,
+        tick: Tick,
+        reason: String,
+        outcomes: Vec<(T, CommandOutcome)>,
+        unprocessed: VecDeque<Pending<G::Command, T>>,
+        outbox_len: usize,
+        next_sequence: u64,
+    ) -> TickOutput<G::Event, T> {
+        self.outbox.truncate(outbox_len);
+        self.next_sequence = next_sequence;
+        self.failed = Some(reason.clone());
+        let refusal = Rejection::new(format!("the match failed: {reason}"));
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(token, _)| token)
+            .chain(unprocessed.into_iter().map(|p| p.token))
+            .map(|token| (token, CommandOutcome::Rejected(refusal.clone())))
+            .collect();
+        TickOutput {
+            tick,
+            outcomes,
+            events: Vec::new(),
+            snapshot: None,
+            ended: false,
+            failure: Some(reason),
         }
     }
 
@@ -245,8 +392,30 @@ impl<G: Game, T> MatchCore<G, T> {
             Err(rejection) => return CommandOutcome::Rejected(rejection),
         };
         let first_sequence = self.next_sequence;
-        // Encode every event before applying any, so a command either lands
-        // whole or not at all.
+        match self.record(game, tick, Some(player), decided, applied) {
+            Ok(count) => CommandOutcome::Accepted {
+                tick,
+                first_sequence,
+                events: count,
+            },
+            Err(e) => CommandOutcome::Rejected(Rejection::new(format!(
+                "an event of this command cannot be stored: {e}"
+            ))),
+        }
+    }
+
+    /// Encodes every event before applying any (so a batch lands whole or
+    /// not at all), then applies them, sequences them and queues them for
+    /// the store. Returns how many there were.
+    fn record(
+        &mut self,
+        game: &G,
+        tick: Tick,
+        player: Option<PlayerId>,
+        decided: Vec<G::Event>,
+        applied: &mut Vec<EventEnvelope<G::Event>>,
+    ) -> Result<u32, EncodeError> {
+        let first_sequence = self.next_sequence;
         let mut envelopes = Vec::with_capacity(decided.len());
         let mut records = Vec::with_capacity(decided.len());
         for (offset, event) in decided.into_iter().enumerate() {
@@ -254,20 +423,14 @@ impl<G: Game, T> MatchCore<G, T> {
                 sequence: first_sequence + offset as u64,
                 tick,
                 player,
+                schema: G::SCHEMA,
                 event,
             };
-            match codec::encode(&envelope) {
-                Ok(payload) => records.push(RecordedEvent {
-                    sequence: envelope.sequence,
-                    tick,
-                    payload,
-                }),
-                Err(e) => {
-                    return CommandOutcome::Rejected(Rejection::new(format!(
-                        "internal error: event not encodable: {e}"
-                    )));
-                }
-            }
+            records.push(RecordedEvent {
+                sequence: envelope.sequence,
+                tick,
+                payload: codec::encode(&envelope)?,
+            });
             envelopes.push(envelope);
         }
         for envelope in &envelopes {
@@ -277,11 +440,7 @@ impl<G: Game, T> MatchCore<G, T> {
         self.next_sequence += u64::from(count);
         self.outbox.extend(records);
         applied.extend(envelopes);
-        CommandOutcome::Accepted {
-            tick,
-            first_sequence,
-            events: count,
-        }
+        Ok(count)
     }
 
     /// Refuses every queued command with `rejection`, for a driver that will
@@ -294,19 +453,16 @@ impl<G: Game, T> MatchCore<G, T> {
             .collect()
     }
 
-    /// The current state as a snapshot, or `None` if it cannot be encoded.
-    pub fn snapshot(&self) -> Option<Snapshot> {
-        match codec::encode(&self.state) {
-            Ok(state) => Some(Snapshot {
-                sequence: self.next_sequence,
-                tick: self.tick,
-                state,
-            }),
-            Err(e) => {
-                tracing::error!(key = %self.key, error = %e, "match state not encodable; snapshot skipped");
-                None
-            }
-        }
+    /// The current state as a snapshot (with its hash), or why it cannot
+    /// be stored (too large to read back, or not encodable).
+    pub fn snapshot(&self) -> Result<Snapshot, EncodeError> {
+        let state = codec::encode(&self.state)?;
+        Ok(Snapshot::new(
+            self.next_sequence,
+            self.tick,
+            state,
+            G::SCHEMA,
+        ))
     }
 
     /// Hands out the events produced since the last call, with the current
@@ -328,4 +484,15 @@ impl<G: Game, T> MatchCore<G, T> {
         self.batched_tick = self.tick;
         Some(batch)
     }
+}
+
+/// Runs game code, turning a panic into its message.
+pub(crate) fn guard<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned())
+    })
 }

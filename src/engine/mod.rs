@@ -27,13 +27,15 @@ mod shard;
 mod stats;
 mod writer;
 
+pub(crate) use self::core::guard as guard_game;
 pub use self::core::{CommandOutcome, MatchCore, MatchPolicy, QueueFull, TickOutput};
-pub use envelope::EventEnvelope;
+pub use envelope::{EventEnvelope, ReadError, decode_event, decode_state};
 pub use replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 pub use stats::{EngineStats, ShardStats};
 
 use crate::admin::metrics as names;
-use crate::game::{Game, PlayerId, Tick};
+use crate::codec;
+use crate::game::{Game, MatchSetup, PlayerId, Rejection, Tick, match_seed};
 use crate::store::{EventStore, Head, KeyError, MatchKey, SnapshotStore, Store, StoreError};
 use shard::{Shard, ShardMsg};
 
@@ -116,8 +118,11 @@ pub struct MatchUpdate<S> {
     pub next_sequence: u64,
     /// The state after that tick.
     pub state: S,
-    /// Whether the match has ended.
+    /// Whether the match has ended (finished, or failed).
     pub over: bool,
+    /// Set when the match failed because its game code broke: the reason.
+    /// The state is the last good one; the match will not tick again.
+    pub failure: Option<Arc<str>>,
 }
 
 /// Where a command's outcome goes, with the client's own command number.
@@ -149,6 +154,17 @@ pub struct MatchFeed<G: Game> {
     pub events: broadcast::Receiver<Arc<EventEnvelope<G::Event>>>,
 }
 
+/// What [`Engine::restore_all`] did.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Matches restored and hosted.
+    pub restored: usize,
+    /// Events replayed on top of their snapshots, over all of them.
+    pub events_replayed: u64,
+    /// The matches that could not be restored, with why.
+    pub failed: Vec<EngineError>,
+}
+
 /// Why an engine call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -165,6 +181,15 @@ pub enum EngineError {
     /// The stored match has already ended; it is not hosted again.
     #[error("match {0:?} has ended")]
     MatchOver(String),
+    /// The game refused the parameters of a new match.
+    #[error("match {root:?} not created: {rejection}")]
+    Setup {
+        /// The match.
+        root: String,
+        /// The game's reason.
+        rejection: Rejection,
+    },
+
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -300,17 +325,42 @@ impl<G: Game, S: Store> Engine<G, S> {
         self.routes.iter().map(|r| r.key().to_string()).collect()
     }
 
-    /// Creates a new match and starts ticking it.
+    /// Creates a new match with the game's default parameters and starts
+    /// ticking it.
     pub async fn create_match(&self, root: &str) -> Result<(), EngineError> {
+        self.create_match_with(root, G::Params::default()).await
+    }
+
+    /// Creates a new match with `params` and starts ticking it. The game's
+    /// [`setup`](Game::setup) runs first (refused parameters create
+    /// nothing); the parameters and the seed are stored with the match so
+    /// restores and replays rebuild the same match.
+    pub async fn create_match_with(
+        &self,
+        root: &str,
+        params: G::Params,
+    ) -> Result<(), EngineError> {
         let key = self.key(root)?;
         if self.is_hosted(root) {
             return Err(EngineError::MatchExists(root.to_owned()));
         }
-        self.store.create(&key).await.map_err(|e| match e {
-            StoreError::Conflict { .. } => EngineError::MatchExists(root.to_owned()),
-            other => EngineError::Store(other),
-        })?;
-        let core = MatchCore::new(&*self.game, key, self.settings.policy);
+        let setup = MatchSetup {
+            params,
+            seed: match_seed(key.domain(), key.root()),
+        };
+        let core = MatchCore::new(&*self.game, key.clone(), self.settings.policy, &setup).map_err(
+            |rejection| EngineError::Setup {
+                root: root.to_owned(),
+                rejection,
+            },
+        )?;
+        self.store
+            .create(&key, core.setup())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => EngineError::MatchExists(root.to_owned()),
+                other => EngineError::Store(other),
+            })?;
         self.host(core).await?;
         metrics::counter!(names::MATCHES_CREATED).increment(1);
         Ok(())
@@ -327,34 +377,43 @@ impl<G: Game, S: Store> Engine<G, S> {
         if self.game.is_over(&replayed.state) {
             return Err(EngineError::MatchOver(root.to_owned()));
         }
-        let core = MatchCore::restored(&*self.game, key, self.settings.policy, replayed.clone());
+        let setup = self.store.load_setup(&key).await?.unwrap_or_default();
+        let core = MatchCore::restored(
+            &*self.game,
+            key,
+            self.settings.policy,
+            replayed.clone(),
+            setup.into(),
+        );
         self.host(core).await?;
         metrics::counter!(names::MATCHES_RESTORED).increment(1);
         Ok(replayed)
     }
 
     /// Restores every live match of this domain and edition that is not
-    /// hosted yet; returns how many were restored and the failures.
-    pub async fn restore_all(&self) -> Result<(usize, Vec<EngineError>), EngineError> {
+    /// hosted yet.
+    pub async fn restore_all(&self) -> Result<RestoreReport, EngineError> {
         let keys = self
             .store
             .live_matches(self.game.domain(), &self.edition)
             .await?;
-        let mut restored = 0;
-        let mut failed = Vec::new();
+        let mut report = RestoreReport::default();
         for key in keys {
             if self.is_hosted(key.root()) {
                 continue;
             }
             match self.restore_match(key.root()).await {
-                Ok(_) => restored += 1,
+                Ok(replayed) => {
+                    report.restored += 1;
+                    report.events_replayed += replayed.events_replayed;
+                }
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "match not restored");
-                    failed.push(e);
+                    report.failed.push(e);
                 }
             }
         }
-        Ok((restored, failed))
+        Ok(report)
     }
 
     async fn host(&self, core: shard::Core<G>) -> Result<(), EngineError> {
@@ -427,6 +486,29 @@ impl<G: Game, S: Store> Engine<G, S> {
         })
     }
 
+    /// Fails match `root` on its next tick with `reason` (game code that
+    /// broke outside the tick, e.g. the view sent to a client): it ends
+    /// with that reason recorded, and its subscribers are told.
+    pub fn fail_match(&self, root: &str, reason: String) -> Result<(), EngineError> {
+        let (root, shard) = {
+            let route = self
+                .routes
+                .get(root)
+                .ok_or_else(|| EngineError::UnknownMatch(root.to_owned()))?;
+            (route.key().clone(), route.shard)
+        };
+        self.shards[shard]
+            .inbox
+            .try_send(ShardMsg::Fail { root, reason })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(msg) => match msg {
+                    ShardMsg::Fail { root, .. } => EngineError::QueueFull(root.to_string()),
+                    _ => EngineError::ShuttingDown,
+                },
+                mpsc::error::TrySendError::Closed(_) => EngineError::ShuttingDown,
+            })
+    }
+
     /// Follows match `root`: its state after every tick and its events.
     pub fn subscribe(&self, root: &str) -> Result<MatchFeed<G>, EngineError> {
         let route = self
@@ -496,7 +578,8 @@ impl<G: Game, S: Store> Engine<G, S> {
 }
 
 /// Rebuilds match `key` from its latest snapshot and the events after it,
-/// stepped up to the stored head tick.
+/// stepped up to the stored head tick. The snapshot's bytes are checked
+/// against its hash first.
 pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
     game: &G,
     store: &S,
@@ -504,11 +587,9 @@ pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
 ) -> Result<Replayed<G::State>, EngineError> {
     let started = std::time::Instant::now();
     let head = stored_head(store, key).await?;
-    let snapshot = store.load_snapshot(key).await?;
-    let from = snapshot.as_ref().map_or(0, |s| s.sequence);
-    let replayer = match snapshot {
+    let replayer = match store.load_snapshot(key).await? {
         Some(snapshot) => Replayer::from_snapshot(game, &snapshot),
-        None => Ok(Replayer::from_start(game)),
+        None => Replayer::from_start(game, &load_setup::<G, S>(store, key).await?),
     };
     let replayer = replayer.map_err(|source| EngineError::Restore {
         key: key.to_string(),
@@ -520,20 +601,56 @@ pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
     let replayed = replay_rest(store, key, replayer, head.tick).await?;
     metrics::histogram!(names::RESTORE_DURATION, "phase" => "tail_replay")
         .record(loaded.elapsed().as_secs_f64());
-    metrics::counter!(names::RESTORE_EVENTS_REPLAYED)
-        .increment(replayed.next_sequence.saturating_sub(from));
+    metrics::counter!(names::RESTORE_EVENTS_REPLAYED).increment(replayed.events_replayed);
     Ok(replayed)
 }
 
-/// Rebuilds match `key` from sequence 0, ignoring snapshots, up to the
-/// stored head tick: the independent check of a restore.
-pub async fn rebuild_from_start<G: Game, S: EventStore>(
+/// Rebuilds match `key` from sequence 0, ignoring snapshots for the start,
+/// up to the stored head tick: the independent check of a restore. When
+/// the replay reaches the stored snapshot's tick, its state must hash to
+/// the snapshot's hash, else [`RestoreError::Diverged`] names that tick.
+pub async fn rebuild_from_start<G: Game, S: EventStore + SnapshotStore>(
     game: &G,
     store: &S,
     key: &MatchKey,
 ) -> Result<Replayed<G::State>, EngineError> {
     let head = stored_head(store, key).await?;
-    replay_rest(store, key, Replayer::from_start(game), head.tick).await
+    let mut replayer =
+        Replayer::from_start(game, &load_setup::<G, S>(store, key).await?).map_err(|source| {
+            EngineError::Restore {
+                key: key.to_string(),
+                source,
+            }
+        })?;
+    if let Some(snapshot) = store.load_snapshot(key).await? {
+        replayer.check_against(&snapshot);
+    }
+    replay_rest(store, key, replayer, head.tick).await
+}
+
+/// The setup match `key` was created with: its stored parameters and seed
+/// (a match stored without them gets the default parameters and the seed
+/// of its key).
+pub async fn load_setup<G: Game, S: EventStore>(
+    store: &S,
+    key: &MatchKey,
+) -> Result<MatchSetup<G::Params>, EngineError> {
+    let bytes = store
+        .load_setup(key)
+        .await?
+        .ok_or_else(|| EngineError::UnknownMatch(key.root().to_owned()))?;
+    if bytes.is_empty() {
+        return Ok(MatchSetup {
+            params: G::Params::default(),
+            seed: match_seed(key.domain(), key.root()),
+        });
+    }
+    codec::decode(&bytes).map_err(|e| {
+        EngineError::Store(StoreError::Corrupt {
+            key: key.meta_key(),
+            reason: format!("stored setup does not decode: {e}"),
+        })
+    })
 }
 
 async fn stored_head<S: EventStore>(store: &S, key: &MatchKey) -> Result<Head, EngineError> {
@@ -564,5 +681,5 @@ async fn replay_rest<G: Game, S: EventStore>(
             break;
         }
     }
-    Ok(replayer.finish(head_tick))
+    replayer.finish(head_tick).map_err(restore_error)
 }

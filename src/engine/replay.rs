@@ -13,9 +13,10 @@
 
 use std::collections::VecDeque;
 
-use crate::codec::{self, DecodeError};
+use crate::codec;
 use crate::engine::EventEnvelope;
-use crate::game::{Game, Tick};
+use crate::engine::envelope::{self, ReadError};
+use crate::game::{Game, MatchSetup, Tick};
 use crate::store::{Head, RecordedEvent, Snapshot};
 
 /// Why a log could not be replayed.
@@ -50,17 +51,62 @@ pub enum RestoreError {
         /// The tick inside the envelope.
         envelope_tick: Tick,
     },
-    /// An event or the snapshot state could not be decoded.
-    #[error("cannot decode {what}: {source}")]
-    Decode {
+    /// An event or the snapshot state could not be read (malformed, a
+    /// newer schema version, or an upgrade that failed).
+    #[error("cannot read {what}: {source}")]
+    Read {
         /// "snapshot state" or "event N".
         what: String,
-        /// The codec's reason.
-        source: DecodeError,
+        /// Why.
+        source: ReadError,
     },
+    /// The snapshot's bytes do not hash to the hash stored with them.
+    #[error(
+        "the snapshot at tick {tick} is corrupt: its state hashes to {found:#018x}, {expected:#018x} was stored"
+    )]
+    SnapshotCorrupt {
+        /// The snapshot's tick.
+        tick: Tick,
+        /// The stored hash.
+        expected: u64,
+        /// The hash of the stored bytes.
+        found: u64,
+    },
+    /// Replay reached a checkpoint (a stored snapshot's tick) with a
+    /// different state: the log, the snapshot or the game's determinism is
+    /// broken at or before this tick.
+    #[error(
+        "replay diverged by tick {tick} (sequence {sequence}): state hash {found:#018x}, \
+         the snapshot taken live has {expected:#018x}"
+    )]
+    Diverged {
+        /// The first checked tick whose state differs.
+        tick: Tick,
+        /// The events folded in at that tick (the live snapshot's sequence).
+        sequence: u64,
+        /// The hash the live match had.
+        expected: u64,
+        /// The hash replay arrived at.
+        found: u64,
+    },
+    /// The game refused the stored setup, or its code panicked in replay.
+    #[error("the game failed in replay: {0}")]
+    Game(String),
+}
+
+/// A state hash replay must arrive at: a stored snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    sequence: u64,
+    tick: Tick,
+    hash: u64,
 }
 
 /// Folds events into a state, one at a time, keeping tick order.
+///
+/// Within a tick, events of players' commands come first and are applied
+/// before the tick's step; events the step emitted (no player) follow and
+/// are applied after it, exactly as the match ran.
 #[derive(Debug)]
 pub struct Replayer<'g, G: Game> {
     game: &'g G,
@@ -70,33 +116,75 @@ pub struct Replayer<'g, G: Game> {
     tick: Tick,
     /// The tick of the last applied event (its step may still be owed).
     open_tick: Tick,
+    /// Set right after a step's event: more events of that step may follow.
+    open_step: Option<Tick>,
+    /// The sequence replay started at.
+    start_sequence: u64,
+    /// A stored snapshot the replay is checked against when it gets there.
+    checkpoint: Option<Checkpoint>,
 }
 
 impl<'g, G: Game> Replayer<'g, G> {
-    /// Starts from the game's initial state at tick 0, sequence 0.
-    pub fn from_start(game: &'g G) -> Self {
-        Self {
+    /// Starts from the state the game's setup builds at tick 0, sequence 0.
+    pub fn from_start(game: &'g G, setup: &MatchSetup<G::Params>) -> Result<Self, RestoreError> {
+        let state = crate::engine::core::guard(|| game.setup(setup))
+            .map_err(RestoreError::Game)?
+            .map_err(|rejection| RestoreError::Game(format!("setup refused: {rejection}")))?;
+        Ok(Self {
             game,
-            state: game.initial_state(),
+            state,
             next_sequence: 0,
             tick: 0,
             open_tick: 0,
-        }
+            open_step: None,
+            start_sequence: 0,
+            checkpoint: None,
+        })
     }
 
-    /// Starts from a snapshot.
+    /// Starts from a snapshot, after checking its bytes against its hash
+    /// and upgrading a state of an older schema version.
     pub fn from_snapshot(game: &'g G, snapshot: &Snapshot) -> Result<Self, RestoreError> {
-        let state = codec::decode(&snapshot.state).map_err(|source| RestoreError::Decode {
-            what: "snapshot state".into(),
-            source,
-        })?;
+        let found = codec::state_hash(&snapshot.state);
+        if found != snapshot.hash {
+            return Err(RestoreError::SnapshotCorrupt {
+                tick: snapshot.tick,
+                expected: snapshot.hash,
+                found,
+            });
+        }
+        let state =
+            envelope::decode_state(game, snapshot.schema, &snapshot.state).map_err(|source| {
+                RestoreError::Read {
+                    what: "snapshot state".into(),
+                    source,
+                }
+            })?;
         Ok(Self {
             game,
             state,
             next_sequence: snapshot.sequence,
             tick: snapshot.tick,
             open_tick: snapshot.tick,
+            open_step: None,
+            start_sequence: snapshot.sequence,
+            checkpoint: None,
         })
+    }
+
+    /// Checks the replay against `snapshot` (one taken live, later than
+    /// where this replay starts): when replay has folded in the snapshot's
+    /// events and run its tick, the state must hash to the snapshot's hash,
+    /// else [`RestoreError::Diverged`]. A snapshot at or before the start
+    /// is ignored.
+    pub fn check_against(&mut self, snapshot: &Snapshot) {
+        if snapshot.tick > self.tick {
+            self.checkpoint = Some(Checkpoint {
+                sequence: snapshot.sequence,
+                tick: snapshot.tick,
+                hash: snapshot.hash,
+            });
+        }
     }
 
     /// The sequence the next event must have.
@@ -120,11 +208,12 @@ impl<'g, G: Game> Replayer<'g, G> {
                 found: record.sequence,
             });
         }
-        let envelope: EventEnvelope<G::Event> =
-            codec::decode(&record.payload).map_err(|source| RestoreError::Decode {
+        let envelope = envelope::decode_event(self.game, &record.payload).map_err(|source| {
+            RestoreError::Read {
                 what: format!("event {}", record.sequence),
                 source,
-            })?;
+            }
+        })?;
         if envelope.sequence != record.sequence || envelope.tick != record.tick {
             return Err(RestoreError::EnvelopeMismatch {
                 sequence: record.sequence,
@@ -132,42 +221,86 @@ impl<'g, G: Game> Replayer<'g, G> {
                 envelope_tick: envelope.tick,
             });
         }
-        // The event belongs to tick `record.tick`, whose step has not run yet.
-        if record.tick <= self.tick {
+        let tick = record.tick;
+        let from_step = envelope.player.is_none();
+        // A command's event belongs before its tick's step; a step's event
+        // after it (and after every command event of that tick).
+        let in_order = tick > self.tick || (from_step && self.open_step == Some(tick));
+        if !in_order {
             return Err(RestoreError::TickOrder {
                 sequence: record.sequence,
-                tick: record.tick,
+                tick,
                 at: self.tick,
             });
         }
-        self.step_until(record.tick - 1);
-        self.game
-            .apply(&mut self.state, record.tick, &envelope.event);
+        self.verify_through(tick - 1)?;
+        self.step_until(if from_step { tick } else { tick - 1 })?;
+        let game = self.game;
+        let state = &mut self.state;
+        crate::engine::core::guard(|| game.apply(state, tick, &envelope.event))
+            .map_err(RestoreError::Game)?;
         self.next_sequence += 1;
-        // `self.tick` stays one below the event's tick, so later events of
-        // the same tick are still accepted; `open_tick` remembers that this
-        // tick's step is still owed.
-        self.open_tick = record.tick;
+        // `open_tick` remembers the tick of the last event: its step may
+        // still be owed (command events leave `self.tick` one below it).
+        self.open_tick = tick;
+        self.open_step = from_step.then_some(tick);
         Ok(envelope)
     }
 
-    fn step_until(&mut self, tick: Tick) {
+    fn step_until(&mut self, tick: Tick) -> Result<(), RestoreError> {
         while self.tick < tick {
-            self.tick += 1;
-            self.game.step(&mut self.state, self.tick);
+            let next = self.tick + 1;
+            let game = self.game;
+            let state = &mut self.state;
+            // The events the step emits are in the log; they are applied from there.
+            crate::engine::core::guard(|| drop(game.step(state, next)))
+                .map_err(RestoreError::Game)?;
+            self.tick = next;
         }
+        Ok(())
+    }
+
+    /// Once every event of the ticks up to `tick` is applied: runs up to
+    /// the checkpoint's tick if it lies there and compares the state hash.
+    fn verify_through(&mut self, tick: Tick) -> Result<(), RestoreError> {
+        let Some(checkpoint) = self.checkpoint else {
+            return Ok(());
+        };
+        if checkpoint.tick > tick {
+            return Ok(());
+        }
+        self.checkpoint = None;
+        self.step_until(checkpoint.tick)?;
+        let found = codec::encode(&self.state)
+            .map(|bytes| codec::state_hash(&bytes))
+            .unwrap_or(0);
+        if found != checkpoint.hash
+            || self.next_sequence != checkpoint.sequence
+            || self.tick != checkpoint.tick
+        {
+            return Err(RestoreError::Diverged {
+                tick: checkpoint.tick,
+                sequence: checkpoint.sequence,
+                expected: checkpoint.hash,
+                found,
+            });
+        }
+        Ok(())
     }
 
     /// Steps up to `head_tick` (or through the last event's tick, if that
-    /// is later) and returns the state, the next sequence and the tick reached.
-    pub fn finish(mut self, head_tick: Tick) -> Replayed<G::State> {
+    /// is later) and returns the state, the next sequence and the tick
+    /// reached, after checking a checkpoint on the way.
+    pub fn finish(mut self, head_tick: Tick) -> Result<Replayed<G::State>, RestoreError> {
         let target = head_tick.max(self.open_tick);
-        self.step_until(target);
-        Replayed {
+        self.verify_through(target)?;
+        self.step_until(target)?;
+        Ok(Replayed {
             state: self.state,
             next_sequence: self.next_sequence,
             tick: self.tick,
-        }
+            events_replayed: self.next_sequence - self.start_sequence,
+        })
     }
 }
 
@@ -180,6 +313,9 @@ pub struct Replayed<S> {
     pub next_sequence: u64,
     /// The tick the state is at (its step has run).
     pub tick: Tick,
+    /// How many events were replayed on top of the starting point (the
+    /// snapshot, or the setup).
+    pub events_replayed: u64,
 }
 
 /// What one call to [`TickReplayer::step`] did.
@@ -226,14 +362,14 @@ pub enum TickStep {
 /// use tickforge::arena::{Arena, bot::Bot};
 /// use tickforge::engine::replay::{TickReplayer, TickStep};
 /// use tickforge::engine::{MatchCore, MatchPolicy};
-/// use tickforge::game::PlayerId;
+/// use tickforge::game::{MatchSetup, PlayerId};
 /// use tickforge::store::{Head, MatchKey, MatchStatus};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // A match played for 100 ticks; `log` is what the store would hold.
 /// let arena = Arena::default();
 /// let key = MatchKey::new("arena", "main", "m1")?;
-/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default());
+/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default(), &MatchSetup::default())?;
 /// let mut bots = [Bot::new(PlayerId(1), 1), Bot::new(PlayerId(2), 2)];
 /// let mut log = Vec::new();
 /// for _ in 0..100 {
@@ -248,7 +384,7 @@ pub enum TickStep {
 /// let head = Head { next_sequence: core.next_sequence(), tick: core.tick(), status: MatchStatus::Live };
 ///
 /// // Replayed tick by tick, paging the log in 16 events at a time.
-/// let mut replay = TickReplayer::from_start(&arena, &head);
+/// let mut replay = TickReplayer::from_start(&arena, &MatchSetup::default(), &head)?;
 /// let mut ticks = 0;
 /// loop {
 ///     match replay.step()? {
@@ -284,9 +420,21 @@ pub struct TickReplayer<'g, G: Game> {
 }
 
 impl<'g, G: Game> TickReplayer<'g, G> {
-    /// Replays from the game's initial state at tick 0, sequence 0, up to `head`.
-    pub fn from_start(game: &'g G, head: &Head) -> Self {
-        Self::new(Replayer::from_start(game), head)
+    /// Replays from the state the match's setup builds at tick 0,
+    /// sequence 0, up to `head`.
+    pub fn from_start(
+        game: &'g G,
+        setup: &MatchSetup<G::Params>,
+        head: &Head,
+    ) -> Result<Self, RestoreError> {
+        Ok(Self::new(Replayer::from_start(game, setup)?, head))
+    }
+
+    /// Checks the replay against a snapshot taken live (see
+    /// [`Replayer::check_against`]): the tick it was taken on is verified
+    /// right after it runs.
+    pub fn check_against(&mut self, snapshot: &Snapshot) {
+        self.replayer.check_against(snapshot);
     }
 
     /// Replays from `snapshot` up to `head`: the first tick to run is the
@@ -366,7 +514,8 @@ impl<'g, G: Game> TickReplayer<'g, G> {
             let envelope = self.replayer.apply_envelope(&record)?;
             self.tick_events.push(envelope);
         }
-        self.replayer.step_until(next);
+        self.replayer.step_until(next)?;
+        self.replayer.verify_through(next)?;
         Ok(TickStep::Ran(next))
     }
 
@@ -409,395 +558,5 @@ impl<'g, G: Game> TickReplayer<'g, G> {
             .back()
             .map_or(self.replayer.open_tick, |r| r.tick);
         self.head_tick.max(last_event)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::arena::bot::Bot;
-    use crate::arena::{Arena, ArenaEvent, ArenaMap, ArenaRules, ArenaState};
-    use crate::engine::{MatchCore, MatchPolicy};
-    use crate::game::PlayerId;
-    use crate::store::{MatchKey, MatchStatus};
-
-    type Envelope = EventEnvelope<ArenaEvent>;
-
-    /// A match played by bots: what the store holds and what the live
-    /// match showed after every tick.
-    struct Played {
-        core: MatchCore<Arena, ()>,
-        /// Every event, as `poll_batch` handed them to the store.
-        log: Vec<RecordedEvent>,
-        /// The encoded live state after each tick (index 0: tick 0).
-        states: Vec<Vec<u8>>,
-        /// The events each tick applied (index 0: none).
-        events: Vec<Vec<Envelope>>,
-        /// The snapshots the core took, in order.
-        snapshots: Vec<Snapshot>,
-    }
-
-    impl Played {
-        fn head(&self) -> Head {
-            Head {
-                next_sequence: self.core.next_sequence(),
-                tick: self.core.tick(),
-                status: if self.core.is_over() {
-                    MatchStatus::Ended
-                } else {
-                    MatchStatus::Live
-                },
-            }
-        }
-    }
-
-    fn encode(state: &ArenaState) -> Vec<u8> {
-        codec::encode(state).expect("arena states encode")
-    }
-
-    /// `bots` bots play for `active` ticks, then the match runs `idle`
-    /// more ticks without commands (or until it ends).
-    fn play(arena: &Arena, bots: u32, seed: u64, active: Tick, idle: Tick, every: u64) -> Played {
-        let key = MatchKey::new("arena", "main", "replay").expect("valid key");
-        let policy = MatchPolicy {
-            max_pending: 1024,
-            snapshot_every_ticks: every,
-        };
-        let core: MatchCore<Arena, ()> = MatchCore::new(arena, key, policy);
-        let mut bots: Vec<Bot> = (1..=bots)
-            .map(|p| Bot::new(PlayerId(p), seed + u64::from(p)))
-            .collect();
-        let mut played = Played {
-            log: Vec::new(),
-            states: vec![encode(core.state())],
-            events: vec![Vec::new()],
-            snapshots: Vec::new(),
-            core,
-        };
-        for tick in 1..=active + idle {
-            if played.core.is_over() {
-                break;
-            }
-            if tick <= active {
-                for bot in &mut bots {
-                    if let Some(command) = bot.next_command(arena, played.core.state()) {
-                        played
-                            .core
-                            .handle_command(bot.player(), command, ())
-                            .expect("the queue has room");
-                    }
-                }
-            }
-            let out = played.core.run_tick(arena);
-            assert_eq!(out.tick, tick);
-            played.states.push(encode(played.core.state()));
-            played.events.push(out.events);
-            played.snapshots.extend(out.snapshot);
-            if let Some(batch) = played.core.poll_batch() {
-                played.log.extend(batch.events);
-            }
-        }
-        played
-    }
-
-    /// A small arena whose matches end quickly.
-    fn small_arena(time_limit_ticks: Tick) -> Arena {
-        Arena::new(
-            ArenaMap::default(),
-            ArenaRules {
-                max_players: 6,
-                score_limit: 5,
-                time_limit_ticks,
-                fire_cooldown_ticks: 3,
-                respawn_ticks: 5,
-            },
-        )
-    }
-
-    /// What a tick-by-tick replay showed.
-    struct Shown {
-        /// Each tick that ran, with the encoded state after it and its events.
-        ticks: Vec<(Tick, Vec<u8>, Vec<Envelope>)>,
-        /// The encoded state at the end.
-        end: Vec<u8>,
-        end_tick: Tick,
-        next_sequence: u64,
-    }
-
-    /// Replays `log` up to `head` tick by tick, paging `page` events in at
-    /// a time from where the replayer asks.
-    fn replay_ticks(
-        mut replay: TickReplayer<'_, Arena>,
-        log: &[RecordedEvent],
-        page: usize,
-    ) -> Result<Shown, RestoreError> {
-        let mut ticks = Vec::new();
-        loop {
-            match replay.step()? {
-                TickStep::Ran(tick) => {
-                    assert_eq!(replay.tick(), tick);
-                    ticks.push((tick, encode(replay.state()), replay.tick_events().to_vec()));
-                }
-                TickStep::NeedEvents { from } => {
-                    let from = usize::try_from(from).expect("small logs");
-                    assert!(from < log.len(), "asked for events past the log");
-                    replay.push(log[from..].iter().take(page).cloned())?;
-                }
-                TickStep::Finished => break,
-            }
-        }
-        assert!(replay.is_finished());
-        assert_eq!(
-            replay.step(),
-            Ok(TickStep::Finished),
-            "finished stays finished"
-        );
-        Ok(Shown {
-            end: encode(replay.state()),
-            end_tick: replay.tick(),
-            next_sequence: replay.next_sequence(),
-            ticks,
-        })
-    }
-
-    /// The whole-log replay the engine restores with.
-    fn replay_whole(arena: &Arena, log: &[RecordedEvent], head: &Head) -> Replayed<ArenaState> {
-        let mut replayer = Replayer::from_start(arena);
-        for record in log.iter().take_while(|r| r.sequence < head.next_sequence) {
-            replayer.apply(record).expect("the log replays");
-        }
-        replayer.finish(head.tick)
-    }
-
-    /// Every tick from `first` to the head ran once, in order, showing the
-    /// live state and events of that tick; the end is the live end and
-    /// the whole-log replay.
-    fn assert_matches_live(arena: &Arena, played: &Played, shown: &Shown, first: Tick) {
-        let head = played.head();
-        let expected: Vec<Tick> = (first..=head.tick).collect();
-        let ran: Vec<Tick> = shown.ticks.iter().map(|(tick, ..)| *tick).collect();
-        assert_eq!(ran, expected, "every tick runs once, in order");
-        for (tick, state, events) in &shown.ticks {
-            let at = usize::try_from(*tick).expect("small runs");
-            assert!(
-                state == &played.states[at],
-                "state after tick {tick} differs from the live match"
-            );
-            assert_eq!(events, &played.events[at], "events of tick {tick}");
-        }
-        let whole = replay_whole(arena, &played.log, &head);
-        assert!(
-            shown.end == encode(&whole.state),
-            "end differs from a whole replay"
-        );
-        assert!(
-            shown.end == encode(played.core.state()),
-            "end differs from the live match"
-        );
-        assert_eq!(shown.end_tick, whole.tick);
-        assert_eq!(shown.next_sequence, whole.next_sequence);
-        assert_eq!(shown.next_sequence, played.log.len() as u64);
-    }
-
-    #[test]
-    fn every_tick_equals_the_live_match() {
-        let arena = Arena::default();
-        let played = play(&arena, 8, 7, 600, 0, 300);
-        assert!(
-            played.log.len() > 1000,
-            "bots were busy: {}",
-            played.log.len()
-        );
-        let shown = replay_ticks(
-            TickReplayer::from_start(&arena, &played.head()),
-            &played.log,
-            7,
-        )
-        .expect("the log replays");
-        assert_matches_live(&arena, &played, &shown, 1);
-        assert!(
-            shown.ticks.iter().any(|(_, _, events)| events.len() > 1),
-            "some tick has several events"
-        );
-    }
-
-    #[test]
-    fn a_finished_match_replays_through_its_ending() {
-        let arena = small_arena(240);
-        let played = play(&arena, 6, 3, 1000, 0, 100);
-        assert!(played.core.is_over());
-        let head = played.head();
-        assert_eq!(head.status, MatchStatus::Ended);
-        let shown = replay_ticks(TickReplayer::from_start(&arena, &head), &played.log, 64)
-            .expect("the log replays");
-        assert_matches_live(&arena, &played, &shown, 1);
-        let end: ArenaState = codec::decode(&shown.end).expect("decodes");
-        assert!(end.ending.is_some(), "the replay shows the ending");
-    }
-
-    #[test]
-    fn idle_ticks_after_the_last_event_run_up_to_the_head() {
-        let arena = Arena::default();
-        let played = play(&arena, 3, 11, 40, 90, 1000);
-        let last_event_tick = played.log.last().expect("bots joined").tick;
-        assert!(played.head().tick >= last_event_tick + 90);
-        let mut replay = TickReplayer::from_start(&arena, &played.head());
-        assert_eq!(replay.head_tick(), played.head().tick);
-        replay.push(played.log.clone()).expect("one page");
-        let shown = replay_ticks(replay, &played.log, 1).expect("the log replays");
-        assert_matches_live(&arena, &played, &shown, 1);
-    }
-
-    #[test]
-    fn from_a_snapshot_the_ticks_continue_like_the_live_match() {
-        let arena = Arena::default();
-        let played = play(&arena, 8, 5, 400, 0, 120);
-        let snapshot = &played.snapshots[1];
-        assert_eq!(snapshot.tick, 240);
-        let replay = TickReplayer::from_snapshot(&arena, snapshot, &played.head())
-            .expect("the snapshot decodes");
-        assert_eq!(replay.tick(), 240);
-        assert_eq!(replay.next_sequence(), snapshot.sequence);
-        let shown = replay_ticks(replay, &played.log, 50).expect("the tail replays");
-        assert_matches_live(&arena, &played, &shown, 241);
-    }
-
-    #[test]
-    fn events_past_the_head_are_ignored() {
-        let arena = Arena::default();
-        let played = play(&arena, 8, 9, 300, 0, 1000);
-        // The head as read while the match was at tick 150.
-        let at = 150;
-        let next_sequence = played.log.iter().filter(|r| r.tick <= at).count() as u64;
-        let head = Head {
-            next_sequence,
-            tick: at,
-            status: MatchStatus::Live,
-        };
-        let mut replay = TickReplayer::from_start(&arena, &head);
-        replay
-            .push(played.log.clone())
-            .expect("pages past the head are fine");
-        let shown = replay_ticks(replay, &played.log, 10).expect("the log replays");
-        assert_eq!(shown.end_tick, at);
-        assert_eq!(shown.next_sequence, next_sequence);
-        assert!(shown.end == played.states[150], "state at the head tick");
-        assert!(shown.end == encode(&replay_whole(&arena, &played.log, &head).state));
-    }
-
-    #[test]
-    fn a_gap_between_pages_is_refused() {
-        let arena = Arena::default();
-        let played = play(&arena, 4, 1, 50, 0, 1000);
-        let mut replay = TickReplayer::from_start(&arena, &played.head());
-        replay
-            .push(played.log[..3].iter().cloned())
-            .expect("first page");
-        assert_eq!(
-            replay.push(played.log[4..].iter().cloned()),
-            Err(RestoreError::Gap {
-                expected: 3,
-                found: 4
-            })
-        );
-    }
-
-    #[test]
-    fn an_event_of_an_earlier_tick_is_refused_when_its_turn_comes() {
-        let arena = Arena::default();
-        let record = |sequence, tick| {
-            let envelope = EventEnvelope {
-                sequence,
-                tick,
-                player: PlayerId(1),
-                event: ArenaEvent::Left {
-                    player: PlayerId(1),
-                },
-            };
-            RecordedEvent {
-                sequence,
-                tick,
-                payload: codec::encode(&envelope).expect("encodes"),
-            }
-        };
-        let head = Head {
-            next_sequence: 2,
-            tick: 6,
-            status: MatchStatus::Live,
-        };
-        let mut replay = TickReplayer::from_start(&arena, &head);
-        assert_eq!(replay.step(), Ok(TickStep::NeedEvents { from: 0 }));
-        replay.push([record(0, 5), record(1, 3)]).expect("queued");
-        for tick in 1..=4 {
-            assert_eq!(replay.step(), Ok(TickStep::Ran(tick)));
-            assert!(replay.tick_events().is_empty());
-        }
-        assert_eq!(
-            replay.step(),
-            Err(RestoreError::TickOrder {
-                sequence: 1,
-                tick: 3,
-                at: 4
-            })
-        );
-    }
-
-    #[test]
-    fn an_undecodable_event_is_reported_with_its_sequence() {
-        let arena = Arena::default();
-        let head = Head {
-            next_sequence: 1,
-            tick: 2,
-            status: MatchStatus::Live,
-        };
-        let mut replay = TickReplayer::from_start(&arena, &head);
-        replay
-            .push([RecordedEvent {
-                sequence: 0,
-                tick: 1,
-                payload: vec![0xff; 3],
-            }])
-            .expect("queued");
-        assert!(matches!(
-            replay.step(),
-            Err(RestoreError::Decode { ref what, .. }) if what == "event 0"
-        ));
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
-
-        /// Any run, paged in any size, from the start or from any of its
-        /// snapshots: every tick shows the live state and events, and the
-        /// end is the whole-log replay.
-        #[test]
-        fn tick_by_tick_equals_live_and_whole_replay(
-            bots in 0..6u32,
-            seed in any::<u64>(),
-            active in 0..200u64,
-            idle in 0..40u64,
-            time_limit in prop_oneof![Just(0u64), 20..200u64],
-            every in 1..80u64,
-            page in 1..40usize,
-            snapshot_pick in any::<prop::sample::Index>(),
-            from_snapshot in any::<bool>(),
-        ) {
-            let arena = small_arena(time_limit);
-            let played = play(&arena, bots, seed, active, idle, every);
-            let head = played.head();
-            let snapshot = (from_snapshot && !played.snapshots.is_empty())
-                .then(|| &played.snapshots[snapshot_pick.index(played.snapshots.len())]);
-            let (replay, first) = match snapshot {
-                Some(s) => (
-                    TickReplayer::from_snapshot(&arena, s, &head).expect("decodes"),
-                    s.tick + 1,
-                ),
-                None => (TickReplayer::from_start(&arena, &head), 1),
-            };
-            let shown = replay_ticks(replay, &played.log, page).expect("the log replays");
-            assert_matches_live(&arena, &played, &shown, first);
-        }
     }
 }

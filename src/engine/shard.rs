@@ -48,6 +48,8 @@ pub(crate) enum ShardMsg<G: Game> {
         command: G::Command,
         reply: Option<ReplyTo>,
     },
+    /// Fail a hosted match on its next tick.
+    Fail { root: Arc<str>, reason: String },
     /// Snapshot every match, flush, stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -91,6 +93,8 @@ pub(crate) struct Shard<G: Game> {
     matches: HashMap<Arc<str>, Hosted<G>>,
     /// A job the writer queue had no room for; while set, matches pause.
     backlog: Option<WriteJob>,
+    /// Setups of matches hosted since the last job, for the writer's repair.
+    setups: Vec<(crate::store::MatchKey, Arc<[u8]>)>,
 }
 
 impl<G: Game> Shard<G> {
@@ -116,6 +120,7 @@ impl<G: Game> Shard<G> {
             routes,
             matches: HashMap::new(),
             backlog: None,
+            setups: Vec::new(),
         }
     }
 
@@ -178,6 +183,7 @@ impl<G: Game> Shard<G> {
                 events,
             } => {
                 let root: Arc<str> = core.key().root().into();
+                self.setups.push((core.key().clone(), core.setup().clone()));
                 self.matches.insert(
                     root,
                     Hosted {
@@ -237,6 +243,11 @@ impl<G: Game> Shard<G> {
                     );
                 }
             }
+            ShardMsg::Fail { root, reason } => {
+                if let Some(hosted) = self.matches.get_mut(&root) {
+                    hosted.core.abort(reason);
+                }
+            }
             ShardMsg::Shutdown { .. } => unreachable!("shutdown is handled by the loop"),
         }
     }
@@ -269,7 +280,10 @@ impl<G: Game> Shard<G> {
             }
             tracing::info!("store writer has room again; matches resume");
         }
-        let mut job = WriteJob::default();
+        let mut job = WriteJob {
+            setups: std::mem::take(&mut self.setups),
+            ..WriteJob::default()
+        };
         let mut publications = Vec::with_capacity(self.matches.len());
         let mut ended = Vec::new();
         let (mut match_ticks, mut events, mut rejected, mut decided) = (0u64, 0u64, 0u64, 0u64);
@@ -279,6 +293,31 @@ impl<G: Game> Shard<G> {
             }
             let out = hosted.core.run_tick(&self.game);
             match_ticks += 1;
+            if let Some(reason) = out.failure {
+                self.stats.failed_matches.fetch_add(1, Relaxed);
+                metrics::counter!(names::MATCHES_FAILED).increment(1);
+                tracing::error!(key = %hosted.core.key(), %reason, "game code failed; the match ends with this reason");
+                for (reply, outcome) in out.outcomes {
+                    decided += 1;
+                    rejected += 1;
+                    if let Some(reply) = reply {
+                        send_reply(&reply, root, outcome);
+                    }
+                }
+                if let Some(batch) = hosted.core.poll_batch() {
+                    // Events of earlier ticks not handed out yet are still good.
+                    job.batches.push(batch);
+                }
+                job.failed.push((hosted.core.key().clone(), reason.clone()));
+                publications.push(Publication::<G> {
+                    updates: hosted.updates.clone(),
+                    update: Some(failed_update(&hosted.updates, hosted.core.state(), &reason)),
+                    events: hosted.events.clone(),
+                    new_events: Vec::new(),
+                });
+                ended.push(root.clone());
+                continue;
+            }
             events += out.events.len() as u64;
             job.tick = job.tick.max(out.tick);
             for (reply, outcome) in out.outcomes {
@@ -306,6 +345,7 @@ impl<G: Game> Shard<G> {
                     next_sequence: hosted.core.next_sequence(),
                     state: hosted.core.state().clone(),
                     over: hosted.core.is_over(),
+                    failure: None,
                 })
             });
             publications.push(Publication::<G> {
@@ -318,7 +358,7 @@ impl<G: Game> Shard<G> {
         self.stats.match_ticks.fetch_add(match_ticks, Relaxed);
         self.stats.events.fetch_add(events, Relaxed);
         self.stats.rejected.fetch_add(rejected, Relaxed);
-        metrics::counter!(names::COMMANDS_ACCEPTED).increment(decided - rejected);
+        metrics::counter!(names::COMMANDS_ACCEPTED).increment(decided.saturating_sub(rejected));
         metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::GAME).increment(rejected);
 
         let acked = match self.settings.durability {
@@ -395,24 +435,31 @@ impl<G: Game> Shard<G> {
                 ShardMsg::Shutdown { done } => {
                     let _ = done.send(());
                 }
+                ShardMsg::Fail { .. } => {}
             }
         }
         if let Some(writer) = self.writer.take() {
-            let mut final_job = WriteJob::default();
+            let mut final_job = WriteJob {
+                setups: std::mem::take(&mut self.setups),
+                ..WriteJob::default()
+            };
             let refusal = Rejection::new("the server is shutting down");
             for (root, hosted) in &mut self.matches {
                 // Commands that arrived after the last tick never run.
                 reject_pending(&mut hosted.core, root, &refusal, &self.stats);
-                if hosted.paused.is_some() {
+                if hosted.paused.is_some() || hosted.core.failure().is_some() {
                     continue;
                 }
                 if let Some(batch) = hosted.core.poll_batch() {
                     final_job.batches.push(batch);
                 }
-                if let Some(snapshot) = hosted.core.snapshot() {
-                    final_job
+                match hosted.core.snapshot() {
+                    Ok(snapshot) => final_job
                         .snapshots
-                        .push((hosted.core.key().clone(), snapshot));
+                        .push((hosted.core.key().clone(), snapshot)),
+                    Err(error) => {
+                        tracing::error!(key = %hosted.core.key(), %error, "final snapshot not stored; restore replays from the last one")
+                    }
                 }
             }
             // Waiting for room is right here: nothing ticks any more.
@@ -452,6 +499,27 @@ fn reject_pending<G: Game>(
             send_reply(&reply, root, outcome);
         }
     }
+}
+
+/// The last published update of a failed match, marked failed (the
+/// current state only if nothing was published yet).
+fn failed_update<S: Clone>(
+    updates: &UpdateSender<S>,
+    state: &S,
+    reason: &str,
+) -> Arc<MatchUpdate<S>> {
+    let last = updates.borrow().clone();
+    let (tick, next_sequence, state) = match last {
+        Some(last) => (last.tick, last.next_sequence, last.state.clone()),
+        None => (0, 0, state.clone()),
+    };
+    Arc::new(MatchUpdate {
+        tick,
+        next_sequence,
+        state,
+        over: true,
+        failure: Some(reason.into()),
+    })
 }
 
 fn send_reply(reply: &ReplyTo, root: &Arc<str>, outcome: CommandOutcome) {

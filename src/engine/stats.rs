@@ -22,6 +22,7 @@ pub struct ShardStats {
     pub(crate) dropped: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) paused_matches: AtomicU64,
+    pub(crate) failed_matches: AtomicU64,
     pub(crate) appends: AtomicU64,
     pub(crate) persisted_events: AtomicU64,
     pub(crate) append_failures: AtomicU64,
@@ -65,6 +66,7 @@ impl Default for ShardStats {
             dropped: AtomicU64::new(0),
             events: AtomicU64::new(0),
             paused_matches: AtomicU64::new(0),
+            failed_matches: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             persisted_events: AtomicU64::new(0),
             append_failures: AtomicU64::new(0),
@@ -173,6 +175,8 @@ pub struct EngineStats {
     pub events: u64,
     /// Matches paused because their writes could not be stored.
     pub paused_matches: u64,
+    /// Matches ended because their game code failed (a panic).
+    pub failed_matches: u64,
     /// Store append calls that succeeded.
     pub appends: u64,
     /// Events the store acknowledged.
@@ -204,6 +208,7 @@ impl EngineStats {
             dropped: 0,
             events: 0,
             paused_matches: 0,
+            failed_matches: 0,
             appends: 0,
             persisted_events: 0,
             append_failures: 0,
@@ -223,6 +228,7 @@ impl EngineStats {
             total.dropped += s.dropped.load(Relaxed);
             total.events += s.events.load(Relaxed);
             total.paused_matches += s.paused_matches.load(Relaxed);
+            total.failed_matches += s.failed_matches.load(Relaxed);
             total.appends += s.appends.load(Relaxed);
             total.persisted_events += s.persisted_events.load(Relaxed);
             total.append_failures += s.append_failures.load(Relaxed);

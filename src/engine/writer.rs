@@ -47,6 +47,10 @@ pub(crate) struct WriteJob {
     pub batches: Vec<AppendBatch>,
     pub snapshots: Vec<(MatchKey, Snapshot)>,
     pub finished: Vec<MatchKey>,
+    /// Matches whose game code failed, with the reason.
+    pub failed: Vec<(MatchKey, String)>,
+    /// Encoded setups of matches hosted since the last job (kept for repair).
+    pub setups: Vec<(MatchKey, Arc<[u8]>)>,
     /// Fired once the job is stored (sync durability, shutdown).
     pub ack: Option<oneshot::Sender<()>>,
 }
@@ -56,6 +60,7 @@ impl WriteJob {
         self.batches.is_empty()
             && self.snapshots.is_empty()
             && self.finished.is_empty()
+            && self.failed.is_empty()
             && self.ack.is_none()
     }
 
@@ -78,6 +83,8 @@ pub(crate) struct WriteFailure {
 #[derive(Debug, Default)]
 struct RetainedLog {
     events: VecDeque<RecordedEvent>,
+    /// The match's encoded setup, to re-create a match the store lost.
+    setup: Arc<[u8]>,
     /// Sequences of the last two acknowledged snapshots (older first).
     snapshots: [u64; 2],
 }
@@ -128,6 +135,9 @@ pub(crate) async fn run_writer<S: Store>(
     while let Some(job) = jobs.recv().await {
         stats.set_backlog(jobs.len());
         let job_bytes = job.payload_bytes();
+        for (key, setup) in &job.setups {
+            retained.entry(key.clone()).or_default().setup = setup.clone();
+        }
         let mut refused: Vec<MatchKey> = Vec::new();
         if !job.batches.is_empty() {
             let results = append_with_retry(&store, &job.batches, &stats).await;
@@ -214,6 +224,10 @@ pub(crate) async fn run_writer<S: Store>(
                 retry_unavailable(&stats, || store.finish(key)).await;
             }
         }
+        for (key, reason) in &job.failed {
+            retained.remove(key);
+            retry_unavailable(&stats, || store.fail(key, reason)).await;
+        }
         if let Some(ack) = job.ack {
             let _ = ack.send(());
         }
@@ -249,7 +263,8 @@ async fn repair<S: Store>(
         return Err(error);
     };
     if matches!(error, StoreError::UnknownMatch(_)) {
-        match store.create(&batch.key).await {
+        let setup = retained.map(|log| log.setup.clone()).unwrap_or_default();
+        match store.create(&batch.key, &setup).await {
             Ok(()) | Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(e),
         }

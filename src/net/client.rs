@@ -48,7 +48,6 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::NetGame;
 use super::delta::{self, Patch};
 use super::protocol::{
     self, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, Hello, Role, ServerMsg,
@@ -57,6 +56,7 @@ use super::protocol::{
 use super::tls::{self, TlsError};
 use crate::codec;
 use crate::engine::EventEnvelope;
+use crate::game::Game;
 use crate::game::{PlayerId, Tick};
 
 /// Baselines (received state encodings) a session keeps.
@@ -184,55 +184,68 @@ pub struct JoinRequest {
     pub credential: Credential,
     /// Player or spectator.
     pub role: Role,
-    /// Display name for a new player.
-    pub name: Option<String>,
+    /// The game's join payload (`Game::Join`), encoded; `None` joins with
+    /// the game's default payload.
+    pub join: Option<Vec<u8>>,
+    /// The game's parameters (`Game::Params`), encoded, for a match this
+    /// Hello creates on an open-mode server; `None` for the defaults.
+    pub params: Option<Vec<u8>>,
     /// For a resume: reliable events below this were received.
     pub events_from: Option<u64>,
 }
 
+/// Encodes a payload for the Hello. A payload too large to encode is sent
+/// empty, and the server refuses it as undecodable: never silently
+/// replaced by a default.
+fn payload(value: &(impl serde::Serialize + ?Sized)) -> Vec<u8> {
+    codec::encode(value).unwrap_or_default()
+}
+
 impl JoinRequest {
-    /// A player admitted by `ticket`.
-    pub fn player(match_id: &str, ticket: &str, name: &str) -> Self {
+    fn new(match_id: &str, credential: Credential, role: Role) -> Self {
         Self {
             match_id: match_id.into(),
-            credential: Credential::Ticket(ticket.into()),
-            role: Role::Player,
-            name: Some(name.into()),
+            credential,
+            role,
+            join: None,
+            params: None,
             events_from: None,
+        }
+    }
+
+    /// A player admitted by `ticket`, joining with `join` (the game's
+    /// `Game::Join`: a display name for the arena).
+    pub fn player(match_id: &str, ticket: &str, join: &(impl serde::Serialize + ?Sized)) -> Self {
+        Self {
+            join: Some(payload(join)),
+            ..Self::new(match_id, Credential::Ticket(ticket.into()), Role::Player)
         }
     }
 
     /// A player back in its slot with its resume token.
     pub fn resume(match_id: &str, token: &str) -> Self {
-        Self {
-            match_id: match_id.into(),
-            credential: Credential::Resume(token.into()),
-            role: Role::Player,
-            name: None,
-            events_from: None,
-        }
+        Self::new(match_id, Credential::Resume(token.into()), Role::Player)
     }
 
     /// A player on an open-mode server (which picks the player id).
-    pub fn open_player(match_id: &str, name: &str) -> Self {
+    pub fn open_player(match_id: &str, join: &(impl serde::Serialize + ?Sized)) -> Self {
         Self {
-            match_id: match_id.into(),
-            credential: Credential::Open,
-            role: Role::Player,
-            name: Some(name.into()),
-            events_from: None,
+            join: Some(payload(join)),
+            ..Self::new(match_id, Credential::Open, Role::Player)
         }
     }
 
     /// A spectator, with a ticket or (open mode) without.
     pub fn spectator(match_id: &str, ticket: Option<&str>) -> Self {
-        Self {
-            match_id: match_id.into(),
-            credential: ticket.map_or(Credential::Open, |t| Credential::Ticket(t.into())),
-            role: Role::Spectator,
-            name: None,
-            events_from: None,
-        }
+        let credential = ticket.map_or(Credential::Open, |t| Credential::Ticket(t.into()));
+        Self::new(match_id, credential, Role::Spectator)
+    }
+
+    /// Asks an open-mode server to create the match with `params` (the
+    /// game's `Game::Params`) if this Hello creates it.
+    pub fn with_params(mut self, params: &(impl serde::Serialize + ?Sized)) -> Self {
+        self.params = Some(payload(params));
+        self
     }
 
     fn hello(&self) -> Hello {
@@ -240,7 +253,8 @@ impl JoinRequest {
             match_id: self.match_id.clone(),
             credential: self.credential.clone(),
             role: self.role,
-            name: self.name.clone(),
+            join: self.join.clone(),
+            params: self.params.clone(),
             events_from: self.events_from,
         }
     }
@@ -313,7 +327,7 @@ impl Client {
     }
 
     /// Connects and joins: [`connect`](Client::connect) then [`hello`](Connected::hello).
-    pub async fn join<G: NetGame>(&self, request: JoinRequest) -> Result<Session<G>, ClientError> {
+    pub async fn join<G: Game>(&self, request: JoinRequest) -> Result<Session<G>, ClientError> {
         self.connect().await?.hello(request).await
     }
 }
@@ -332,7 +346,7 @@ impl Connected {
     }
 
     /// Sends the `Hello` and waits for the `Welcome`.
-    pub async fn hello<G: NetGame>(self, request: JoinRequest) -> Result<Session<G>, ClientError> {
+    pub async fn hello<G: Game>(self, request: JoinRequest) -> Result<Session<G>, ClientError> {
         let stats = Arc::new(ClientStats::default());
         let link =
             Link::<G>::open(&self.conn, &request.hello(), &self.client.config, &stats).await?;
@@ -466,17 +480,17 @@ pub struct ClientStats {
 
 /// An admitted session. Dropping it closes the connection.
 #[derive(Debug)]
-pub struct Session<G: NetGame> {
+pub struct Session<G: Game> {
     welcome: Welcome,
     info: watch::Receiver<SessionInfo>,
     commands: mpsc::Sender<Outgoing<G::Command>>,
-    states: watch::Receiver<Option<Arc<StateUpdate<G::State>>>>,
+    states: watch::Receiver<Option<Arc<StateUpdate<G::View>>>>,
     events: mpsc::Receiver<SessionEvent<G::Event>>,
     stats: Arc<ClientStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl<G: NetGame> Drop for Session<G> {
+impl<G: Game> Drop for Session<G> {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -520,7 +534,7 @@ struct Outgoing<C> {
     reply: oneshot::Sender<Result<CommandStatus, ClientError>>,
 }
 
-impl<G: NetGame> Session<G> {
+impl<G: Game> Session<G> {
     /// The `Welcome` of the first admission.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
@@ -563,12 +577,12 @@ impl<G: NetGame> Session<G> {
     }
 
     /// The latest state, as a watch.
-    pub fn states(&self) -> watch::Receiver<Option<Arc<StateUpdate<G::State>>>> {
+    pub fn states(&self) -> watch::Receiver<Option<Arc<StateUpdate<G::View>>>> {
         self.states.clone()
     }
 
     /// The latest state received.
-    pub fn state(&self) -> Option<Arc<StateUpdate<G::State>>> {
+    pub fn state(&self) -> Option<Arc<StateUpdate<G::View>>> {
         self.states.borrow().clone()
     }
 
@@ -597,14 +611,14 @@ enum Inbound<E> {
 }
 
 /// One connection's streams and readers.
-struct Link<G: NetGame> {
+struct Link<G: Game> {
     send: quinn::SendStream,
     inbox: mpsc::Receiver<Inbound<G::Event>>,
     readers: JoinSet<()>,
     welcome: Welcome,
 }
 
-impl<G: NetGame> Link<G> {
+impl<G: Game> Link<G> {
     /// Opens the control stream, says hello, waits for the welcome and
     /// starts the readers.
     async fn open(
@@ -690,7 +704,7 @@ fn kind<E>(msg: &ServerMsg<E>) -> &'static str {
     }
 }
 
-async fn read_control<G: NetGame>(
+async fn read_control<G: Game>(
     mut recv: quinn::RecvStream,
     mut frames: FrameBuffer,
     tx: mpsc::Sender<Inbound<G::Event>>,
@@ -721,7 +735,7 @@ async fn read_control<G: NetGame>(
     }
 }
 
-async fn read_datagrams<G: NetGame>(
+async fn read_datagrams<G: Game>(
     conn: quinn::Connection,
     limit: usize,
     tx: mpsc::Sender<Inbound<G::Event>>,
@@ -747,7 +761,7 @@ async fn read_datagrams<G: NetGame>(
     }
 }
 
-async fn accept_state_streams<G: NetGame>(
+async fn accept_state_streams<G: Game>(
     conn: quinn::Connection,
     limit: usize,
     tx: mpsc::Sender<Inbound<G::Event>>,
@@ -782,7 +796,7 @@ async fn accept_state_streams<G: NetGame>(
 }
 
 /// The session's task: owns the connection and all per-session state.
-struct Driver<G: NetGame> {
+struct Driver<G: Game> {
     client: Client,
     request: JoinRequest,
     conn: quinn::Connection,
@@ -794,7 +808,7 @@ struct Driver<G: NetGame> {
     last_tick: Option<Tick>,
     events_expected: u64,
     grace: Duration,
-    states: watch::Sender<Option<Arc<StateUpdate<G::State>>>>,
+    states: watch::Sender<Option<Arc<StateUpdate<G::View>>>>,
     events: mpsc::Sender<SessionEvent<G::Event>>,
     info: watch::Sender<SessionInfo>,
     stats: Arc<ClientStats>,
@@ -812,7 +826,7 @@ enum Stop {
     Failed(ClientError),
 }
 
-impl<G: NetGame> Driver<G> {
+impl<G: Game> Driver<G> {
     async fn run(mut self) {
         loop {
             let stop = self.serve_connection().await;
@@ -1132,7 +1146,7 @@ impl<G: NetGame> Driver<G> {
                 return None;
             }
         };
-        let state: G::State = match codec::decode(&bytes) {
+        let state: G::View = match codec::decode(&bytes) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(tick, error = %e, "a state did not decode; dropped");
@@ -1172,7 +1186,7 @@ impl<G: NetGame> Driver<G> {
     }
 }
 
-impl<G: NetGame> Drop for Driver<G> {
+impl<G: Game> Drop for Driver<G> {
     fn drop(&mut self) {
         // Aborted with the session: close rather than wait for the idle timeout.
         self.conn

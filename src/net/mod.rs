@@ -15,28 +15,22 @@
 //!   handler, connection limit, shutdown, then endpoint close and wait-idle).
 //! - [`client`]: the async client library (connect, join, commands, states,
 //!   events, automatic reconnect with the resume token).
-//! - [`load`]: arena bots playing through the client library, with latency
-//!   and bandwidth figures (the `bots` example and the demo).
 //!
 //! The handoff: a client's `Hello` is admitted by ticket (or resume token,
 //! or open mode); its commands go to [`Engine::submit`](crate::engine::Engine::submit)
 //! with a reply channel and come back as `CommandResult`s; every
 //! `state_every_ticks` ticks the client gets one datagram holding a delta
 //! against the last state it acknowledged; the game's significant events
-//! ([`NetGame::is_reliable`]) follow on the reliable control stream with
+//! ([`Game::is_reliable`](crate::game::Game::is_reliable)) follow on the reliable control stream with
 //! their sequence. The wire format is documented in `docs/PROTOCOL.md`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState};
-use crate::game::{Game, PlayerId};
-
 pub mod client;
 pub mod delta;
 pub mod limits;
-pub mod load;
 pub mod protocol;
 pub mod server;
 mod slots;
@@ -46,55 +40,6 @@ pub mod tls;
 pub use protocol::{CloseCode, Role};
 pub use server::{NetError, NetStats, Server, serve};
 pub use tickets::{ServerSecret, TicketError, mint_ticket};
-
-/// What the network layer needs to know about a game beyond [`Game`].
-///
-/// The server makes join and leave commands on a player's behalf (a new
-/// player entering, a dropped player's grace window running out), finds
-/// who is in a state (rejoin after a restart, free player ids in open
-/// mode), and sends only the events that must not be lost reliably.
-pub trait NetGame: Game {
-    /// The command that enters `player` into a match under `name`.
-    fn join_command(&self, name: &str) -> Self::Command;
-
-    /// The command that takes a player out of a match.
-    fn leave_command(&self) -> Self::Command;
-
-    /// The players present in `state`.
-    fn players(&self, state: &Self::State) -> Vec<PlayerId>;
-
-    /// Whether `event` goes to clients on the reliable stream (joins,
-    /// leaves, scores). Other events show only through states.
-    fn is_reliable(&self, event: &Self::Event) -> bool {
-        let _ = event;
-        true
-    }
-}
-
-impl NetGame for Arena {
-    fn join_command(&self, name: &str) -> ArenaCommand {
-        ArenaCommand::Join {
-            name: name.to_owned(),
-        }
-    }
-
-    fn leave_command(&self) -> ArenaCommand {
-        ArenaCommand::Leave
-    }
-
-    fn players(&self, state: &ArenaState) -> Vec<PlayerId> {
-        state.players.keys().copied().collect()
-    }
-
-    fn is_reliable(&self, event: &ArenaEvent) -> bool {
-        match event {
-            ArenaEvent::Joined { .. } | ArenaEvent::Left { .. } => true,
-            // A score: a shot that tagged someone.
-            ArenaEvent::Fired { tagged, .. } => tagged.is_some(),
-            ArenaEvent::Moved { .. } => false,
-        }
-    }
-}
 
 /// Where the server's TLS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

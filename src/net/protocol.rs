@@ -18,7 +18,7 @@ use crate::engine::EventEnvelope;
 use crate::game::{PlayerId, Tick};
 
 /// The ALPN protocol id: names this protocol and its version.
-pub const ALPN: &[u8] = b"tickforge/1";
+pub const ALPN: &[u8] = b"tickforge/2";
 
 /// Bytes of the length prefix of a frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -71,11 +71,14 @@ pub enum CloseCode {
     Replaced = 25,
     /// The server failed internally (engine or store); try again later.
     Internal = 26,
+    /// The match's game code failed (a panic); the match has ended with
+    /// the reason in the close text.
+    MatchFailed = 27,
 }
 
 impl CloseCode {
     /// Every code, for lookups.
-    pub const ALL: [CloseCode; 18] = [
+    pub const ALL: [CloseCode; 19] = [
         CloseCode::Normal,
         CloseCode::ServerShutdown,
         CloseCode::Malformed,
@@ -94,6 +97,7 @@ impl CloseCode {
         CloseCode::JoinRejected,
         CloseCode::Replaced,
         CloseCode::Internal,
+        CloseCode::MatchFailed,
     ];
 
     /// The numeric code sent on the wire.
@@ -148,8 +152,12 @@ pub struct Hello {
     pub credential: Credential,
     /// Player or spectator.
     pub role: Role,
-    /// The display name used when the server makes the join command.
-    pub name: Option<String>,
+    /// The game's join payload (its `Game::Join`, encoded), used when the
+    /// server makes the join command; `None` joins with the default payload.
+    pub join: Option<Vec<u8>>,
+    /// The game's match parameters (its `Game::Params`, encoded) for a
+    /// match this Hello creates (open mode); `None` means the defaults.
+    pub params: Option<Vec<u8>>,
     /// On a resume: every reliable event below this sequence was received;
     /// the server sends the ones from here on that it still can.
     pub events_from: Option<u64>,
@@ -364,6 +372,15 @@ pub fn encode_datagram<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     codec::encode(msg)
 }
 
+/// The frame (length header plus body) carrying the same message as an
+/// encoded datagram, for a state too large to go as a datagram.
+pub fn frame_datagram(datagram: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + datagram.len());
+    frame.extend_from_slice(&(datagram.len() as u32).to_be_bytes());
+    frame.extend_from_slice(datagram);
+    frame
+}
+
 /// Decodes a datagram, refusing one over `limit` bytes before decoding.
 pub fn decode_datagram<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
@@ -443,7 +460,8 @@ mod tests {
             match_id: "m1".into(),
             credential: Credential::Open,
             role: Role::Player,
-            name: Some("ada".into()),
+            join: Some(b"ada".to_vec()),
+            params: None,
             events_from: None,
         })
     }

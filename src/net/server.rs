@@ -30,6 +30,7 @@ use dashmap::DashMap;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
+use super::NetConfig;
 use super::delta::{self, Patch};
 use super::limits::TokenBucket;
 use super::protocol::{
@@ -39,14 +40,13 @@ use super::protocol::{
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
 use super::tls::{self, TlsError};
-use super::{NetConfig, NetGame};
 use crate::admin::metrics as names;
 use crate::codec;
 use crate::engine::{
-    CommandOutcome, CommandReply, Engine, EngineError, EventEnvelope, MatchFeed, MatchUpdate,
-    ReplyTo,
+    CommandOutcome, CommandReply, Engine, EngineError, MatchFeed, MatchUpdate, ReplyTo,
+    decode_event,
 };
-use crate::game::{PlayerId, Tick};
+use crate::game::{Game, PlayerId, Tick, Viewer};
 use crate::store::Store;
 
 /// Acknowledged baselines older than this many ticks are not used.
@@ -118,32 +118,78 @@ pub struct NetStats {
     pub bytes_out: AtomicU64,
     /// Grace windows that ran out (the leave command went out).
     pub slots_freed: AtomicU64,
+    /// Views encoded (once per distinct view and tick, not per client).
+    pub views_encoded: AtomicU64,
+    /// State messages built (once per distinct view, baseline and tick).
+    pub state_messages_built: AtomicU64,
 }
 
-/// Per-match data shared by its connections: the encoded state of the
-/// latest tick, so each state is encoded once however many watch it.
+/// Per-match data shared by its connections: each distinct view of the
+/// latest tick encoded once, and each state datagram built once per
+/// (view, baseline), however many clients need it.
 #[derive(Debug, Default)]
 struct Hub {
-    encoded: std::sync::Mutex<Option<(Tick, Arc<[u8]>)>>,
+    tick: std::sync::Mutex<TickCache>,
     /// Whether players found in the match without a slot got their grace window.
     adopted: std::sync::atomic::AtomicBool,
 }
 
+/// What a hub has built for one tick.
+#[derive(Debug, Default)]
+struct TickCache {
+    tick: Option<Tick>,
+    /// Encoded views by view key (`None` when the view could not be encoded).
+    views: std::collections::HashMap<Viewer, Option<Arc<[u8]>>>,
+    /// State messages by view key and baseline tick: (datagram bytes, is a delta).
+    messages: std::collections::HashMap<(Viewer, Option<Tick>), (Bytes, bool)>,
+}
+
 impl Hub {
-    fn encode<T: serde::Serialize>(&self, tick: Tick, state: &T) -> Option<Arc<[u8]>> {
-        let mut cached = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, bytes)) = &*cached
-            && *t == tick
-        {
-            return Some(bytes.clone());
+    /// Locks the tick cache, emptying it when `tick` is a newer tick.
+    fn at(&self, tick: Tick) -> std::sync::MutexGuard<'_, TickCache> {
+        let mut cache = self.tick.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.tick != Some(tick) {
+            cache.tick = Some(tick);
+            cache.views.clear();
+            cache.messages.clear();
         }
-        let bytes: Arc<[u8]> = codec::encode(state).ok()?.into();
-        *cached = Some((tick, bytes.clone()));
-        Some(bytes)
+        cache
+    }
+
+    /// The encoded view `key` of `tick`, built by `encode` at most once per tick.
+    fn view(
+        &self,
+        tick: Tick,
+        key: Viewer,
+        encode: impl FnOnce() -> Option<Arc<[u8]>>,
+    ) -> Option<Arc<[u8]>> {
+        self.at(tick)
+            .views
+            .entry(key)
+            .or_insert_with(encode)
+            .clone()
+    }
+
+    /// The state message for view `key` of `tick` against `baseline`,
+    /// built by `build` at most once per tick.
+    fn message(
+        &self,
+        tick: Tick,
+        key: Viewer,
+        baseline: Option<Tick>,
+        build: impl FnOnce() -> Option<(Bytes, bool)>,
+    ) -> Option<(Bytes, bool)> {
+        let mut cache = self.at(tick);
+        if let Some(message) = cache.messages.get(&(key, baseline)) {
+            return Some(message.clone());
+        }
+        let message = build()?;
+        cache.messages.insert((key, baseline), message.clone());
+        Some(message)
     }
 }
 
-struct Shared<G: NetGame, S: Store> {
+struct Shared<G: Game, S: Store> {
     engine: Arc<Engine<G, S>>,
     config: NetConfig,
     secret: ServerSecret,
@@ -156,7 +202,7 @@ struct Shared<G: NetGame, S: Store> {
     shutdown: watch::Receiver<bool>,
 }
 
-impl<G: NetGame, S: Store> Shared<G, S> {
+impl<G: Game, S: Store> Shared<G, S> {
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         // Slot updates are single map operations; a panic cannot leave one half done.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -180,7 +226,7 @@ impl Shutdown {
 }
 
 /// A bound server, ready to [`run`](Server::run).
-pub struct Server<G: NetGame, S: Store> {
+pub struct Server<G: Game, S: Store> {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared<G, S>>,
     shutdown_tx: watch::Sender<bool>,
@@ -188,7 +234,7 @@ pub struct Server<G: NetGame, S: Store> {
     local_addr: SocketAddr,
 }
 
-impl<G: NetGame, S: Store> std::fmt::Debug for Server<G, S> {
+impl<G: Game, S: Store> std::fmt::Debug for Server<G, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
@@ -202,7 +248,7 @@ impl<G: NetGame, S: Store> std::fmt::Debug for Server<G, S> {
 ///
 /// Must be called within a tokio runtime. The engine keeps running
 /// afterwards; shut it down after this returns.
-pub async fn serve<G: NetGame, S: Store>(
+pub async fn serve<G: Game, S: Store>(
     engine: Arc<Engine<G, S>>,
     config: NetConfig,
     shutdown: impl Future<Output = ()>,
@@ -211,7 +257,7 @@ pub async fn serve<G: NetGame, S: Store>(
     Ok(())
 }
 
-impl<G: NetGame, S: Store> Server<G, S> {
+impl<G: Game, S: Store> Server<G, S> {
     /// Loads or generates the certificate and binds the UDP endpoint.
     /// Must be called within a tokio runtime.
     pub fn bind(engine: Arc<Engine<G, S>>, config: NetConfig) -> Result<Self, NetError> {
@@ -322,7 +368,7 @@ impl<G: NetGame, S: Store> Server<G, S> {
     }
 }
 
-async fn accept_loop<G: NetGame, S: Store>(
+async fn accept_loop<G: Game, S: Store>(
     endpoint: &quinn::Endpoint,
     shared: &Arc<Shared<G, S>>,
     limit: &Arc<Semaphore>,
@@ -391,7 +437,7 @@ fn frame_refusal(error: &FrameError) -> Refusal {
 }
 
 /// An admitted connection.
-struct Session<G: NetGame> {
+struct Session<G: Game> {
     root: Arc<str>,
     player: Option<PlayerId>,
     conn_id: u64,
@@ -404,7 +450,7 @@ struct Session<G: NetGame> {
     hub: Arc<Hub>,
 }
 
-async fn handle_connection<G: NetGame, S: Store>(
+async fn handle_connection<G: Game, S: Store>(
     shared: Arc<Shared<G, S>>,
     incoming: quinn::Incoming,
 ) {
@@ -470,7 +516,7 @@ enum Ended {
     MatchOver,
 }
 
-fn after_session<G: NetGame, S: Store>(
+fn after_session<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     root: &Arc<str>,
     player: PlayerId,
@@ -488,7 +534,7 @@ fn after_session<G: NetGame, S: Store>(
     arm_grace(shared, root.clone(), player, generation);
 }
 
-fn arm_grace<G: NetGame, S: Store>(
+fn arm_grace<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     root: Arc<str>,
     player: PlayerId,
@@ -507,7 +553,7 @@ fn arm_grace<G: NetGame, S: Store>(
             return;
         }
         shared.stats.slots_freed.fetch_add(1, Relaxed);
-        let leave = shared.engine.game().leave_command();
+        let leave = shared.engine.game().leave();
         match shared.engine.submit(&root, player, leave, None) {
             Ok(()) => {
                 tracing::info!(r#match = %root, %player, "grace window over; player removed")
@@ -553,7 +599,7 @@ async fn read_hello(
     }
 }
 
-async fn admit<G: NetGame, S: Store>(
+async fn admit<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     conn: &quinn::Connection,
     conn_id: u64,
@@ -614,7 +660,7 @@ async fn admit<G: NetGame, S: Store>(
         Claim::Player(_) | Claim::OpenPlayer => true,
         Claim::Resume(..) | Claim::Spectator => false,
     };
-    ensure_hosted(shared, &root, may_create).await?;
+    ensure_hosted(shared, &root, may_create, hello.params.as_deref()).await?;
     let hub = ensure_hub(shared, &root);
 
     // Subscribe first, then take the next published state: every event
@@ -624,6 +670,12 @@ async fn admit<G: NetGame, S: Store>(
         .subscribe(&root)
         .map_err(|e| Refusal::new(CloseCode::UnknownMatch, e.to_string()))?;
     let first = next_update(&mut feed).await?;
+    if let Some(reason) = &first.failure {
+        return Err(Refusal::new(
+            CloseCode::MatchFailed,
+            format!("the match failed: {reason}"),
+        ));
+    }
     if first.over {
         return Err(Refusal::new(CloseCode::MatchOver, "the match is over"));
     }
@@ -691,14 +743,15 @@ async fn admit<G: NetGame, S: Store>(
             Refusal::new(CloseCode::Replaced, "a newer connection took this slot").close(&old);
         }
         if !present.contains(&id) {
-            let name = hello.name.clone().unwrap_or_else(|| format!("p{}", id.0));
-            join(shared, &root, id, &name).await.inspect_err(|_| {
-                // Give the slot back so the id is free again.
-                let generation = shared.slots().disconnect(&root, id, conn_id);
-                if let Some(generation) = generation {
-                    shared.slots().expire(&root, id, generation);
-                }
-            })?;
+            join(shared, &root, id, hello.join.as_deref())
+                .await
+                .inspect_err(|_| {
+                    // Give the slot back so the id is free again.
+                    let generation = shared.slots().disconnect(&root, id, conn_id);
+                    if let Some(generation) = generation {
+                        shared.slots().expire(&root, id, generation);
+                    }
+                })?;
         }
         resume_token = Some(tickets::mint_resume_token(
             &shared.secret,
@@ -744,10 +797,11 @@ async fn admit<G: NetGame, S: Store>(
 
 /// Hosts match `root` if it is not: restored from the store, or created
 /// when `may_create` and the store does not know it.
-async fn ensure_hosted<G: NetGame, S: Store>(
+async fn ensure_hosted<G: Game, S: Store>(
     shared: &Shared<G, S>,
     root: &str,
     may_create: bool,
+    params: Option<&[u8]>,
 ) -> Result<(), Refusal> {
     let engine = &shared.engine;
     if engine.is_hosted(root) {
@@ -777,13 +831,43 @@ async fn ensure_hosted<G: NetGame, S: Store>(
             CloseCode::MatchOver,
             format!("match {root:?} is over"),
         )),
+        Some(head) if head.status == crate::store::MatchStatus::Failed => {
+            let reason = engine
+                .store()
+                .failure(&key)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            Err(Refusal::new(
+                CloseCode::MatchFailed,
+                format!("match {root:?} failed: {reason}"),
+            ))
+        }
         Some(_) => {
             let replayed = engine.restore_match(root).await.map_err(internal)?;
             tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
             Ok(())
         }
         None if may_create => {
-            engine.create_match(root).await.map_err(internal)?;
+            let params = match params {
+                Some(bytes) => codec::decode(bytes).map_err(|e| {
+                    Refusal::new(
+                        CloseCode::JoinRejected,
+                        format!("the match parameters do not decode: {e}"),
+                    )
+                })?,
+                None => G::Params::default(),
+            };
+            engine
+                .create_match_with(root, params)
+                .await
+                .map_err(|e| match e {
+                    EngineError::Setup { .. } => {
+                        Refusal::new(CloseCode::JoinRejected, e.to_string())
+                    }
+                    other => internal(other),
+                })?;
             tracing::info!(r#match = %root, "match created on demand");
             Ok(())
         }
@@ -795,11 +879,11 @@ async fn ensure_hosted<G: NetGame, S: Store>(
 }
 
 /// The hub of match `root`.
-fn ensure_hub<G: NetGame, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub> {
+fn ensure_hub<G: Game, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub> {
     shared.hubs.entry(root.clone()).or_default().clone()
 }
 
-async fn next_update<G: NetGame>(
+async fn next_update<G: Game>(
     feed: &mut MatchFeed<G>,
 ) -> Result<Arc<MatchUpdate<G::State>>, Refusal> {
     let gone = || Refusal::new(CloseCode::MatchOver, "the match is no longer hosted");
@@ -816,14 +900,27 @@ async fn next_update<G: NetGame>(
     feed.updates.borrow_and_update().clone().ok_or_else(gone)
 }
 
-async fn join<G: NetGame, S: Store>(
+/// Enters `player` into match `root` with the game's join command for
+/// `payload` (the encoded `Game::Join`; `None` for the default), waiting
+/// until the match applied or refused it.
+async fn join<G: Game, S: Store>(
     shared: &Shared<G, S>,
     root: &str,
     player: PlayerId,
-    name: &str,
+    payload: Option<&[u8]>,
 ) -> Result<(), Refusal> {
+    let refused = |why: String| Refusal::new(CloseCode::JoinRejected, why);
+    let payload: G::Join = match payload {
+        Some(bytes) => codec::decode(bytes)
+            .map_err(|e| refused(format!("the join payload does not decode: {e}")))?,
+        None => G::Join::default(),
+    };
+    let command = shared
+        .engine
+        .game()
+        .join(player, &payload)
+        .map_err(|rejection| refused(format!("join refused: {rejection}")))?;
     let (tx, mut rx) = mpsc::channel(1);
-    let command = shared.engine.game().join_command(name);
     shared
         .engine
         .submit(root, player, command, Some(ReplyTo { tx, client_seq: 0 }))
@@ -919,15 +1016,18 @@ impl StateStream {
                 .is_none_or(|last| update.tick >= last.saturating_add(self.every))
     }
 
-    /// The message for `encoded` (the state after `tick`): a delta against
-    /// the client's acknowledged baseline when that is smaller.
-    fn message<E>(&mut self, tick: Tick, over: bool, encoded: Arc<[u8]>) -> (ServerMsg<E>, bool) {
+    /// The acknowledged state to send a delta against, if it is recent
+    /// enough and still remembered.
+    fn baseline(&self, tick: Tick) -> Option<(Tick, Arc<[u8]>)> {
         let acked = self.acked.load(Relaxed);
-        let baseline = (acked != NO_ACK && acked <= tick && tick - acked <= MAX_BASELINE_AGE)
+        (acked != NO_ACK && acked <= tick && tick - acked <= MAX_BASELINE_AGE)
             .then(|| self.sent.iter().find(|(t, _)| *t == acked))
             .flatten()
-            .map(|(t, bytes)| (*t, bytes.clone()));
-        let patch = delta::diff(baseline.as_ref().map(|(_, b)| &b[..]), &encoded);
+            .map(|(t, bytes)| (*t, bytes.clone()))
+    }
+
+    /// Remembers that the state after `tick` went out (a possible baseline).
+    fn record_sent(&mut self, tick: Tick, encoded: Arc<[u8]>) {
         self.last_sent = Some(tick);
         if self.sent.back().is_none_or(|(t, _)| *t != tick) {
             self.sent.push_back((tick, encoded));
@@ -935,26 +1035,16 @@ impl StateStream {
         while self.sent.len() > SENT_STATES_KEPT {
             self.sent.pop_front();
         }
-        match (patch, baseline) {
-            (Patch::Xor { len, compressed }, Some((baseline_tick, _))) => (
-                ServerMsg::StateDelta {
-                    tick,
-                    over,
-                    // At most MAX_BASELINE_AGE, checked above.
-                    baseline_age: u32::try_from(tick - baseline_tick).unwrap_or(u32::MAX),
-                    len,
-                    patch: compressed,
-                },
-                true,
-            ),
-            (Patch::Full(state), _)
-            | (
-                Patch::Xor {
-                    compressed: state, ..
-                },
-                None,
-            ) => (ServerMsg::StateFull { tick, over, state }, false),
-        }
+    }
+
+    /// The message for `encoded` (the state after `tick`): a delta against
+    /// the client's acknowledged baseline when that is smaller.
+    #[cfg(test)]
+    fn message<E>(&mut self, tick: Tick, over: bool, encoded: Arc<[u8]>) -> (ServerMsg<E>, bool) {
+        let baseline = self.baseline(tick);
+        let message = state_message(tick, over, &encoded, baseline.as_ref());
+        self.record_sent(tick, encoded);
+        message
     }
 
     /// Whether the loss hook drops this datagram.
@@ -971,7 +1061,76 @@ impl StateStream {
     }
 }
 
-async fn run_session<G: NetGame, S: Store>(
+/// The state message for `encoded` (the state after `tick`): a delta
+/// against `baseline` when that is smaller, else the whole state.
+fn state_message<E>(
+    tick: Tick,
+    over: bool,
+    encoded: &[u8],
+    baseline: Option<&(Tick, Arc<[u8]>)>,
+) -> (ServerMsg<E>, bool) {
+    let patch = delta::diff(baseline.map(|(_, b)| &b[..]), encoded);
+    match (patch, baseline) {
+        (Patch::Xor { len, compressed }, Some((baseline_tick, _))) => (
+            ServerMsg::StateDelta {
+                tick,
+                over,
+                // At most MAX_BASELINE_AGE (see `StateStream::baseline`).
+                baseline_age: u32::try_from(tick - baseline_tick).unwrap_or(u32::MAX),
+                len,
+                patch: compressed,
+            },
+            true,
+        ),
+        (Patch::Full(state), _)
+        | (
+            Patch::Xor {
+                compressed: state, ..
+            },
+            None,
+        ) => (ServerMsg::StateFull { tick, over, state }, false),
+    }
+}
+
+/// Which view `viewer` gets: one shared key when the game hides nothing.
+fn view_key<G: Game>(game: &G, viewer: Viewer) -> Viewer {
+    if game.shared_view() {
+        Viewer::Spectator
+    } else {
+        viewer
+    }
+}
+
+/// The encoded view `key` of `update`, encoded once per tick for all the
+/// clients sharing it. A panic in the game's view fails the match.
+fn encoded_view<G: Game, S: Store>(
+    shared: &Shared<G, S>,
+    hub: &Hub,
+    root: &str,
+    key: Viewer,
+    update: &MatchUpdate<G::State>,
+) -> Option<Arc<[u8]>> {
+    hub.view(update.tick, key, || {
+        shared.stats.views_encoded.fetch_add(1, Relaxed);
+        let game = shared.engine.game();
+        let encoded = crate::engine::guard_game(|| codec::encode(&*game.view(&update.state, key)));
+        match encoded {
+            Ok(Ok(bytes)) => Some(bytes.into()),
+            Ok(Err(error)) => {
+                tracing::error!(r#match = %root, tick = update.tick, viewer = ?key, %error, "a view could not be encoded; not sent");
+                None
+            }
+            Err(panic) => {
+                let reason = format!("the game's view panicked: {panic}");
+                tracing::error!(r#match = %root, %reason, "failing the match");
+                let _ = shared.engine.fail_match(root, reason);
+                None
+            }
+        }
+    })
+}
+
+async fn run_session<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     conn: &quinn::Connection,
     session: Session<G>,
@@ -1023,16 +1182,27 @@ async fn run_session<G: NetGame, S: Store>(
         }),
     };
     let mut cursor = EventCursor::new(events_from);
+    let viewer = player.map_or(Viewer::Spectator, Viewer::Player);
+    let view = view_key(game, viewer);
+    // A reliable event this viewer may see goes on the control stream.
+    let sends = |event: &G::Event| game.is_reliable(event) && game.event_visible(event, viewer);
 
     // A resuming client first gets the reliable events it missed.
     if events_from < first.next_sequence
-        && replay_missed(shared, &root, &mut send, &mut cursor, first.next_sequence)
-            .await
-            .is_err()
+        && replay_missed(
+            shared,
+            &root,
+            viewer,
+            &mut send,
+            &mut cursor,
+            first.next_sequence,
+        )
+        .await
+        .is_err()
     {
         return Ended::Dropped;
     }
-    if send_state(conn, &mut send, &mut states, &hub, &first, &stats)
+    if send_state(shared, conn, &mut states, &hub, (&root, view), &first)
         .await
         .is_err()
     {
@@ -1066,7 +1236,7 @@ async fn run_session<G: NetGame, S: Store>(
             }
             event = feed.events.recv(), if events_open => match event {
                 Ok(envelope) => {
-                    if let Some(since) = cursor.offer(envelope.sequence, game.is_reliable(&envelope.event)) {
+                    if let Some(since) = cursor.offer(envelope.sequence, sends(&envelope.event)) {
                         let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
                         stats.events.fetch_add(1, Relaxed);
                         if write_frame(&mut send, &msg, &stats).await.is_err() {
@@ -1100,17 +1270,17 @@ async fn run_session<G: NetGame, S: Store>(
                 if update.over {
                     // Events of the last tick were broadcast before its state.
                     while let Ok(envelope) = feed.events.try_recv() {
-                        if let Some(since) = cursor.offer(envelope.sequence, game.is_reliable(&envelope.event)) {
+                        if let Some(since) = cursor.offer(envelope.sequence, sends(&envelope.event)) {
                             let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
                             if write_frame(&mut send, &msg, &stats).await.is_err() {
                                 return Ended::Dropped;
                             }
                         }
                     }
-                    finish_match(shared, conn, &mut send, &mut states, &hub, &root, &update).await;
+                    finish_match(shared, conn, &mut send, &mut states, &hub, (&root, view), &update).await;
                     return Ended::MatchOver;
                 }
-                if send_state(conn, &mut send, &mut states, &hub, &update, &stats).await.is_err() {
+                if send_state(shared, conn, &mut states, &hub, (&root, view), &update).await.is_err() {
                     return Ended::Dropped;
                 }
             }
@@ -1126,40 +1296,53 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn finish_match<G: NetGame, S: Store>(
+async fn finish_match<G: Game, S: Store>(
     shared: &Shared<G, S>,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     states: &mut StateStream,
     hub: &Hub,
-    root: &Arc<str>,
+    view: (&Arc<str>, Viewer),
     update: &MatchUpdate<G::State>,
 ) {
+    let (root, key) = view;
     let stats = &shared.stats;
-    if let Some(encoded) = hub.encode(update.tick, &update.state) {
+    if update.failure.is_none()
+        && let Some(encoded) = encoded_view(shared, hub, root, key, update)
+    {
         // The final state goes reliably, whole.
-        states.acked.store(NO_ACK, Relaxed);
-        let (msg, _) = states.message::<G::Event>(update.tick, true, encoded);
+        let (msg, _) = state_message::<G::Event>(update.tick, true, &encoded, None);
         let _ = send_on_stream(conn, &msg, stats).await;
+        states.record_sent(update.tick, encoded);
     }
-    let _ = write_frame(
-        send,
-        &ServerMsg::<G::Event>::MatchOver { tick: update.tick },
-        stats,
-    )
-    .await;
+    let (last, refusal) = match &update.failure {
+        Some(reason) => {
+            let text = format!("the match failed: {reason}");
+            let closing = ServerMsg::<G::Event>::Closing {
+                code: CloseCode::MatchFailed.code(),
+                reason: text.clone(),
+            };
+            (closing, Refusal::new(CloseCode::MatchFailed, text))
+        }
+        None => (
+            ServerMsg::<G::Event>::MatchOver { tick: update.tick },
+            Refusal::new(CloseCode::MatchOver, "the match is over"),
+        ),
+    };
+    let _ = write_frame(send, &last, stats).await;
     let _ = send.finish();
     shared.slots().remove_match(root);
     shared.hubs.remove(root);
     // Let the client read everything and close; then close anyway.
     let _ = tokio::time::timeout(LINGER, conn.closed()).await;
-    Refusal::new(CloseCode::MatchOver, "the match is over").close(conn);
+    refusal.close(conn);
 }
 
 /// Sends the reliable events in `cursor.covered..until` from the store.
-async fn replay_missed<G: NetGame, S: Store>(
+async fn replay_missed<G: Game, S: Store>(
     shared: &Shared<G, S>,
     root: &str,
+    viewer: Viewer,
     send: &mut quinn::SendStream,
     cursor: &mut EventCursor,
     until: u64,
@@ -1176,16 +1359,21 @@ async fn replay_missed<G: NetGame, S: Store>(
             return Ok(());
         }
     };
+    let game = engine.game();
     for record in records {
-        let Ok(envelope) = codec::decode::<EventEnvelope<G::Event>>(&record.payload) else {
-            continue;
+        let envelope = match decode_event(game, &record.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(r#match = %root, sequence = record.sequence, %error, "a stored event cannot be read; the client will see a gap");
+                continue;
+            }
         };
         if envelope.sequence >= until {
             break;
         }
         if let Some(since) = cursor.offer(
             envelope.sequence,
-            engine.game().is_reliable(&envelope.event),
+            game.is_reliable(&envelope.event) && game.event_visible(&envelope.event, viewer),
         ) {
             shared.stats.events.fetch_add(1, Relaxed);
             write_frame(send, &ServerMsg::Event { since, envelope }, &shared.stats).await?;
@@ -1198,35 +1386,44 @@ async fn replay_missed<G: NetGame, S: Store>(
 #[derive(Debug)]
 struct Lost;
 
-async fn send_state<S: serde::Serialize>(
+async fn send_state<G: Game, S: Store>(
+    shared: &Shared<G, S>,
     conn: &quinn::Connection,
-    _control: &mut quinn::SendStream,
     states: &mut StateStream,
     hub: &Hub,
-    update: &MatchUpdate<S>,
-    stats: &NetStats,
+    view: (&str, Viewer),
+    update: &MatchUpdate<G::State>,
 ) -> Result<(), Lost> {
-    let Some(encoded) = hub.encode(update.tick, &update.state) else {
-        tracing::error!(tick = update.tick, "a state could not be encoded");
+    let (root, key) = view;
+    let stats = &shared.stats;
+    let Some(encoded) = encoded_view(shared, hub, root, key, update) else {
         return Ok(());
     };
     let full_len = encoded.len() as u64;
-    let (msg, is_delta) = states.message::<()>(update.tick, update.over, encoded);
+    let baseline = states.baseline(update.tick);
+    let built = hub.message(update.tick, key, baseline.as_ref().map(|(t, _)| *t), || {
+        stats.state_messages_built.fetch_add(1, Relaxed);
+        let (msg, is_delta) =
+            state_message::<()>(update.tick, update.over, &encoded, baseline.as_ref());
+        match protocol::encode_datagram(&msg) {
+            Ok(bytes) => Some((Bytes::from(bytes), is_delta)),
+            Err(error) => {
+                tracing::error!(r#match = %root, tick = update.tick, %error, "a state message could not be encoded; not sent");
+                None
+            }
+        }
+    });
+    let baseline_age = baseline.as_ref().map_or(0, |(t, _)| update.tick - t);
+    states.record_sent(update.tick, encoded);
+    let Some((bytes, is_delta)) = built else {
+        return Ok(());
+    };
     stats.states.fetch_add(1, Relaxed);
     if is_delta {
         stats.deltas.fetch_add(1, Relaxed);
-    }
-    let Ok(bytes) = protocol::encode_datagram(&msg) else {
-        return Ok(());
-    };
-    if is_delta {
         stats.delta_bytes.fetch_add(bytes.len() as u64, Relaxed);
         stats.delta_full_bytes.fetch_add(full_len, Relaxed);
-        if let ServerMsg::StateDelta { baseline_age, .. } = &msg {
-            stats
-                .delta_baseline_ticks
-                .fetch_add(u64::from(*baseline_age), Relaxed);
-        }
+        stats.delta_baseline_ticks.fetch_add(baseline_age, Relaxed);
     }
     if conn
         .max_datagram_size()
@@ -1237,7 +1434,7 @@ async fn send_state<S: serde::Serialize>(
             return Ok(());
         }
         let len = bytes.len() as u64;
-        match conn.send_datagram(Bytes::from(bytes)) {
+        match conn.send_datagram(bytes.clone()) {
             Ok(()) => {
                 stats.bytes_out.fetch_add(len, Relaxed);
                 metrics::counter!(names::BYTES_SENT, "channel" => "datagram").increment(len);
@@ -1249,7 +1446,7 @@ async fn send_state<S: serde::Serialize>(
         }
     }
     stats.stream_states.fetch_add(1, Relaxed);
-    send_on_stream(conn, &msg, stats).await
+    send_frame_on_stream(conn, protocol::frame_datagram(&bytes), stats).await
 }
 
 /// Sends one message on a fresh unidirectional stream (for states too big
@@ -1262,6 +1459,15 @@ async fn send_on_stream<E: serde::Serialize>(
     let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
         return Ok(());
     };
+    send_frame_on_stream(conn, frame, stats).await
+}
+
+/// Sends one encoded frame on a fresh unidirectional stream.
+async fn send_frame_on_stream(
+    conn: &quinn::Connection,
+    frame: Vec<u8>,
+    stats: &NetStats,
+) -> Result<(), Lost> {
     let write = async {
         let mut stream = conn.open_uni().await.map_err(|_| Lost)?;
         stream.write_all(&frame).await.map_err(|_| Lost)?;
@@ -1287,7 +1493,7 @@ struct Inbound {
 /// Reads the control stream: commands to the engine, acks to the state
 /// stream. Closes the connection itself on garbage, oversized frames and
 /// floods.
-async fn read_inbound<G: NetGame, S: Store>(
+async fn read_inbound<G: Game, S: Store>(
     shared: Arc<Shared<G, S>>,
     conn: quinn::Connection,
     mut recv: quinn::RecvStream,

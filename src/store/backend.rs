@@ -84,12 +84,24 @@ impl EventStore for AnyStore {
         forward!(self, s => s.head(key))
     }
 
-    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
-        forward!(self, s => s.create(key))
+    async fn create(&self, key: &MatchKey, setup: &[u8]) -> Result<(), StoreError> {
+        forward!(self, s => s.create(key, setup))
+    }
+
+    async fn load_setup(&self, key: &MatchKey) -> Result<Option<Vec<u8>>, StoreError> {
+        forward!(self, s => s.load_setup(key))
     }
 
     async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
         forward!(self, s => s.finish(key))
+    }
+
+    async fn fail(&self, key: &MatchKey, reason: &str) -> Result<(), StoreError> {
+        forward!(self, s => s.fail(key, reason))
+    }
+
+    async fn failure(&self, key: &MatchKey) -> Result<Option<String>, StoreError> {
+        forward!(self, s => s.failure(key))
     }
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {

@@ -22,11 +22,15 @@ struct MatchRecord {
     status: MatchStatus,
     snapshot: Option<Snapshot>,
     positions: HashMap<String, u64>,
+    setup: Vec<u8>,
+    failure: Option<String>,
 }
 
 impl MatchRecord {
-    fn new() -> Self {
+    fn new(setup: Vec<u8>) -> Self {
         Self {
+            setup,
+            failure: None,
             events: VecDeque::new(),
             retained_from: 0,
             tick: 0,
@@ -200,7 +204,7 @@ impl EventStore for MemoryStore {
         Ok(self.lock().get(key).map(MatchRecord::head))
     }
 
-    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+    async fn create(&self, key: &MatchKey, setup: &[u8]) -> Result<(), StoreError> {
         let mut matches = self.lock();
         if let Some(existing) = matches.get(key) {
             return Err(StoreError::Conflict {
@@ -209,8 +213,24 @@ impl EventStore for MemoryStore {
                 found: 0,
             });
         }
-        matches.insert(key.clone(), MatchRecord::new());
+        matches.insert(key.clone(), MatchRecord::new(setup.to_vec()));
         Ok(())
+    }
+
+    async fn load_setup(&self, key: &MatchKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().get(key).map(|r| r.setup.clone()))
+    }
+
+    async fn fail(&self, key: &MatchKey, reason: &str) -> Result<(), StoreError> {
+        self.with_match(key, |record| {
+            record.status = MatchStatus::Failed;
+            record.failure = Some(reason.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn failure(&self, key: &MatchKey) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().get(key).and_then(|r| r.failure.clone()))
     }
 
     async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {

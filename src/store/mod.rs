@@ -72,6 +72,9 @@ pub enum MatchStatus {
     Live,
     /// Finished; not restored on start.
     Ended,
+    /// Stopped by a failure of the game code (a panic), with the reason
+    /// stored beside it; not restored on start.
+    Failed,
 }
 
 /// What the store holds as the head of a match's log.
@@ -94,6 +97,25 @@ pub struct Snapshot {
     pub tick: Tick,
     /// The encoded state.
     pub state: Vec<u8>,
+    /// The game's schema version the state was written with.
+    pub schema: u32,
+    /// [`codec::state_hash`](crate::codec::state_hash) of `state` when it
+    /// was taken: replays that reach this tick must arrive at this hash.
+    pub hash: u64,
+}
+
+impl Snapshot {
+    /// A snapshot of the encoded `state`, hashing it.
+    pub fn new(sequence: u64, tick: Tick, state: Vec<u8>, schema: u32) -> Self {
+        let hash = crate::codec::state_hash(&state);
+        Self {
+            sequence,
+            tick,
+            state,
+            schema,
+            hash,
+        }
+    }
 }
 
 /// Why a store operation failed.
@@ -186,12 +208,38 @@ pub trait EventStore: Send + Sync + 'static {
     fn head(&self, key: &MatchKey)
     -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
 
-    /// Records a new match (head 0, tick 0, live). Creating an existing
-    /// match is a [`StoreError::Conflict`].
-    fn create(&self, key: &MatchKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records a new match (head 0, tick 0, live) with its encoded setup
+    /// (the parameters and seed it was created with; may be empty).
+    /// Creating an existing match is a [`StoreError::Conflict`].
+    fn create(
+        &self,
+        key: &MatchKey,
+        setup: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The setup a match was created with (empty if none was given),
+    /// `None` if the match was never created.
+    fn load_setup(
+        &self,
+        key: &MatchKey,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
     /// Marks a match ended so it is not restored on start.
     fn finish(&self, key: &MatchKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a match failed with `reason` (the game code broke): it is not
+    /// restored on start, and the reason is kept for whoever looks.
+    fn fail(
+        &self,
+        key: &MatchKey,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The reason stored by [`EventStore::fail`], if the match failed.
+    fn failure(
+        &self,
+        key: &MatchKey,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// The live matches of a domain and edition.
     fn live_matches(

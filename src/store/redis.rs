@@ -95,6 +95,7 @@ const CLUSTER_SLOTS: u16 = 16_384;
 
 const STATUS_LIVE: &str = "live";
 const STATUS_ENDED: &str = "ended";
+const STATUS_FAILED: &str = "failed";
 
 struct Scripts {
     append: Script,
@@ -213,7 +214,7 @@ impl Connection {
 /// // One URL: a single node. Several: the seed nodes of a cluster.
 /// let store = RedisStore::connect(&["redis://127.0.0.1:6379".to_owned()]).await?;
 /// let key = MatchKey::new("arena", "main", "m1")?;
-/// store.create(&key).await?;
+/// store.create(&key, &[]).await?;
 /// assert_eq!(store.head(&key).await?.map(|h| h.next_sequence), Some(0));
 /// # Ok(()) }
 /// ```
@@ -233,6 +234,38 @@ impl fmt::Debug for RedisStore {
             .field("cluster", &self.is_cluster())
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Marks a match ended or failed (with `reason`) and drops it from
+    /// the live index.
+    async fn mark_over(
+        &self,
+        key: &MatchKey,
+        status: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let meta_key = key.meta_key();
+        let mut invocation = SCRIPTS.finish.key(&meta_key);
+        invocation.arg(status).arg(reason);
+        let marked: i64 = self
+            .connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| redis_error(&meta_key, e))?;
+        if marked == 0 {
+            return Err(StoreError::UnknownMatch(key.to_string()));
+        }
+        let index_key = key.index_key();
+        let mut srem = redis::cmd("SREM");
+        srem.arg(&index_key).arg(key.root());
+        let _: i64 = self
+            .connection
+            .query(&srem)
+            .await
+            .map_err(|e| redis_error(&index_key, e))?;
+        Ok(())
     }
 }
 
@@ -761,6 +794,7 @@ impl EventStore for RedisStore {
                 status: match status.as_str() {
                     STATUS_LIVE => MatchStatus::Live,
                     STATUS_ENDED => MatchStatus::Ended,
+                    STATUS_FAILED => MatchStatus::Failed,
                     _ => {
                         return Err(StoreError::Corrupt {
                             key: meta_key,
@@ -776,7 +810,7 @@ impl EventStore for RedisStore {
         }
     }
 
-    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+    async fn create(&self, key: &MatchKey, setup: &[u8]) -> Result<(), StoreError> {
         // Index first: a create cut short leaves a root without meta, which
         // live_matches skips, rather than a match nobody lists.
         let index_key = key.index_key();
@@ -788,9 +822,11 @@ impl EventStore for RedisStore {
             .await
             .map_err(|e| redis_error(&index_key, e))?;
         let meta_key = key.meta_key();
+        let mut invocation = SCRIPTS.create.key(&meta_key);
+        invocation.arg(setup);
         let reply: i64 = self
             .connection
-            .invoke(&SCRIPTS.create.key(&meta_key))
+            .invoke(&invocation)
             .await
             .map_err(|e| redis_error(&meta_key, e))?;
         match reply {
@@ -807,25 +843,34 @@ impl EventStore for RedisStore {
         }
     }
 
-    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+    async fn load_setup(&self, key: &MatchKey) -> Result<Option<Vec<u8>>, StoreError> {
         let meta_key = key.meta_key();
-        let marked: i64 = self
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&meta_key).arg("head").arg("setup");
+        let (head, setup): (Option<String>, Option<Vec<u8>>) = self
             .connection
-            .invoke(&SCRIPTS.finish.key(&meta_key))
+            .query(&cmd)
             .await
             .map_err(|e| redis_error(&meta_key, e))?;
-        if marked == 0 {
-            return Err(StoreError::UnknownMatch(key.to_string()));
-        }
-        let index_key = key.index_key();
-        let mut srem = redis::cmd("SREM");
-        srem.arg(&index_key).arg(key.root());
-        let _: i64 = self
-            .connection
-            .query(&srem)
+        Ok(head.map(|_| setup.unwrap_or_default()))
+    }
+
+    async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
+        self.mark_over(key, STATUS_ENDED, "").await
+    }
+
+    async fn fail(&self, key: &MatchKey, reason: &str) -> Result<(), StoreError> {
+        self.mark_over(key, STATUS_FAILED, reason).await
+    }
+
+    async fn failure(&self, key: &MatchKey) -> Result<Option<String>, StoreError> {
+        let meta_key = key.meta_key();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&meta_key).arg("failure");
+        self.connection
+            .query(&cmd)
             .await
-            .map_err(|e| redis_error(&index_key, e))?;
-        Ok(())
+            .map_err(|e| redis_error(&meta_key, e))
     }
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
@@ -865,7 +910,7 @@ impl EventStore for RedisStore {
         for (key, status) in keys.into_iter().zip(statuses) {
             match status.as_deref() {
                 Some(STATUS_LIVE) => live.push(key),
-                Some(STATUS_ENDED) => ended.push(key),
+                Some(STATUS_ENDED | STATUS_FAILED) => ended.push(key),
                 // No meta: a create still running or cut short.
                 None => {}
                 Some(other) => {
@@ -941,7 +986,9 @@ impl SnapshotStore for RedisStore {
             .key(key.meta_key())
             .arg(snapshot.sequence.to_string())
             .arg(snapshot.tick.to_string())
-            .arg(snapshot.state.as_slice());
+            .arg(snapshot.state.as_slice())
+            .arg(snapshot.schema)
+            .arg(snapshot.hash.to_string());
         let reply: i64 = self
             .connection
             .invoke(&invocation)
@@ -964,22 +1011,40 @@ impl SnapshotStore for RedisStore {
         cmd.arg(&snapshot_key)
             .arg("sequence")
             .arg("tick")
-            .arg("state");
-        let (sequence, tick, state): (Option<String>, Option<String>, Option<Vec<u8>>) = self
+            .arg("state")
+            .arg("schema")
+            .arg("hash");
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+        );
+        let (sequence, tick, state, schema, hash): Fields = self
             .connection
             .query(&cmd)
             .await
             .map_err(|e| redis_error(&snapshot_key, e))?;
-        match (sequence, tick, state) {
-            (None, None, None) => Ok(None),
-            (Some(sequence), Some(tick), Some(state)) => Ok(Some(Snapshot {
-                sequence: parse_u64(&snapshot_key, "sequence", &sequence)?,
-                tick: parse_u64(&snapshot_key, "tick", &tick)?,
-                state,
-            })),
+        match (sequence, tick, state, schema, hash) {
+            (None, None, None, None, None) => Ok(None),
+            (Some(sequence), Some(tick), Some(state), Some(schema), Some(hash)) => {
+                Ok(Some(Snapshot {
+                    sequence: parse_u64(&snapshot_key, "sequence", &sequence)?,
+                    tick: parse_u64(&snapshot_key, "tick", &tick)?,
+                    state,
+                    schema: u32::try_from(parse_u64(&snapshot_key, "schema", &schema)?).map_err(
+                        |_| StoreError::Corrupt {
+                            key: snapshot_key.clone(),
+                            reason: format!("schema {schema} is not a 32-bit version"),
+                        },
+                    )?,
+                    hash: parse_u64(&snapshot_key, "hash", &hash)?,
+                }))
+            }
             _ => Err(StoreError::Corrupt {
                 key: snapshot_key,
-                reason: "sequence, tick or state missing".to_owned(),
+                reason: "sequence, tick, state, schema or hash missing".to_owned(),
             }),
         }
     }

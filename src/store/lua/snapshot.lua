@@ -2,7 +2,8 @@
 -- (compare-and-set on (sequence, tick)).
 --
 -- KEYS[1]: snapshots:{m}   KEYS[2]: meta:{m}
--- ARGV[1]: sequence, ARGV[2]: tick (decimal strings), ARGV[3]: encoded state
+-- ARGV[1]: sequence, ARGV[2]: tick (decimal strings), ARGV[3]: encoded state,
+-- ARGV[4]: schema version, ARGV[5]: state hash (decimal strings)
 -- Reply: 1 stored, 0 kept the newer stored snapshot, -1 unknown match,
 --        -2 the stored sequence or tick is not a number.
 
@@ -20,5 +21,6 @@ if s[1] or s[2] then
     return 0
   end
 end
-redis.call('HSET', KEYS[1], 'sequence', ARGV[1], 'tick', ARGV[2], 'state', ARGV[3])
+redis.call('HSET', KEYS[1], 'sequence', ARGV[1], 'tick', ARGV[2], 'state', ARGV[3],
+  'schema', ARGV[4], 'hash', ARGV[5])
 return 1
