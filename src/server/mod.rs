@@ -4,9 +4,10 @@
 //! [`Server::builder`] takes the game; [`ServerBuilder::start`] opens the
 //! store the configuration names, starts the engine's shards, restores
 //! every live match of the game's domain and edition, and binds the QUIC
-//! endpoint, with the admin HTTP listener (`[admin] listen`: metrics,
-//! `/healthz`, `/readyz`, see [`crate::admin`]) up before the restore so
-//! that readiness says "not restored" until it is done. [`Server::run`] then serves until SIGTERM or SIGINT and
+//! endpoint; the admin HTTP listener (`[admin] listen`: metrics,
+//! `/healthz`, `/readyz`, see [`crate::admin`]) is up before the restore,
+//! so readiness says "not restored" until it is done, and says "draining"
+//! during a drain. [`Server::run`] then serves until SIGTERM or SIGINT and
 //! drains: it stops admitting, tells connected clients to reconnect with
 //! their resume tokens ([`CloseCode::ServerShutdown`](crate::net::CloseCode)),
 //! finishes the current tick, snapshots every live match and flushes every
