@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::engine::{Durability, EngineSettings, EventRetention, MatchPolicy};
 use crate::net::{DatagramLoss, NetConfig, ServerSecret, TlsSource};
 use crate::store::keys::DEFAULT_EDITION;
@@ -31,6 +32,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The QUIC server (`[net]`).
     pub net: NetConfig,
+    /// The admin HTTP listener (`[admin]`).
+    pub admin: AdminConfig,
     /// The node as a whole (`[server]`).
     pub server: ServerSettings,
 }
@@ -156,7 +159,15 @@ struct RawConfig {
     #[serde(default)]
     net: RawNet,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +374,7 @@ impl Config {
 
         let storage = storage_config(raw.storage, origin, &env)?;
         let net = net_config(raw.net, origin, &env)?;
+        let admin = admin_config(raw.admin, origin)?;
         let drain_seconds = raw.server.drain_seconds.unwrap_or(20.0);
         if !(drain_seconds > 0.0 && drain_seconds <= 3600.0) {
             return Err(invalid(
@@ -392,8 +404,28 @@ impl Config {
             edition,
             storage,
             net,
+            admin,
         })
     }
+}
+
+/// `[admin] listen`: an address and port, or an empty string for none.
+fn admin_config(raw: RawAdmin, origin: &str) -> Result<AdminConfig, ConfigError> {
+    let listen = match raw.listen {
+        None => AdminConfig::default().listen,
+        Some(text) if text.trim().is_empty() => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: "admin.listen".to_owned(),
+                value: format!("{text:?}"),
+                reason:
+                    "expected an IP address and port, e.g. \"127.0.0.1:9100\", or \"\" for none"
+                        .to_owned(),
+            }
+        })?),
+    };
+    Ok(AdminConfig { listen })
 }
 
 fn net_config(

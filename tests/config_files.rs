@@ -325,3 +325,38 @@ fn a_refused_redis_url_does_not_show_its_password() {
     assert!(message.contains("admin:***@cache"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
 }
+
+#[test]
+fn the_admin_listener_defaults_to_loopback_and_an_empty_string_turns_it_off() {
+    let defaults = Config::load_with_env(None, no_env).unwrap();
+    assert_eq!(
+        defaults.admin.listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    let (_dir, path) = config_file("[admin]\nlisten = \"0.0.0.0:9200\"\n");
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.admin.listen, Some("0.0.0.0:9200".parse().unwrap()));
+    let (_dir, path) = config_file("[admin]\nlisten = \"\"\n");
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.admin.listen, None);
+}
+
+#[test]
+fn a_bad_admin_address_names_key_value_and_file() {
+    let (_dir, path) = config_file("[admin]\nlisten = \"localhost\"\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    match &err {
+        ConfigError::Invalid {
+            origin, key, value, ..
+        } => {
+            assert_eq!(key, "admin.listen");
+            assert_eq!(value, "\"localhost\"");
+            assert_eq!(origin, &path.display().to_string());
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let (_dir, path) = config_file("[admin]\nport = 9100\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    assert!(err.to_string().contains("port"), "{err}");
+}

@@ -40,6 +40,7 @@ use super::protocol::{
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
 use super::tls::{self, TlsError};
+use crate::admin::metrics as names;
 use crate::codec;
 use crate::engine::{
     CommandOutcome, CommandReply, Engine, EngineError, MatchFeed, MatchUpdate, ReplyTo,
@@ -413,6 +414,8 @@ impl Refusal {
             end -= 1;
         }
         conn.close(self.code.code().into(), &self.reason.as_bytes()[..end]);
+        metrics::counter!(names::SESSIONS_CLOSED, "code" => names::close_code_label(self.code))
+            .increment(1);
     }
 }
 
@@ -466,6 +469,8 @@ async fn handle_connection<G: Game, S: Store>(
     let stats = shared.stats.clone();
     stats.connections.fetch_add(1, Relaxed);
     stats.open.fetch_add(1, Relaxed);
+    metrics::counter!(names::SESSIONS_CONNECTED).increment(1);
+    metrics::gauge!(names::SESSIONS_OPEN).increment(1.0);
     let conn_id = shared.next_conn.fetch_add(1, Relaxed);
     shared.conns.insert(conn_id, conn.clone());
     let mut shutdown = Shutdown {
@@ -496,6 +501,8 @@ async fn handle_connection<G: Game, S: Store>(
     }
     shared.conns.remove(&conn_id);
     stats.open.fetch_sub(1, Relaxed);
+    metrics::gauge!(names::SESSIONS_OPEN).decrement(1.0);
+    names::connection_ended(&conn);
 }
 
 /// How a session ended.
@@ -575,7 +582,10 @@ async fn read_hello(
             Err(error) => return Err(frame_refusal(&error)),
         }
         match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
+                frames.extend(&chunk.bytes);
+            }
             Ok(None) => {
                 return Err(Refusal::new(
                     CloseCode::Malformed,
@@ -716,6 +726,7 @@ async fn admit<G: Game, S: Store>(
                             format!("resume refused for {player}: {why}"),
                         )
                     })?;
+                metrics::counter!(names::SESSIONS_RESUMED).increment(1);
                 Some((player, admitted))
             }
         }
@@ -944,6 +955,7 @@ async fn write_frame<E: serde::Serialize>(
         return Ok(());
     };
     stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+    metrics::counter!(names::BYTES_SENT, "channel" => "stream").increment(frame.len() as u64);
     send.write_all(&frame).await
 }
 
@@ -1425,6 +1437,8 @@ async fn send_state<G: Game, S: Store>(
         match conn.send_datagram(bytes.clone()) {
             Ok(()) => {
                 stats.bytes_out.fetch_add(len, Relaxed);
+                metrics::counter!(names::BYTES_SENT, "channel" => "datagram").increment(len);
+                metrics::counter!(names::DATAGRAMS_SENT).increment(1);
                 return Ok(());
             }
             Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Lost),
@@ -1459,6 +1473,7 @@ async fn send_frame_on_stream(
         stream.write_all(&frame).await.map_err(|_| Lost)?;
         stream.finish().map_err(|_| Lost)?;
         stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+        metrics::counter!(names::BYTES_SENT, "channel" => "stream").increment(frame.len() as u64);
         Ok(())
     };
     // A client that does not take the stream loses this state, not the connection.
@@ -1558,7 +1573,10 @@ async fn read_inbound<G: Game, S: Store>(
             }
         }
         match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
+                frames.extend(&chunk.bytes);
+            }
             // The client finished or reset its control stream: nothing more will come.
             Ok(None) | Err(_) => return,
         }
