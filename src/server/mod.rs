@@ -141,6 +141,9 @@ impl<G: Game> ServerBuilder<G> {
             Some(config) => config,
             None => Config::load(None)?,
         };
+        // Listening first: a signal during the start drains instead of
+        // killing the process.
+        let signals = Signals::new().map_err(ServerError::Signals)?;
         let store = AnyStore::open(&config.storage).await?;
         let engine = Arc::new(Engine::start(
             self.game,
@@ -185,6 +188,7 @@ impl<G: Game> ServerBuilder<G> {
             restored,
             health,
             admin,
+            signals: Some(signals),
         })
     }
 }
@@ -237,6 +241,8 @@ pub struct Server<G: Game> {
     restored: usize,
     health: Health,
     admin: Admin,
+    /// Installed at start; taken by `run`.
+    signals: Option<Signals>,
 }
 
 impl<G: Game> std::fmt::Debug for Server<G> {
@@ -303,8 +309,11 @@ impl<G: Game> Server<G> {
     /// Serves until SIGTERM or SIGINT, logging status every 10 s, then
     /// [`drain`](Self::drain)s; a second signal during the drain gives up
     /// waiting for the store ([`ServerError::Interrupted`]).
-    pub async fn run(self) -> Result<DrainReport, ServerError> {
-        let mut signals = Signals::new().map_err(ServerError::Signals)?;
+    pub async fn run(mut self) -> Result<DrainReport, ServerError> {
+        let mut signals = match self.signals.take() {
+            Some(signals) => signals,
+            None => Signals::new().map_err(ServerError::Signals)?,
+        };
         let mut status = tokio::time::interval(STATUS_EVERY);
         status.tick().await;
         loop {
