@@ -203,6 +203,7 @@ async fn serve<S: Store>(
         .restore_all()
         .await
         .context("listing live matches to restore")?;
+    let restored_matches = engine.hosted_matches();
     tracing::info!(
         restored,
         failed = failed.len(),
@@ -238,6 +239,11 @@ async fn serve<S: Store>(
     }
     let server = Server::bind(engine.clone(), config.net.clone())
         .with_context(|| format!("starting the QUIC server on {}", config.net.listen))?;
+    if bots == 0 {
+        // Their players were network clients of the previous process: each
+        // gets the grace window to resume. (With --bots, bots play them.)
+        server.adopt_players_of(restored_matches);
+    }
     tracing::info!(listen = %server.local_addr(), open_mode = config.net.open_mode, "accepting players over QUIC");
     let (server_stop, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server.run(async {
