@@ -123,6 +123,7 @@ pub struct DrainReport {
 pub struct ServerBuilder<G: Game> {
     game: G,
     config: Option<Config>,
+    adopt_restored: bool,
 }
 
 impl<G: Game> ServerBuilder<G> {
@@ -130,6 +131,15 @@ impl<G: Game> ServerBuilder<G> {
     /// as [`Config::load`] with no file gives).
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Whether the players of the matches restored at start get the grace
+    /// window to resume (their players were network clients of the node
+    /// before; default). Turn it off when something else plays them (the
+    /// arena's `serve --bots`).
+    pub fn adopt_restored_players(mut self, adopt: bool) -> Self {
+        self.adopt_restored = adopt;
         self
     }
 
@@ -171,6 +181,9 @@ impl<G: Game> ServerBuilder<G> {
         let certificate = quic.certificate().clone();
         let secret = quic.secret().clone();
         let net_stats = quic.stats();
+        if self.adopt_restored {
+            quic.adopt_players_of(engine.hosted_matches());
+        }
         let (net_stop, stop_rx) = oneshot::channel::<()>();
         let net_task = tokio::spawn(quic.run(async {
             let _ = stop_rx.await;
@@ -257,7 +270,11 @@ impl<G: Game> std::fmt::Debug for Server<G> {
 impl<G: Game> Server<G> {
     /// Starts building a node for `game`.
     pub fn builder(game: G) -> ServerBuilder<G> {
-        ServerBuilder { game, config: None }
+        ServerBuilder {
+            game,
+            config: None,
+            adopt_restored: true,
+        }
     }
 
     /// The engine (create matches, submit commands, follow matches).
