@@ -21,7 +21,7 @@ use anyhow::Context;
 use clap::Parser;
 use tickforge::client::ClientConfig;
 use tickforge::net::ServerSecret;
-use tickforge::net::load::{LoadConfig, LoadStats, run_load};
+use tickforge::play::load::{LoadConfig, LoadStats, run_load};
 
 #[derive(Debug, Parser)]
 #[command(about = "Arena bots over QUIC against a tickforge server")]

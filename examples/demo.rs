@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tickforge::arena::Arena;
-use tickforge::arena::autoplay::{AutoplayCounters, play_slot};
 use tickforge::client::ClientConfig;
 use tickforge::config::Config;
 use tickforge::engine::{Engine, EngineStats};
-use tickforge::net::load::{LoadConfig, LoadSnapshot, LoadStats, run_load};
 use tickforge::net::server::Server;
+use tickforge::play::autoplay::{AutoplayCounters, play_slot};
+use tickforge::play::load::{LoadConfig, LoadSnapshot, LoadStats, run_load};
 use tickforge::store::{AnyStore, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

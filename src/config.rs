@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::engine::{Durability, EngineSettings, EventRetention, MatchPolicy};
 use crate::net::{DatagramLoss, NetConfig, ServerSecret, TlsSource};
-use crate::store::keys::{DEFAULT_EDITION, MatchKey};
+use crate::store::keys::DEFAULT_EDITION;
 
 /// The default configuration file, as shipped.
 pub const DEFAULT_CONFIG: &str = include_str!("../assets/tickforge.toml");
@@ -31,6 +31,24 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The QUIC server (`[net]`).
     pub net: NetConfig,
+    /// The node as a whole (`[server]`).
+    pub server: ServerSettings,
+}
+
+/// How a node runs as a whole: the `[server]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// How long a drain (SIGTERM or SIGINT) may take: closing connections,
+    /// the last tick, final snapshots and flushing every queued write.
+    pub drain: std::time::Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            drain: std::time::Duration::from_secs(20),
+        }
+    }
 }
 
 /// The storage backend.
@@ -137,6 +155,14 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     net: RawNet,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    drain_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,7 +325,7 @@ impl Config {
             }
         };
         let edition = e.edition.unwrap_or_else(|| DEFAULT_EDITION.to_owned());
-        if let Err(error) = MatchKey::new("arena", &edition, "check") {
+        if let Err(error) = crate::store::keys::check_name("edition", &edition) {
             return Err(invalid(
                 "engine.edition",
                 &format!("{edition:?}"),
@@ -325,7 +351,19 @@ impl Config {
 
         let storage = storage_config(raw.storage, origin, &env)?;
         let net = net_config(raw.net, origin, &env)?;
+        let drain_seconds = raw.server.drain_seconds.unwrap_or(20.0);
+        if !(drain_seconds > 0.0 && drain_seconds <= 3600.0) {
+            return Err(invalid(
+                "server.drain_seconds",
+                &drain_seconds,
+                "must be more than 0 and at most 3600",
+            ));
+        }
+        let server = ServerSettings {
+            drain: std::time::Duration::from_secs_f64(drain_seconds),
+        };
         Ok(Config {
+            server,
             engine: EngineSettings {
                 tick_hz,
                 shards,

@@ -50,12 +50,15 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod arena;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod game;
 pub mod net;
+pub mod play;
 pub mod projection;
+pub mod server;
 pub mod store;
 
 pub use net::client;

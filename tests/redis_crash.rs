@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Mode, RedisProcess, ServerOptions, TestCluster, TestRedis};
-use tickforge::arena::autoplay::{AutoplayCounters, play_match};
 use tickforge::arena::{Arena, ArenaEvent, ArenaState};
 use tickforge::codec;
 use tickforge::engine::{
@@ -41,6 +40,7 @@ use tickforge::engine::{
     MatchFeed, MatchPolicy, MatchUpdate, rebuild_from_start, restore,
 };
 use tickforge::game::{Game, Tick};
+use tickforge::play::autoplay::{AutoplayCounters, play_match};
 use tickforge::store::{EventStore, Head, MatchKey, RedisStore, SnapshotStore, StoreError};
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::task::JoinSet;

@@ -1,7 +1,7 @@
 //! Benchmark 4, network: 100, 500 and 1,000 QUIC clients on loopback
 //! against a server in the same process (as the demo wires them): the
 //! engine with the memory store, the QUIC server, and
-//! `tickforge::net::load` bots, each its own QUIC connection.
+//! `tickforge::play::load` bots, each its own QUIC connection.
 //!
 //! Measured over a window after every client joined and a warm-up:
 //! command-to-update latency (from handing a command to the session until
@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use tickforge::arena::Arena;
 use tickforge::client::ClientConfig;
 use tickforge::engine::{Engine, EngineSettings};
-use tickforge::net::load::{LoadConfig, LoadStats, run_load};
 use tickforge::net::server::Server;
 use tickforge::net::{NetConfig, TlsSource};
+use tickforge::play::load::{LoadConfig, LoadStats, run_load};
 use tickforge::store::MemoryStore;
 
 use crate::report::{self, Outcome, Table, Target, ms, num, progress, si};

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::game::{Game, MatchSetup, PlayerId, Rejection, Tick, Viewer};
 
-pub mod autoplay;
 pub mod bot;
 pub mod map;
 

@@ -1,5 +1,6 @@
-//! The `tickforge` command: run the engine as a server, inspect stored
-//! matches, check a configuration.
+//! The `tickforge` command: the arena's game server (through the same
+//! builder any game uses), the arena leaderboard, and the tools that
+//! inspect stored matches.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,31 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tickforge::arena::autoplay::{AutoplayCounters, play_match, play_slot};
-use tickforge::arena::{Arena, ArenaEvent};
-use tickforge::codec;
+use tickforge::arena::Arena;
+use tickforge::cli::{Tool, block_on, init_logging, open_store, run_tool};
 use tickforge::config::Config;
-use tickforge::engine::{Engine, EventEnvelope};
-use tickforge::game::{Game, PlayerId};
-use tickforge::net::server::Server;
+use tickforge::game::Game;
+use tickforge::play::autoplay::{AutoplayCounters, play_match, play_slot};
 use tickforge::projection::catch_up;
 use tickforge::projection::leaderboard::Leaderboard;
-use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore, Store, StoreError};
-
-/// Prints a line on stdout. A reader that went away (`tickforge inspect m1
-/// | head`) ends the program quietly, as with other command-line tools.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: cannot write to stdout: {error}");
-            std::process::exit(74);
-        }
-    }};
-}
+use tickforge::server::Server;
+use tickforge::store::{AnyStore, EventStore, MatchKey, RedisStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,9 +35,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the game server: restore every live match from the store, host
-    /// it, accept players over QUIC, and run until Ctrl-C (then snapshot and
-    /// flush every match).
+    /// Run the arena game server: restore every live match from the store,
+    /// host it, accept players over QUIC, and run until SIGTERM or SIGINT
+    /// (then drain: final snapshot of every match, every write flushed).
     Serve {
         /// Keep this many arena matches busy with in-process bots (restored
         /// matches are played by bots too when this is set).
@@ -61,27 +46,6 @@ enum Command {
         /// Bots per match.
         #[arg(long, default_value_t = 8)]
         players: u32,
-    },
-    /// Mint an admission ticket for a player (what a matchmaker does).
-    Ticket {
-        /// The match id.
-        #[arg(long = "match")]
-        root: String,
-        /// The player id.
-        #[arg(long)]
-        player: u32,
-        /// Seconds the ticket stays valid.
-        #[arg(long, default_value_t = 300)]
-        ttl: u64,
-    },
-    /// Print a stored match: head, snapshot, event count, last events.
-    Inspect {
-        /// The match id (root).
-        #[arg(name = "match")]
-        root: String,
-        /// How many of the last events to print.
-        #[arg(long, default_value_t = 10)]
-        last: u64,
     },
     /// Run the arena leaderboard projection (Redis): catch up every live
     /// match, or one, and print its standings; `--watch` keeps following.
@@ -93,132 +57,48 @@ enum Command {
         #[arg(long)]
         watch: Option<u64>,
     },
-    /// Print a match's events live as they are appended, from another
-    /// process (Redis pub/sub, gaps backfilled from the log).
-    Follow {
-        /// The match id.
-        #[arg(name = "match")]
-        root: String,
-        /// Start at this sequence (default: only new events).
-        #[arg(long)]
-        from: Option<u64>,
-    },
-    /// Validate a configuration and print what it resolves to.
-    CheckConfig,
+    #[command(flatten)]
+    Tool(Tool),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(70);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            // Configuration problems are usage errors (EX_CONFIG); the rest are runtime failures.
-            if error
-                .chain()
-                .any(|e| e.is::<tickforge::config::ConfigError>())
-            {
-                ExitCode::from(78)
-            } else {
-                ExitCode::FAILURE
+    block_on(async move {
+        let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+        match cli.command {
+            Command::Serve { bots, players } => serve(config, bots, players).await,
+            Command::Leaderboard { root, watch } => {
+                let AnyStore::Redis(redis) = open_store(&config).await? else {
+                    anyhow::bail!(
+                        "the leaderboard projection lives in Redis: set REDIS_URL or [storage] backend = \"redis\""
+                    );
+                };
+                leaderboard(&config, redis, root, watch).await
             }
+            Command::Tool(tool) => run_tool(&Arena::default(), &config, tool).await,
         }
-    }
+    })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    let store = AnyStore::open(&config.storage)
-        .await
-        .with_context(|| format!("opening the {:?} store", config.storage))?;
-    dispatch(cli.command, &config, store).await
-}
-
-async fn dispatch(command: Command, config: &Config, store: AnyStore) -> anyhow::Result<()> {
-    match command {
-        Command::Follow { root, from } => {
-            let AnyStore::Redis(redis) = store else {
-                anyhow::bail!(
-                    "following needs the Redis backend: set REDIS_URL or [storage] backend = \"redis\""
-                );
-            };
-            follow(config, redis, &root, from).await
-        }
-        Command::Leaderboard { root, watch } => {
-            let AnyStore::Redis(redis) = store else {
-                anyhow::bail!(
-                    "the leaderboard projection lives in Redis: set REDIS_URL or [storage] backend = \"redis\""
-                );
-            };
-            leaderboard(config, redis, root, watch).await
-        }
-        Command::Serve { bots, players } => serve(config, store, bots, players).await,
-        Command::Inspect { root, last } => inspect(config, &store, &root, last).await,
-        Command::Ticket { root, player, ttl } => {
-            let secret = config.net.secret.as_ref().context(
-                "minting a ticket needs the server secret: net.secret, net.secret_file or TICKFORGE_SECRET",
-            )?;
-            let expires = tickforge::net::tickets::unix_now().saturating_add(ttl);
-            out!(
-                "{}",
-                tickforge::net::mint_ticket(secret, &root, PlayerId(player), expires)
-            );
-            Ok(())
-        }
-        Command::CheckConfig => {
-            out!("{config:#?}");
-            Ok(())
-        }
-    }
-}
-
-async fn serve<S: Store>(
-    config: &Config,
-    store: S,
-    bots: usize,
-    players: u32,
-) -> anyhow::Result<()> {
+async fn serve(config: Config, bots: usize, players: u32) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16).contains(&players), "--players must be 1 to 16");
-    let engine = Arc::new(Engine::start(
-        Arena::default(),
-        store,
-        config.engine.clone(),
-        &config.edition,
-    ));
-    let (restored, failed) = engine
-        .restore_all()
+    let storage = format!("{:?}", config.storage);
+    let server = Server::builder(Arena::default())
+        .config(config)
+        .start()
         .await
-        .context("listing live matches to restore")?;
-    tracing::info!(
-        restored,
-        failed = failed.len(),
-        shards = config.engine.shards,
-        tick_hz = config.engine.tick_hz,
-        "tickforge serving; Ctrl-C stops after snapshotting every match"
-    );
-    let counters = Arc::new(AutoplayCounters::default());
-    let mut players_tasks = tokio::task::JoinSet::new();
+        .with_context(|| format!("starting the server on the {storage} store"))?;
+    let mut bot_tasks = tokio::task::JoinSet::new();
     if bots > 0 {
+        let engine = server.engine().clone();
+        let counters = Arc::new(AutoplayCounters::default());
         for root in engine.hosted_matches() {
             let (engine, counters) = (engine.clone(), counters.clone());
-            players_tasks.spawn(async move {
-                play_match(&engine, &counters, &root, players, 0)
-                    .await
-                    .map(|_| ())
+            bot_tasks.spawn(async move {
+                if let Err(error) = play_match(&engine, &counters, &root, players, 0).await {
+                    tracing::warn!(%error, r#match = %root, "bots stopped playing a match");
+                }
             });
         }
         let run_id = std::time::SystemTime::now()
@@ -226,96 +106,19 @@ async fn serve<S: Store>(
             .map_or(0, |d| d.as_millis());
         for slot in 0..bots {
             let prefix = format!("serve-{run_id}");
-            players_tasks.spawn(play_slot(
-                engine.clone(),
-                counters.clone(),
-                prefix,
-                slot,
-                players,
-            ));
+            let (engine, counters) = (engine.clone(), counters.clone());
+            bot_tasks.spawn(async move {
+                if let Err(error) = play_slot(engine, counters, prefix, slot, players).await {
+                    tracing::warn!(%error, "bots stopped playing a slot");
+                }
+            });
         }
         tracing::info!(bots, players, "in-process bots playing");
     }
-    let server = Server::bind(engine.clone(), config.net.clone())
-        .with_context(|| format!("starting the QUIC server on {}", config.net.listen))?;
-    tracing::info!(listen = %server.local_addr(), open_mode = config.net.open_mode, "accepting players over QUIC");
-    let (server_stop, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server.run(async {
-        let _ = server_stop_rx.await;
-    }));
-    let mut report = tokio::time::interval(Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            _ = report.tick() => {
-                let s = engine.stats();
-                tracing::info!(matches = s.matches, ticks = s.ticks, late_ticks = s.late_ticks,
-                    events = s.events, persisted = s.persisted_events, p99_tick_ms = s.tick_ms(0.99),
-                    backlog = s.backlog_jobs, repaired = s.repaired_events, trimmed = s.trimmed_events, "status");
-            }
-            Some(joined) = players_tasks.join_next() => {
-                if let Err(error) = joined.context("bot task panicked")? {
-                    tracing::warn!(%error, "bots stopped playing a match");
-                }
-            }
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("listening for Ctrl-C")?;
-                break;
-            }
-        }
-    }
-    tracing::info!(
-        "stopping: closing connections, final snapshots and flush (Ctrl-C again to give up waiting for the store)"
-    );
-    let _ = server_stop.send(());
-    server.await.context("the QUIC server task panicked")?;
-    players_tasks.abort_all();
-    // Flushing waits for the store; a second Ctrl-C gives up on it.
-    tokio::select! {
-        () = engine.shutdown_reporting(Duration::from_secs(5)) => Ok(()),
-        _ = tokio::signal::ctrl_c() => {
-            let backlog = engine.stats().backlog_jobs;
-            anyhow::bail!("stopped before every write was stored ({backlog} tick jobs still queued); restore resumes from the last stored tick")
-        }
-    }
-}
-
-async fn follow(
-    config: &Config,
-    store: RedisStore,
-    root: &str,
-    from: Option<u64>,
-) -> anyhow::Result<()> {
-    let (key, head) = stored_match(config, &store, root).await?;
-    let start = from.unwrap_or(head.next_sequence);
-    let mut follower = store
-        .follow(&key, start)
-        .await
-        .with_context(|| format!("following {key}"))?;
-    eprintln!("following {key} from sequence {start} (Ctrl-C stops)");
-    loop {
-        let record = tokio::select! {
-            record = follower.next() => record.with_context(|| format!("following {key}"))?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        print_event(&record);
-    }
-}
-
-fn print_event(record: &tickforge::store::RecordedEvent) {
-    match codec::decode::<EventEnvelope<ArenaEvent>>(&record.payload) {
-        Ok(e) => out!(
-            "  #{:<8} tick {:<8} {} {:?}",
-            e.sequence,
-            e.tick,
-            e.player,
-            e.event
-        ),
-        Err(error) => out!(
-            "  #{:<8} tick {:<8} undecodable: {error}",
-            record.sequence,
-            record.tick
-        ),
-    }
+    let drained = server.run().await;
+    bot_tasks.abort_all();
+    drained?;
+    Ok(())
 }
 
 async fn leaderboard(
@@ -345,7 +148,7 @@ async fn leaderboard(
                 .iter()
                 .map(|(p, tags)| format!("{p}={tags}"))
                 .collect();
-            out!("{key} @{position}: {}", line.join(" "));
+            print_line(&format!("{key} @{position}: {}", line.join(" ")));
         }
         let Some(every) = watch else { return Ok(()) };
         tokio::select! {
@@ -355,71 +158,17 @@ async fn leaderboard(
     }
 }
 
-/// The key and stored head of match `root`, or why there is none.
-async fn stored_match<S: Store>(
-    config: &Config,
-    store: &S,
-    root: &str,
-) -> anyhow::Result<(MatchKey, tickforge::store::Head)> {
-    let key =
-        MatchKey::new(Arena::default().domain(), &config.edition, root).context("match id")?;
-    let head = store
-        .head(&key)
-        .await
-        .with_context(|| format!("reading the head of {key}"))?
-        .with_context(|| format!("no match {key} in the store"))?;
-    Ok((key, head))
-}
-
-async fn inspect<S: Store>(
-    config: &Config,
-    store: &S,
-    root: &str,
-    last: u64,
-) -> anyhow::Result<()> {
-    let (key, head) = stored_match(config, store, root).await?;
-    out!("match:        {key}");
-    out!("status:       {:?}", head.status);
-    // Reading from 0 says where a trimmed log starts.
-    let retained_from = match store.read(&key, 0, 1).await {
-        Ok(_) => 0,
-        Err(StoreError::Trimmed { retained_from, .. }) => retained_from,
-        Err(error) => return Err(error).context("reading the first event"),
-    };
-    out!(
-        "head:         next sequence {}, tick {}",
-        head.next_sequence,
-        head.tick
-    );
-    if retained_from == 0 {
-        out!("events:       {} stored", head.next_sequence);
-    } else {
-        out!(
-            "events:       {} stored, from sequence {retained_from} (the ones below were trimmed)",
-            head.next_sequence - retained_from
-        );
+/// Prints a line; a closed stdout (`| head`) ends the program quietly.
+fn print_line(line: &str) {
+    use std::io::Write as _;
+    if let Err(error) = writeln!(std::io::stdout(), "{line}") {
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to stdout: {error}");
+        }
+        std::process::exit(if error.kind() == std::io::ErrorKind::BrokenPipe {
+            0
+        } else {
+            74
+        });
     }
-    match store
-        .load_snapshot(&key)
-        .await
-        .context("reading the snapshot")?
-    {
-        Some(s) => out!(
-            "snapshot:     sequence {}, tick {}, {} state bytes",
-            s.sequence,
-            s.tick,
-            s.state.len()
-        ),
-        None => out!("snapshot:     none"),
-    }
-    let from = head.next_sequence.saturating_sub(last).max(retained_from);
-    let events = store
-        .read(&key, from, last as usize)
-        .await
-        .context("reading the last events")?;
-    out!("last {} events:", events.len());
-    for record in &events {
-        print_event(record);
-    }
-    Ok(())
 }

@@ -15,8 +15,6 @@
 //!   handler, connection limit, shutdown, then endpoint close and wait-idle).
 //! - [`client`]: the async client library (connect, join, commands, states,
 //!   events, automatic reconnect with the resume token).
-//! - [`load`]: arena bots playing through the client library, with latency
-//!   and bandwidth figures (the `bots` example and the demo).
 //!
 //! The handoff: a client's `Hello` is admitted by ticket (or resume token,
 //! or open mode); its commands go to [`Engine::submit`](crate::engine::Engine::submit)
@@ -33,7 +31,6 @@ use std::time::Duration;
 pub mod client;
 pub mod delta;
 pub mod limits;
-pub mod load;
 pub mod protocol;
 pub mod server;
 mod slots;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::bot::Bot;
-use super::{Arena, ArenaCommand};
+use crate::arena::bot::Bot;
+use crate::arena::{Arena, ArenaCommand};
 use crate::engine::{Engine, EngineError};
 use crate::game::PlayerId;
 use crate::store::{Store, StoreError};

@@ -19,12 +19,12 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
-use super::client::{Client, ClientConfig, ClientError, JoinRequest, SessionEvent};
-use super::protocol::CommandStatus;
-use super::tickets::{ServerSecret, mint_ticket, unix_now};
 use crate::arena::Arena;
 use crate::arena::bot::Bot;
 use crate::game::{PlayerId, Tick};
+use crate::net::client::{Client, ClientConfig, ClientError, JoinRequest, SessionEvent};
+use crate::net::protocol::CommandStatus;
+use crate::net::tickets::{ServerSecret, mint_ticket, unix_now};
 
 /// What load to generate.
 #[derive(Debug, Clone)]
@@ -325,7 +325,7 @@ async fn play_seat(
 
 /// Plays one session; returns whether the match ended (vs stop or failure).
 async fn play_session(
-    mut session: super::client::Session<Arena>,
+    mut session: crate::net::client::Session<Arena>,
     config: &LoadConfig,
     stats: &LoadStats,
     seed: u64,
