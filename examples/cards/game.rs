@@ -24,9 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tickforge::game::{
-    Game, Legacy, MatchSetup, PlayerId, Rejection, Tick, UpgradeError, Viewer,
-};
+use tickforge::game::{Game, Legacy, MatchSetup, PlayerId, Rejection, Tick, UpgradeError, Viewer};
 
 /// The four suits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -541,7 +539,9 @@ impl Game for Eights {
                 if !seat.hand.contains(card) {
                     return Err(Rejection::new(format!("{card} is not in your hand")));
                 }
-                let top = state.top().ok_or_else(|| Rejection::new("no discard pile"))?;
+                let top = state
+                    .top()
+                    .ok_or_else(|| Rejection::new("no discard pile"))?;
                 if !card.playable_on(top, state.suit) {
                     return Err(Rejection::new(format!(
                         "{card} does not go on {top} ({:?} in force)",
@@ -767,7 +767,9 @@ fn deal(state: &State) -> Vec<Event> {
     let mut deck = state.deck.clone();
     let mut events = Vec::with_capacity(state.seats.len() + 1);
     for player in state.seats.keys() {
-        let cut = deck.len().saturating_sub(usize::from(state.params.hand_size));
+        let cut = deck
+            .len()
+            .saturating_sub(usize::from(state.params.hand_size));
         let mut cards = deck.split_off(cut);
         cards.reverse();
         events.push(Event::Dealt {

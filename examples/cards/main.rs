@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example cards -- --seconds 5            # server + bots, ends with `summary:`
 //! cargo run --release --example cards -- --seconds 20 --watch 3 # ... and print table 3 every second
-//! cargo run --example cards -- serve --config cards.toml        # only the server (until SIGTERM/Ctrl-C)
+//! cargo run --example cards -- serve --config cards.toml        # only the server (until SIGTERM/SIGINT)
+//! cargo run --example cards -- inspect <match>                  # a stored match, decoded
 //! cargo run --example cards -- watch <match> --server 127.0.0.1:4433 --cert target/tickforge-dev-cert.der
 //! ```
 //!
@@ -16,7 +17,7 @@
 //! it must not see (other hands, other players' draws): the count is the
 //! `hidden_leaks` field of the summary, and a leak fails the run.
 //!
-//! `start_server` is all the hosting a game needs; the rest is the demo.
+//! `serve` is all the hosting a game needs (the builder); the rest is the demo.
 
 mod bot;
 mod game;
@@ -30,18 +31,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rustls::pki_types::CertificateDer;
 use tickforge::client::{Client, ClientConfig, JoinRequest, SessionEvent};
 use tickforge::codec;
 use tickforge::config::Config;
-use tickforge::engine::Engine;
 use tickforge::game::PlayerId;
-use tickforge::net::NetStats;
 use tickforge::net::protocol::CommandStatus;
-use tickforge::net::server::Server;
-use tickforge::store::{AnyStore, Store};
-use tokio::sync::{oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tickforge::server::Server;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use bot::Bot;
 use game::{Card, Eights, Event, JoinAs, Params, SplitMix64, View};
@@ -73,18 +70,14 @@ struct Args {
     #[arg(long, value_name = "N")]
     watch: Option<usize>,
     /// Configuration file (default: the built-in defaults).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Mode {
-    /// Run only the server, until SIGTERM or Ctrl-C.
-    Serve {
-        /// Configuration file (default: the built-in defaults).
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    /// Run only the server, until SIGTERM or SIGINT, then drain.
+    Serve,
     /// Watch one match of a running server as a spectator (open mode).
     Watch {
         /// The match id.
@@ -96,6 +89,9 @@ enum Mode {
         #[arg(long, default_value = tickforge::net::DEFAULT_DEV_CERT)]
         cert: PathBuf,
     },
+    /// Tools for stored matches: inspect, follow, ticket, check-config.
+    #[command(flatten)]
+    Tool(tickforge::cli::Tool),
 }
 
 #[tokio::main]
@@ -107,87 +103,36 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match &args.mode {
-        Some(Mode::Serve { config }) => serve(config.as_deref()).await,
+    match args.mode {
+        Some(Mode::Serve) => serve(args.config.as_deref()).await,
+        Some(Mode::Tool(tool)) => {
+            let config = Config::load(args.config.as_deref()).context("loading configuration")?;
+            tickforge::cli::run_tool(&Eights, &config, tool).await
+        }
         Some(Mode::Watch {
             r#match,
             server,
             cert,
         }) => {
-            let client = Client::new(ClientConfig::trusting_file(*server, cert)?)?;
-            watch_match(&client, r#match).await
+            let client = Client::new(ClientConfig::trusting_file(server, &cert)?)?;
+            watch_match(&client, &r#match).await
         }
         None => demo(&args).await,
     }
 }
 
 // ---------------------------------------------------------------------------
-// Hosting: everything a game author writes to put a game on tickforge.
-// (To become `tickforge::server::Server::builder(Eights).config(config)
-// .start().await` when the builder lands.)
+// Hosting: all a game author writes to put a game on tickforge is
+// `Server::builder(Eights).config(config).start()`; `serve` adds signals
+// and the drain, and `tickforge::cli` the stored-match tools.
 // ---------------------------------------------------------------------------
 
-/// A running Eights server: engine, store and QUIC endpoint.
-struct Hosted {
-    engine: Arc<Engine<Eights, AnyStore>>,
-    addr: SocketAddr,
-    certificate: CertificateDer<'static>,
-    net: Arc<NetStats>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-/// Opens the configured store, restores its live matches, starts the
-/// engine and the QUIC server.
-async fn start_server(config: &Config) -> anyhow::Result<Hosted> {
-    let store = AnyStore::open(&config.storage)
-        .await
-        .with_context(|| format!("opening the {:?} store", config.storage))?;
-    let engine = Arc::new(Engine::start(
-        Eights,
-        store,
-        config.engine.clone(),
-        &config.edition,
-    ));
-    let (restored, failed) = engine.restore_all().await?;
-    if restored > 0 || !failed.is_empty() {
-        eprintln!("restored {restored} matches, {} failed", failed.len());
-    }
-    let server = Server::bind(engine.clone(), config.net.clone())?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let hosted = Hosted {
-        engine,
-        addr: server.local_addr(),
-        certificate: server.certificate().clone(),
-        net: server.stats(),
-        stop,
-        task: tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        })),
-    };
-    Ok(hosted)
-}
-
-impl Hosted {
-    /// Closes every connection, then stops the engine (final snapshots, all flushed).
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        self.engine.shutdown_reporting(Duration::from_secs(5)).await;
-    }
-}
-
-/// `serve`: the server alone, until SIGTERM or Ctrl-C.
+/// `serve`: the server alone, until SIGTERM or SIGINT, then a drain.
 async fn serve(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let config = Config::load(config).context("loading configuration")?;
-    let hosted = start_server(&config).await?;
-    println!("eights server listening on {}", hosted.addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    hosted.shutdown().await;
+    let server = Server::builder(Eights).config(config).start().await?;
+    println!("eights server listening on {}", server.quic_addr());
+    server.run().await?;
     Ok(())
 }
 
@@ -223,10 +168,13 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref()).context("loading configuration")?;
     config.net.listen = "127.0.0.1:0".parse()?;
     config.net.open_mode = true;
-    let hosted = start_server(&config).await?;
+    let server = Server::builder(Eights)
+        .config(config.clone())
+        .start()
+        .await?;
     let client = Client::new(ClientConfig::new(
-        hosted.addr,
-        vec![hosted.certificate.clone()],
+        server.quic_addr(),
+        vec![server.certificate().clone()],
     ))?;
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -236,9 +184,9 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         "eights: {} tables x {} bots over QUIC on {}, {} Hz, {} store{}",
         args.matches,
         args.players,
-        hosted.addr,
+        server.quic_addr(),
         config.engine.tick_hz,
-        hosted.engine.store().name(),
+        server.engine().store().name(),
         args.seconds
             .map_or_else(|| ", until Ctrl-C".to_owned(), |s| format!(", {s} s")),
     );
@@ -276,7 +224,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = progress.tick() => {
-                let now = (counters.events.load(Relaxed), counters.states.load(Relaxed), hosted.engine.stats().events);
+                let now = (counters.events.load(Relaxed), counters.states.load(Relaxed), server.engine().stats().events);
                 eprintln!(
                     "[{:>3}s] matches started={} finished={} | plays={} draws={} timeouts={} rejected={} \
                      | client events/s={} states/s={} engine events/s={} | hidden_leaks={}",
@@ -303,10 +251,9 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     while tables.join_next().await.is_some() {}
-    let net = hosted.net.clone();
-    let engine_stats = hosted.engine.stats();
-    let store_name = hosted.engine.store().name();
-    hosted.shutdown().await;
+    let net = server.net_stats().clone();
+    let store_name = server.engine().store().name();
+    let engine_stats = server.drain().await?.stats;
     let c = &*counters;
     let sessions = c.sessions.load(Relaxed).max(1);
     let leaks = c.hidden_leaks.load(Relaxed);
@@ -335,7 +282,10 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         net.state_messages_built.load(Relaxed),
         net.states.load(Relaxed),
     );
-    anyhow::ensure!(leaks == 0, "{leaks} hidden cards reached players who must not see them");
+    anyhow::ensure!(
+        leaks == 0,
+        "{leaks} hidden cards reached players who must not see them"
+    );
     Ok(())
 }
 
