@@ -146,6 +146,7 @@ struct Counters {
     matches_started: AtomicU64,
     matches_finished: AtomicU64,
     sessions: AtomicU64,
+    hands_dealt: AtomicU64,
     states: AtomicU64,
     events: AtomicU64,
     plays: AtomicU64,
@@ -259,7 +260,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     let leaks = c.hidden_leaks.load(Relaxed);
     println!(
         "summary: seconds={elapsed:.1} store={store_name} tick_hz={} tables={} players={} \
-         matches_started={} matches_finished={} sessions={} plays={} draws={} timeouts={} \
+         matches_started={} matches_finished={} sessions={} hands_dealt={} plays={} draws={} timeouts={} \
          rejected={} client_failures={} engine_events={} client_events={} states_received={} \
          states_per_client={:.0} views_encoded={} state_messages_built={} states_sent={} \
          hidden_leaks={leaks}",
@@ -269,6 +270,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         c.matches_started.load(Relaxed),
         c.matches_finished.load(Relaxed),
         c.sessions.load(Relaxed),
+        c.hands_dealt.load(Relaxed),
         c.plays.load(Relaxed),
         c.draws.load(Relaxed),
         c.timeouts.load(Relaxed),
@@ -394,8 +396,14 @@ async fn play_seat(
                     if leaked_event(&envelope.event, me) {
                         counters.hidden_leaks.fetch_add(1, Relaxed);
                     }
-                    if let Event::TurnTimedOut { player } = envelope.event && Some(player) == me {
-                        counters.timeouts.fetch_add(1, Relaxed);
+                    match envelope.event {
+                        Event::TurnTimedOut { player } if Some(player) == me => {
+                            counters.timeouts.fetch_add(1, Relaxed);
+                        }
+                        Event::Dealt { player, .. } if Some(player) == me => {
+                            counters.hands_dealt.fetch_add(1, Relaxed);
+                        }
+                        _ => {}
                     }
                 }
                 Some(SessionEvent::MatchOver { .. }) => {
