@@ -197,7 +197,7 @@ fn finish(mut replayer: Replayer<'_, Eights>, events: &[RecordedEvent], head_tic
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Restoring from every snapshot plus the events after it, and a
     /// rebuild from sequence 0 checked against the last snapshot, both
