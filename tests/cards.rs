@@ -43,7 +43,7 @@ use bot::Bot;
 use game::{Card, Command, DOMAIN, Eights, Event, JoinAs, Params, Phase, State, Suit, View};
 
 /// An upper bound for anything a test awaits.
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn key(root: &str) -> MatchKey {
     MatchKey::new(DOMAIN, "main", root).unwrap()
@@ -953,7 +953,7 @@ async fn players_never_receive_other_hands_not_even_in_the_bytes() {
         players: 4,
         hand_size: 6,
         turn_ticks: 20,
-        max_turns: 120,
+        max_turns: 80,
     };
     let join = |name: &str| {
         JoinRequest::open_player(
