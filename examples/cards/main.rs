@@ -94,8 +94,7 @@ enum Mode {
     Tool(tickforge::cli::Tool),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -103,22 +102,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match args.mode {
-        Some(Mode::Serve) => serve(args.config.as_deref()).await,
-        Some(Mode::Tool(tool)) => {
-            let config = Config::load(args.config.as_deref()).context("loading configuration")?;
-            tickforge::cli::run_tool(&Eights, &config, tool).await
+    // Errors print as `error: …`; configuration errors exit with 78.
+    tickforge::cli::block_on(async move {
+        match args.mode {
+            Some(Mode::Serve) => serve(args.config.as_deref()).await,
+            Some(Mode::Tool(tool)) => {
+                let config =
+                    Config::load(args.config.as_deref()).context("loading configuration")?;
+                tickforge::cli::run_tool(&Eights, &config, tool).await
+            }
+            Some(Mode::Watch {
+                ref r#match,
+                server,
+                ref cert,
+            }) => {
+                let client = Client::new(ClientConfig::trusting_file(server, cert)?)?;
+                watch_match(&client, r#match).await
+            }
+            None => demo(&args).await,
         }
-        Some(Mode::Watch {
-            r#match,
-            server,
-            cert,
-        }) => {
-            let client = Client::new(ClientConfig::trusting_file(server, &cert)?)?;
-            watch_match(&client, &r#match).await
-        }
-        None => demo(&args).await,
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------
