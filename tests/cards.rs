@@ -74,6 +74,8 @@ struct Run {
     setup: MatchSetup<Params>,
     events: Vec<RecordedEvent>,
     snapshots: Vec<Snapshot>,
+    /// The encoded live state after every tick (index 0: tick 0).
+    states: Vec<Vec<u8>>,
 }
 
 impl Run {
@@ -84,11 +86,13 @@ impl Run {
             ..MatchPolicy::default()
         };
         let core = MatchCore::new(&Eights, key(root), policy, &setup).expect("valid params");
+        let states = vec![bytes(core.state())];
         Run {
             core,
             setup,
             events: Vec::new(),
             snapshots: Vec::new(),
+            states,
         }
     }
 
@@ -105,6 +109,7 @@ impl Run {
         self.snapshots.extend(output.snapshot);
         self.events
             .extend(self.core.poll_batch().into_iter().flat_map(|b| b.events));
+        self.states.push(bytes(self.core.state()));
     }
 
     fn head(&self) -> Head {
@@ -229,6 +234,23 @@ proptest! {
             let tail = &run.events[snapshot.sequence as usize..];
             prop_assert_eq!(bytes(&finish(from, tail, head.tick)), live.clone(), "from tick {}", snapshot.tick);
         }
+
+        // Tick by tick, paged in 7 events at a time: every intermediate
+        // state is the live one.
+        let mut replay = TickReplayer::from_start(&Eights, &run.setup, &head).unwrap();
+        loop {
+            match replay.step().unwrap() {
+                TickStep::Ran(tick) => {
+                    prop_assert_eq!(&bytes(replay.state()), &run.states[tick as usize], "tick {}", tick);
+                }
+                TickStep::NeedEvents { from } => {
+                    let page = run.events.iter().skip(from as usize).take(7).cloned();
+                    replay.push(page).unwrap();
+                }
+                TickStep::Finished => break,
+            }
+        }
+        prop_assert_eq!(replay.tick(), head.tick);
     }
 }
 
@@ -1133,5 +1155,45 @@ async fn a_dropped_player_resumes_with_its_token_and_plays_on() {
         ada.views.last().unwrap().1.phase,
         Phase::Over { .. }
     ));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_and_a_full_table_are_refused_with_the_reason() {
+    let server = start_server(60).await;
+    let refused = |result: Result<Session<Eights>, tickforge::client::ClientError>| match result {
+        Ok(_) => panic!("admitted"),
+        Err(error) => (error.code(), error.to_string()),
+    };
+    let seven = Params {
+        players: 7,
+        ..Params::default()
+    };
+    let join = JoinRequest::open_player("seven", &JoinAs::default()).with_params(&seven);
+    let (code, reason) = refused(server.client.join::<Eights>(join).await);
+    assert_eq!(code, Some(tickforge::net::CloseCode::JoinRejected));
+    assert!(reason.contains("players must be 2 to 6"), "{reason}");
+
+    let two = Params {
+        players: 2,
+        ..Params::default()
+    };
+    let join = || JoinRequest::open_player("pair", &JoinAs::default()).with_params(&two);
+    let _first = server.client.join::<Eights>(join()).await.unwrap();
+    let _second = server.client.join::<Eights>(join()).await.unwrap();
+    let (code, reason) = refused(server.client.join::<Eights>(join()).await);
+    assert_eq!(code, Some(tickforge::net::CloseCode::JoinRejected));
+    assert!(
+        reason.contains("full") || reason.contains("started"),
+        "{reason}"
+    );
+
+    let long_name = JoinAs {
+        name: "x".repeat(25),
+    };
+    let join = JoinRequest::open_player("names", &long_name);
+    let (code, reason) = refused(server.client.join::<Eights>(join).await);
+    assert_eq!(code, Some(tickforge::net::CloseCode::JoinRejected));
+    assert!(reason.contains("24 characters"), "{reason}");
     server.stop().await;
 }
