@@ -89,6 +89,7 @@ enum Players {
         load: tokio::task::JoinHandle<Result<(), tickforge::client::ClientError>>,
         server_stop: tokio::sync::oneshot::Sender<()>,
         server: tokio::task::JoinHandle<()>,
+        net: Arc<tickforge::net::NetStats>,
     },
     Local {
         counters: Arc<AutoplayCounters>,
@@ -179,15 +180,24 @@ async fn run<S: Store>(
             load,
             server_stop,
             server,
+            net,
         } => {
             let _ = stop.send(());
             load.await.context("the bots task panicked")??;
             let _ = server_stop.send(());
             server.await.context("the server task panicked")?;
             let snapshot = stats.snapshot();
+            // Views are encoded once per distinct view and tick, state
+            // messages once per (view, baseline): compare with states sent.
+            let views = format!(
+                " states_sent={} views_encoded={} state_messages_built={}",
+                net.states.load(Relaxed),
+                net.views_encoded.load(Relaxed),
+                net.state_messages_built.load(Relaxed)
+            );
             (
                 format!(
-                    " {}",
+                    " {}{views}",
                     net_fields(&snapshot.summary_fields(elapsed, clients))
                 ),
                 snapshot.finished,
@@ -249,6 +259,7 @@ async fn start_quic<S: Store>(
     net.listen = "127.0.0.1:0".parse().context("loopback address")?;
     net.open_mode = true;
     let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
+    let net_stats = server.stats();
     let client = ClientConfig::new(server.local_addr(), vec![server.certificate().clone()]);
     let (server_stop, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server.run(async {
@@ -267,6 +278,7 @@ async fn start_quic<S: Store>(
         load,
         server_stop,
         server,
+        net: net_stats,
     })
 }
 

@@ -53,8 +53,9 @@ use tickforge::engine::EventEnvelope;
 use tickforge::engine::replay::{TickReplayer, TickStep};
 use tickforge::game::{Game, PlayerId, Tick};
 use tickforge::net::tickets::{mint_ticket, unix_now};
-use tickforge::net::{NetGame, ServerSecret};
-use tickforge::store::{AnyStore, EventStore, MatchKey, StoreError};
+
+use tickforge::net::ServerSecret;
+use tickforge::store::{AnyStore, EventStore, MatchKey, SnapshotStore, StoreError};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Parser)]
@@ -606,11 +607,24 @@ async fn replay(args: &Args, root: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("reading the head of {key}"))?
         .with_context(|| format!("no match {key} in the store"))?;
+    let setup = tickforge::engine::load_setup::<Arena, _>(&store, &key)
+        .await
+        .with_context(|| format!("reading the setup of {key}"))?;
+    let mut ticks = TickReplayer::from_start(&arena, &setup, &head)
+        .with_context(|| format!("starting the replay of {key}"))?;
+    // The stored snapshot checks the replay when it reaches its tick.
+    if let Some(snapshot) = store
+        .load_snapshot(&key)
+        .await
+        .with_context(|| format!("reading the snapshot of {key}"))?
+    {
+        ticks.check_against(&snapshot);
+    }
     let mut replay = Replay {
         store: &store,
         key: &key,
         arena: &arena,
-        replay: TickReplayer::from_start(&arena, &head),
+        replay: ticks,
         all_events: args.all_events,
     };
     // The first page before the terminal switches over, so that a trimmed

@@ -309,7 +309,8 @@ mod tests {
             let envelope = EventEnvelope {
                 sequence,
                 tick,
-                player: PlayerId(9),
+                player: Some(PlayerId(9)),
+                schema: 3,
                 event: sample(),
             };
             let bytes = encode(&envelope).unwrap();
@@ -317,8 +318,8 @@ mod tests {
         }
         assert_eq!(decode_envelope_header(&[]), Err(DecodeError::Empty));
         assert_eq!(
-            decode_envelope_header(&[2, 0, 0]),
-            Err(DecodeError::UnsupportedVersion { found: 2 })
+            decode_envelope_header(&[1, 0, 0]),
+            Err(DecodeError::UnsupportedVersion { found: 1 })
         );
         assert!(matches!(
             decode_envelope_header(&[FORMAT_VERSION, 253, 1]),

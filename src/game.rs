@@ -140,7 +140,7 @@ impl Rejection {
 }
 
 /// What a new match is built from: the creator's parameters and a seed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatchSetup<P> {
     /// The parameters given when the match was created (stored with it).
     pub params: P,

@@ -109,7 +109,8 @@ fn envelopes() -> Vec<Envelope> {
         .map(|(i, event)| EventEnvelope {
             sequence: [0, 250, 251, 65_536, u64::MAX][i],
             tick: [1, 7, 1 << 33, 3, 0][i],
-            player: PlayerId(3),
+            player: Some(PlayerId(3)),
+            schema: 1,
             event,
         })
         .collect()
@@ -141,11 +142,12 @@ fn state() -> ArenaState {
 }
 
 fn snapshot_record() -> SnapshotRecord {
-    SnapshotRecord::from(&Snapshot {
-        sequence: 1234,
-        tick: 912,
-        state: codec::encode(&state()).unwrap(),
-    })
+    SnapshotRecord::from(&Snapshot::new(
+        1234,
+        912,
+        codec::encode(&state()).unwrap(),
+        1,
+    ))
 }
 
 /// Valid encodings of every shape the fuzzer mutates.
@@ -311,10 +313,13 @@ fn huge_length(prefix: &[u8], marker: u8) -> Vec<u8> {
 
 #[test]
 fn huge_declared_lengths_are_errors_without_allocating() {
-    // The `Joined` envelope: version, sequence 0, tick 1, player 3,
-    // variant 0, player 3, then the name's length (3) and bytes.
+    // The `Joined` envelope: version, sequence 0, tick 1, Some(player 3),
+    // schema 1, variant 0, player 3, then the name's length (3) and bytes.
     let joined = codec::encode(&envelopes()[0]).unwrap();
-    assert_eq!(&joined[..8], &[FORMAT_VERSION, 0, 1, 3, 0, 3, 3, b'a']);
+    assert_eq!(
+        &joined[..10],
+        &[FORMAT_VERSION, 0, 1, 1, 3, 1, 0, 3, 3, b'a']
+    );
     // An empty state: version, tick 0, no players (map length 0), no ending.
     let empty = codec::encode(&ArenaState::default()).unwrap();
     assert_eq!(empty, vec![FORMAT_VERSION, 0, 0, 0]);
@@ -341,7 +346,7 @@ fn huge_declared_lengths_are_errors_without_allocating() {
     for marker in [U32_FOLLOWS, U64_FOLLOWS] {
         let cases: [(&str, Vec<u8>, usize); 4] = [
             // Strings and maps must not allocate for their declared size at all.
-            ("envelope name", huge_length(&joined[..6], marker), 4096),
+            ("envelope name", huge_length(&joined[..8], marker), 4096),
             ("state player map", huge_length(&empty[..2], marker), 4096),
             ("player name", huge_length(&one_player[..4], marker), 4096),
             // A byte vector may preallocate up to serde's cautious cap (1 MiB).

@@ -72,7 +72,8 @@ fn drive(
         max_pending: 1024,
         snapshot_every_ticks,
     };
-    let mut core = MatchCore::new(game, key(), policy);
+    let mut core = MatchCore::new(game, key(), policy, &tickforge::game::MatchSetup::default())
+        .expect("setup");
     let mut run_events = Vec::new();
     let mut batches = Vec::new();
     let mut snapshots = Vec::new();
@@ -229,23 +230,23 @@ proptest! {
         let run = drive(&game, &script, ticks, every, &polls);
         let head_tick = run.core.tick();
 
-        let from_start = replay(Replayer::from_start(&game), &run.events).finish(head_tick);
+        let from_start = replay(Replayer::from_start(&game, &tickforge::game::MatchSetup::default()).expect("setup"), &run.events).finish(head_tick).expect("replays");
         assert_same(&run.core, &from_start, "from start");
 
         let latest = run.snapshots.last().map(|(_, s)| s);
         let from_latest = match latest {
             Some(snapshot) => {
                 let tail = &run.events[snapshot.sequence as usize..];
-                replay(Replayer::from_snapshot(&game, snapshot).unwrap(), tail).finish(head_tick)
+                replay(Replayer::from_snapshot(&game, snapshot).unwrap(), tail).finish(head_tick).expect("replays")
             }
-            None => replay(Replayer::from_start(&game), &run.events).finish(head_tick),
+            None => replay(Replayer::from_start(&game, &tickforge::game::MatchSetup::default()).expect("setup"), &run.events).finish(head_tick).expect("replays"),
         };
         assert_same(&run.core, &from_latest, "latest snapshot + tail");
 
         // Each snapshot is the replay of exactly the events before it.
         for (_, snapshot) in &run.snapshots {
             let prefix = &run.events[..snapshot.sequence as usize];
-            let replayed = replay(Replayer::from_start(&game), prefix).finish(snapshot.tick);
+            let replayed = replay(Replayer::from_start(&game, &tickforge::game::MatchSetup::default()).expect("setup"), prefix).finish(snapshot.tick).expect("replays");
             prop_assert_eq!(&codec::encode(&replayed.state).unwrap(), &snapshot.state);
             prop_assert_eq!(replayed.tick, snapshot.tick);
         }
@@ -264,7 +265,7 @@ proptest! {
         let store = MemoryStore::new();
         let key = key();
         runtime().block_on(async {
-            store.create(&key).await.unwrap();
+            store.create(&key, &[]).await.unwrap();
             let mut saved = 0;
             for (index, batch) in run.batches.iter().enumerate() {
                 let results = store.append(vec![batch.clone()]).await.unwrap();
@@ -295,6 +296,7 @@ proptest! {
                 key.clone(),
                 MatchPolicy { max_pending: 1024, snapshot_every_ticks: every },
                 restored,
+                Default::default(),
             );
             for (player, command) in [(0, ArenaCommand::Fire), (1, ArenaCommand::Move(Dir::East))] {
                 live.handle_command(PlayerId(player), command.clone(), 0).unwrap();
@@ -319,7 +321,8 @@ fn core_after(
         max_pending,
         snapshot_every_ticks: 1000,
     };
-    let mut core = MatchCore::new(game, key(), policy);
+    let mut core = MatchCore::new(game, key(), policy, &tickforge::game::MatchSetup::default())
+        .expect("setup");
     for commands in history {
         tick_with(game, &mut core, commands);
     }
@@ -565,7 +568,8 @@ fn replay_refuses_gaps_and_out_of_order_ticks() {
     ];
     let run = drive(&game, &script, 4, 2, &[true]);
     assert_eq!(run.events.len(), 3);
-    let mut replayer = Replayer::from_start(&game);
+    let mut replayer =
+        Replayer::from_start(&game, &tickforge::game::MatchSetup::default()).expect("setup");
     replayer.apply(&run.events[0]).unwrap();
     let gap = replayer.apply(&run.events[2]).unwrap_err();
     assert_eq!(
@@ -583,7 +587,8 @@ fn replay_refuses_gaps_and_out_of_order_ticks() {
     early.payload = codec::encode(&engine::EventEnvelope {
         sequence: 2,
         tick: 2,
-        player: PlayerId(0),
+        player: Some(PlayerId(0)),
+        schema: 1,
         event: tickforge::arena::ArenaEvent::Left {
             player: PlayerId(0),
         },
@@ -606,7 +611,11 @@ fn replay_refuses_gaps_and_out_of_order_ticks() {
         Err(engine::RestoreError::EnvelopeMismatch { sequence: 2, .. })
     ));
     from_snapshot.apply(&run.events[2]).unwrap();
-    assert_same(&run.core, &from_snapshot.finish(run.core.tick()), "tail");
+    assert_same(
+        &run.core,
+        &from_snapshot.finish(run.core.tick()).expect("replays"),
+        "tail",
+    );
 }
 
 #[test]

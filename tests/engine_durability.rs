@@ -21,7 +21,7 @@ use tickforge::engine::{
     self, CommandOutcome, CommandReply, Durability, Engine, EngineSettings, EventEnvelope,
     EventRetention, MatchFeed, MatchPolicy, ReplyTo,
 };
-use tickforge::game::{Game, PlayerId};
+use tickforge::game::PlayerId;
 use tickforge::store::{
     AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, Snapshot,
     SnapshotStore, StoreError, Trimmed,
@@ -60,7 +60,7 @@ impl FlakyStore {
         if let Some(keep) = keep {
             let events = old.read(key, 0, keep as usize).await.unwrap();
             assert_eq!(events.len() as u64, keep);
-            fresh.create(key).await.unwrap();
+            fresh.create(key, &[]).await.unwrap();
             let batch = AppendBatch {
                 key: key.clone(),
                 first_sequence: 0,
@@ -118,14 +118,29 @@ impl EventStore for FlakyStore {
         self.inner().head(key).await
     }
 
-    async fn create(&self, key: &MatchKey) -> Result<(), StoreError> {
+    async fn create(&self, key: &MatchKey, setup: &[u8]) -> Result<(), StoreError> {
         self.check()?;
-        self.inner().create(key).await
+        self.inner().create(key, setup).await
+    }
+
+    async fn load_setup(&self, key: &MatchKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check()?;
+        self.inner().load_setup(key).await
     }
 
     async fn finish(&self, key: &MatchKey) -> Result<(), StoreError> {
         self.check()?;
         self.inner().finish(key).await
+    }
+
+    async fn fail(&self, key: &MatchKey, reason: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner().fail(key, reason).await
+    }
+
+    async fn failure(&self, key: &MatchKey) -> Result<Option<String>, StoreError> {
+        self.check()?;
+        self.inner().failure(key).await
     }
 
     async fn live_matches(&self, domain: &str, edition: &str) -> Result<Vec<MatchKey>, StoreError> {
@@ -262,7 +277,7 @@ async fn start(
 async fn an_outage_delays_writes_but_loses_nothing() {
     let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
     let mut events = Events::new();
-    let mut state = engine.game().initial_state();
+    let mut state = tickforge::arena::ArenaState::default();
     let mut last = None;
     for round in 0..60 {
         match round {
@@ -390,7 +405,7 @@ async fn a_full_write_buffer_pauses_matches_until_the_store_returns() {
 #[tokio::test(start_paused = true)]
 async fn sync_durability_publishes_only_acknowledged_states() {
     let (engine, store, mut feed, mut bots) = start(settings(Durability::Sync, 1800)).await;
-    let mut state = engine.game().initial_state();
+    let mut state = tickforge::arena::ArenaState::default();
     let mut events = Events::new();
     for round in 0..20 {
         play(&engine, &mut bots, &state);
@@ -441,7 +456,7 @@ async fn sync_durability_publishes_only_acknowledged_states() {
 async fn a_store_that_lost_acknowledged_events_is_repaired() {
     let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
     let mut events = Events::new();
-    let mut state = engine.game().initial_state();
+    let mut state = tickforge::arena::ArenaState::default();
     let mut lost = 0;
     for round in 0..40 {
         play(&engine, &mut bots, &state);
@@ -484,7 +499,7 @@ async fn a_store_that_lost_acknowledged_events_is_repaired() {
 #[tokio::test(start_paused = true)]
 async fn a_store_that_lost_more_than_the_engine_retains_pauses_the_match() {
     let (engine, store, mut feed, mut bots) = start(settings(Durability::Async, 1800)).await;
-    let mut state = engine.game().initial_state();
+    let mut state = tickforge::arena::ArenaState::default();
     for round in 0..20 {
         play(&engine, &mut bots, &state);
         state = update_at(&mut feed, round + 1).await.state.clone();
@@ -534,7 +549,7 @@ async fn trimming_keeps_the_log_short_and_restores_exactly() {
     };
     let (engine, store, mut feed, mut bots) = start(trim).await;
     let mut events = Events::new();
-    let mut state = engine.game().initial_state();
+    let mut state = tickforge::arena::ArenaState::default();
     let mut sequence_at = Vec::new();
     for round in 0..60 {
         play(&engine, &mut bots, &state);

@@ -2,18 +2,13 @@
 
 use proptest::prelude::*;
 
-use std::collections::VecDeque;
-
 use tickforge::arena::bot::Bot;
 use tickforge::arena::{Arena, ArenaEvent, ArenaMap, ArenaRules, ArenaState};
 use tickforge::codec;
 use tickforge::engine::replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 use tickforge::engine::{EventEnvelope, MatchCore, MatchPolicy};
-use tickforge::engine::{MatchCore, MatchPolicy};
-use tickforge::game::PlayerId;
-use tickforge::game::{MatchSetup, Tick};
-use tickforge::store::{Head, MatchKey, MatchStatus, RecordedEvent};
-use tickforge::store::{MatchKey, MatchStatus};
+use tickforge::game::{MatchSetup, PlayerId, Tick};
+use tickforge::store::{Head, MatchKey, MatchStatus, RecordedEvent, Snapshot};
 
 type Envelope = EventEnvelope<ArenaEvent>;
 
@@ -57,7 +52,8 @@ fn play(arena: &Arena, bots: u32, seed: u64, active: Tick, idle: Tick, every: u6
         max_pending: 1024,
         snapshot_every_ticks: every,
     };
-    let core: MatchCore<Arena, ()> = MatchCore::new(arena, key, policy);
+    let core: MatchCore<Arena, ()> =
+        MatchCore::new(arena, key, policy, &tickforge::game::MatchSetup::default()).expect("setup");
     let mut bots: Vec<Bot> = (1..=bots)
         .map(|p| Bot::new(PlayerId(p), seed + u64::from(p)))
         .collect();
@@ -156,11 +152,12 @@ fn replay_ticks(
 
 /// The whole-log replay the engine restores with.
 fn replay_whole(arena: &Arena, log: &[RecordedEvent], head: &Head) -> Replayed<ArenaState> {
-    let mut replayer = Replayer::from_start(arena);
+    let mut replayer =
+        Replayer::from_start(arena, &tickforge::game::MatchSetup::default()).expect("setup");
     for record in log.iter().take_while(|r| r.sequence < head.next_sequence) {
         replayer.apply(record).expect("the log replays");
     }
-    replayer.finish(head.tick)
+    replayer.finish(head.tick).expect("replays")
 }
 
 /// Every tick from `first` to the head ran once, in order, showing the
@@ -203,7 +200,7 @@ fn every_tick_equals_the_live_match() {
         played.log.len()
     );
     let shown = replay_ticks(
-        TickReplayer::from_start(&arena, &played.head()),
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &played.head()).expect("setup"),
         &played.log,
         7,
     )
@@ -222,8 +219,12 @@ fn a_finished_match_replays_through_its_ending() {
     assert!(played.core.is_over());
     let head = played.head();
     assert_eq!(head.status, MatchStatus::Ended);
-    let shown = replay_ticks(TickReplayer::from_start(&arena, &head), &played.log, 64)
-        .expect("the log replays");
+    let shown = replay_ticks(
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &head).expect("setup"),
+        &played.log,
+        64,
+    )
+    .expect("the log replays");
     assert_matches_live(&arena, &played, &shown, 1);
     let end: ArenaState = codec::decode(&shown.end).expect("decodes");
     assert!(end.ending.is_some(), "the replay shows the ending");
@@ -235,7 +236,8 @@ fn idle_ticks_after_the_last_event_run_up_to_the_head() {
     let played = play(&arena, 3, 11, 40, 90, 1000);
     let last_event_tick = played.log.last().expect("bots joined").tick;
     assert!(played.head().tick >= last_event_tick + 90);
-    let mut replay = TickReplayer::from_start(&arena, &played.head());
+    let mut replay =
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &played.head()).expect("setup");
     assert_eq!(replay.head_tick(), played.head().tick);
     replay.push(played.log.clone()).expect("one page");
     let shown = replay_ticks(replay, &played.log, 1).expect("the log replays");
@@ -268,7 +270,8 @@ fn events_past_the_head_are_ignored() {
         tick: at,
         status: MatchStatus::Live,
     };
-    let mut replay = TickReplayer::from_start(&arena, &head);
+    let mut replay =
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &head).expect("setup");
     replay
         .push(played.log.clone())
         .expect("pages past the head are fine");
@@ -283,7 +286,8 @@ fn events_past_the_head_are_ignored() {
 fn a_gap_between_pages_is_refused() {
     let arena = Arena::default();
     let played = play(&arena, 4, 1, 50, 0, 1000);
-    let mut replay = TickReplayer::from_start(&arena, &played.head());
+    let mut replay =
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &played.head()).expect("setup");
     replay
         .push(played.log[..3].iter().cloned())
         .expect("first page");
@@ -303,7 +307,8 @@ fn an_event_of_an_earlier_tick_is_refused_when_its_turn_comes() {
         let envelope = EventEnvelope {
             sequence,
             tick,
-            player: PlayerId(1),
+            player: Some(PlayerId(1)),
+            schema: 1,
             event: ArenaEvent::Left {
                 player: PlayerId(1),
             },
@@ -319,7 +324,8 @@ fn an_event_of_an_earlier_tick_is_refused_when_its_turn_comes() {
         tick: 6,
         status: MatchStatus::Live,
     };
-    let mut replay = TickReplayer::from_start(&arena, &head);
+    let mut replay =
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &head).expect("setup");
     assert_eq!(replay.step(), Ok(TickStep::NeedEvents { from: 0 }));
     replay.push([record(0, 5), record(1, 3)]).expect("queued");
     for tick in 1..=4 {
@@ -344,7 +350,8 @@ fn an_undecodable_event_is_reported_with_its_sequence() {
         tick: 2,
         status: MatchStatus::Live,
     };
-    let mut replay = TickReplayer::from_start(&arena, &head);
+    let mut replay =
+        TickReplayer::from_start(&arena, &MatchSetup::default(), &head).expect("setup");
     replay
         .push([RecordedEvent {
             sequence: 0,
@@ -354,7 +361,7 @@ fn an_undecodable_event_is_reported_with_its_sequence() {
         .expect("queued");
     assert!(matches!(
         replay.step(),
-        Err(RestoreError::Decode { ref what, .. }) if what == "event 0"
+        Err(RestoreError::Read { ref what, .. }) if what == "event 0"
     ));
 }
 
@@ -386,7 +393,7 @@ proptest! {
                 TickReplayer::from_snapshot(&arena, s, &head).expect("decodes"),
                 s.tick + 1,
             ),
-            None => (TickReplayer::from_start(&arena, &head), 1),
+            None => (TickReplayer::from_start(&arena, &MatchSetup::default(), &head).expect("setup"), 1),
         };
         let shown = replay_ticks(replay, &played.log, page).expect("the log replays");
         assert_matches_live(&arena, &played, &shown, first);

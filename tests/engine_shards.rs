@@ -17,7 +17,7 @@ use tickforge::engine::{
     self, CommandOutcome, CommandReply, Engine, EngineError, EngineSettings, EventEnvelope,
     MatchCore, MatchFeed, MatchPolicy, ReplyTo,
 };
-use tickforge::game::{Game, PlayerId};
+use tickforge::game::PlayerId;
 use tickforge::store::{EventStore, MatchKey, MatchStatus, MemoryStore, SnapshotStore};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -95,7 +95,8 @@ async fn bad_input_to_one_match_never_changes_another() {
     let mut noisy = engine.subscribe("noisy").unwrap();
     let (tx, mut rx) = mpsc::channel(10_000);
 
-    let mut model = MatchCore::<Arena, u64>::new(&game, key("quiet"), policy);
+    let mut model = MatchCore::<Arena, u64>::new(&game, key("quiet"), policy, &Default::default())
+        .expect("setup");
     let mut bots: Vec<Bot> = (1..=3).map(|p| Bot::new(PlayerId(p), p.into())).collect();
     let mut client_seq = 0;
     let mut noisy_accepted_events = 0;
@@ -379,7 +380,7 @@ async fn sequences_are_gap_free_under_concurrent_senders() {
             assert_eq!(record.sequence, position as u64);
             assert_eq!(
                 (envelope.sequence, envelope.tick, envelope.player),
-                (sequence, tick, player),
+                (sequence, tick, Some(player)),
                 "{root}: stored event differs from the accepted one"
             );
             assert_eq!(record.tick, tick);
@@ -479,7 +480,7 @@ async fn shutdown_flushes_events_and_final_snapshots() {
         );
     }
     let mut events = vec![Vec::new(); roots.len()];
-    let mut states = vec![game.initial_state(); roots.len()];
+    let mut states = vec![tickforge::arena::ArenaState::default(); roots.len()];
     for round in 0..31u64 {
         for (m, root) in roots.iter().enumerate() {
             for bot in &mut bots[m] {
@@ -575,7 +576,8 @@ async fn shutdown_flushes_events_and_final_snapshots() {
 
     // A new engine on the same store resumes each match where it stopped.
     let engine = Engine::start(game.clone(), store.clone(), settings, "main");
-    let (restored, failed) = engine.restore_all().await.unwrap();
+    let report = engine.restore_all().await.unwrap();
+    let (restored, failed) = (report.restored, report.failed);
     assert_eq!((restored, failed), (3, vec![]));
     let mut feeds = Vec::new();
     for (m, root) in roots.iter().enumerate() {

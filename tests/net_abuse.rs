@@ -44,7 +44,8 @@ async fn raw_player(
         match_id: "m1".into(),
         credential: Credential::Ticket(server.ticket("m1", player)),
         role: Role::Player,
-        name: Some(format!("raw{player}")),
+        join: Some(tickforge::codec::encode(&format!("raw{player}")).expect("a name encodes")),
+        params: None,
         events_from: None,
     });
     send.write_all(&protocol::encode_frame(&hello, 1 << 20).unwrap())

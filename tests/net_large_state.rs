@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use tickforge::client::{Client, ClientConfig, JoinRequest};
 use tickforge::engine::{Engine, EngineSettings};
-use tickforge::game::{Game, PlayerId, Rejection, Tick};
-use tickforge::net::{NetConfig, NetGame, Server, TlsSource};
+use tickforge::game::{Game, MatchSetup, PlayerId, Rejection, Tick, Viewer};
+use tickforge::net::{NetConfig, Server, TlsSource};
 use tickforge::store::MemoryStore;
 
 /// A board of 4000 bytes; each tick flips one of them.
@@ -33,18 +34,22 @@ impl Game for Board {
     type State = BoardState;
     type Command = BoardCommand;
     type Event = (PlayerId, bool);
+    type Params = ();
+    type View = BoardState;
+    type Join = ();
+    const SCHEMA: u32 = 1;
 
     fn domain(&self) -> &str {
         "board"
     }
 
-    fn initial_state(&self) -> BoardState {
-        BoardState {
+    fn setup(&self, _: &MatchSetup<()>) -> Result<BoardState, Rejection> {
+        Ok(BoardState {
             players: Vec::new(),
             cells: (0..4000u32)
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
                 .collect(),
-        }
+        })
     }
 
     fn decide(
@@ -64,22 +69,29 @@ impl Game for Board {
         }
     }
 
-    fn step(&self, state: &mut BoardState, tick: Tick) {
+    fn step(&self, state: &mut BoardState, tick: Tick) -> Vec<(PlayerId, bool)> {
         let i = (tick as usize * 37) % state.cells.len();
         state.cells[i] = state.cells[i].wrapping_add(1);
+        Vec::new()
     }
 
     fn is_over(&self, _: &BoardState) -> bool {
         false
     }
-}
 
-impl NetGame for Board {
-    fn join_command(&self, _name: &str) -> BoardCommand {
-        BoardCommand::Join
+    fn view<'s>(&self, state: &'s BoardState, _: Viewer) -> Cow<'s, BoardState> {
+        Cow::Borrowed(state)
     }
 
-    fn leave_command(&self) -> BoardCommand {
+    fn shared_view(&self) -> bool {
+        true
+    }
+
+    fn join(&self, _: PlayerId, _: &()) -> Result<BoardCommand, Rejection> {
+        Ok(BoardCommand::Join)
+    }
+
+    fn leave(&self) -> BoardCommand {
         BoardCommand::Leave
     }
 
@@ -127,7 +139,7 @@ async fn big_states_use_streams_and_deltas_use_datagrams() {
     }));
 
     let session = client
-        .join::<Board>(JoinRequest::open_player("b1", "x"))
+        .join::<Board>(JoinRequest::open_player("b1", &()))
         .await
         .unwrap();
     let mut states = session.states();

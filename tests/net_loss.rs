@@ -12,8 +12,9 @@ use tickforge::arena::bot::Bot;
 use tickforge::arena::{Arena, ArenaEvent};
 use tickforge::client::{JoinRequest, Session, SessionEvent};
 use tickforge::engine::EventEnvelope;
+use tickforge::game::Game;
 use tickforge::game::PlayerId;
-use tickforge::net::{DatagramLoss, NetGame};
+use tickforge::net::DatagramLoss;
 
 /// Plays `session` with a bot until `stop` fires.
 async fn play(session: &Session<Arena>, seed: u64, stop: tokio::sync::watch::Receiver<bool>) {

@@ -122,12 +122,13 @@ fn write_config(dir: &Path, redis: &TestRedis, port: u16) -> std::path::PathBuf 
 /// The match state at `tick`, rebuilt from sequence 0 out of the store.
 async fn rebuild_at(store: &RedisStore, key: &MatchKey, tick: Tick) -> ArenaState {
     let arena = Arena::default();
-    let mut replayer = Replayer::from_start(&arena);
+    let mut replayer =
+        Replayer::from_start(&arena, &tickforge::game::MatchSetup::default()).expect("setup");
     let events = store.read(key, 0, usize::MAX).await.expect("read log");
     for record in events.iter().take_while(|r| r.tick <= tick) {
         replayer.apply(record).expect("log replays");
     }
-    replayer.finish(tick).state
+    replayer.finish(tick).expect("replays").state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,9 +22,14 @@ async fn play_into_store(
     ticks: u64,
 ) -> Vec<RecordedEvent> {
     let arena = Arena::default();
-    store.create(key).await.expect("create");
-    let mut core: MatchCore<Arena, ()> =
-        MatchCore::new(&arena, key.clone(), MatchPolicy::default());
+    store.create(key, &[]).await.expect("create");
+    let mut core: MatchCore<Arena, ()> = MatchCore::new(
+        &arena,
+        key.clone(),
+        MatchPolicy::default(),
+        &tickforge::game::MatchSetup::default(),
+    )
+    .expect("setup");
     let mut bots: Vec<Bot> = (1..=8)
         .map(|p| Bot::new(PlayerId(p), 7 + u64::from(p)))
         .collect();
@@ -131,11 +136,8 @@ async fn trimming_waits_for_the_leaderboard() {
     let events = play_into_store(&store, &key, 900).await;
     let expected: Vec<(String, u64)> = tags_by_player(&decode(&events)).into_iter().collect();
     let head = events.len() as u64;
-    let snapshot = tickforge::store::Snapshot {
-        sequence: head,
-        tick: 900,
-        state: b"the engine's state at the head".to_vec(),
-    };
+    let snapshot =
+        tickforge::store::Snapshot::new(head, 900, b"the engine's state at the head".to_vec(), 1);
     assert!(
         store
             .save_snapshot(&key, &snapshot)

@@ -128,7 +128,7 @@ async fn redis_refuses_payloads_that_are_not_their_envelope() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let key = redis.key("payloads");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let mut wrong_tick = storage_suite::event(0, 5, "x");
     wrong_tick.tick = 6;
     let mut garbage = storage_suite::event(0, 5, "x");
@@ -209,7 +209,7 @@ async fn redis_password_in_url() {
     })
     .await;
     let store = redis.store().await;
-    store.create(&redis.key("auth")).await.unwrap();
+    store.create(&redis.key("auth"), &[]).await.unwrap();
     let wrong = redis.url().replace("s3cret", "wrong");
     let refused = RedisStore::connect(&[wrong]).await;
     match refused {
@@ -255,7 +255,7 @@ async fn redis_reconnects_after_a_restart() {
     let mut redis = TestRedis::start_with(ServerOptions::appendonly("always")).await;
     let store = redis.store().await;
     let key = redis.key("crash");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let events = storage_suite::events(0, 3, 1, "before");
     storage_suite::append_one(&store, storage_suite::batch(&key, 0, events.clone(), 1))
         .await
@@ -296,7 +296,7 @@ async fn redis_reconnects_after_a_restart() {
 async fn follower_scenario(store: &RedisStore, quiet: &RedisStore, ns: &Ns) {
     use storage_suite::{append_one, batch, events};
     let key = ns.key("followed");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, 10, 1, "f");
     append_one(store, batch(&key, 0, all[..3].to_vec(), 1))
         .await
@@ -359,7 +359,7 @@ async fn redis_follower_slower_than_the_appends_gets_every_event() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let key = redis.key("slow-follower");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, BATCHES, 1, "s");
     let mut follower = store.follow(&key, 0).await.unwrap();
     for (sequence, event) in all.iter().enumerate() {
@@ -381,16 +381,12 @@ async fn redis_follower_below_the_trimmed_part_says_so() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let key = redis.key("follow-trimmed");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = storage_suite::events(0, 6, 1, "f");
     storage_suite::append_one(&store, storage_suite::batch(&key, 0, all.clone(), 1))
         .await
         .unwrap();
-    let snapshot = tickforge::store::Snapshot {
-        sequence: 4,
-        tick: 1,
-        state: vec![0; 8],
-    };
+    let snapshot = tickforge::store::Snapshot::new(4, 1, vec![0; 8], 1);
     assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
     store.trim(&key, 4, &[]).await.unwrap();
 
@@ -422,7 +418,7 @@ async fn redis_follower_reports_a_lost_server() {
     let mut redis = TestRedis::start_with(ServerOptions::appendonly("always")).await;
     let store = redis.store().await;
     let key = redis.key("lost");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = storage_suite::events(0, 2, 1, "l");
     storage_suite::append_one(&store, storage_suite::batch(&key, 0, all[..1].to_vec(), 1))
         .await
@@ -475,7 +471,7 @@ async fn redis_publishes_new_events_only() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let key = redis.key("published");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
@@ -529,7 +525,7 @@ async fn redis_publishes_only_while_someone_follows() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let key = redis.key("unfollowed");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, 4, 1, "u");
     let before = publish_calls(redis.url()).await;
     append_one(&store, batch(&key, 0, all[..2].to_vec(), 1))
@@ -589,7 +585,7 @@ async fn append_probe() {
             .await
             .unwrap();
         for key in &keys {
-            store.create(key).await.unwrap();
+            store.create(key, &[]).await.unwrap();
         }
         let batches_at = |call: u64| -> Vec<AppendBatch> {
             keys.iter()

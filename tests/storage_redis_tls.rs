@@ -42,18 +42,14 @@ fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
 
 /// Create, append real envelopes, read them back, snapshot round trip.
 async fn round_trip<S: Store>(store: &S, key: &MatchKey) {
-    store.create(key).await.unwrap();
+    store.create(key, &[]).await.unwrap();
     let stored = events(0, 5, 3, "tls");
     let head = append_one(store, batch(key, 0, stored.clone(), 3))
         .await
         .unwrap();
     assert_eq!((head.next_sequence, head.tick), (5, 3));
     assert_eq!(store.read(key, 0, usize::MAX).await.unwrap(), stored);
-    let snapshot = Snapshot {
-        sequence: 5,
-        tick: 3,
-        state: (0..=255).collect(),
-    };
+    let snapshot = Snapshot::new(5, 3, (0..=255).collect(), 1);
     assert!(store.save_snapshot(key, &snapshot).await.unwrap());
     assert_eq!(store.load_snapshot(key).await.unwrap(), Some(snapshot));
 }

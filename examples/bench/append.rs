@@ -284,7 +284,7 @@ async fn run_size(
         config.matches, config.matches
     ));
     for chunk in store_keys.chunks(250).chain(raw_keys.chunks(250)) {
-        for result in join_all(chunk.iter().map(|key| store.create(key))).await {
+        for result in join_all(chunk.iter().map(|key| store.create(key, &[]))).await {
             result.context("creating a benchmark match")?;
         }
     }
@@ -411,7 +411,8 @@ pub fn round_events(round: u64, k: usize) -> anyhow::Result<Vec<RecordedEvent>> 
             let envelope = EventEnvelope {
                 sequence,
                 tick,
-                player,
+                player: Some(player),
+                schema: 1,
                 event: ArenaEvent::Moved {
                     player,
                     to: Pos {

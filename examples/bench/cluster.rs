@@ -423,7 +423,7 @@ async fn measure(
             .collect::<Result<Vec<_>, _>>()
             .context("naming a benchmark match")?;
         for chunk in keys.chunks(250) {
-            for result in join_all(chunk.iter().map(|key| store.create(key))).await {
+            for result in join_all(chunk.iter().map(|key| store.create(key, &[]))).await {
                 result.context("creating a benchmark match")?;
             }
         }

@@ -225,12 +225,18 @@ async fn build_log(
     key: &MatchKey,
     size: u64,
 ) -> anyhow::Result<(u64, u64, Snapshot)> {
-    store.create(key).await.context("creating the match")?;
+    store.create(key, &[]).await.context("creating the match")?;
     let policy = MatchPolicy {
         snapshot_every_ticks: SNAPSHOT_EVERY,
         ..MatchPolicy::default()
     };
-    let mut core: MatchCore<Arena, ()> = MatchCore::new(arena, key.clone(), policy);
+    let mut core: MatchCore<Arena, ()> = MatchCore::new(
+        arena,
+        key.clone(),
+        policy,
+        &tickforge::game::MatchSetup::default(),
+    )
+    .expect("setup");
     let mut bots: Vec<Bot> = (1..=PLAYERS)
         .map(|p| Bot::new(PlayerId(p), 0xbe9c_u64 << 8 | u64::from(p)))
         .collect();

@@ -153,6 +153,17 @@ pub struct MatchFeed<G: Game> {
     pub events: broadcast::Receiver<Arc<EventEnvelope<G::Event>>>,
 }
 
+/// What [`Engine::restore_all`] did.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Matches restored and hosted.
+    pub restored: usize,
+    /// Events replayed on top of their snapshots, over all of them.
+    pub events_replayed: u64,
+    /// The matches that could not be restored, with why.
+    pub failed: Vec<EngineError>,
+}
+
 /// Why an engine call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -376,27 +387,29 @@ impl<G: Game, S: Store> Engine<G, S> {
     }
 
     /// Restores every live match of this domain and edition that is not
-    /// hosted yet; returns how many were restored and the failures.
-    pub async fn restore_all(&self) -> Result<(usize, Vec<EngineError>), EngineError> {
+    /// hosted yet.
+    pub async fn restore_all(&self) -> Result<RestoreReport, EngineError> {
         let keys = self
             .store
             .live_matches(self.game.domain(), &self.edition)
             .await?;
-        let mut restored = 0;
-        let mut failed = Vec::new();
+        let mut report = RestoreReport::default();
         for key in keys {
             if self.is_hosted(key.root()) {
                 continue;
             }
             match self.restore_match(key.root()).await {
-                Ok(_) => restored += 1,
+                Ok(replayed) => {
+                    report.restored += 1;
+                    report.events_replayed += replayed.events_replayed;
+                }
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "match not restored");
-                    failed.push(e);
+                    report.failed.push(e);
                 }
             }
         }
-        Ok((restored, failed))
+        Ok(report)
     }
 
     async fn host(&self, core: shard::Core<G>) -> Result<(), EngineError> {

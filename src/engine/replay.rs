@@ -118,6 +118,8 @@ pub struct Replayer<'g, G: Game> {
     open_tick: Tick,
     /// Set right after a step's event: more events of that step may follow.
     open_step: Option<Tick>,
+    /// The sequence replay started at.
+    start_sequence: u64,
     /// A stored snapshot the replay is checked against when it gets there.
     checkpoint: Option<Checkpoint>,
 }
@@ -135,6 +137,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             tick: 0,
             open_tick: 0,
             open_step: None,
+            start_sequence: 0,
             checkpoint: None,
         })
     }
@@ -164,6 +167,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             tick: snapshot.tick,
             open_tick: snapshot.tick,
             open_step: None,
+            start_sequence: snapshot.sequence,
             checkpoint: None,
         })
     }
@@ -295,6 +299,7 @@ impl<'g, G: Game> Replayer<'g, G> {
             state: self.state,
             next_sequence: self.next_sequence,
             tick: self.tick,
+            events_replayed: self.next_sequence - self.start_sequence,
         })
     }
 }
@@ -308,6 +313,9 @@ pub struct Replayed<S> {
     pub next_sequence: u64,
     /// The tick the state is at (its step has run).
     pub tick: Tick,
+    /// How many events were replayed on top of the starting point (the
+    /// snapshot, or the setup).
+    pub events_replayed: u64,
 }
 
 /// What one call to [`TickReplayer::step`] did.
@@ -354,14 +362,14 @@ pub enum TickStep {
 /// use tickforge::arena::{Arena, bot::Bot};
 /// use tickforge::engine::replay::{TickReplayer, TickStep};
 /// use tickforge::engine::{MatchCore, MatchPolicy};
-/// use tickforge::game::PlayerId;
+/// use tickforge::game::{MatchSetup, PlayerId};
 /// use tickforge::store::{Head, MatchKey, MatchStatus};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // A match played for 100 ticks; `log` is what the store would hold.
 /// let arena = Arena::default();
 /// let key = MatchKey::new("arena", "main", "m1")?;
-/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default());
+/// let mut core: MatchCore<Arena, ()> = MatchCore::new(&arena, key, MatchPolicy::default(), &MatchSetup::default())?;
 /// let mut bots = [Bot::new(PlayerId(1), 1), Bot::new(PlayerId(2), 2)];
 /// let mut log = Vec::new();
 /// for _ in 0..100 {
@@ -376,7 +384,7 @@ pub enum TickStep {
 /// let head = Head { next_sequence: core.next_sequence(), tick: core.tick(), status: MatchStatus::Live };
 ///
 /// // Replayed tick by tick, paging the log in 16 events at a time.
-/// let mut replay = TickReplayer::from_start(&arena, &head);
+/// let mut replay = TickReplayer::from_start(&arena, &MatchSetup::default(), &head)?;
 /// let mut ticks = 0;
 /// loop {
 ///     match replay.step()? {

@@ -197,7 +197,7 @@ pub struct JoinRequest {
 /// Encodes a payload for the Hello. A payload too large to encode is sent
 /// empty, and the server refuses it as undecodable: never silently
 /// replaced by a default.
-fn payload(value: &impl serde::Serialize) -> Vec<u8> {
+fn payload(value: &(impl serde::Serialize + ?Sized)) -> Vec<u8> {
     codec::encode(value).unwrap_or_default()
 }
 
@@ -215,7 +215,7 @@ impl JoinRequest {
 
     /// A player admitted by `ticket`, joining with `join` (the game's
     /// `Game::Join`: a display name for the arena).
-    pub fn player(match_id: &str, ticket: &str, join: &impl serde::Serialize) -> Self {
+    pub fn player(match_id: &str, ticket: &str, join: &(impl serde::Serialize + ?Sized)) -> Self {
         Self {
             join: Some(payload(join)),
             ..Self::new(match_id, Credential::Ticket(ticket.into()), Role::Player)
@@ -228,7 +228,7 @@ impl JoinRequest {
     }
 
     /// A player on an open-mode server (which picks the player id).
-    pub fn open_player(match_id: &str, join: &impl serde::Serialize) -> Self {
+    pub fn open_player(match_id: &str, join: &(impl serde::Serialize + ?Sized)) -> Self {
         Self {
             join: Some(payload(join)),
             ..Self::new(match_id, Credential::Open, Role::Player)
@@ -243,7 +243,7 @@ impl JoinRequest {
 
     /// Asks an open-mode server to create the match with `params` (the
     /// game's `Game::Params`) if this Hello creates it.
-    pub fn with_params(mut self, params: &impl serde::Serialize) -> Self {
+    pub fn with_params(mut self, params: &(impl serde::Serialize + ?Sized)) -> Self {
         self.params = Some(payload(params));
         self
     }

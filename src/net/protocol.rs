@@ -460,7 +460,8 @@ mod tests {
             match_id: "m1".into(),
             credential: Credential::Open,
             role: Role::Player,
-            name: Some("ada".into()),
+            join: Some(b"ada".to_vec()),
+            params: None,
             events_from: None,
         })
     }

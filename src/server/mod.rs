@@ -140,12 +140,14 @@ impl<G: Game> ServerBuilder<G> {
             config.engine.clone(),
             &config.edition,
         ));
-        let (restored, failed) = engine.restore_all().await?;
+        let report = engine.restore_all().await?;
+        let restored = report.restored;
         tracing::info!(
             domain = engine.game().domain(),
             edition = %config.edition,
             restored,
-            failed = failed.len(),
+            replayed_events = report.events_replayed,
+            failed = report.failed.len(),
             shards = config.engine.shards,
             tick_hz = config.engine.tick_hz,
             "engine running; live matches restored"

@@ -214,7 +214,7 @@ impl Connection {
 /// // One URL: a single node. Several: the seed nodes of a cluster.
 /// let store = RedisStore::connect(&["redis://127.0.0.1:6379".to_owned()]).await?;
 /// let key = MatchKey::new("arena", "main", "m1")?;
-/// store.create(&key).await?;
+/// store.create(&key, &[]).await?;
 /// assert_eq!(store.head(&key).await?.map(|h| h.next_sequence), Some(0));
 /// # Ok(()) }
 /// ```

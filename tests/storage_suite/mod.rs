@@ -43,7 +43,8 @@ pub fn event(sequence: u64, tick: u64, body: &str) -> RecordedEvent {
     let envelope = EventEnvelope {
         sequence,
         tick,
-        player: PlayerId(1),
+        player: Some(PlayerId(1)),
+        schema: 1,
         event: body.to_owned(),
     };
     RecordedEvent {
@@ -92,7 +93,7 @@ async fn read_all<S: Store>(store: &S, key: &MatchKey) -> Vec<RecordedEvent> {
 /// Append, read back (whole and in pages), head.
 pub async fn append_read_head<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("m1");
-    store.create(&key).await.expect("create");
+    store.create(&key, &[]).await.expect("create");
     assert_eq!(store.head(&key).await.unwrap(), Some(live(0, 0)));
 
     let first = events(0, 3, 1, "a");
@@ -118,7 +119,7 @@ pub async fn append_read_head<S: Store>(store: &S, ns: &Ns) {
 /// A batch starting past the head is a conflict and changes nothing.
 pub async fn gap_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("gap");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let result = append_one(store, batch(&key, 2, events(2, 2, 1, "x"), 1)).await;
     assert!(
         matches!(
@@ -155,7 +156,7 @@ pub async fn gap_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
 /// duplicates; a batch overlapping the head appends only its new part.
 pub async fn retry_is_idempotent<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("retry");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, 5, 1, "r");
     let first = batch(&key, 0, all[..3].to_vec(), 1);
     assert_eq!(append_one(store, first.clone()).await, Ok(live(3, 1)));
@@ -172,7 +173,7 @@ pub async fn retry_is_idempotent<S: Store>(store: &S, ns: &Ns) {
 /// A batch disagreeing with stored events is refused and changes nothing.
 pub async fn diverged_bytes_are_refused<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("diverged");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let stored = events(0, 3, 1, "mine");
     append_one(store, batch(&key, 0, stored.clone(), 1))
         .await
@@ -194,7 +195,7 @@ pub async fn diverged_bytes_are_refused<S: Store>(store: &S, ns: &Ns) {
 /// A batch whose events are not consecutive is refused.
 pub async fn non_consecutive_batch_is_refused<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("holes");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let holes = vec![event(0, 1, "a"), event(2, 1, "b")];
     let result = append_one(store, batch(&key, 0, holes, 1)).await;
     assert!(
@@ -208,7 +209,7 @@ pub async fn non_consecutive_batch_is_refused<S: Store>(store: &S, ns: &Ns) {
 /// is a conflict.
 pub async fn empty_batch_moves_the_tick<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("ticks");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     assert_eq!(
         append_one(store, batch(&key, 0, vec![], 5)).await,
         Ok(live(0, 5))
@@ -253,11 +254,7 @@ pub async fn unknown_match_is_refused<S: Store>(store: &S, ns: &Ns) {
         store.finish(&key).await,
         Err(StoreError::UnknownMatch(_))
     ));
-    let snapshot = Snapshot {
-        sequence: 0,
-        tick: 0,
-        state: vec![1],
-    };
+    let snapshot = Snapshot::new(0, 0, vec![1], 1);
     assert!(matches!(
         store.save_snapshot(&key, &snapshot).await,
         Err(StoreError::UnknownMatch(_))
@@ -275,11 +272,11 @@ pub async fn unknown_match_is_refused<S: Store>(store: &S, ns: &Ns) {
 /// Creating an existing match is a conflict naming its head.
 pub async fn create_twice_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("twice");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     append_one(store, batch(&key, 0, events(0, 2, 3, "c"), 3))
         .await
         .unwrap();
-    let again = store.create(&key).await;
+    let again = store.create(&key, &[]).await;
     assert!(
         matches!(
             again,
@@ -298,13 +295,9 @@ pub async fn create_twice_is_a_conflict<S: Store>(store: &S, ns: &Ns) {
 /// A snapshot never replaces a newer one; an equal one may be rewritten.
 pub async fn snapshots_compare_and_set<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("snap");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     assert_eq!(store.load_snapshot(&key).await.unwrap(), None);
-    let snap = |sequence, tick, byte| Snapshot {
-        sequence,
-        tick,
-        state: vec![byte; 64],
-    };
+    let snap = |sequence, tick, byte| Snapshot::new(sequence, tick, vec![byte; 64], 1);
     assert!(store.save_snapshot(&key, &snap(5, 10, 1)).await.unwrap());
     assert_eq!(
         store.load_snapshot(&key).await.unwrap(),
@@ -324,11 +317,7 @@ pub async fn snapshots_compare_and_set<S: Store>(store: &S, ns: &Ns) {
         Some(snap(6, 1, 6))
     );
     // Binary state survives as is.
-    let binary = Snapshot {
-        sequence: 7,
-        tick: 2,
-        state: (0..=255).collect(),
-    };
+    let binary = Snapshot::new(7, 2, (0..=255).collect(), 1);
     assert!(store.save_snapshot(&key, &binary).await.unwrap());
     assert_eq!(store.load_snapshot(&key).await.unwrap(), Some(binary));
 }
@@ -336,7 +325,7 @@ pub async fn snapshots_compare_and_set<S: Store>(store: &S, ns: &Ns) {
 /// Positions start at 0, move forward only, per handler.
 pub async fn positions_move_forward_only<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("pos");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     assert_eq!(store.load_position("board", &key).await.unwrap(), 0);
     assert_eq!(store.advance_position("board", &key, 5).await.unwrap(), 5);
     assert_eq!(store.advance_position("board", &key, 3).await.unwrap(), 5);
@@ -379,7 +368,7 @@ fn is_trimmed_error<T: std::fmt::Debug>(
 /// below what it kept fail loudly; appending goes on.
 pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("trim");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, 10, 1, "t");
     append_one(store, batch(&key, 0, all.clone(), 1))
         .await
@@ -389,11 +378,7 @@ pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
     assert_eq!(store.trim(&key, 100, &[]).await.unwrap(), trimmed(0, 0));
     assert_eq!(read_all(store, &key).await, all);
 
-    let snapshot = Snapshot {
-        sequence: 6,
-        tick: 1,
-        state: vec![7; 16],
-    };
+    let snapshot = Snapshot::new(6, 1, vec![7; 16], 1);
     assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
     // Asked for less than the snapshot allows: only that much.
     assert_eq!(store.trim(&key, 2, &[]).await.unwrap(), trimmed(2, 2));
@@ -433,15 +418,11 @@ pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
     // A snapshot at the head: everything goes, and reading says so rather
     // than answering "no events".
     let whole = ns.key("trim-whole");
-    store.create(&whole).await.unwrap();
+    store.create(&whole, &[]).await.unwrap();
     append_one(store, batch(&whole, 0, events(0, 3, 1, "w"), 1))
         .await
         .unwrap();
-    let at_head = Snapshot {
-        sequence: 3,
-        tick: 1,
-        state: vec![3; 4],
-    };
+    let at_head = Snapshot::new(3, 1, vec![3; 4], 1);
     assert!(store.save_snapshot(&whole, &at_head).await.unwrap());
     assert_eq!(store.trim(&whole, 3, &[]).await.unwrap(), trimmed(3, 3));
     assert!(is_trimmed_error(store.read(&whole, 1, 10).await, 1, 3));
@@ -461,15 +442,11 @@ pub async fn trim_stops_at_the_snapshot<S: Store>(store: &S, ns: &Ns) {
 /// ran keeps them all.
 pub async fn trim_waits_for_handlers<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("trim-handlers");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     append_one(store, batch(&key, 0, events(0, 10, 1, "h"), 1))
         .await
         .unwrap();
-    let snapshot = Snapshot {
-        sequence: 8,
-        tick: 1,
-        state: vec![1; 4],
-    };
+    let snapshot = Snapshot::new(8, 1, vec![1; 4], 1);
     assert!(store.save_snapshot(&key, &snapshot).await.unwrap());
     let board = ["board".to_owned()];
     let both = ["board".to_owned(), "never-ran".to_owned()];
@@ -488,7 +465,7 @@ pub async fn trim_waits_for_handlers<S: Store>(store: &S, ns: &Ns) {
 pub async fn finish_hides_a_match<S: Store>(store: &S, ns: &Ns) {
     let keys: Vec<MatchKey> = ["c", "a", "b"].iter().map(|r| ns.key(r)).collect();
     for key in &keys {
-        store.create(key).await.unwrap();
+        store.create(key, &[]).await.unwrap();
     }
     let edition = keys[0].edition().to_owned();
     let mut sorted = keys.clone();
@@ -518,7 +495,7 @@ pub async fn finish_hides_a_match<S: Store>(store: &S, ns: &Ns) {
     );
     // Creating it again conflicts and does not revive it.
     assert!(matches!(
-        store.create(&b).await,
+        store.create(&b, &[]).await,
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
@@ -536,7 +513,7 @@ pub async fn finish_hides_a_match<S: Store>(store: &S, ns: &Ns) {
 pub async fn one_call_appends_many_matches<S: Store>(store: &S, ns: &Ns) {
     let keys: Vec<MatchKey> = (0..200).map(|i| ns.key(&format!("many-{i}"))).collect();
     for key in &keys {
-        store.create(key).await.unwrap();
+        store.create(key, &[]).await.unwrap();
     }
     let mut batches: Vec<AppendBatch> = keys
         .iter()
@@ -581,7 +558,7 @@ pub async fn one_call_appends_many_matches<S: Store>(store: &S, ns: &Ns) {
 /// A batch far larger than a tick's is stored whole and read back in pages.
 pub async fn large_batch_is_stored_whole<S: Store>(store: &S, ns: &Ns) {
     let key = ns.key("large");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let all = events(0, 2_500, 4, "big");
     assert_eq!(
         append_one(store, batch(&key, 0, all.clone(), 4)).await,
@@ -617,7 +594,7 @@ struct Win {
 /// stored event belongs to exactly one successful append.
 pub async fn racing_writers_never_fork<S: Store>(store: &S, ns: &Ns, writers: usize, wins: usize) {
     let key = ns.key("race");
-    store.create(&key).await.unwrap();
+    store.create(&key, &[]).await.unwrap();
     let start = Arc::new(tokio::sync::Barrier::new(writers));
     let mut tasks = Vec::new();
     for writer in 0..writers {
