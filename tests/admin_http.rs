@@ -370,7 +370,7 @@ async fn readyz_reports_an_unreachable_redis() {
     let errors = sample(
         &metrics,
         "tickforge_store_errors_total",
-        &["class=\"unavailable\""],
+        &["class=\"transient\""],
     );
     assert!(errors.is_some_and(|n| n > 0.0), "{metrics}");
     // Liveness is not readiness: the shards still tick.

@@ -68,6 +68,10 @@ struct ShardProgress {
 struct WriterView {
     failure_streak: u64,
     backlog_ticks: u64,
+    /// The shard's writer task stopped: nothing of it is stored any more.
+    stopped: bool,
+    /// Writes the store refused for good (their matches are paused).
+    refused: u64,
 }
 
 impl Health {
@@ -174,6 +178,8 @@ impl Health {
             .map(|shard| WriterView {
                 failure_streak: shard.stats.store_failure_streak.load(Relaxed),
                 backlog_ticks: shard.stats.backlog_jobs.load(Relaxed),
+                stopped: shard.stats.writer_stopped.load(Relaxed) > 0,
+                refused: shard.stats.permanent_errors.load(Relaxed),
             })
             .collect();
         readiness(
@@ -216,6 +222,25 @@ fn readiness(
             full.join(", ")
         ));
     }
+    let stopped: Vec<String> = writers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.stopped)
+        .map(|(i, _)| format!("shard {i}"))
+        .collect();
+    if !stopped.is_empty() {
+        failures.push(format!(
+            "store writer stopped (its matches are paused): {}",
+            stopped.join(", ")
+        ));
+    }
+    let refused: u64 = writers.iter().map(|w| w.refused).sum();
+    if refused > 0 {
+        failures.push(format!(
+            "the store refused {refused} writes for good (permanent errors; their matches are \
+             paused, the log names the Redis error)"
+        ));
+    }
     if draining {
         failures.push("draining: the node is shutting down".to_owned());
     }
@@ -229,6 +254,8 @@ mod tests {
     const FINE: WriterView = WriterView {
         failure_streak: 0,
         backlog_ticks: 0,
+        stopped: false,
+        refused: 0,
     };
 
     #[test]
@@ -246,12 +273,22 @@ mod tests {
             backlog_ticks: 10,
             ..FINE
         };
-        let verdict = readiness(false, true, &[streak, full], 10);
+        let broken = WriterView {
+            stopped: true,
+            refused: 2,
+            ..FINE
+        };
+        let verdict = readiness(false, true, &[streak, full, broken], 10);
         let text = verdict.failures.join("\n");
-        assert_eq!(verdict.failures.len(), 4, "{text}");
+        assert_eq!(verdict.failures.len(), 6, "{text}");
         assert!(text.contains("not restored"), "{text}");
         assert!(text.contains("store unreachable: shard 0"), "{text}");
         assert!(text.contains("bound of 10 ticks: shard 1"), "{text}");
+        assert!(
+            text.contains("store writer stopped (its matches are paused): shard 2"),
+            "{text}"
+        );
+        assert!(text.contains("refused 2 writes for good"), "{text}");
         assert!(text.contains("draining"), "{text}");
     }
 
@@ -260,6 +297,7 @@ mod tests {
         let blip = WriterView {
             failure_streak: STORE_FAILURE_STREAK - 1,
             backlog_ticks: 9,
+            ..FINE
         };
         assert!(readiness(true, false, &[blip], 10).is_ok());
     }

@@ -240,11 +240,7 @@ fn describe() {
 
 /// The `class` label of [`STORE_ERRORS`] for a store error.
 pub fn store_error_class(error: &StoreError) -> &'static str {
-    match error {
-        StoreError::Unavailable(_) => "unavailable",
-        StoreError::Conflict { .. } | StoreError::Diverged { .. } => "conflict",
-        _ => "other",
-    }
+    error.class().as_str()
 }
 
 /// The `code` label of [`SESSIONS_CLOSED`]: the close code's name in snake case.

@@ -402,16 +402,38 @@ impl<G: Game, S: Store> Server<G, S> {
                 tracing::info!("network shutdown requested");
             }
         }
-        // Tell every handler and grace timer, then wait for the handlers.
+        // Tell every handler and grace timer, then wait for the handlers,
+        // refusing new connections meanwhile with a code that says why.
         let _ = self.shutdown_tx.send(true);
         drop(complete_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), complete_rx.recv()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(5), complete_rx.recv()) => {}
+            () = refuse_while_draining(&self.endpoint, self.shared.config.hello_timeout) => {}
+        }
         self.endpoint.close(
             CloseCode::ServerShutdown.code().into(),
             b"server shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("network stopped");
+    }
+}
+
+/// Answers every new connection during a drain with
+/// [`CloseCode::ServerShutdown`] and a retry hint, instead of leaving it
+/// to time out. Runs until the endpoint closes.
+async fn refuse_while_draining(endpoint: &quinn::Endpoint, handshake_timeout: Duration) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            if let Ok(Ok(conn)) = tokio::time::timeout(handshake_timeout, incoming).await {
+                Refusal::new(
+                    CloseCode::ServerShutdown,
+                    "draining: this node is shutting down; retry in a few seconds \
+                     (resume tokens stay valid)",
+                )
+                .close(&conn);
+            }
+        });
     }
 }
 
