@@ -299,17 +299,17 @@ mod tests {
     fn store_errors_fall_into_classes() {
         assert_eq!(
             store_error_class(&StoreError::Unavailable("down".into())),
-            "unavailable"
+            "transient"
         );
         let conflict = StoreError::Conflict {
             key: "k".into(),
             expected: 1,
             found: 2,
         };
-        assert_eq!(store_error_class(&conflict), "conflict");
+        assert_eq!(store_error_class(&conflict), "permanent");
         assert_eq!(
             store_error_class(&StoreError::UnknownMatch("k".into())),
-            "other"
+            "permanent"
         );
     }
 
