@@ -325,6 +325,7 @@ async fn repair<S: Store>(
         first_sequence: stored_head,
         events,
         head_tick: batch.head_tick,
+        epoch: batch.epoch,
     };
     let result = append_each(store, std::slice::from_ref(&repaired), stats)
         .await

@@ -2,7 +2,8 @@
 //! behaviour the Redis store is tested against.
 //!
 //! It keeps every rule of the [`super`] traits (gap-free heads, idempotent
-//! retries, snapshot compare-and-set, forward-only positions) but nothing
+//! retries, snapshot compare-and-set, forward-only positions, leases with
+//! fencing and the node directory, on a monotonic clock) but nothing
 //! survives the process.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -12,6 +13,10 @@ use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
     SnapshotStore, StoreError, Trimmed,
 };
+
+mod lease;
+
+use lease::Leases;
 
 #[derive(Debug)]
 struct MatchRecord {
@@ -144,6 +149,8 @@ impl MatchRecord {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     matches: Arc<Mutex<BTreeMap<MatchKey, MatchRecord>>>,
+    /// Leases and the node directory. Lock order: `matches` first.
+    leases: Arc<Mutex<Leases>>,
 }
 
 impl MemoryStore {
@@ -158,6 +165,11 @@ impl MemoryStore {
         self.matches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_leases(&self) -> MutexGuard<'_, Leases> {
+        // Every lease mutation is a single insert: poisoning is ignored.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_match<T>(
         &self,
         key: &MatchKey,
@@ -168,6 +180,28 @@ impl MemoryStore {
             .get_mut(key)
             .ok_or_else(|| StoreError::UnknownMatch(key.to_string()))?;
         f(record)
+    }
+
+    /// [`MemoryStore::with_match`] for a write fenced by `epoch`: the
+    /// match's lease must be at that epoch, checked under the same lock.
+    fn with_fenced_match<T>(
+        &self,
+        key: &MatchKey,
+        epoch: Option<u64>,
+        f: impl FnOnce(&mut MatchRecord) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_match(key, |record| {
+            self.check_fence(key, epoch)?;
+            f(record)
+        })
+    }
+
+    /// Whether a write carrying `epoch` may go ahead.
+    fn check_fence(&self, key: &MatchKey, epoch: Option<u64>) -> Result<(), StoreError> {
+        match epoch {
+            None => Ok(()),
+            Some(epoch) => self.lock_leases().check_fence(key, epoch),
+        }
     }
 }
 
@@ -182,7 +216,10 @@ impl EventStore for MemoryStore {
             .map(|batch| {
                 let key = &batch.key;
                 match matches.get_mut(key) {
-                    Some(record) => record.append(key, batch),
+                    Some(record) => {
+                        self.check_fence(key, batch.epoch)?;
+                        record.append(key, batch)
+                    }
                     None => Err(StoreError::UnknownMatch(key.to_string())),
                 }
             })
@@ -255,22 +292,28 @@ impl EventStore for MemoryStore {
         Ok(live.into_iter().cloned().collect())
     }
 
-    async fn trim(
+    async fn trim_fenced(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+        epoch: Option<u64>,
     ) -> Result<Trimmed, StoreError> {
         for handler in keep_for {
             key.position_key(handler)?;
         }
-        self.with_match(key, |record| Ok(record.trim(below, keep_for)))
+        self.with_fenced_match(key, epoch, |record| Ok(record.trim(below, keep_for)))
     }
 }
 
 impl SnapshotStore for MemoryStore {
-    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
-        self.with_match(key, |record| {
+    async fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.with_fenced_match(key, epoch, |record| {
             let newer_stored = record
                 .snapshot
                 .as_ref()

@@ -29,12 +29,14 @@ use crate::game::Tick;
 
 pub mod backend;
 pub mod keys;
+pub mod lease;
 pub mod memory;
 pub mod redis;
 
 pub use self::redis::{RedisOptions, RedisStore, RedisTls};
 pub use backend::AnyStore;
 pub use keys::{KeyError, MatchKey};
+pub use lease::{Lease, LeaseStore, NodeDirectory, NodeInfo};
 pub use memory::MemoryStore;
 
 /// One stored event: its sequence, the tick it was applied on, and its
@@ -62,6 +64,11 @@ pub struct AppendBatch {
     pub events: Vec<RecordedEvent>,
     /// The match's tick after these events.
     pub head_tick: Tick,
+    /// The writer's lease epoch ([`lease`]): when given, the store refuses
+    /// the batch as [`StoreError::Fenced`] unless the match's lease is at
+    /// exactly this epoch (checked atomically with the write). `None`
+    /// writes unfenced, as a single node owning every match does.
+    pub epoch: Option<u64>,
 }
 
 impl AppendBatch {
@@ -192,6 +199,32 @@ pub enum StoreError {
     /// A key part was invalid.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The lease of the match is held by another node
+    /// ([`LeaseStore::claim`]).
+    #[error("match {key} is owned by node {owner} (epoch {epoch}) for {expires_in:?} more")]
+    Owned {
+        /// The match.
+        key: String,
+        /// The node holding the lease.
+        owner: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Time left on its lease when the store answered.
+        expires_in: std::time::Duration,
+    },
+    /// A write or lease call carried an epoch that is not the match's
+    /// current lease (another node claimed it, it was handed over or
+    /// released, or it was never claimed): the writer must stop writing
+    /// the match. Nothing of the call was stored.
+    #[error("write to {key} under epoch {epoch} refused: the lease is at epoch {current}")]
+    Fenced {
+        /// The match.
+        key: String,
+        /// The epoch the call carried.
+        epoch: u64,
+        /// The match's current lease epoch (0 when never claimed).
+        current: u64,
+    },
 }
 
 impl StoreError {
@@ -220,6 +253,8 @@ impl StoreError {
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Trimmed { .. } => "trimmed",
             StoreError::Key(_) => "key",
+            StoreError::Owned { .. } => "owned",
+            StoreError::Fenced { .. } => "fenced",
         }
     }
 }
@@ -376,23 +411,51 @@ pub trait EventStore: Send + Sync + 'static {
     /// more, atomically: never an event at or above the stored snapshot's
     /// sequence (nothing without a snapshot), nor one a handler named in
     /// `keep_for` has not processed (a handler that never ran is at 0).
-    /// Rebuilding from sequence 0 is impossible afterwards.
+    /// Rebuilding from sequence 0 is impossible afterwards. Unfenced:
+    /// [`EventStore::trim_fenced`] with no epoch.
     fn trim(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+    ) -> impl Future<Output = Result<Trimmed, StoreError>> + Send {
+        self.trim_fenced(key, below, keep_for, None)
+    }
+
+    /// [`EventStore::trim`] by the holder of lease `epoch`: refused as
+    /// [`StoreError::Fenced`], removing nothing, unless the match's lease
+    /// is at that epoch (`None`: unchecked).
+    fn trim_fenced(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+        epoch: Option<u64>,
     ) -> impl Future<Output = Result<Trimmed, StoreError>> + Send;
 }
 
 /// The latest snapshot of each match.
 pub trait SnapshotStore: Send + Sync + 'static {
     /// Stores `snapshot` unless a snapshot with a higher sequence (or the
-    /// same sequence and a later tick) is stored. Returns whether it was stored.
+    /// same sequence and a later tick) is stored. Returns whether it was
+    /// stored. Unfenced: [`SnapshotStore::save_fenced_snapshot`] with no
+    /// epoch.
     fn save_snapshot(
         &self,
         key: &MatchKey,
         snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.save_fenced_snapshot(key, snapshot, None)
+    }
+
+    /// [`SnapshotStore::save_snapshot`] by the holder of lease `epoch`:
+    /// refused as [`StoreError::Fenced`], storing nothing, unless the
+    /// match's lease is at that epoch (`None`: unchecked).
+    fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The latest snapshot, if any.

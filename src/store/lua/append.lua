@@ -1,14 +1,18 @@
 -- append.lua: appends the tick batches of several matches; each batch is
 -- checked and applied atomically (the whole call runs atomically anyway).
 --
--- KEYS: two per batch, batch i (0-based) at KEYS[2i+1] = meta:{m},
---       KEYS[2i+2] = events:{m}. In cluster mode all keys of one call share
---       a slot (the caller groups batches by slot).
+-- KEYS: per batch, batch i (0-based): unfenced calls (ARGV[2] = '') give
+--       two keys, KEYS[2i+1] = meta:{m}, KEYS[2i+2] = events:{m}; fenced
+--       calls (ARGV[2] = 'fenced') three, KEYS[3i+1] = meta:{m},
+--       KEYS[3i+2] = events:{m}, KEYS[3i+3] = owner:{m}. In cluster mode
+--       all keys of one call share a slot (the caller groups batches by slot).
 -- ARGV: ARGV[1] is the command publishing each batch's new events on
 --       updates:{m} ('PUBLISH', 'SPUBLISH' in cluster mode, or '' for
---       none); then per batch, in KEYS order: first_sequence,
---       next_sequence, head_tick (decimal strings), then next - first
---       encoded envelopes, the events first, first + 1, ..., next - 1.
+--       none); ARGV[2] is 'fenced' or ''; then per batch, in KEYS order:
+--       first_sequence, next_sequence, head_tick (decimal strings), in a
+--       fenced call also the writer's lease epoch (decimal, or '' for an
+--       unfenced batch), then next - first encoded envelopes, the events
+--       first, first + 1, ..., next - 1.
 -- Publishes: per batch that stored new events, one message on
 --       updates:{m}: those events framed as '<length>:<bytes>' each
 --       (tickforge::codec::frame_events); only while the channel has a
@@ -24,18 +28,25 @@
 --       5, 0, 0        corrupt: meta hash or event log not as tickforge writes them
 --       6, floor, 0    trimmed: the batch retries events below `floor`, which
 --                      trim.lua removed, so they cannot be compared
+--       7, epoch, 0    fenced: the batch carries an epoch and owner:{m} is at
+--                      `epoch` (0: no lease) instead; nothing was written
 --
 -- Numbers compare as Lua doubles: exact below 2^53, which the caller checks.
 -- Stored numbers are written from ARGV, never formatted by Lua.
 
 local publish = ARGV[1]
+local fenced = ARGV[2] == 'fenced'
+local stride, header = 2, 3 -- keys and header arguments per batch
+if fenced then
+  stride, header = 3, 4
+end
 local count_subscribers = ({ PUBLISH = 'NUMSUB', SPUBLISH = 'SHARDNUMSUB' })[publish]
 -- followed[k]: whether the channel of the batch at KEYS[k] has a
 -- subscriber; one PUBSUB call for the whole script call.
 local followed = {}
 if count_subscribers then
   local channels = {}
-  for k = 1, #KEYS, 2 do
+  for k = 1, #KEYS, stride do
     -- meta:{m} -> updates:{m}: same hash tag, same slot.
     channels[#channels + 1] = 'updates:' .. string.sub(KEYS[k], 6)
   end
@@ -44,25 +55,35 @@ if count_subscribers then
     local counts = redis.call('PUBSUB', count_subscribers, unpack(channels, from, to))
     for i = from, to do
       if counts[2 * (i - from) + 2] > 0 then
-        followed[2 * i - 1] = channels[i]
+        followed[stride * (i - 1) + 1] = channels[i]
       end
     end
   end
 end
 local out = {}
-local a = 2
-for k = 1, #KEYS, 2 do
+local a = 3
+for k = 1, #KEYS, stride do
   local meta, events = KEYS[k], KEYS[k + 1]
   local first, nxt, tick = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local p = a + 3 - first -- ARGV[p + s] is the event with sequence s
+  local p = a + header - first -- ARGV[p + s] is the event with sequence s
   local nxt_arg, tick_arg = ARGV[a + 1], ARGV[a + 2]
-  a = a + 3 + nxt - first
+  -- The current lease epoch when the batch carries one that differs.
+  local stale = nil
+  if fenced and ARGV[a + 3] ~= '' then
+    local current = redis.call('HGET', KEYS[k + 2], 'epoch')
+    if not current or tonumber(current) ~= tonumber(ARGV[a + 3]) then
+      stale = tonumber(current or '0') or 0
+    end
+  end
+  a = a + header + nxt - first
   local m = redis.call('HMGET', meta, 'head', 'tick', 'status', 'trimmed')
   local head, stored_tick, status = tonumber(m[1]), tonumber(m[2]), m[3]
   local floor = tonumber(m[4] or '0')
   local code, x, y = nil, 0, 0
   if not m[1] then
     code = 4
+  elseif stale then
+    code, x = 7, stale
   elseif not head or not stored_tick or not floor or (status ~= 'live' and status ~= 'ended') then
     code = 5
   elseif first > head or (first < head and nxt == first) then
