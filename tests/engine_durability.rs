@@ -75,6 +75,7 @@ impl FlakyStore {
                 head_tick: events.last().map_or(0, |e| e.tick),
                 events,
                 epoch: None,
+                renew_lease: None,
             };
             fresh
                 .append(&[batch])

@@ -93,6 +93,7 @@ suite!(
     transfer_fences_the_old_owner,
     stale_snapshot_and_trim_are_refused,
     expired_nodes_are_not_listed,
+    append_renews_the_lease,
 );
 
 /// Appends split over many small script calls keep every rule, and the

@@ -473,6 +473,7 @@ pub fn batches(
             events: events.to_vec(),
             head_tick: round + 1,
             epoch,
+            renew_lease: None,
         })
         .collect()
 }
@@ -507,10 +508,10 @@ async fn raw_evalsha(
             end += 1;
         }
         let call = &batches[start..end];
-        // The same layout as RedisStore: a fenced call adds owner:{m} and
-        // the epoch to each batch.
+        // The same layout as RedisStore: a fenced call adds owner:{m}, the
+        // epoch and the (empty) lease renewal to each batch.
         let fenced = call.iter().any(|b| b.epoch.is_some());
-        let (stride, header) = if fenced { (3, 4) } else { (2, 3) };
+        let (stride, header) = if fenced { (3, 5) } else { (2, 3) };
         let argv: usize = call.iter().map(|b| header + b.events.len()).sum();
         p.command(3 + stride * call.len() + 2 + argv);
         p.arg(b"EVALSHA");
@@ -534,6 +535,7 @@ async fn raw_evalsha(
                     Some(epoch) => p.int(epoch),
                     None => p.arg(b""),
                 }
+                p.arg(b""); // no lease renewal
             }
             for event in &batch.events {
                 p.arg(&event.payload);

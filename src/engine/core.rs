@@ -480,6 +480,7 @@ impl<G: Game, T> MatchCore<G, T> {
             events,
             head_tick: self.tick,
             epoch: None,
+            renew_lease: None,
         };
         self.outbox_start = self.next_sequence;
         self.batched_tick = self.tick;

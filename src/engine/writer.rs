@@ -326,6 +326,7 @@ async fn repair<S: Store>(
         events,
         head_tick: batch.head_tick,
         epoch: batch.epoch,
+        renew_lease: batch.renew_lease,
     };
     let result = append_each(store, std::slice::from_ref(&repaired), stats)
         .await

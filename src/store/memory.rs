@@ -183,7 +183,8 @@ impl MemoryStore {
     }
 
     /// [`MemoryStore::with_match`] for a write fenced by `epoch`: the
-    /// match's lease must be at that epoch, checked under the same lock.
+    /// match's lease must be at that epoch, and stays there (its lock is
+    /// held) until the write is done.
     fn with_fenced_match<T>(
         &self,
         key: &MatchKey,
@@ -191,17 +192,16 @@ impl MemoryStore {
         f: impl FnOnce(&mut MatchRecord) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_match(key, |record| {
-            self.check_fence(key, epoch)?;
+            let _leases = match epoch {
+                Some(epoch) => {
+                    let leases = self.lock_leases();
+                    leases.check_fence(key, epoch)?;
+                    Some(leases)
+                }
+                None => None,
+            };
             f(record)
         })
-    }
-
-    /// Whether a write carrying `epoch` may go ahead.
-    fn check_fence(&self, key: &MatchKey, epoch: Option<u64>) -> Result<(), StoreError> {
-        match epoch {
-            None => Ok(()),
-            Some(epoch) => self.lock_leases().check_fence(key, epoch),
-        }
     }
 }
 
@@ -211,17 +211,28 @@ impl EventStore for MemoryStore {
         batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut matches = self.lock();
+        // Held for the whole call when a batch is fenced: no lease moves
+        // between a batch's check and its write.
+        let mut leases = batches
+            .iter()
+            .any(|b| b.epoch.is_some())
+            .then(|| self.lock_leases());
         Ok(batches
             .iter()
             .map(|batch| {
                 let key = &batch.key;
-                match matches.get_mut(key) {
-                    Some(record) => {
-                        self.check_fence(key, batch.epoch)?;
-                        record.append(key, batch)
-                    }
-                    None => Err(StoreError::UnknownMatch(key.to_string())),
+                let record = matches
+                    .get_mut(key)
+                    .ok_or_else(|| StoreError::UnknownMatch(key.to_string()))?;
+                let Some((epoch, leases)) = batch.epoch.zip(leases.as_deref_mut()) else {
+                    return record.append(key, batch);
+                };
+                leases.check_fence(key, epoch)?;
+                let head = record.append(key, batch)?;
+                if let Some(ttl) = batch.renew_lease {
+                    leases.extend(key, ttl);
                 }
+                Ok(head)
             })
             .collect())
     }

@@ -15,6 +15,30 @@
 //!   above the stored snapshot's sequence, and reading below what was
 //!   trimmed is a [`StoreError::Trimmed`], never a silent skip.
 //!
+//! Ownership for fleets of nodes ([`lease`]): a match's lease (node, epoch,
+//! expiry) is taken, renewed, released and handed over through
+//! [`LeaseStore`], on the store's clock. Every write of a match can carry
+//! the writer's epoch ([`AppendBatch::epoch`],
+//! [`SnapshotStore::save_fenced_snapshot`], [`EventStore::trim_fenced`]);
+//! the store checks it atomically with the write and refuses a stale one
+//! as [`StoreError::Fenced`], so a node that lost its lease (paused past
+//! its expiry, or handed the match over) can never write the match again.
+//! Writes without an epoch are unchecked: a single node owns every match
+//! and needs no lease. Live nodes find each other in the [`NodeDirectory`].
+//! Design notes:
+//! - the lease lives in the match's hash tag (`owner:{d:e:r}`), so the
+//!   Lua scripts writing the match read it in the same atomic call, on
+//!   Redis Cluster too; the check costs one `HGET` per fenced batch, none
+//!   for an unfenced one;
+//! - epochs only grow: the lease record outlives expiry and release, so a
+//!   stale writer's epoch can never become valid again;
+//! - fencing compares epochs only, not expiry: a holder whose lease
+//!   expired while nobody claimed the match may still write and renew,
+//!   which is safe because nobody else can have written under another
+//!   epoch;
+//! - positions ([`PositionStore`]) are not fenced: handlers that advance
+//!   them need not own the match.
+//!
 //! Every [`StoreError`] has a [`class`](StoreError::class): transient
 //! ([`StoreError::Unavailable`]: retry later) or permanent (the same call
 //! fails again; [`StoreError::Refused`] carries the store's own message
@@ -69,6 +93,11 @@ pub struct AppendBatch {
     /// exactly this epoch (checked atomically with the write). `None`
     /// writes unfenced, as a single node owning every match does.
     pub epoch: Option<u64>,
+    /// With `epoch`: when the batch is accepted, extend the lease to this
+    /// long from the store's now, in the same call (a renewal that costs
+    /// no round trip of its own). A released lease is not renewed.
+    /// Ignored without `epoch`.
+    pub renew_lease: Option<std::time::Duration>,
 }
 
 impl AppendBatch {
@@ -484,7 +513,9 @@ pub trait PositionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
-/// Everything the engine needs from storage.
+/// Everything the engine needs from storage. Leases and the directory
+/// ([`LeaseStore`], [`NodeDirectory`]) are separate traits, implemented by
+/// every backend, for the parts of a node that run in a fleet.
 pub trait Store: EventStore + SnapshotStore + PositionStore + Clone {}
 
 impl<T: EventStore + SnapshotStore + PositionStore + Clone> Store for T {}

@@ -45,6 +45,18 @@
 //!   [`StoreError::Trimmed`].
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
+//! - **leases and fencing**: `lease.lua` keeps `owner:{m}` (a hash: `node`,
+//!   `epoch`, `expires` in Redis server milliseconds from `TIME`) and
+//!   answers claims, renewals, releases, hand-overs and reads atomically.
+//!   A batch carrying an epoch makes its whole script call *fenced*: each
+//!   batch then also names `owner:{m}` (same hash tag, same slot) and its
+//!   epoch, and `append.lua` refuses a batch whose epoch is not the stored
+//!   one before writing anything of it (one `HGET`; unfenced batches of the
+//!   same call are not checked); `snapshot.lua` and `trim.lua` check the
+//!   same way when given an epoch.
+//! - **node directory**: `nodes.lua` keeps `nodes:{d:e}` (node id →
+//!   expiry and description) on the same clock; listing is one call that
+//!   skips and removes expired registrations.
 //! - **followers**: each append that stores new events publishes them
 //!   (`PUBLISH`, `SPUBLISH` in cluster mode) on `updates:{m}` while that
 //!   channel has a subscriber on the node (`PUBSUB NUMSUB`/`SHARDNUMSUB`
@@ -486,9 +498,14 @@ impl RedisStore {
                 .arg(batch.next_sequence().to_string())
                 .arg(batch.head_tick.to_string());
             if fenced {
+                let renew = match (batch.epoch, batch.renew_lease) {
+                    (Some(_), Some(ttl)) => super::lease::ttl_millis(ttl).to_string(),
+                    _ => String::new(),
+                };
                 invocation
                     .key(batch.key.owner_key())
-                    .arg(batch.epoch.map(|e| e.to_string()).unwrap_or_default());
+                    .arg(batch.epoch.map(|e| e.to_string()).unwrap_or_default())
+                    .arg(renew);
             }
             for event in &batch.events {
                 invocation.arg(event.payload.as_slice());
@@ -1417,6 +1434,7 @@ mod tests {
             events: Vec::new(),
             head_tick: 9,
             epoch: Some(4),
+            renew_lease: None,
         };
         assert_eq!(
             append_outcome(&batch, 0, 3, 9),

@@ -77,6 +77,7 @@ pub fn batch(key: &MatchKey, first: u64, events: Vec<RecordedEvent>, tick: u64) 
         events,
         head_tick: tick,
         epoch: None,
+        renew_lease: None,
     }
 }
 
@@ -1039,4 +1040,42 @@ pub async fn expired_nodes_are_not_listed<S: Store + NodeDirectory>(store: &S, n
         store.register(domain, edition, &bad, LONG).await,
         Err(StoreError::Key(_))
     ));
+}
+
+/// An accepted fenced batch can renew its lease in the same call; a
+/// refused or released one does not.
+pub async fn append_renews_the_lease<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("renewing");
+    store.create(&key, &[]).await.unwrap();
+    let old = store.claim(&key, "node-a", SHORT).await.unwrap();
+    let mut renewing = fenced(batch(&key, 0, events(0, 1, 1, "a"), 1), old.epoch);
+    renewing.renew_lease = Some(LONG);
+    assert_eq!(append_one(store, renewing).await, Ok(live(1, 1)));
+    let lease = store
+        .lease(&key)
+        .await
+        .unwrap()
+        .expect("renewed, not expired");
+    assert_eq!(lease.epoch, old.epoch);
+    assert!(
+        lease.expires_in > SHORT,
+        "renewed to {:?}",
+        lease.expires_in
+    );
+
+    // A stale writer's renewal is refused with its batch.
+    let new = store.transfer(&key, &old, "node-b", SHORT).await.unwrap();
+    let mut stale = fenced(batch(&key, 1, events(1, 1, 2, "a"), 2), old.epoch);
+    stale.renew_lease = Some(LONG);
+    let result = append_one(store, stale).await;
+    assert!(is_fenced(&result, old.epoch, new.epoch), "{result:?}");
+    until_expired(store, &key).await;
+
+    // Released, the lease is not brought back by a write of its epoch.
+    let held = store.claim(&key, "node-b", LONG).await.unwrap();
+    store.release(&key, &held).await.unwrap();
+    let mut after_release = fenced(batch(&key, 1, events(1, 1, 2, "b"), 2), held.epoch);
+    after_release.renew_lease = Some(LONG);
+    assert_eq!(append_one(store, after_release).await, Ok(live(2, 2)));
+    assert_eq!(store.lease(&key).await.unwrap(), None);
 }

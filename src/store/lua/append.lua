@@ -11,8 +11,11 @@
 --       none); ARGV[2] is 'fenced' or ''; then per batch, in KEYS order:
 --       first_sequence, next_sequence, head_tick (decimal strings), in a
 --       fenced call also the writer's lease epoch (decimal, or '' for an
---       unfenced batch), then next - first encoded envelopes, the events
---       first, first + 1, ..., next - 1.
+--       unfenced batch) and a lease renewal in ms (decimal, or '' for
+--       none: an accepted batch then extends owner:{m}'s expiry to that
+--       long from the server's TIME, unless the lease was released), then
+--       next - first encoded envelopes, the events first, first + 1, ...,
+--       next - 1.
 -- Publishes: per batch that stored new events, one message on
 --       updates:{m}: those events framed as '<length>:<bytes>' each
 --       (tickforge::codec::frame_events); only while the channel has a
@@ -38,7 +41,15 @@ local publish = ARGV[1]
 local fenced = ARGV[2] == 'fenced'
 local stride, header = 2, 3 -- keys and header arguments per batch
 if fenced then
-  stride, header = 3, 4
+  stride, header = 3, 5
+end
+local now = nil -- server time in ms, read once when a batch renews
+local function now_ms()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
 end
 local count_subscribers = ({ PUBLISH = 'NUMSUB', SPUBLISH = 'SHARDNUMSUB' })[publish]
 -- followed[k]: whether the channel of the batch at KEYS[k] has a
@@ -67,12 +78,21 @@ for k = 1, #KEYS, stride do
   local first, nxt, tick = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local p = a + header - first -- ARGV[p + s] is the event with sequence s
   local nxt_arg, tick_arg = ARGV[a + 1], ARGV[a + 2]
-  -- The current lease epoch when the batch carries one that differs.
-  local stale = nil
+  -- The current lease epoch when the batch carries one that differs;
+  -- renew: the lease's new time to live, when asked for and still held.
+  local stale, renew = nil, nil
   if fenced and ARGV[a + 3] ~= '' then
-    local current = redis.call('HGET', KEYS[k + 2], 'epoch')
+    local current, holder
+    if ARGV[a + 4] ~= '' then
+      local h = redis.call('HMGET', KEYS[k + 2], 'epoch', 'node')
+      current, holder = h[1], h[2]
+    else
+      current = redis.call('HGET', KEYS[k + 2], 'epoch')
+    end
     if not current or tonumber(current) ~= tonumber(ARGV[a + 3]) then
       stale = tonumber(current or '0') or 0
+    elseif holder and holder ~= '' then
+      renew = tonumber(ARGV[a + 4])
     end
   end
   a = a + header + nxt - first
@@ -143,6 +163,9 @@ for k = 1, #KEYS, stride do
       end
       if #fields > 0 then
         redis.call('HSET', meta, unpack(fields))
+      end
+      if renew then
+        redis.call('HSET', KEYS[k + 2], 'expires', string.format('%d', now_ms() + renew))
       end
       if status == 'live' then code = 0 else code = 1 end
       x, y = head, stored_tick

@@ -57,6 +57,16 @@ impl Leases {
         }
     }
 
+    /// Extends `key`'s lease, unless released, to `ttl` from now (an
+    /// accepted fenced batch's renewal).
+    pub(super) fn extend(&mut self, key: &MatchKey, ttl: Duration) {
+        if let Some(record) = self.leases.get_mut(key)
+            && !record.node.is_empty()
+        {
+            record.expires = Instant::now() + Duration::from_millis(ttl_millis(ttl));
+        }
+    }
+
     /// Sets `key`'s lease to `node` at `epoch` for `ttl` from `now`.
     fn hold(
         &mut self,
