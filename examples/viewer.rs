@@ -591,7 +591,7 @@ async fn read_page(
 /// Replay mode: the match's stored log, replayed tick by tick.
 async fn replay(args: &Args, root: &str) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref()).context("loading configuration")?;
-    if config.storage == StorageConfig::Memory {
+    if matches!(config.storage, StorageConfig::Memory { .. }) {
         anyhow::bail!(
             "replaying needs a durable store, and the memory backend keeps nothing between \
              processes: set REDIS_URL (or [storage] backend = \"redis\" in --config)"

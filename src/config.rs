@@ -10,9 +10,11 @@
 //! e.g. [`AnyStore::open`](crate::store::AnyStore::open), not here.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::engine::{Durability, EngineSettings, EventRetention, MatchPolicy};
 use crate::net::{DatagramLoss, NetConfig, ServerSecret, TlsSource};
 use crate::store::keys::DEFAULT_EDITION;
@@ -31,6 +33,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The QUIC server (`[net]`).
     pub net: NetConfig,
+    /// The admin HTTP listener (`[admin]`).
+    pub admin: AdminConfig,
     /// The node as a whole (`[server]`).
     pub server: ServerSettings,
 }
@@ -55,7 +59,12 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// The embedded in-memory store: nothing survives the process.
-    Memory,
+    Memory {
+        /// How long a finished match keeps its log and snapshot before
+        /// they are freed (`storage.memory.retain_finished_seconds`; zero:
+        /// freed when it finishes). See [`crate::store::MemoryStore::with_retention`].
+        retain_finished: Duration,
+    },
     /// Redis, single node (one URL) or cluster (several).
     Redis {
         /// `redis://` or `rediss://` URLs, password included where needed.
@@ -156,7 +165,15 @@ struct RawConfig {
     #[serde(default)]
     net: RawNet,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +198,7 @@ struct RawNet {
     commands_per_second: Option<u32>,
     open_mode: Option<bool>,
     max_connections: Option<usize>,
+    write_timeout_ms: Option<u64>,
     test_datagram_loss_per_mille: Option<u16>,
     test_datagram_loss_seed: Option<u64>,
 }
@@ -206,7 +224,15 @@ struct RawEngine {
 struct RawStorage {
     backend: Option<String>,
     #[serde(default)]
+    memory: RawMemory,
+    #[serde(default)]
     redis: RawRedis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    retain_finished_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +389,7 @@ impl Config {
 
         let storage = storage_config(raw.storage, origin, &env)?;
         let net = net_config(raw.net, origin, &env)?;
+        let admin = admin_config(raw.admin, origin)?;
         let drain_seconds = raw.server.drain_seconds.unwrap_or(20.0);
         if !(drain_seconds > 0.0 && drain_seconds <= 3600.0) {
             return Err(invalid(
@@ -392,8 +419,28 @@ impl Config {
             edition,
             storage,
             net,
+            admin,
         })
     }
+}
+
+/// `[admin] listen`: an address and port, or an empty string for none.
+fn admin_config(raw: RawAdmin, origin: &str) -> Result<AdminConfig, ConfigError> {
+    let listen = match raw.listen {
+        None => AdminConfig::default().listen,
+        Some(text) if text.trim().is_empty() => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: "admin.listen".to_owned(),
+                value: format!("{text:?}"),
+                reason:
+                    "expected an IP address and port, e.g. \"127.0.0.1:9100\", or \"\" for none"
+                        .to_owned(),
+            }
+        })?),
+    };
+    Ok(AdminConfig { listen })
 }
 
 fn net_config(
@@ -535,6 +582,17 @@ fn net_config(
         Some(0) => return Err(invalid("net.max_connections", &0, "must be at least 1")),
         Some(n) => n,
     };
+    let write_timeout = match raw.write_timeout_ms {
+        None => defaults.write_timeout,
+        Some(ms @ 10..=600_000) => std::time::Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(invalid(
+                "net.write_timeout_ms",
+                &ms,
+                "must be 10 to 600000 (milliseconds)",
+            ));
+        }
+    };
     let datagram_loss = match raw.test_datagram_loss_per_mille {
         None | Some(0) => None,
         Some(n @ 1..=1000) => Some(DatagramLoss {
@@ -559,10 +617,14 @@ fn net_config(
         commands_per_second,
         open_mode: raw.open_mode.unwrap_or(defaults.open_mode),
         max_connections,
+        write_timeout,
         datagram_loss,
         ..defaults
     })
 }
+
+/// A week: the memory store is for one process, not an archive.
+const MAX_RETAIN_FINISHED_SECONDS: f64 = 604_800.0;
 
 fn storage_config(
     raw: RawStorage,
@@ -581,7 +643,23 @@ fn storage_config(
             },
         };
     match backend.as_str() {
-        "memory" => Ok(StorageConfig::Memory),
+        "memory" => {
+            let retain_finished = match raw.memory.retain_finished_seconds {
+                None => Duration::ZERO,
+                Some(s) if s.is_finite() && (0.0..=MAX_RETAIN_FINISHED_SECONDS).contains(&s) => {
+                    Duration::from_secs_f64(s)
+                }
+                Some(s) => {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.to_owned(),
+                        key: "storage.memory.retain_finished_seconds".into(),
+                        value: s.to_string(),
+                        reason: format!("must be 0 to {MAX_RETAIN_FINISHED_SECONDS}"),
+                    });
+                }
+            };
+            Ok(StorageConfig::Memory { retain_finished })
+        }
         "redis" => {
             let (urls, url_origin, url_key) = match (env_url, raw.redis.urls, raw.redis.url) {
                 (Some(url), _, _) => (vec![url], "environment", "REDIS_URL"),
@@ -691,7 +769,12 @@ mod tests {
         let config = Config::load_with_env(None, no_env).unwrap();
         assert_eq!(config.engine.tick_hz, 30);
         assert_eq!(config.engine.policy.snapshot_every_ticks, 300);
-        assert_eq!(config.storage, StorageConfig::Memory);
+        assert_eq!(
+            config.storage,
+            StorageConfig::Memory {
+                retain_finished: Duration::ZERO
+            }
+        );
         assert_eq!(config.edition, "main");
     }
 
@@ -717,7 +800,9 @@ mod tests {
         };
         assert_eq!(
             Config::load_with_env(None, env).unwrap().storage,
-            StorageConfig::Memory
+            StorageConfig::Memory {
+                retain_finished: Duration::ZERO
+            }
         );
     }
 

@@ -160,7 +160,10 @@ pub struct Legacy<'a> {
 }
 
 impl<'a> Legacy<'a> {
-    pub(crate) fn new(version: u32, bytes: &'a [u8]) -> Self {
+    /// Old bytes of `version`: a codec encoding without its leading format
+    /// byte (`&encoded[1..]`), as the engine hands them to the upgrade
+    /// hooks; public so a game can test its hooks directly.
+    pub fn new(version: u32, bytes: &'a [u8]) -> Self {
         Self { version, bytes }
     }
 
@@ -266,7 +269,9 @@ pub trait Game: Send + Sync + 'static {
     /// The command that takes a player out (when its grace window runs out).
     fn leave(&self) -> Self::Command;
 
-    /// The players present in `state`.
+    /// The players present in `state`. The server also uses it to decide
+    /// who may resume a slot, and who of a restored match gets a grace
+    /// window: players who left must not be listed.
     fn players(&self, state: &Self::State) -> Vec<PlayerId>;
 
     /// Reads an event written by an older schema version.

@@ -14,6 +14,7 @@
 //! - [`codec`]: the one place that encodes and decodes bytes.
 //! - [`config`]: TOML plus environment into a validated [`config::Config`].
 //! - [`projection`]: read models fed by match logs exactly once (the arena leaderboard).
+//! - [`admin`]: the admin HTTP listener: Prometheus metrics, health and readiness.
 //! - [`net`]: the QUIC server and [`client`] library: tickets, commands,
 //!   state deltas over datagrams, sequenced events, rejoin, spectators.
 //!
@@ -49,6 +50,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod arena;
 pub mod cli;
 pub mod codec;

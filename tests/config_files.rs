@@ -2,6 +2,7 @@
 //! naming the key, the value and the file; the shipped file loads.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tickforge::config::{ClientCertFiles, Config, ConfigError, RedisTlsFiles, StorageConfig};
 use tickforge::engine::{Durability, EventRetention};
@@ -167,7 +168,7 @@ fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
     );
     let env = |name: &str| (name == "STORAGE_BACKEND").then(|| "memory".to_owned());
     let config = Config::load_with_env(Some(&path), env).unwrap();
-    assert_eq!(config.storage, StorageConfig::Memory);
+    assert!(matches!(config.storage, StorageConfig::Memory { .. }));
 }
 
 #[test]
@@ -176,7 +177,12 @@ fn the_shipped_config_file_loads_and_equals_the_built_in_defaults() {
     let from_file = Config::load_with_env(Some(&path), no_env).unwrap();
     let built_in = Config::load_with_env(None, no_env).unwrap();
     assert_eq!(from_file, built_in);
-    assert_eq!(from_file.storage, StorageConfig::Memory);
+    assert_eq!(
+        from_file.storage,
+        StorageConfig::Memory {
+            retain_finished: Duration::ZERO
+        }
+    );
     assert_eq!(from_file.edition, "main");
     assert_eq!(from_file.engine.tick_hz, 30);
     assert_eq!(from_file.engine.write_queue_bytes, 256 * 1024 * 1024);
@@ -308,10 +314,10 @@ fn redis_tls_files_with_a_plain_url_are_invalid_without_echoing_it() {
         "[storage]\nbackend = \"memory\"\n[storage.redis]\nurl = \"redis://a:6379\"\n\
          tls_ca_file = \"ca.pem\"\n",
     );
-    assert_eq!(
+    assert!(matches!(
         Config::load_with_env(Some(&path), no_env).unwrap().storage,
-        StorageConfig::Memory
-    );
+        StorageConfig::Memory { .. }
+    ));
 }
 
 #[test]
@@ -324,4 +330,96 @@ fn a_refused_redis_url_does_not_show_its_password() {
     assert!(message.contains("storage.redis.url"), "{message}");
     assert!(message.contains("admin:***@cache"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn the_admin_listener_defaults_to_loopback_and_an_empty_string_turns_it_off() {
+    let defaults = Config::load_with_env(None, no_env).unwrap();
+    assert_eq!(
+        defaults.admin.listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    let (_dir, path) = config_file("[admin]\nlisten = \"0.0.0.0:9200\"\n");
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.admin.listen, Some("0.0.0.0:9200".parse().unwrap()));
+    let (_dir, path) = config_file("[admin]\nlisten = \"\"\n");
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.admin.listen, None);
+}
+
+#[test]
+fn a_bad_admin_address_names_key_value_and_file() {
+    let (_dir, path) = config_file("[admin]\nlisten = \"localhost\"\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    match &err {
+        ConfigError::Invalid {
+            origin, key, value, ..
+        } => {
+            assert_eq!(key, "admin.listen");
+            assert_eq!(value, "\"localhost\"");
+            assert_eq!(origin, &path.display().to_string());
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let (_dir, path) = config_file("[admin]\nport = 9100\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    assert!(err.to_string().contains("port"), "{err}");
+}
+
+#[test]
+fn write_timeout_and_memory_retention_are_read_and_checked() {
+    let built_in = Config::load_with_env(None, no_env).unwrap();
+    assert_eq!(built_in.net.write_timeout, Duration::from_secs(2));
+    assert_eq!(
+        built_in.storage,
+        StorageConfig::Memory {
+            retain_finished: Duration::ZERO
+        }
+    );
+    let (_dir, path) = config_file(
+        "[net]\nwrite_timeout_ms = 250\n[storage.memory]\nretain_finished_seconds = 90\n",
+    );
+    let config = Config::load_with_env(Some(&path), no_env).unwrap();
+    assert_eq!(config.net.write_timeout, Duration::from_millis(250));
+    assert_eq!(
+        config.storage,
+        StorageConfig::Memory {
+            retain_finished: Duration::from_secs(90)
+        }
+    );
+    for (text, expected_key, value) in [
+        ("[net]\nwrite_timeout_ms = 0\n", "net.write_timeout_ms", "0"),
+        (
+            "[net]\nwrite_timeout_ms = 3600000\n",
+            "net.write_timeout_ms",
+            "3600000",
+        ),
+        (
+            "[storage.memory]\nretain_finished_seconds = -1\n",
+            "storage.memory.retain_finished_seconds",
+            "-1",
+        ),
+        (
+            "[storage.memory]\nretain_finished_seconds = 1e9\n",
+            "storage.memory.retain_finished_seconds",
+            "1000000000",
+        ),
+    ] {
+        let (_dir, path) = config_file(text);
+        let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, value: v, .. } if key == expected_key && v == value),
+            "{text:?}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(expected_key) && message.contains("tickforge.toml"),
+            "{message}"
+        );
+    }
+    // A misspelt key in the new table is refused, not ignored.
+    let (_dir, path) = config_file("[storage.memory]\nretain_finished = 5\n");
+    let err = Config::load_with_env(Some(&path), no_env).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
 }

@@ -109,7 +109,7 @@ fn write_config(dir: &Path, redis: &TestRedis, port: u16) -> std::path::PathBuf 
         "[engine]\nedition = \"{edition}\"\ndurability = \"sync\"\nshards = 2\n\n\
          [storage]\nbackend = \"redis\"\n\n[storage.redis]\nurl = \"{url}\"\n\n\
          [net]\nlisten = \"127.0.0.1:{port}\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\
-         secret = \"{SECRET}\"\ngrace_seconds = 30\n",
+         secret = \"{SECRET}\"\ngrace_seconds = 30\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         edition = redis.edition(),
         url = redis.url(),
         cert = dir.join("cert.der").display(),

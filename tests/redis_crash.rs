@@ -860,7 +860,8 @@ async fn engine_killed_mid_match_comes_back_exactly() {
         &config,
         format!(
             "[engine]\nedition = {:?}\nsnapshot_every_ticks = {SNAPSHOT_EVERY_TICKS}\nshards = 2\n\
-             [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = {}\ndev_key = {}\n",
+             [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = {}\ndev_key = {}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             redis.edition(),
             quoted("cert.der"),
             quoted("key.der"),

@@ -116,7 +116,7 @@ fn write_config(dir: &Path, redis: &TestRedis) -> PathBuf {
         "[engine]\nedition = \"{edition}\"\nshards = 2\nsnapshot_every_ticks = 90\n\n\
          [storage]\nbackend = \"redis\"\n\n[storage.redis]\nurl = \"{url}\"\n\n\
          [net]\nlisten = \"127.0.0.1:{port}\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\n\
-         [server]\ndrain_seconds = 20\n",
+         [server]\ndrain_seconds = 20\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         edition = redis.edition(),
         url = redis.url(),
         cert = dir.join("cert.der").display(),

@@ -86,6 +86,9 @@ async fn serve(config: Config, bots: usize, players: u32) -> anyhow::Result<()> 
     let storage = format!("{:?}", config.storage);
     let server = Server::builder(Arena::default())
         .config(config)
+        // Their players were network clients of the previous process: each
+        // gets the grace window to resume. With --bots, bots play them.
+        .adopt_restored_players(bots == 0)
         .start()
         .await
         .with_context(|| format!("starting the server on the {storage} store"))?;

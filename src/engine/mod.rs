@@ -33,6 +33,7 @@ pub use envelope::{EventEnvelope, ReadError, decode_event, decode_state};
 pub use replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 pub use stats::{EngineStats, ShardStats};
 
+use crate::admin::metrics as names;
 use crate::codec;
 use crate::game::{Game, MatchSetup, PlayerId, Rejection, Tick, match_seed};
 use crate::store::{EventStore, Head, KeyError, MatchKey, SnapshotStore, Store, StoreError};
@@ -258,7 +259,7 @@ impl<G: Game, S: Store> Engine<G, S> {
         let mut shards = Vec::with_capacity(settings.shards.max(1));
         let mut all_stats = Vec::with_capacity(settings.shards.max(1));
         for index in 0..settings.shards.max(1) {
-            let stats = Arc::new(ShardStats::default());
+            let stats = Arc::new(ShardStats::for_shard(index));
             let (inbox_tx, inbox_rx) = mpsc::channel(settings.shard_queue.max(1));
             let (jobs_tx, jobs_rx) = mpsc::channel(settings.write_queue_ticks.max(1));
             // Unbounded, yet at most one failure per match: the writer
@@ -368,7 +369,9 @@ impl<G: Game, S: Store> Engine<G, S> {
                 StoreError::Conflict { .. } => EngineError::MatchExists(root.to_owned()),
                 other => EngineError::Store(other),
             })?;
-        self.host(core).await
+        self.host(core).await?;
+        metrics::counter!(names::MATCHES_CREATED).increment(1);
+        Ok(())
     }
 
     /// Loads match `root` from the store (latest snapshot plus the events
@@ -391,6 +394,7 @@ impl<G: Game, S: Store> Engine<G, S> {
             setup.into(),
         );
         self.host(core).await?;
+        metrics::counter!(names::MATCHES_RESTORED).increment(1);
         Ok(replayed)
     }
 
@@ -483,6 +487,7 @@ impl<G: Game, S: Store> Engine<G, S> {
         self.shards[shard].inbox.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats[shard].dropped.fetch_add(1, Relaxed);
+                metrics::counter!(names::COMMANDS_REJECTED, "reason" => names::rejected::QUEUE_FULL).increment(1);
                 EngineError::QueueFull(root.to_string())
             }
             mpsc::error::TrySendError::Closed(_) => EngineError::ShuttingDown,
@@ -522,6 +527,11 @@ impl<G: Game, S: Store> Engine<G, S> {
             updates: route.updates.subscribe(),
             events: route.events.subscribe(),
         })
+    }
+
+    /// Each shard's own counters, in shard order.
+    pub(crate) fn shard_stats(&self) -> &[Arc<ShardStats>] {
+        &self.stats
     }
 
     /// Counters summed over all shards.
@@ -584,6 +594,7 @@ pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
     store: &S,
     key: &MatchKey,
 ) -> Result<Replayed<G::State>, EngineError> {
+    let started = std::time::Instant::now();
     let head = stored_head(store, key).await?;
     let replayer = match store.load_snapshot(key).await? {
         Some(snapshot) => Replayer::from_snapshot(game, &snapshot),
@@ -593,7 +604,14 @@ pub async fn restore<G: Game, S: EventStore + SnapshotStore>(
         key: key.to_string(),
         source,
     })?;
-    replay_rest(store, key, replayer, head.tick).await
+    let loaded = std::time::Instant::now();
+    metrics::histogram!(names::RESTORE_DURATION, "phase" => "snapshot_read")
+        .record((loaded - started).as_secs_f64());
+    let replayed = replay_rest(store, key, replayer, head.tick).await?;
+    metrics::histogram!(names::RESTORE_DURATION, "phase" => "tail_replay")
+        .record(loaded.elapsed().as_secs_f64());
+    metrics::counter!(names::RESTORE_EVENTS_REPLAYED).increment(replayed.events_replayed);
+    Ok(replayed)
 }
 
 /// Rebuilds match `key` from sequence 0, ignoring snapshots for the start,

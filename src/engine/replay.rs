@@ -177,14 +177,28 @@ impl<'g, G: Game> Replayer<'g, G> {
     /// events and run its tick, the state must hash to the snapshot's hash,
     /// else [`RestoreError::Diverged`]. A snapshot at or before the start
     /// is ignored.
+    ///
+    /// A snapshot written by an older schema version is compared by the
+    /// hash of its upgraded state, encoded as this build encodes it (the
+    /// stored hash is of the old bytes); one that cannot be upgraded is
+    /// not a checkpoint (a restore from it reports why).
     pub fn check_against(&mut self, snapshot: &Snapshot) {
-        if snapshot.tick > self.tick {
-            self.checkpoint = Some(Checkpoint {
-                sequence: snapshot.sequence,
-                tick: snapshot.tick,
-                hash: snapshot.hash,
-            });
+        if snapshot.tick <= self.tick {
+            return;
         }
+        let hash = if snapshot.schema == G::SCHEMA {
+            Some(snapshot.hash)
+        } else {
+            envelope::decode_state(self.game, snapshot.schema, &snapshot.state)
+                .ok()
+                .and_then(|state| codec::encode(&state).ok())
+                .map(|bytes| codec::state_hash(&bytes))
+        };
+        self.checkpoint = hash.map(|hash| Checkpoint {
+            sequence: snapshot.sequence,
+            tick: snapshot.tick,
+            hash,
+        });
     }
 
     /// The sequence the next event must have.

@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::admin::metrics::{self as names, rejected as why};
 use crate::engine::core::{CommandOutcome, MatchCore};
 use crate::engine::schedule::{Due, TickSchedule};
 use crate::engine::stats::ShardStats;
@@ -147,6 +148,8 @@ impl<G: Game> Shard<G> {
                     }
                     if late {
                         self.stats.late_ticks.fetch_add(1, Relaxed);
+                        metrics::counter!(names::LATE_TICKS, "shard" => self.stats.shard_label())
+                            .increment(1);
                     }
                     self.run_tick().await;
                     if late {
@@ -227,6 +230,7 @@ impl<G: Game> Shard<G> {
                             Ok(()) => return,
                             Err(full) => {
                                 self.stats.dropped.fetch_add(1, Relaxed);
+                                metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::QUEUE_FULL).increment(1);
                                 if let Some(reply) = full.0 {
                                     send_reply(
                                         &reply,
@@ -242,6 +246,12 @@ impl<G: Game> Shard<G> {
                     },
                 };
                 self.stats.rejected.fetch_add(1, Relaxed);
+                let class = if self.matches.contains_key(&root) {
+                    why::PAUSED
+                } else {
+                    why::UNKNOWN_MATCH
+                };
+                metrics::counter!(names::COMMANDS_REJECTED, "reason" => class).increment(1);
                 if let (Some(reason), Some(reply)) = (refusal, reply) {
                     send_reply(
                         &reply,
@@ -319,7 +329,7 @@ impl<G: Game> Shard<G> {
         };
         let mut publications = Vec::with_capacity(self.matches.len());
         let mut ended = Vec::new();
-        let (mut match_ticks, mut events, mut rejected) = (0u64, 0u64, 0u64);
+        let (mut match_ticks, mut events, mut rejected, mut decided) = (0u64, 0u64, 0u64, 0u64);
         for (root, hosted) in &mut self.matches {
             if hosted.paused.is_some() {
                 continue;
@@ -328,8 +338,10 @@ impl<G: Game> Shard<G> {
             match_ticks += 1;
             if let Some(reason) = out.failure {
                 self.stats.failed_matches.fetch_add(1, Relaxed);
+                metrics::counter!(names::MATCHES_FAILED).increment(1);
                 tracing::error!(key = %hosted.core.key(), %reason, "game code failed; the match ends with this reason");
                 for (reply, outcome) in out.outcomes {
+                    decided += 1;
                     rejected += 1;
                     if let Some(reply) = reply {
                         send_reply(&reply, root, outcome);
@@ -353,6 +365,7 @@ impl<G: Game> Shard<G> {
             events += out.events.len() as u64;
             job.tick = job.tick.max(out.tick);
             for (reply, outcome) in out.outcomes {
+                decided += 1;
                 if matches!(outcome, CommandOutcome::Rejected(_)) {
                     rejected += 1;
                 }
@@ -390,6 +403,8 @@ impl<G: Game> Shard<G> {
         self.stats.match_ticks.fetch_add(match_ticks, Relaxed);
         self.stats.events.fetch_add(events, Relaxed);
         self.stats.rejected.fetch_add(rejected, Relaxed);
+        metrics::counter!(names::COMMANDS_ACCEPTED).increment(decided.saturating_sub(rejected));
+        metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::GAME).increment(rejected);
 
         let mut acked = match self.settings.durability {
             Durability::Sync if !job.is_empty() => {
@@ -427,6 +442,7 @@ impl<G: Game> Shard<G> {
         for publication in publications {
             publication.publish();
         }
+        metrics::counter!(names::MATCHES_ENDED).increment(ended.len() as u64);
         for root in ended {
             self.matches.remove(&root);
             self.routes.remove(&root);
@@ -459,6 +475,7 @@ impl<G: Game> Shard<G> {
         match writer.try_send(job) {
             Ok(()) => {
                 self.stats.held_bytes.store(0, Relaxed);
+                self.stats.publish_backlog_bytes();
                 true
             }
             Err(mpsc::error::TrySendError::Full(job)) => {
@@ -484,6 +501,7 @@ impl<G: Game> Shard<G> {
     /// Keeps `job` until the writer has room; the shard's matches pause.
     fn hold(&mut self, job: WriteJob) {
         self.stats.held_bytes.store(job.bytes, Relaxed);
+        self.stats.publish_backlog_bytes();
         self.backlog = Some(job);
     }
 
@@ -499,6 +517,8 @@ impl<G: Game> Shard<G> {
                 }
                 ShardMsg::Command { root, reply, .. } => {
                     self.stats.rejected.fetch_add(1, Relaxed);
+                    metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::SHUTDOWN)
+                        .increment(1);
                     if let Some(reply) = reply {
                         let refusal = Rejection::new("the server is shutting down");
                         send_reply(&reply, &root, CommandOutcome::Rejected(refusal));
@@ -574,6 +594,7 @@ fn pause<G: Game>(hosted: &mut Hosted<G>, root: &Arc<str>, reason: String, stats
     reject_pending(&mut hosted.core, root, &refusal, stats);
     hosted.paused = Some(reason);
     stats.paused_matches.fetch_add(1, Relaxed);
+    metrics::counter!(names::MATCHES_PAUSED).increment(1);
 }
 
 /// The text of a panic payload, when it is one.
@@ -595,6 +616,7 @@ fn reject_pending<G: Game>(
 ) {
     for (reply, outcome) in core.reject_pending(refusal) {
         stats.rejected.fetch_add(1, Relaxed);
+        metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::STOPPED).increment(1);
         if let Some(reply) = reply {
             send_reply(&reply, root, outcome);
         }

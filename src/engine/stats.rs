@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use metrics::SharedString;
+
+use crate::admin::metrics as names;
+use crate::store::StoreError;
 
 /// Live counters of one shard; cheap to update from its loop.
 #[derive(Debug)]
@@ -34,6 +38,10 @@ pub struct ShardStats {
     /// 1 once the shard's writer task stopped (it panicked): nothing more
     /// is stored and every match of the shard is paused.
     pub(crate) writer_stopped: AtomicU64,
+    /// Failed store calls since the last one that worked.
+    pub(crate) store_failure_streak: AtomicU64,
+    /// This shard's `shard` label in metrics.
+    shard: SharedString,
     /// Tick durations in microseconds.
     tick_micros: Mutex<Histogram<u64>>,
     /// Store append round trips in microseconds.
@@ -75,6 +83,8 @@ impl Default for ShardStats {
             queued_bytes: AtomicU64::new(0),
             held_bytes: AtomicU64::new(0),
             writer_stopped: AtomicU64::new(0),
+            store_failure_streak: AtomicU64::new(0),
+            shard: SharedString::const_str("0"),
             tick_micros: Mutex::new(histogram()),
             append_micros: Mutex::new(histogram()),
         }
@@ -82,12 +92,62 @@ impl Default for ShardStats {
 }
 
 impl ShardStats {
+    /// Counters of shard `index` (its `shard` label in metrics).
+    pub(crate) fn for_shard(index: usize) -> Self {
+        Self {
+            shard: SharedString::from(std::sync::Arc::<str>::from(index.to_string())),
+            ..Self::default()
+        }
+    }
+
+    /// This shard's `shard` label value.
+    pub(crate) fn shard_label(&self) -> SharedString {
+        self.shard.clone()
+    }
+
     pub(crate) fn record_tick(&self, took: Duration) {
         record(&self.tick_micros, took);
+        metrics::histogram!(names::TICK_DURATION, "shard" => self.shard_label())
+            .record(took.as_secs_f64());
+        metrics::gauge!(names::MATCHES_LIVE, "shard" => self.shard_label())
+            .set(self.matches.load(Relaxed) as f64);
     }
 
     pub(crate) fn record_append(&self, took: Duration) {
         record(&self.append_micros, took);
+        metrics::histogram!(names::APPEND_DURATION).record(took.as_secs_f64());
+    }
+
+    /// A store call failed and will be retried: the writer's failure streak grows.
+    pub(crate) fn store_retrying(&self, error: &StoreError) {
+        self.store_failure_streak.fetch_add(1, Relaxed);
+        self.store_error(error);
+    }
+
+    /// A store call failed for good (counted, no streak: the store answered).
+    pub(crate) fn store_error(&self, error: &StoreError) {
+        metrics::counter!(names::STORE_ERRORS, "class" => names::store_error_class(error))
+            .increment(1);
+    }
+
+    /// A store call worked: any failure streak is over.
+    pub(crate) fn store_reachable(&self) {
+        self.store_failure_streak.store(0, Relaxed);
+    }
+
+    /// Publishes the bytes waiting for the store (queued for the writer
+    /// plus the job the shard holds back) as the backlog gauge.
+    pub(crate) fn publish_backlog_bytes(&self) {
+        let bytes = self.queued_bytes.load(Relaxed) + self.held_bytes.load(Relaxed);
+        metrics::gauge!(names::WRITER_BACKLOG_BYTES, "shard" => self.shard_label())
+            .set(bytes as f64);
+    }
+
+    /// The writer took a job off its queue; `queued` jobs wait behind it.
+    pub(crate) fn set_backlog(&self, queued: usize) {
+        self.backlog_jobs.store(queued as u64, Relaxed);
+        metrics::gauge!(names::WRITER_BACKLOG_TICKS, "shard" => self.shard_label())
+            .set(queued as f64);
     }
 }
 

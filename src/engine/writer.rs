@@ -38,6 +38,7 @@ use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::admin::metrics as names;
 use crate::engine::EventRetention;
 use crate::engine::stats::ShardStats;
 use crate::game::Tick;
@@ -158,11 +159,12 @@ pub(crate) async fn run_writer<S: Store>(
         refused: HashSet::new(),
     };
     while let Some(mut job) = jobs.recv().await {
-        writer.stats.backlog_jobs.store(jobs.len() as u64, Relaxed);
+        writer.stats.set_backlog(jobs.len());
         let ack = job.ack.take();
         let bytes = job.bytes;
         let refused = writer.write(job).await;
         writer.stats.queued_bytes.fetch_sub(bytes, Relaxed);
+        writer.stats.publish_backlog_bytes();
         if let Some(ack) = ack {
             let _ = ack.send(refused);
         }
@@ -209,6 +211,8 @@ impl<S: Store> Writer<S> {
                         self.stats
                             .persisted_events
                             .fetch_add(batch.events.len() as u64, Relaxed);
+                        metrics::counter!(names::EVENTS_APPENDED)
+                            .increment(batch.events.len() as u64);
                         self.retained
                             .entry(batch.key.clone())
                             .or_default()
@@ -273,6 +277,7 @@ impl<S: Store> Writer<S> {
     /// the shard (once per match).
     fn refuse(&mut self, key: &MatchKey, error: StoreError) {
         self.stats.permanent_errors.fetch_add(1, Relaxed);
+        self.stats.store_error(&error);
         self.retained.remove(key);
         if self.refused.insert(key.clone()) {
             // The shard outlives its writer; if it is gone, nobody listens.
@@ -362,7 +367,10 @@ async fn trim<S: Store>(
                     "trimming held back by the snapshot or a handler's position");
             }
         }
-        Err(error) => tracing::warn!(%key, %error, "trimming events below the snapshot failed"),
+        Err(error) => {
+            stats.store_error(&error);
+            tracing::warn!(%key, %error, "trimming events below the snapshot failed");
+        }
     }
 }
 
@@ -414,6 +422,7 @@ async fn append_with_retry<S: Store>(
             Ok(results) => {
                 stats.record_append(started.elapsed());
                 stats.appends.fetch_add(1, Relaxed);
+                stats.store_reachable();
                 if failures > 0 {
                     tracing::info!(failures, "store reachable again; backlog flushing in order");
                 }
@@ -421,6 +430,7 @@ async fn append_with_retry<S: Store>(
             }
             Err(error) if error.is_transient() => {
                 stats.append_failures.fetch_add(1, Relaxed);
+                stats.store_retrying(&error);
                 if failures == 0 || failures.is_power_of_two() {
                     tracing::warn!(%error, failures, ?backoff, "store append failed; retrying");
                 }
@@ -453,15 +463,20 @@ where
     let mut backoff = FIRST_BACKOFF;
     loop {
         match write().await {
-            Ok(_) => return true,
+            Ok(_) => {
+                stats.store_reachable();
+                return true;
+            }
             Err(error) if error.is_transient() => {
                 stats.append_failures.fetch_add(1, Relaxed);
+                stats.store_retrying(&error);
                 tracing::warn!(%key, %error, ?backoff, "store write of a {what} failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => {
                 stats.permanent_errors.fetch_add(1, Relaxed);
+                stats.store_error(&error);
                 tracing::error!(%key, %error, class = %error.class(), "store refused a {what}; given up");
                 return false;
             }

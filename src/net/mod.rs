@@ -114,6 +114,10 @@ pub struct NetConfig {
     pub hello_timeout: Duration,
     /// A connection silent for this long is dropped (clients keep it alive).
     pub idle_timeout: Duration,
+    /// How long one reliable write (a control frame, or a state on its own
+    /// stream) may wait for the client to make room; a client that does
+    /// not read for this long is closed with [`CloseCode::SlowReader`].
+    pub write_timeout: Duration,
     /// Test hook: drop some outgoing state datagrams. `None` in production.
     pub datagram_loss: Option<DatagramLoss>,
 }
@@ -132,6 +136,7 @@ impl Default for NetConfig {
             max_connections: 10_000,
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(2),
             datagram_loss: None,
         }
     }

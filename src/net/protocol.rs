@@ -49,6 +49,12 @@ pub enum CloseCode {
     Lagging = 5,
     /// No `Hello` arrived in time.
     HelloTimeout = 6,
+    /// The client stopped reading: a reliable write (a control frame, or a
+    /// state on its own stream) found no room for `net.write_timeout_ms`.
+    SlowReader = 7,
+    /// The client has more commands unanswered than its reply queue holds
+    /// (it sends but does not read): further replies would be lost.
+    ReplyQueueFull = 8,
     /// The ticket's MAC does not match: not minted with this server's secret.
     TicketForged = 16,
     /// The ticket's expiry has passed.
@@ -78,7 +84,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, for lookups.
-    pub const ALL: [CloseCode; 19] = [
+    pub const ALL: [CloseCode; 21] = [
         CloseCode::Normal,
         CloseCode::ServerShutdown,
         CloseCode::Malformed,
@@ -86,6 +92,8 @@ impl CloseCode {
         CloseCode::RateLimited,
         CloseCode::Lagging,
         CloseCode::HelloTimeout,
+        CloseCode::SlowReader,
+        CloseCode::ReplyQueueFull,
         CloseCode::TicketForged,
         CloseCode::TicketExpired,
         CloseCode::WrongMatch,
@@ -114,11 +122,16 @@ impl CloseCode {
 
     /// Whether a client should reconnect (with its resume token) after a
     /// close with this code. Admission refusals and protocol violations
-    /// are final; a shutdown, a lag or a server failure are not.
+    /// are final; a shutdown, falling behind (lag, a slow reader, unread
+    /// replies) or a server failure are not.
     pub fn may_resume(self) -> bool {
         matches!(
             self,
-            CloseCode::ServerShutdown | CloseCode::Lagging | CloseCode::Internal
+            CloseCode::ServerShutdown
+                | CloseCode::Lagging
+                | CloseCode::SlowReader
+                | CloseCode::ReplyQueueFull
+                | CloseCode::Internal
         )
     }
 }

@@ -16,13 +16,22 @@
 //! Nothing here blocks a shard: states come from a watch (a slow client
 //! skips states), events from a bounded broadcast (a client too far behind
 //! is closed with [`CloseCode::Lagging`]), command replies through a
-//! bounded channel the shard only `try_send`s into.
+//! bounded channel the shard only `try_send`s into (a client with more
+//! commands unanswered than that channel holds is closed with
+//! [`CloseCode::ReplyQueueFull`] before a reply could be lost).
+//!
+//! Nothing here waits on a client for long either: every reliable write
+//! waits at most `write_timeout` for the client to make room, then the
+//! client is closed with [`CloseCode::SlowReader`], which ends its task and
+//! frees its connection permit; its slot waits out the grace window like
+//! any dropped one. A match's hub and slots are forgotten when it leaves
+//! the engine, whether or not anyone is connected.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +49,7 @@ use super::protocol::{
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
 use super::tls::{self, TlsError};
+use crate::admin::metrics as names;
 use crate::codec;
 use crate::engine::{
     CommandOutcome, CommandReply, Engine, EngineError, MatchFeed, MatchUpdate, ReplyTo,
@@ -60,6 +70,8 @@ const MAX_REPLAY_EVENTS: usize = 4096;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a client to close after the match ended.
 const LINGER: Duration = Duration::from_secs(3);
+/// How often hubs and slots of matches that left the engine are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +103,15 @@ pub struct NetStats {
     pub closed_for_abuse: AtomicU64,
     /// Connections closed for lagging behind on reliable events.
     pub closed_for_lag: AtomicU64,
+    /// Connections closed because a reliable write waited `write_timeout`
+    /// for the client to read ([`CloseCode::SlowReader`]).
+    pub closed_slow_reader: AtomicU64,
+    /// Connections closed with more commands unanswered than their reply
+    /// queue holds ([`CloseCode::ReplyQueueFull`]).
+    pub closed_reply_queue_full: AtomicU64,
+    /// Matches the server keeps network state for now (the encoded-state
+    /// cache and the player slots); forgotten when a match leaves the engine.
+    pub matches_tracked: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
     /// Commands received.
@@ -340,12 +361,39 @@ impl<G: Game, S: Store> Server<G, S> {
         &self.shared.secret
     }
 
+    /// Gives the players of matches restored before this server started
+    /// (e.g. by [`Engine::restore_all`]) the grace window to come back:
+    /// each player present in such a match gets a slot waiting for its
+    /// resume token, and is taken out (the game's leave command) when the
+    /// window runs out without one. Pass only matches whose players are
+    /// network clients; a match restored later by a client's `Hello` is
+    /// adopted on its own. Within a tokio runtime.
+    pub fn adopt_players_of(&self, roots: impl IntoIterator<Item = String>) {
+        for root in roots {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let root: Arc<str> = root.into();
+                let Ok(mut feed) = shared.engine.subscribe(&root) else {
+                    return; // no longer hosted
+                };
+                let hub = ensure_hub(&shared, &root);
+                if let Ok(update) = next_update(&mut feed).await
+                    && !update.over
+                {
+                    let present = shared.engine.game().players(&update.state);
+                    adopt_absent(&shared, &root, &hub, &present, None);
+                }
+            });
+        }
+    }
+
     /// Accepts connections until `shutdown` resolves, then closes every
     /// connection with [`CloseCode::ServerShutdown`], closes the endpoint
     /// and waits (bounded) for it to be idle.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
         let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
+        let _sweeper = AbortOnDrop(tokio::spawn(forget_ended_matches(self.shared.clone())));
         tokio::select! {
             _ = accept_loop(&self.endpoint, &self.shared, &limit, &complete_tx) => {
                 tracing::info!("QUIC endpoint closed");
@@ -354,16 +402,38 @@ impl<G: Game, S: Store> Server<G, S> {
                 tracing::info!("network shutdown requested");
             }
         }
-        // Tell every handler and grace timer, then wait for the handlers.
+        // Tell every handler and grace timer, then wait for the handlers,
+        // refusing new connections meanwhile with a code that says why.
         let _ = self.shutdown_tx.send(true);
         drop(complete_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), complete_rx.recv()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(5), complete_rx.recv()) => {}
+            () = refuse_while_draining(&self.endpoint, self.shared.config.hello_timeout) => {}
+        }
         self.endpoint.close(
             CloseCode::ServerShutdown.code().into(),
             b"server shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("network stopped");
+    }
+}
+
+/// Answers every new connection during a drain with
+/// [`CloseCode::ServerShutdown`] and a retry hint, instead of leaving it
+/// to time out. Runs until the endpoint closes.
+async fn refuse_while_draining(endpoint: &quinn::Endpoint, handshake_timeout: Duration) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            if let Ok(Ok(conn)) = tokio::time::timeout(handshake_timeout, incoming).await {
+                Refusal::new(
+                    CloseCode::ServerShutdown,
+                    "draining: this node is shutting down; retry in a few seconds \
+                     (resume tokens stay valid)",
+                )
+                .close(&conn);
+            }
+        });
     }
 }
 
@@ -413,6 +483,8 @@ impl Refusal {
             end -= 1;
         }
         conn.close(self.code.code().into(), &self.reason.as_bytes()[..end]);
+        metrics::counter!(names::SESSIONS_CLOSED, "code" => names::close_code_label(self.code))
+            .increment(1);
     }
 }
 
@@ -438,7 +510,7 @@ struct Session<G: Game> {
     root: Arc<str>,
     player: Option<PlayerId>,
     conn_id: u64,
-    send: quinn::SendStream,
+    send: Control,
     recv: quinn::RecvStream,
     frames: FrameBuffer,
     feed: MatchFeed<G>,
@@ -466,6 +538,8 @@ async fn handle_connection<G: Game, S: Store>(
     let stats = shared.stats.clone();
     stats.connections.fetch_add(1, Relaxed);
     stats.open.fetch_add(1, Relaxed);
+    metrics::counter!(names::SESSIONS_CONNECTED).increment(1);
+    metrics::gauge!(names::SESSIONS_OPEN).increment(1.0);
     let conn_id = shared.next_conn.fetch_add(1, Relaxed);
     shared.conns.insert(conn_id, conn.clone());
     let mut shutdown = Shutdown {
@@ -496,6 +570,8 @@ async fn handle_connection<G: Game, S: Store>(
     }
     shared.conns.remove(&conn_id);
     stats.open.fetch_sub(1, Relaxed);
+    metrics::gauge!(names::SESSIONS_OPEN).decrement(1.0);
+    names::connection_ended(&conn);
 }
 
 /// How a session ended.
@@ -575,7 +651,10 @@ async fn read_hello(
             Err(error) => return Err(frame_refusal(&error)),
         }
         match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
+                frames.extend(&chunk.bytes);
+            }
             Ok(None) => {
                 return Err(Refusal::new(
                     CloseCode::Malformed,
@@ -650,7 +729,7 @@ async fn admit<G: Game, S: Store>(
         Claim::Player(_) | Claim::OpenPlayer => true,
         Claim::Resume(..) | Claim::Spectator => false,
     };
-    ensure_hosted(shared, &root, may_create, hello.params.as_deref()).await?;
+    let restored = ensure_hosted(shared, &root, may_create, hello.params.as_deref()).await?;
     let hub = ensure_hub(shared, &root);
 
     // Subscribe first, then take the next published state: every event
@@ -675,7 +754,16 @@ async fn admit<G: Game, S: Store>(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut orphans = Vec::new();
+    // A match restored here, or the first resume into a match (after a
+    // restart), shows the match has network players: the others present
+    // get the grace window to come back too.
+    if restored || matches!(claim, Claim::Resume(..)) {
+        let claimant = match claim {
+            Claim::Player(player) | Claim::Resume(player, _) => Some(player),
+            Claim::OpenPlayer | Claim::Spectator => None,
+        };
+        adopt_absent(shared, &root, &hub, &present, claimant);
+    }
     let admitted = {
         let mut slots = shared.slots();
         match claim {
@@ -691,16 +779,6 @@ async fn admit<G: Game, S: Store>(
                 Some((player, slots.admit_ticket(&root, player, conn_id, now_ms)))
             }
             Claim::Resume(player, epoch) => {
-                // The first resume into a match (after a restart) shows the
-                // match has network players: the others present get the
-                // grace window to come back too.
-                if !hub.adopted.swap(true, Relaxed) {
-                    for other in present.iter().copied().filter(|p| *p != player) {
-                        if let Some(generation) = slots.adopt(&root, other) {
-                            orphans.push((other, generation));
-                        }
-                    }
-                }
                 let admitted = slots
                     .admit_resume(&root, player, epoch, conn_id, present.contains(&player))
                     .map_err(|refusal| {
@@ -716,13 +794,11 @@ async fn admit<G: Game, S: Store>(
                             format!("resume refused for {player}: {why}"),
                         )
                     })?;
+                metrics::counter!(names::SESSIONS_RESUMED).increment(1);
                 Some((player, admitted))
             }
         }
     };
-    for (orphan, generation) in orphans {
-        arm_grace(shared, root.clone(), orphan, generation);
-    }
     let mut resume_token = None;
     let mut player = None;
     if let Some((id, admitted)) = admitted {
@@ -758,7 +834,11 @@ async fn admit<G: Game, S: Store>(
         player,
         conn_id,
         send: {
-            let mut send = send;
+            let mut send = Control {
+                stream: send,
+                conn: conn.clone(),
+                timeout: shared.config.write_timeout,
+            };
             let welcome = ServerMsg::<G::Event>::Welcome(Welcome {
                 match_id: hello.match_id.clone(),
                 player,
@@ -785,20 +865,21 @@ async fn admit<G: Game, S: Store>(
 }
 
 /// Hosts match `root` if it is not: restored from the store, or created
-/// when `may_create` and the store does not know it.
+/// when `may_create` and the store does not know it. Returns whether it
+/// was restored here.
 async fn ensure_hosted<G: Game, S: Store>(
     shared: &Shared<G, S>,
     root: &str,
     may_create: bool,
     params: Option<&[u8]>,
-) -> Result<(), Refusal> {
+) -> Result<bool, Refusal> {
     let engine = &shared.engine;
     if engine.is_hosted(root) {
-        return Ok(());
+        return Ok(false);
     }
     let _guard = shared.hosting.lock().await;
     if engine.is_hosted(root) {
-        return Ok(());
+        return Ok(false);
     }
     let internal = |e: EngineError| {
         tracing::error!(r#match = %root, error = %e, "cannot host match");
@@ -836,7 +917,7 @@ async fn ensure_hosted<G: Game, S: Store>(
         Some(_) => {
             let replayed = engine.restore_match(root).await.map_err(internal)?;
             tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
-            Ok(())
+            Ok(true)
         }
         None if may_create => {
             let params = match params {
@@ -858,7 +939,7 @@ async fn ensure_hosted<G: Game, S: Store>(
                     other => internal(other),
                 })?;
             tracing::info!(r#match = %root, "match created on demand");
-            Ok(())
+            Ok(false)
         }
         None => Err(Refusal::new(
             CloseCode::UnknownMatch,
@@ -869,7 +950,81 @@ async fn ensure_hosted<G: Game, S: Store>(
 
 /// The hub of match `root`.
 fn ensure_hub<G: Game, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub> {
-    shared.hubs.entry(root.clone()).or_default().clone()
+    match shared.hubs.entry(root.clone()) {
+        dashmap::mapref::entry::Entry::Occupied(hub) => hub.get().clone(),
+        dashmap::mapref::entry::Entry::Vacant(vacant) => {
+            shared.stats.matches_tracked.fetch_add(1, Relaxed);
+            vacant.insert(Arc::default()).clone()
+        }
+    }
+}
+
+/// Forgets the hub and the slots of a match that ended.
+fn forget_match<G: Game, S: Store>(shared: &Shared<G, S>, root: &str) {
+    shared.slots().remove_match(root);
+    if shared.hubs.remove(root).is_some() {
+        shared.stats.matches_tracked.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Forgets, every [`SWEEP_EVERY`], the hubs and slots of matches the
+/// engine no longer hosts (they ended, with or without anyone connected;
+/// an ended match is never hosted again). Stops at shutdown, so slots
+/// survive it.
+async fn forget_ended_matches<G: Game, S: Store>(shared: Arc<Shared<G, S>>) {
+    let mut shutdown = Shutdown {
+        rx: shared.shutdown.clone(),
+    };
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let gone: Vec<Arc<str>> = shared
+            .hubs
+            .iter()
+            .filter(|hub| !shared.engine.is_hosted(hub.key()))
+            .map(|hub| hub.key().clone())
+            .collect();
+        for root in gone {
+            tracing::debug!(r#match = %root, "match left the engine; its slots are forgotten");
+            forget_match(&shared, &root);
+        }
+    }
+}
+
+/// The first time for `hub`: every player in `present` with no slot
+/// (other than `except`, who is being admitted) gets a grace window to
+/// resume. For matches restored from the store, whose players were
+/// connected to an earlier process.
+fn adopt_absent<G: Game, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    root: &Arc<str>,
+    hub: &Hub,
+    present: &[PlayerId],
+    except: Option<PlayerId>,
+) {
+    if hub.adopted.swap(true, Relaxed) {
+        return;
+    }
+    let orphans: Vec<(PlayerId, u64)> = {
+        let mut slots = shared.slots();
+        present
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != except)
+            .filter_map(|p| slots.adopt(root, p).map(|generation| (p, generation)))
+            .collect()
+    };
+    if !orphans.is_empty() {
+        tracing::info!(r#match = %root, players = orphans.len(), grace = ?shared.config.grace,
+            "restored match: its players have the grace window to resume");
+    }
+    for (orphan, generation) in orphans {
+        arm_grace(shared, root.clone(), orphan, generation);
+    }
 }
 
 async fn next_update<G: Game>(
@@ -933,18 +1088,47 @@ async fn join<G: Game, S: Store>(
     }
 }
 
+/// The sending half of a connection's control stream.
+struct Control {
+    stream: quinn::SendStream,
+    conn: quinn::Connection,
+    /// How long one write may wait for the client to make room.
+    timeout: Duration,
+}
+
+/// Writes one frame on the control stream. A client that leaves no room
+/// for it within the write timeout is closed with [`CloseCode::SlowReader`].
 async fn write_frame<E: serde::Serialize>(
-    send: &mut quinn::SendStream,
+    send: &mut Control,
     msg: &ServerMsg<E>,
     stats: &NetStats,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), Lost> {
     // Server messages are not limited by the client's frame limit; only by the codec's.
     let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
         tracing::error!("a server message could not be encoded");
         return Ok(());
     };
     stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
-    send.write_all(&frame).await
+    metrics::counter!(names::BYTES_SENT, "channel" => "stream").increment(frame.len() as u64);
+    match tokio::time::timeout(send.timeout, send.stream.write_all(&frame)).await {
+        Ok(written) => written.map_err(|_| Lost),
+        Err(_) => {
+            close_slow_reader(&send.conn, stats, send.timeout, "a control frame");
+            Err(Lost)
+        }
+    }
+}
+
+/// Closes a client that left no room for a reliable write (`what`) within
+/// `waited`: it stopped reading.
+fn close_slow_reader(conn: &quinn::Connection, stats: &NetStats, waited: Duration, what: &str) {
+    stats.closed_slow_reader.fetch_add(1, Relaxed);
+    tracing::info!(remote = %conn.remote_address(), ?waited, what, "client stopped reading; closing");
+    Refusal::new(
+        CloseCode::SlowReader,
+        format!("{what} waited {waited:?} for the client to read; resume when reading again"),
+    )
+    .close(conn);
 }
 
 /// Which reliable events a client has been sent.
@@ -992,6 +1176,8 @@ struct StateStream {
     sent: VecDeque<(Tick, Arc<[u8]>)>,
     acked: Arc<AtomicU64>,
     loss: Option<(u16, u64)>,
+    /// How long a state on its own stream may wait for the client.
+    write_timeout: Duration,
 }
 
 const NO_ACK: u64 = u64::MAX;
@@ -1141,6 +1327,7 @@ async fn run_session<G: Game, S: Store>(
     let game = shared.engine.game();
     let reply_capacity = (config.commands_per_second as usize).saturating_mul(2) + 64;
     let (reply_tx, mut reply_rx) = mpsc::channel::<CommandReply>(reply_capacity);
+    let unanswered = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicU64::new(NO_ACK));
 
     let inbound = tokio::spawn(read_inbound(
@@ -1151,7 +1338,11 @@ async fn run_session<G: Game, S: Store>(
         Inbound {
             root: root.clone(),
             player,
-            reply_tx,
+            replies: ReplyBudget {
+                tx: reply_tx,
+                capacity: reply_capacity,
+                unanswered: unanswered.clone(),
+            },
             acked: acked.clone(),
         },
     ));
@@ -1168,6 +1359,7 @@ async fn run_session<G: Game, S: Store>(
                 (l.seed ^ conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
             )
         }),
+        write_timeout: config.write_timeout,
     };
     let mut cursor = EventCursor::new(events_from);
     let viewer = player.map_or(Viewer::Spectator, Viewer::Player);
@@ -1211,6 +1403,7 @@ async fn run_session<G: Game, S: Store>(
             }
             _ = conn.closed() => return Ended::Dropped,
             Some(reply) = reply_rx.recv() => {
+                unanswered.fetch_sub(1, Relaxed);
                 let status = match reply.outcome {
                     CommandOutcome::Accepted { tick, first_sequence, events } => {
                         CommandStatus::Accepted { tick, first_sequence, events }
@@ -1287,7 +1480,7 @@ impl Drop for AbortOnDrop {
 async fn finish_match<G: Game, S: Store>(
     shared: &Shared<G, S>,
     conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
+    send: &mut Control,
     states: &mut StateStream,
     hub: &Hub,
     view: (&Arc<str>, Viewer),
@@ -1300,7 +1493,7 @@ async fn finish_match<G: Game, S: Store>(
     {
         // The final state goes reliably, whole.
         let (msg, _) = state_message::<G::Event>(update.tick, true, &encoded, None);
-        let _ = send_on_stream(conn, &msg, stats).await;
+        let _ = send_on_stream(conn, &msg, stats, states.write_timeout).await;
         states.record_sent(update.tick, encoded);
     }
     let (last, refusal) = match &update.failure {
@@ -1318,9 +1511,8 @@ async fn finish_match<G: Game, S: Store>(
         ),
     };
     let _ = write_frame(send, &last, stats).await;
-    let _ = send.finish();
-    shared.slots().remove_match(root);
-    shared.hubs.remove(root);
+    let _ = send.stream.finish();
+    forget_match(shared, root);
     // Let the client read everything and close; then close anyway.
     let _ = tokio::time::timeout(LINGER, conn.closed()).await;
     refusal.close(conn);
@@ -1331,10 +1523,10 @@ async fn replay_missed<G: Game, S: Store>(
     shared: &Shared<G, S>,
     root: &str,
     viewer: Viewer,
-    send: &mut quinn::SendStream,
+    send: &mut Control,
     cursor: &mut EventCursor,
     until: u64,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), Lost> {
     let engine = &shared.engine;
     let Ok(key) = engine.key(root) else {
         return Ok(());
@@ -1370,7 +1562,7 @@ async fn replay_missed<G: Game, S: Store>(
     Ok(())
 }
 
-/// The connection is gone.
+/// The connection is gone (or was just closed for not reading).
 #[derive(Debug)]
 struct Lost;
 
@@ -1425,6 +1617,8 @@ async fn send_state<G: Game, S: Store>(
         match conn.send_datagram(bytes.clone()) {
             Ok(()) => {
                 stats.bytes_out.fetch_add(len, Relaxed);
+                metrics::counter!(names::BYTES_SENT, "channel" => "datagram").increment(len);
+                metrics::counter!(names::DATAGRAMS_SENT).increment(1);
                 return Ok(());
             }
             Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Lost),
@@ -1432,47 +1626,82 @@ async fn send_state<G: Game, S: Store>(
         }
     }
     stats.stream_states.fetch_add(1, Relaxed);
-    send_frame_on_stream(conn, protocol::frame_datagram(&bytes), stats).await
+    send_frame_on_stream(
+        conn,
+        protocol::frame_datagram(&bytes),
+        stats,
+        states.write_timeout,
+    )
+    .await
 }
 
 /// Sends one message on a fresh unidirectional stream (for states too big
-/// for a datagram, and the final state).
+/// for a datagram, and the final state). A client that takes neither the
+/// stream nor its bytes within `timeout` is closed with
+/// [`CloseCode::SlowReader`].
 async fn send_on_stream<E: serde::Serialize>(
     conn: &quinn::Connection,
     msg: &ServerMsg<E>,
     stats: &NetStats,
+    timeout: Duration,
 ) -> Result<(), Lost> {
     let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
         return Ok(());
     };
-    send_frame_on_stream(conn, frame, stats).await
+    send_frame_on_stream(conn, frame, stats, timeout).await
 }
 
-/// Sends one encoded frame on a fresh unidirectional stream.
+/// Sends one encoded frame on a fresh unidirectional stream; a client that
+/// does not take it within `timeout` is closed as a slow reader.
 async fn send_frame_on_stream(
     conn: &quinn::Connection,
     frame: Vec<u8>,
     stats: &NetStats,
+    timeout: Duration,
 ) -> Result<(), Lost> {
     let write = async {
         let mut stream = conn.open_uni().await.map_err(|_| Lost)?;
         stream.write_all(&frame).await.map_err(|_| Lost)?;
         stream.finish().map_err(|_| Lost)?;
         stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+        metrics::counter!(names::BYTES_SENT, "channel" => "stream").increment(frame.len() as u64);
         Ok(())
     };
-    // A client that does not take the stream loses this state, not the connection.
-    tokio::time::timeout(Duration::from_secs(2), write)
-        .await
-        .unwrap_or(Ok(()))
+    match tokio::time::timeout(timeout, write).await {
+        Ok(sent) => sent,
+        Err(_) => {
+            close_slow_reader(conn, stats, timeout, "a state stream");
+            Err(Lost)
+        }
+    }
 }
 
 /// What the inbound half needs.
 struct Inbound {
     root: Arc<str>,
     player: Option<PlayerId>,
-    reply_tx: mpsc::Sender<CommandReply>,
+    replies: ReplyBudget,
     acked: Arc<AtomicU64>,
+}
+
+/// A connection's reply queue, and how many of its commands are not
+/// answered yet (the reply not produced, or not taken out of the queue).
+/// While that count stays within the queue's capacity no reply can find
+/// the queue full, so none is ever dropped: a client about to exceed it
+/// is closed instead.
+struct ReplyBudget {
+    tx: mpsc::Sender<CommandReply>,
+    capacity: usize,
+    /// Raised per command by the inbound half, lowered per reply taken by
+    /// the session loop.
+    unanswered: Arc<AtomicUsize>,
+}
+
+impl ReplyBudget {
+    /// Counts one more command to answer; false when the queue could overflow.
+    fn take(&self) -> bool {
+        self.unanswered.fetch_add(1, Relaxed) < self.capacity
+    }
 }
 
 /// Reads the control stream: commands to the engine, acks to the state
@@ -1532,19 +1761,32 @@ async fn read_inbound<G: Game, S: Store>(
                             format!("more than {per_second} commands per second"),
                         ));
                     }
+                    if !ctx.replies.take() {
+                        shared.stats.closed_reply_queue_full.fetch_add(1, Relaxed);
+                        let capacity = ctx.replies.capacity;
+                        tracing::info!(r#match = %ctx.root, player = ?ctx.player, capacity,
+                            "client does not read its command results; closing");
+                        return Refusal::new(
+                            CloseCode::ReplyQueueFull,
+                            format!("{capacity} command results unread; resume when reading again"),
+                        )
+                        .close(&conn);
+                    }
                     let refused = |reason: String| CommandReply {
                         root: ctx.root.clone(),
                         client_seq,
                         outcome: CommandOutcome::Rejected(crate::game::Rejection::new(reason)),
                     };
                     let Some(player) = ctx.player else {
+                        // Within the budget: the queue has room.
                         let _ = ctx
-                            .reply_tx
+                            .replies
+                            .tx
                             .try_send(refused("spectators cannot send commands".into()));
                         continue;
                     };
                     let reply = ReplyTo {
-                        tx: ctx.reply_tx.clone(),
+                        tx: ctx.replies.tx.clone(),
                         client_seq,
                     };
                     if let Err(error) =
@@ -1552,13 +1794,16 @@ async fn read_inbound<G: Game, S: Store>(
                             .engine
                             .submit(&ctx.root, player, command, Some(reply))
                     {
-                        let _ = ctx.reply_tx.try_send(refused(error.to_string()));
+                        let _ = ctx.replies.tx.try_send(refused(error.to_string()));
                     }
                 }
             }
         }
         match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
+                frames.extend(&chunk.bytes);
+            }
             // The client finished or reset its control stream: nothing more will come.
             Ok(None) | Err(_) => return,
         }
@@ -1592,6 +1837,7 @@ mod tests {
             sent: VecDeque::new(),
             acked: acked.clone(),
             loss: None,
+            write_timeout: Duration::from_secs(2),
         };
         let state: Arc<[u8]> = vec![7u8; 500].into();
         let (msg, delta) = states.message::<()>(1, false, state.clone());
@@ -1623,6 +1869,7 @@ mod tests {
             sent: VecDeque::new(),
             acked: Arc::new(AtomicU64::new(NO_ACK)),
             loss: Some((50, 12345)),
+            write_timeout: Duration::from_secs(2),
         };
         let dropped = (0..10_000).filter(|_| states.drop_for_test()).count();
         assert!((350..650).contains(&dropped), "{dropped}");

@@ -4,7 +4,10 @@
 //! [`Server::builder`] takes the game; [`ServerBuilder::start`] opens the
 //! store the configuration names, starts the engine's shards, restores
 //! every live match of the game's domain and edition, and binds the QUIC
-//! endpoint. [`Server::run`] then serves until SIGTERM or SIGINT and
+//! endpoint; the admin HTTP listener (`[admin] listen`: metrics,
+//! `/healthz`, `/readyz`, see [`crate::admin`]) is up before the restore,
+//! so readiness says "not restored" until it is done, and says "draining"
+//! during a drain. [`Server::run`] then serves until SIGTERM or SIGINT and
 //! drains: it stops admitting, tells connected clients to reconnect with
 //! their resume tokens ([`CloseCode::ServerShutdown`](crate::net::CloseCode)),
 //! finishes the current tick, snapshots every live match and flushes every
@@ -41,7 +44,9 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::admin::{AdminError, Health};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, EngineStats};
 use crate::game::Game;
@@ -70,6 +75,9 @@ pub enum ServerError {
     /// The QUIC endpoint could not be bound.
     #[error("starting the QUIC server: {0}")]
     Net(#[from] NetError),
+    /// The admin HTTP listener could not start.
+    #[error("starting the admin HTTP listener: {0}")]
+    Admin(#[from] AdminError),
     /// The signal handlers could not be installed.
     #[error("listening for signals: {0}")]
     Signals(std::io::Error),
@@ -115,6 +123,7 @@ pub struct DrainReport {
 pub struct ServerBuilder<G: Game> {
     game: G,
     config: Option<Config>,
+    adopt_restored: bool,
 }
 
 impl<G: Game> ServerBuilder<G> {
@@ -122,6 +131,15 @@ impl<G: Game> ServerBuilder<G> {
     /// as [`Config::load`] with no file gives).
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Whether the players of the matches restored at start get the grace
+    /// window to resume (their players were network clients of the node
+    /// before; default). Turn it off when something else plays them (the
+    /// arena's `serve --bots`).
+    pub fn adopt_restored_players(mut self, adopt: bool) -> Self {
+        self.adopt_restored = adopt;
         self
     }
 
@@ -133,6 +151,9 @@ impl<G: Game> ServerBuilder<G> {
             Some(config) => config,
             None => Config::load(None)?,
         };
+        // Listening first: a signal during the start drains instead of
+        // killing the process.
+        let signals = Signals::new().map_err(ServerError::Signals)?;
         let store = AnyStore::open(&config.storage).await?;
         let engine = Arc::new(Engine::start(
             self.game,
@@ -140,7 +161,10 @@ impl<G: Game> ServerBuilder<G> {
             config.engine.clone(),
             &config.edition,
         ));
+        let health = Health::new(&engine);
+        let admin = Admin::start(&config, &health).await?;
         let report = engine.restore_all().await?;
+        health.set_restored();
         let restored = report.restored;
         tracing::info!(
             domain = engine.game().domain(),
@@ -157,6 +181,9 @@ impl<G: Game> ServerBuilder<G> {
         let certificate = quic.certificate().clone();
         let secret = quic.secret().clone();
         let net_stats = quic.stats();
+        if self.adopt_restored {
+            quic.adopt_players_of(engine.hosted_matches());
+        }
         let (net_stop, stop_rx) = oneshot::channel::<()>();
         let net_task = tokio::spawn(quic.run(async {
             let _ = stop_rx.await;
@@ -172,7 +199,45 @@ impl<G: Game> ServerBuilder<G> {
             net_stop,
             net_task,
             restored,
+            health,
+            admin,
+            signals: Some(signals),
         })
+    }
+}
+
+/// The admin HTTP listener of a node, stopped when this is dropped.
+#[derive(Debug, Default)]
+struct Admin {
+    addr: Option<SocketAddr>,
+    task: Option<JoinHandle<()>>,
+    stop: Option<DropGuard>,
+}
+
+impl Admin {
+    async fn start(config: &Config, health: &Health) -> Result<Self, AdminError> {
+        let Some(listen) = config.admin.listen else {
+            return Ok(Self::default());
+        };
+        let stop = CancellationToken::new();
+        let (addr, task) =
+            crate::admin::spawn(listen, health.clone(), stop.clone().cancelled_owned()).await?;
+        tracing::info!(listen = %addr, "admin HTTP: /metrics, /healthz, /readyz");
+        Ok(Self {
+            addr: Some(addr),
+            task: Some(task),
+            stop: Some(stop.drop_guard()),
+        })
+    }
+
+    /// Stops the listener and waits for it.
+    async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the admin HTTP task failed");
+        }
     }
 }
 
@@ -187,6 +252,10 @@ pub struct Server<G: Game> {
     net_stop: oneshot::Sender<()>,
     net_task: JoinHandle<()>,
     restored: usize,
+    health: Health,
+    admin: Admin,
+    /// Installed at start; taken by `run`.
+    signals: Option<Signals>,
 }
 
 impl<G: Game> std::fmt::Debug for Server<G> {
@@ -201,7 +270,11 @@ impl<G: Game> std::fmt::Debug for Server<G> {
 impl<G: Game> Server<G> {
     /// Starts building a node for `game`.
     pub fn builder(game: G) -> ServerBuilder<G> {
-        ServerBuilder { game, config: None }
+        ServerBuilder {
+            game,
+            config: None,
+            adopt_restored: true,
+        }
     }
 
     /// The engine (create matches, submit commands, follow matches).
@@ -240,11 +313,24 @@ impl<G: Game> Server<G> {
         self.restored
     }
 
+    /// Where the admin HTTP listener is bound (`None` when `[admin] listen` is off).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.addr
+    }
+
+    /// The node's liveness and readiness, as `/healthz` and `/readyz` report them.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// Serves until SIGTERM or SIGINT, logging status every 10 s, then
     /// [`drain`](Self::drain)s; a second signal during the drain gives up
     /// waiting for the store ([`ServerError::Interrupted`]).
-    pub async fn run(self) -> Result<DrainReport, ServerError> {
-        let mut signals = Signals::new().map_err(ServerError::Signals)?;
+    pub async fn run(mut self) -> Result<DrainReport, ServerError> {
+        let mut signals = match self.signals.take() {
+            Some(signals) => signals,
+            None => Signals::new().map_err(ServerError::Signals)?,
+        };
         let mut status = tokio::time::interval(STATUS_EVERY);
         status.tick().await;
         loop {
@@ -282,8 +368,12 @@ impl<G: Game> Server<G> {
             config,
             net_stop,
             net_task,
+            health,
+            admin,
             ..
         } = self;
+        // `/readyz` says "draining" until the drain is over.
+        health.set_draining();
         let started = tokio::time::Instant::now();
         let deadline = config.server.drain;
         let matches = engine.hosted_matches().len();
@@ -295,6 +385,7 @@ impl<G: Game> Server<G> {
             engine.shutdown_reporting(DRAIN_REPORT_EVERY).await;
         })
         .await;
+        admin.stop().await;
         let stats = engine.stats();
         match drained {
             Ok(()) => {

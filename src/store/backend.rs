@@ -29,7 +29,9 @@ impl AnyStore {
     /// [`StoreError::Unavailable`] naming the file.
     pub async fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         Ok(match config {
-            StorageConfig::Memory => Self::Memory(MemoryStore::new()),
+            StorageConfig::Memory { retain_finished } => {
+                Self::Memory(MemoryStore::with_retention(*retain_finished))
+            }
             StorageConfig::Redis { urls, tls } if tls.is_empty() => {
                 Self::Redis(RedisStore::connect(urls).await?)
             }

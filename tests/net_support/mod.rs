@@ -37,6 +37,15 @@ pub struct Options {
     pub store: MemoryStore,
     pub listen: SocketAddr,
     pub tls_dir: Arc<tempfile::TempDir>,
+    pub max_connections: usize,
+    pub write_timeout: Duration,
+    pub hello_timeout: Duration,
+    /// Restore every live match of the store before the server starts
+    /// (else a match is restored when a client asks for it).
+    pub restore_on_start: bool,
+    /// Give the players of the matches restored on start the grace window
+    /// (`Server::adopt_players_of`).
+    pub adopt_restored: bool,
 }
 
 impl Default for Options {
@@ -51,6 +60,11 @@ impl Default for Options {
             store: MemoryStore::new(),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: Arc::new(tempfile::tempdir().unwrap()),
+            max_connections: 10_000,
+            write_timeout: Duration::from_secs(2),
+            hello_timeout: NetConfig::default().hello_timeout,
+            restore_on_start: true,
+            adopt_restored: false,
         }
     }
 }
@@ -81,7 +95,9 @@ pub async fn start(options: Options) -> TestServer {
         settings,
         "main",
     ));
-    let _ = engine.restore_all().await.unwrap();
+    if options.restore_on_start {
+        let _ = engine.restore_all().await.unwrap();
+    }
     let config = NetConfig {
         listen: options.listen,
         tls: TlsSource::Dev {
@@ -93,6 +109,9 @@ pub async fn start(options: Options) -> TestServer {
         open_mode: options.open_mode,
         commands_per_second: options.commands_per_second,
         datagram_loss: options.loss,
+        max_connections: options.max_connections,
+        write_timeout: options.write_timeout,
+        hello_timeout: options.hello_timeout,
         ..NetConfig::default()
     };
     // A restarted server binds the port its predecessor just released.
@@ -108,6 +127,9 @@ pub async fn start(options: Options) -> TestServer {
             Err(e) => panic!("cannot bind: {e}"),
         }
     };
+    if options.adopt_restored {
+        server.adopt_players_of(engine.hosted_matches());
+    }
     let addr = server.local_addr();
     let stats = server.stats();
     let client = Client::new(ClientConfig::new(addr, vec![server.certificate().clone()])).unwrap();
