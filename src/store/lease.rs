@@ -138,7 +138,8 @@ pub trait NodeDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<NodeInfo>, StoreError>> + Send;
 
     /// Removes `node_id` from the directory (a clean shutdown). Returns
-    /// whether it was listed.
+    /// whether it was registered (an expired registration not yet pruned
+    /// counts).
     fn deregister(
         &self,
         domain: &str,

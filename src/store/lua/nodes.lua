@@ -1,6 +1,7 @@
 -- nodes.lua: the node directory of a domain and edition, on Redis's own
 -- clock: a heartbeat registers a node until its expiry; listing never
--- returns a node whose heartbeat expired (and removes those it finds).
+-- returns a node whose heartbeat expired (and removes those it finds, as
+-- well as entries it cannot read).
 --
 -- KEYS[1]: nodes:{d:e}, a hash: field = node id, value =
 --          '<expires ms>\t<description>' (server time in ms; the
