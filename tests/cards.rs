@@ -456,6 +456,8 @@ async fn store_match(
         first_sequence: 0,
         events,
         head_tick,
+        epoch: None,
+        renew_lease: None,
     };
     for result in store.append(&[batch]).await.unwrap() {
         result.unwrap();

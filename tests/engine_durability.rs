@@ -74,6 +74,8 @@ impl FlakyStore {
                 first_sequence: 0,
                 head_tick: events.last().map_or(0, |e| e.tick),
                 events,
+                epoch: None,
+                renew_lease: None,
             };
             fresh
                 .append(&[batch])
@@ -159,21 +161,29 @@ impl EventStore for FlakyStore {
         self.inner().live_matches(domain, edition).await
     }
 
-    async fn trim(
+    async fn trim_fenced(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+        epoch: Option<u64>,
     ) -> Result<Trimmed, StoreError> {
         self.check()?;
-        self.inner().trim(key, below, keep_for).await
+        self.inner().trim_fenced(key, below, keep_for, epoch).await
     }
 }
 
 impl SnapshotStore for FlakyStore {
-    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+    async fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
+    ) -> Result<bool, StoreError> {
         self.check()?;
-        self.inner().save_snapshot(key, snapshot).await
+        self.inner()
+            .save_fenced_snapshot(key, snapshot, epoch)
+            .await
     }
 
     async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {

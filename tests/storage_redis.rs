@@ -88,6 +88,12 @@ suite!(
     large_batch_is_stored_whole,
     trim_stops_at_the_snapshot,
     trim_waits_for_handlers,
+    leases_claim_renew_expire_reclaim,
+    stale_writer_is_fenced,
+    transfer_fences_the_old_owner,
+    stale_snapshot_and_trim_are_refused,
+    expired_nodes_are_not_listed,
+    append_renews_the_lease,
 );
 
 /// Appends split over many small script calls keep every rule, and the

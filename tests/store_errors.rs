@@ -533,6 +533,8 @@ async fn one_url_of_a_cluster_node_connects_in_cluster_mode() {
             first_sequence: 0,
             events: Vec::new(),
             head_tick: 5,
+            epoch: None,
+            renew_lease: None,
         })
         .collect();
     let results = store.append(&batches).await.expect("append");

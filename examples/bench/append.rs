@@ -22,7 +22,7 @@ use tickforge::codec;
 use tickforge::engine::EventEnvelope;
 use tickforge::game::PlayerId;
 use tickforge::store::{
-    AppendBatch, EventStore, MatchKey, RecordedEvent, RedisOptions, RedisStore,
+    AppendBatch, EventStore, LeaseStore, MatchKey, RecordedEvent, RedisOptions, RedisStore,
 };
 
 use crate::redis_server::RedisTarget;
@@ -50,6 +50,9 @@ pub struct AppendConfig {
     /// Whether `append.lua` publishes each batch for followers (the
     /// store's default; off shows what publishing costs).
     pub publish: bool,
+    /// Whether every batch carries its match's lease epoch (each match is
+    /// claimed first), as a node of a fleet writes: shows what fencing costs.
+    pub fenced: bool,
 }
 
 /// Figures of one client at one events-per-tick value.
@@ -193,9 +196,14 @@ pub async fn run(
 
     let mut table = Table::new(
         format!(
-            "append: {} matches per call, one call per tick{} (events/s; call latency in ms)",
+            "append: {} matches per call, one call per tick{}{} (events/s; call latency in ms)",
             config.matches,
-            if config.publish { "" } else { ", publish off" }
+            if config.publish { "" } else { ", publish off" },
+            if config.fenced {
+                ", every batch fenced by its lease epoch"
+            } else {
+                ""
+            }
         ),
         &[
             "events/tick",
@@ -288,6 +296,25 @@ async fn run_size(
             result.context("creating a benchmark match")?;
         }
     }
+    // Fenced: every match is claimed once (a fresh match's first epoch, 1)
+    // and every batch carries that epoch.
+    let epoch = if config.fenced {
+        let ttl = Duration::from_secs(3600);
+        for chunk in store_keys.chunks(250).chain(raw_keys.chunks(250)) {
+            for lease in join_all(chunk.iter().map(|key| store.claim(key, "bench", ttl))).await {
+                let lease = lease.context("claiming a benchmark match")?;
+                if lease.epoch != 1 {
+                    bail!(
+                        "a fresh benchmark match was claimed at epoch {}",
+                        lease.epoch
+                    );
+                }
+            }
+        }
+        Some(1)
+    } else {
+        None
+    };
 
     let mut tallies = [
         Tally::new("RedisStore"),
@@ -325,7 +352,7 @@ async fn run_size(
                 1 => (&raw_keys, 1),
                 _ => (&zadd_keys, 2),
             };
-            let batches = batches(keys, &events, round, k);
+            let batches = batches(keys, &events, round, k, epoch);
             let cpu_before = redis.cpu_seconds();
             let took = match client {
                 0 => {
@@ -437,6 +464,7 @@ pub fn batches(
     events: &[RecordedEvent],
     round: u64,
     k: usize,
+    epoch: Option<u64>,
 ) -> Vec<AppendBatch> {
     keys.iter()
         .map(|key| AppendBatch {
@@ -444,6 +472,8 @@ pub fn batches(
             first_sequence: round * k as u64,
             events: events.to_vec(),
             head_tick: round + 1,
+            epoch,
+            renew_lease: None,
         })
         .collect()
 }
@@ -478,20 +508,35 @@ async fn raw_evalsha(
             end += 1;
         }
         let call = &batches[start..end];
-        let argv: usize = call.iter().map(|b| 3 + b.events.len()).sum();
-        p.command(3 + 2 * call.len() + 1 + argv);
+        // The same layout as RedisStore: a fenced call adds owner:{m}, the
+        // epoch and the (empty) lease renewal to each batch.
+        let fenced = call.iter().any(|b| b.epoch.is_some());
+        let (stride, header) = if fenced { (3, 5) } else { (2, 3) };
+        let argv: usize = call.iter().map(|b| header + b.events.len()).sum();
+        p.command(3 + stride * call.len() + 2 + argv);
         p.arg(b"EVALSHA");
         p.arg(sha.as_bytes());
-        p.int(2 * call.len() as u64);
+        p.int((stride * call.len()) as u64);
         for batch in call {
             p.arg(batch.key.meta_key().as_bytes());
             p.arg(batch.key.events_key().as_bytes());
+            if fenced {
+                p.arg(batch.key.owner_key().as_bytes());
+            }
         }
         p.arg(publish);
+        p.arg(if fenced { b"fenced" } else { b"" });
         for batch in call {
             p.int(batch.first_sequence);
             p.int(batch.next_sequence());
             p.int(batch.head_tick);
+            if fenced {
+                match batch.epoch {
+                    Some(epoch) => p.int(epoch),
+                    None => p.arg(b""),
+                }
+                p.arg(b""); // no lease renewal
+            }
             for event in &batch.events {
                 p.arg(&event.payload);
             }

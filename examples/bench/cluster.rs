@@ -381,7 +381,7 @@ async fn writer(
     let mut round = 0u64;
     while !shared.stop.load(Relaxed) {
         let events = round_events(round, k)?;
-        let batches = batches(&keys, &events, round, k);
+        let batches = batches(&keys, &events, round, k, None);
         let call = Instant::now();
         let results = store.append(&batches).await.context("RedisStore::append")?;
         let took = call.elapsed();

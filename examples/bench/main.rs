@@ -97,6 +97,9 @@ struct Args {
     /// append: let append.lua publish each batch for followers (RedisStore's default).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     append_publish: bool,
+    /// append: claim each match's lease and fence every batch with its epoch.
+    #[arg(long)]
+    append_fenced: bool,
 
     /// engine: players per match.
     #[arg(long, default_value_t = 8)]
@@ -278,6 +281,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                         max_events: if quick { 200_000 } else { 1_500_000 },
                         min_rounds: if quick { 3 } else { 10 },
                         publish: args.append_publish,
+                        fenced: args.append_fenced,
                     };
                     append::run(&config, redis, &edition).await
                 }

@@ -479,6 +479,8 @@ impl<G: Game, T> MatchCore<G, T> {
             first_sequence: self.outbox_start,
             events,
             head_tick: self.tick,
+            epoch: None,
+            renew_lease: None,
         };
         self.outbox_start = self.next_sequence;
         self.batched_tick = self.tick;

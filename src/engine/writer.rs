@@ -330,6 +330,8 @@ async fn repair<S: Store>(
         first_sequence: stored_head,
         events,
         head_tick: batch.head_tick,
+        epoch: batch.epoch,
+        renew_lease: batch.renew_lease,
     };
     let result = append_each(store, std::slice::from_ref(&repaired), stats)
         .await

@@ -4,9 +4,12 @@
 //! the backend from a config file use [`AnyStore`], which forwards every
 //! call to the memory or Redis store it holds.
 
+use std::time::Duration;
+
 use super::{
-    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent,
-    RedisOptions, RedisStore, RedisTls, Snapshot, SnapshotStore, StoreError, Trimmed,
+    AppendBatch, EventStore, Head, Lease, LeaseStore, MatchKey, MemoryStore, NodeDirectory,
+    NodeInfo, PositionStore, RecordedEvent, RedisOptions, RedisStore, RedisTls, Snapshot,
+    SnapshotStore, StoreError, Trimmed,
 };
 use crate::config::StorageConfig;
 
@@ -110,19 +113,25 @@ impl EventStore for AnyStore {
         forward!(self, s => s.live_matches(domain, edition))
     }
 
-    async fn trim(
+    async fn trim_fenced(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+        epoch: Option<u64>,
     ) -> Result<Trimmed, StoreError> {
-        forward!(self, s => s.trim(key, below, keep_for))
+        forward!(self, s => s.trim_fenced(key, below, keep_for, epoch))
     }
 }
 
 impl SnapshotStore for AnyStore {
-    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
-        forward!(self, s => s.save_snapshot(key, snapshot))
+    async fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.save_fenced_snapshot(key, snapshot, epoch))
     }
 
     async fn load_snapshot(&self, key: &MatchKey) -> Result<Option<Snapshot>, StoreError> {
@@ -142,5 +151,63 @@ impl PositionStore for AnyStore {
         to: u64,
     ) -> Result<u64, StoreError> {
         forward!(self, s => s.advance_position(handler, key, to))
+    }
+}
+
+impl LeaseStore for AnyStore {
+    async fn claim(&self, key: &MatchKey, node: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        forward!(self, s => s.claim(key, node, ttl))
+    }
+
+    async fn renew(
+        &self,
+        key: &MatchKey,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        forward!(self, s => s.renew(key, lease, ttl))
+    }
+
+    async fn release(&self, key: &MatchKey, lease: &Lease) -> Result<(), StoreError> {
+        forward!(self, s => s.release(key, lease))
+    }
+
+    async fn transfer(
+        &self,
+        key: &MatchKey,
+        lease: &Lease,
+        to: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        forward!(self, s => s.transfer(key, lease, to, ttl))
+    }
+
+    async fn lease(&self, key: &MatchKey) -> Result<Option<Lease>, StoreError> {
+        forward!(self, s => s.lease(key))
+    }
+}
+
+impl NodeDirectory for AnyStore {
+    async fn register(
+        &self,
+        domain: &str,
+        edition: &str,
+        node: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        forward!(self, s => s.register(domain, edition, node, ttl))
+    }
+
+    async fn nodes(&self, domain: &str, edition: &str) -> Result<Vec<NodeInfo>, StoreError> {
+        forward!(self, s => s.nodes(domain, edition))
+    }
+
+    async fn deregister(
+        &self,
+        domain: &str,
+        edition: &str,
+        node_id: &str,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.deregister(domain, edition, node_id))
     }
 }

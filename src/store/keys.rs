@@ -9,7 +9,9 @@
 //! | `snapshots:{d:e:r}` | hash | `sequence` (events folded in), `tick`, `state` |
 //! | `positions:<handler>:{d:e:r}` | string | the handler's next sequence to process |
 //! | `meta:{d:e:r}` | hash | `head` (next sequence), `tick` (head tick), `status` |
+//! | `owner:{d:e:r}` | hash | the match's lease: `node` (empty when released), `epoch` (only grows), `expires` (Redis server time, ms) |
 //! | `matches:{d:e}` | set | roots of the matches of a domain and edition |
+//! | `nodes:{d:e}` | hash | the node directory: node id → `<expires ms>\t<capacity>\t<load>\t<quic_addr>` |
 //!
 //! `d` is the domain (the game), `e` the edition (a timeline, default
 //! `main`) and `r` the root (the match id).
@@ -28,7 +30,8 @@ pub const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {part} {value:?}: {reason}")]
 pub struct KeyError {
-    /// Which part: "domain", "edition", "root" or "handler".
+    /// Which part: "domain", "edition", "root", "handler", "node" or
+    /// "quic_addr".
     pub part: &'static str,
     /// The refused value.
     pub value: String,
@@ -116,6 +119,12 @@ impl MatchKey {
         format!("meta:{}", self.hash_tag())
     }
 
+    /// The hash holding the match's lease (node, epoch, expiry): in the
+    /// match's slot, so the scripts writing the match can check it.
+    pub fn owner_key(&self) -> String {
+        format!("owner:{}", self.hash_tag())
+    }
+
     /// The string holding `handler`'s position in this match's log.
     pub fn position_key(&self, handler: &str) -> Result<String, KeyError> {
         check_name("handler", handler)?;
@@ -131,6 +140,13 @@ impl MatchKey {
 /// The set listing the matches of a domain and edition.
 pub fn index_key(domain: &str, edition: &str) -> String {
     format!("matches:{{{domain}:{edition}}}")
+}
+
+/// The hash listing the live nodes of a domain and edition (checked).
+pub fn nodes_key(domain: &str, edition: &str) -> Result<String, KeyError> {
+    check_name("domain", domain)?;
+    check_name("edition", edition)?;
+    Ok(format!("nodes:{{{domain}:{edition}}}"))
 }
 
 impl fmt::Display for MatchKey {
@@ -149,10 +165,17 @@ mod tests {
         assert_eq!(key.events_key(), "events:{arena:main:m42}");
         assert_eq!(key.snapshot_key(), "snapshots:{arena:main:m42}");
         assert_eq!(key.meta_key(), "meta:{arena:main:m42}");
+        assert_eq!(key.owner_key(), "owner:{arena:main:m42}");
         assert_eq!(
             key.position_key("leaderboard").unwrap(),
             "positions:leaderboard:{arena:main:m42}"
         );
+    }
+
+    #[test]
+    fn the_node_directory_is_per_domain_and_edition() {
+        assert_eq!(nodes_key("arena", "main").unwrap(), "nodes:{arena:main}");
+        assert_eq!(nodes_key("arena", "a b").unwrap_err().part, "edition");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! behaviour the Redis store is tested against.
 //!
 //! It keeps every rule of the [`super`] traits (gap-free heads, idempotent
-//! retries, snapshot compare-and-set, forward-only positions) but nothing
+//! retries, snapshot compare-and-set, forward-only positions, leases with
+//! fencing and the node directory, on a monotonic clock) but nothing
 //! survives the process.
 //!
 //! For long runs it can free finished matches: [`MemoryStore::with_retention`]
@@ -25,6 +26,10 @@ use super::{
     AppendBatch, EventStore, Head, MatchKey, MatchStatus, PositionStore, RecordedEvent, Snapshot,
     SnapshotStore, StoreError, Trimmed,
 };
+
+mod lease;
+
+use lease::Leases;
 
 #[derive(Debug)]
 struct MatchRecord {
@@ -172,6 +177,8 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     /// How long a finished match keeps its log; `None` = for ever.
     retain_finished: Option<Duration>,
+    /// Leases and the node directory. Lock order: `inner` first.
+    leases: Arc<Mutex<Leases>>,
 }
 
 #[derive(Debug, Default)]
@@ -229,6 +236,11 @@ impl MemoryStore {
         inner
     }
 
+    fn lock_leases(&self) -> MutexGuard<'_, Leases> {
+        // Every lease mutation is a single insert: poisoning is ignored.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_match<T>(
         &self,
         key: &MatchKey,
@@ -240,6 +252,28 @@ impl MemoryStore {
             .get_mut(key)
             .ok_or_else(|| StoreError::UnknownMatch(key.to_string()))?;
         f(record)
+    }
+
+    /// [`MemoryStore::with_match`] for a write fenced by `epoch`: the
+    /// match's lease must be at that epoch, and stays there (its lock is
+    /// held) until the write is done.
+    fn with_fenced_match<T>(
+        &self,
+        key: &MatchKey,
+        epoch: Option<u64>,
+        f: impl FnOnce(&mut MatchRecord) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_match(key, |record| {
+            let _leases = match epoch {
+                Some(epoch) => {
+                    let leases = self.lock_leases();
+                    leases.check_fence(key, epoch)?;
+                    Some(leases)
+                }
+                None => None,
+            };
+            f(record)
+        })
     }
 }
 
@@ -276,14 +310,29 @@ impl EventStore for MemoryStore {
         batches: &[AppendBatch],
     ) -> Result<Vec<Result<Head, StoreError>>, StoreError> {
         let mut inner = self.lock_for_write();
+        // Held for the whole call when a batch is fenced: no lease moves
+        // between a batch's check and its write.
+        let mut leases = batches
+            .iter()
+            .any(|b| b.epoch.is_some())
+            .then(|| self.lock_leases());
         Ok(batches
             .iter()
             .map(|batch| {
                 let key = &batch.key;
-                match inner.matches.get_mut(key) {
-                    Some(record) => record.append(key, batch),
-                    None => Err(StoreError::UnknownMatch(key.to_string())),
+                let record = inner
+                    .matches
+                    .get_mut(key)
+                    .ok_or_else(|| StoreError::UnknownMatch(key.to_string()))?;
+                let Some((epoch, leases)) = batch.epoch.zip(leases.as_deref_mut()) else {
+                    return record.append(key, batch);
+                };
+                leases.check_fence(key, epoch)?;
+                let head = record.append(key, batch)?;
+                if let Some(ttl) = batch.renew_lease {
+                    leases.extend(key, ttl);
                 }
+                Ok(head)
             })
             .collect())
     }
@@ -350,22 +399,28 @@ impl EventStore for MemoryStore {
         Ok(live.into_iter().cloned().collect())
     }
 
-    async fn trim(
+    async fn trim_fenced(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+        epoch: Option<u64>,
     ) -> Result<Trimmed, StoreError> {
         for handler in keep_for {
             key.position_key(handler)?;
         }
-        self.with_match(key, |record| Ok(record.trim(below, keep_for)))
+        self.with_fenced_match(key, epoch, |record| Ok(record.trim(below, keep_for)))
     }
 }
 
 impl SnapshotStore for MemoryStore {
-    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
-        self.with_match(key, |record| {
+    async fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.with_fenced_match(key, epoch, |record| {
             let newer_stored = record
                 .snapshot
                 .as_ref()
@@ -438,6 +493,8 @@ mod tests {
             first_sequence: 0,
             events: (0..events).map(event).collect(),
             head_tick: events,
+            epoch: None,
+            renew_lease: None,
         };
         store.append(&[batch]).await.unwrap().remove(0).unwrap();
         let snapshot = Snapshot::new(2, 2, vec![1; 32], 1);

@@ -15,6 +15,30 @@
 //!   above the stored snapshot's sequence, and reading below what was
 //!   trimmed is a [`StoreError::Trimmed`], never a silent skip.
 //!
+//! Ownership for fleets of nodes ([`lease`]): a match's lease (node, epoch,
+//! expiry) is taken, renewed, released and handed over through
+//! [`LeaseStore`], on the store's clock. Every write of a match can carry
+//! the writer's epoch ([`AppendBatch::epoch`],
+//! [`SnapshotStore::save_fenced_snapshot`], [`EventStore::trim_fenced`]);
+//! the store checks it atomically with the write and refuses a stale one
+//! as [`StoreError::Fenced`], so a node that lost its lease (paused past
+//! its expiry, or handed the match over) can never write the match again.
+//! Writes without an epoch are unchecked: a single node owns every match
+//! and needs no lease. Live nodes find each other in the [`NodeDirectory`].
+//! Design notes:
+//! - the lease lives in the match's hash tag (`owner:{d:e:r}`), so the
+//!   Lua scripts writing the match read it in the same atomic call, on
+//!   Redis Cluster too; the check costs one `HGET` per fenced batch, none
+//!   for an unfenced one;
+//! - epochs only grow: the lease record outlives expiry and release, so a
+//!   stale writer's epoch can never become valid again;
+//! - fencing compares epochs only, not expiry: a holder whose lease
+//!   expired while nobody claimed the match may still write and renew,
+//!   which is safe because nobody else can have written under another
+//!   epoch;
+//! - positions ([`PositionStore`]) are not fenced: handlers that advance
+//!   them need not own the match.
+//!
 //! Every [`StoreError`] has a [`class`](StoreError::class): transient
 //! ([`StoreError::Unavailable`]: retry later) or permanent (the same call
 //! fails again; [`StoreError::Refused`] carries the store's own message
@@ -29,12 +53,14 @@ use crate::game::Tick;
 
 pub mod backend;
 pub mod keys;
+pub mod lease;
 pub mod memory;
 pub mod redis;
 
 pub use self::redis::{RedisOptions, RedisStore, RedisTls};
 pub use backend::AnyStore;
 pub use keys::{KeyError, MatchKey};
+pub use lease::{Lease, LeaseStore, NodeDirectory, NodeInfo};
 pub use memory::MemoryStore;
 
 /// One stored event: its sequence, the tick it was applied on, and its
@@ -62,6 +88,16 @@ pub struct AppendBatch {
     pub events: Vec<RecordedEvent>,
     /// The match's tick after these events.
     pub head_tick: Tick,
+    /// The writer's lease epoch ([`lease`]): when given, the store refuses
+    /// the batch as [`StoreError::Fenced`] unless the match's lease is at
+    /// exactly this epoch (checked atomically with the write). `None`
+    /// writes unfenced, as a single node owning every match does.
+    pub epoch: Option<u64>,
+    /// With `epoch`: when the batch is accepted, extend the lease to this
+    /// long from the store's now, in the same call (a renewal that costs
+    /// no round trip of its own). A released lease is not renewed.
+    /// Ignored without `epoch`.
+    pub renew_lease: Option<std::time::Duration>,
 }
 
 impl AppendBatch {
@@ -192,6 +228,32 @@ pub enum StoreError {
     /// A key part was invalid.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The lease of the match is held by another node
+    /// ([`LeaseStore::claim`]).
+    #[error("match {key} is owned by node {owner} (epoch {epoch}) for {expires_in:?} more")]
+    Owned {
+        /// The match.
+        key: String,
+        /// The node holding the lease.
+        owner: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Time left on its lease when the store answered.
+        expires_in: std::time::Duration,
+    },
+    /// A write or lease call carried an epoch that is not the match's
+    /// current lease (another node claimed it, it was handed over or
+    /// released, or it was never claimed): the writer must stop writing
+    /// the match. Nothing of the call was stored.
+    #[error("write to {key} under epoch {epoch} refused: the lease is at epoch {current}")]
+    Fenced {
+        /// The match.
+        key: String,
+        /// The epoch the call carried.
+        epoch: u64,
+        /// The match's current lease epoch (0 when never claimed).
+        current: u64,
+    },
 }
 
 impl StoreError {
@@ -220,6 +282,8 @@ impl StoreError {
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Trimmed { .. } => "trimmed",
             StoreError::Key(_) => "key",
+            StoreError::Owned { .. } => "owned",
+            StoreError::Fenced { .. } => "fenced",
         }
     }
 }
@@ -376,23 +440,51 @@ pub trait EventStore: Send + Sync + 'static {
     /// more, atomically: never an event at or above the stored snapshot's
     /// sequence (nothing without a snapshot), nor one a handler named in
     /// `keep_for` has not processed (a handler that never ran is at 0).
-    /// Rebuilding from sequence 0 is impossible afterwards.
+    /// Rebuilding from sequence 0 is impossible afterwards. Unfenced:
+    /// [`EventStore::trim_fenced`] with no epoch.
     fn trim(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+    ) -> impl Future<Output = Result<Trimmed, StoreError>> + Send {
+        self.trim_fenced(key, below, keep_for, None)
+    }
+
+    /// [`EventStore::trim`] by the holder of lease `epoch`: refused as
+    /// [`StoreError::Fenced`], removing nothing, unless the match's lease
+    /// is at that epoch (`None`: unchecked).
+    fn trim_fenced(
+        &self,
+        key: &MatchKey,
+        below: u64,
+        keep_for: &[String],
+        epoch: Option<u64>,
     ) -> impl Future<Output = Result<Trimmed, StoreError>> + Send;
 }
 
 /// The latest snapshot of each match.
 pub trait SnapshotStore: Send + Sync + 'static {
     /// Stores `snapshot` unless a snapshot with a higher sequence (or the
-    /// same sequence and a later tick) is stored. Returns whether it was stored.
+    /// same sequence and a later tick) is stored. Returns whether it was
+    /// stored. Unfenced: [`SnapshotStore::save_fenced_snapshot`] with no
+    /// epoch.
     fn save_snapshot(
         &self,
         key: &MatchKey,
         snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.save_fenced_snapshot(key, snapshot, None)
+    }
+
+    /// [`SnapshotStore::save_snapshot`] by the holder of lease `epoch`:
+    /// refused as [`StoreError::Fenced`], storing nothing, unless the
+    /// match's lease is at that epoch (`None`: unchecked).
+    fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The latest snapshot, if any.
@@ -421,7 +513,9 @@ pub trait PositionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
-/// Everything the engine needs from storage.
+/// Everything the engine needs from storage. Leases and the directory
+/// ([`LeaseStore`], [`NodeDirectory`]) are separate traits, implemented by
+/// every backend, for the parts of a node that run in a fleet.
 pub trait Store: EventStore + SnapshotStore + PositionStore + Clone {}
 
 impl<T: EventStore + SnapshotStore + PositionStore + Clone> Store for T {}

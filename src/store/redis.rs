@@ -45,6 +45,18 @@
 //!   [`StoreError::Trimmed`].
 //! - **positions**: `position.lua` moves `positions:<handler>:{m}` forward
 //!   only; loading is a `GET` (0 when absent).
+//! - **leases and fencing**: `lease.lua` keeps `owner:{m}` (a hash: `node`,
+//!   `epoch`, `expires` in Redis server milliseconds from `TIME`) and
+//!   answers claims, renewals, releases, hand-overs and reads atomically.
+//!   A batch carrying an epoch makes its whole script call *fenced*: each
+//!   batch then also names `owner:{m}` (same hash tag, same slot) and its
+//!   epoch, and `append.lua` refuses a batch whose epoch is not the stored
+//!   one before writing anything of it (one `HGET`; unfenced batches of the
+//!   same call are not checked); `snapshot.lua` and `trim.lua` check the
+//!   same way when given an epoch.
+//! - **node directory**: `nodes.lua` keeps `nodes:{d:e}` (node id →
+//!   expiry and description) on the same clock; listing is one call that
+//!   skips and removes expired registrations.
 //! - **followers**: each append that stores new events publishes them
 //!   (`PUBLISH`, `SPUBLISH` in cluster mode) on `updates:{m}` while that
 //!   channel has a subscriber on the node (`PUBSUB NUMSUB`/`SHARDNUMSUB`
@@ -96,6 +108,7 @@ use redis::{
 };
 
 mod follow;
+mod lease;
 mod tls;
 
 pub use follow::{FOLLOW_POLL, Follower, updates_channel};
@@ -473,6 +486,10 @@ impl RedisStore {
             (true, false) => "PUBLISH",
             (true, true) => "SPUBLISH",
         });
+        // Unfenced calls (the single-node default) keep the lean layout:
+        // no owner key, no epoch argument.
+        let fenced = batches.iter().any(|batch| batch.epoch.is_some());
+        invocation.arg(if fenced { "fenced" } else { "" });
         for batch in batches {
             invocation
                 .key(batch.key.meta_key())
@@ -480,6 +497,16 @@ impl RedisStore {
                 .arg(batch.first_sequence.to_string())
                 .arg(batch.next_sequence().to_string())
                 .arg(batch.head_tick.to_string());
+            if fenced {
+                let renew = match (batch.epoch, batch.renew_lease) {
+                    (Some(_), Some(ttl)) => super::lease::ttl_millis(ttl).to_string(),
+                    _ => String::new(),
+                };
+                invocation
+                    .key(batch.key.owner_key())
+                    .arg(batch.epoch.map(|e| e.to_string()).unwrap_or_default())
+                    .arg(renew);
+            }
             for event in &batch.events {
                 invocation.arg(event.payload.as_slice());
             }
@@ -542,11 +569,15 @@ fn validate(batch: &AppendBatch) -> Result<(), StoreError> {
         key: batch.key.events_key(),
         reason,
     };
-    if batch.next_sequence() > MAX_EXACT || batch.head_tick > MAX_EXACT {
+    if batch.next_sequence() > MAX_EXACT
+        || batch.head_tick > MAX_EXACT
+        || batch.epoch.is_some_and(|e| e > MAX_EXACT)
+    {
         return Err(corrupt(format!(
-            "sequence or tick beyond 2^53 (next sequence {}, tick {})",
+            "sequence, tick or epoch beyond 2^53 (next sequence {}, tick {}, epoch {:?})",
             batch.next_sequence(),
-            batch.head_tick
+            batch.head_tick,
+            batch.epoch
         )));
     }
     for (offset, event) in batch.events.iter().enumerate() {
@@ -613,10 +644,37 @@ fn append_outcome(batch: &AppendBatch, code: i64, a: i64, b: i64) -> Result<Head
             requested: batch.first_sequence,
             retained_from: number(a)?,
         }),
+        7 => Err(StoreError::Fenced {
+            key: key.to_string(),
+            epoch: batch.epoch.unwrap_or(0),
+            current: number(a)?,
+        }),
         other => Err(StoreError::Corrupt {
             key: key.meta_key(),
             reason: format!("append script answered unknown code {other}"),
         }),
+    }
+}
+
+/// A script's epoch argument: decimal, or empty for an unfenced write.
+fn epoch_arg(key: &str, epoch: Option<u64>) -> Result<String, StoreError> {
+    match epoch {
+        None => Ok(String::new()),
+        Some(epoch) if epoch <= MAX_EXACT => Ok(epoch.to_string()),
+        Some(epoch) => Err(StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("epoch {epoch} beyond 2^53"),
+        }),
+    }
+}
+
+/// The [`StoreError::Fenced`] of a write under `epoch` that a script
+/// refused, the lease being at `current`.
+fn fenced(key: &MatchKey, epoch: Option<u64>, current: i64) -> StoreError {
+    StoreError::Fenced {
+        key: key.to_string(),
+        epoch: epoch.unwrap_or(0),
+        current: u64::try_from(current).unwrap_or(0),
     }
 }
 
@@ -1066,19 +1124,25 @@ impl EventStore for RedisStore {
         Ok(live)
     }
 
-    async fn trim(
+    async fn trim_fenced(
         &self,
         key: &MatchKey,
         below: u64,
         keep_for: &[String],
+        epoch: Option<u64>,
     ) -> Result<Trimmed, StoreError> {
         let meta_key = key.meta_key();
         let mut invocation = SCRIPTS.trim.key(&meta_key);
-        invocation.key(key.snapshot_key()).key(key.events_key());
+        invocation
+            .key(key.snapshot_key())
+            .key(key.events_key())
+            .key(key.owner_key());
         for handler in keep_for {
             invocation.key(key.position_key(handler)?);
         }
-        invocation.arg(below.min(MAX_EXACT).to_string());
+        invocation
+            .arg(below.min(MAX_EXACT).to_string())
+            .arg(epoch_arg(&meta_key, epoch)?);
         let (retained_from, removed): (i64, i64) = self
             .connection
             .invoke(&invocation)
@@ -1090,6 +1154,7 @@ impl EventStore for RedisStore {
                 removed,
             }),
             _ if retained_from == -1 => Err(StoreError::UnknownMatch(key.to_string())),
+            _ if retained_from == -3 => Err(fenced(key, epoch, removed)),
             _ => Err(StoreError::Corrupt {
                 key: meta_key,
                 reason: "trimmed floor, head, snapshot sequence or a position is not a number"
@@ -1100,7 +1165,12 @@ impl EventStore for RedisStore {
 }
 
 impl SnapshotStore for RedisStore {
-    async fn save_snapshot(&self, key: &MatchKey, snapshot: &Snapshot) -> Result<bool, StoreError> {
+    async fn save_fenced_snapshot(
+        &self,
+        key: &MatchKey,
+        snapshot: &Snapshot,
+        epoch: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let snapshot_key = key.snapshot_key();
         if snapshot.sequence > MAX_EXACT || snapshot.tick > MAX_EXACT {
             return Err(StoreError::Corrupt {
@@ -1114,20 +1184,23 @@ impl SnapshotStore for RedisStore {
         let mut invocation = SCRIPTS.snapshot.key(&snapshot_key);
         invocation
             .key(key.meta_key())
+            .key(key.owner_key())
             .arg(snapshot.sequence.to_string())
             .arg(snapshot.tick.to_string())
             .arg(snapshot.state.as_slice())
             .arg(snapshot.schema)
-            .arg(snapshot.hash.to_string());
-        let reply: i64 = self
+            .arg(snapshot.hash.to_string())
+            .arg(epoch_arg(&snapshot_key, epoch)?);
+        let reply: Vec<i64> = self
             .connection
             .invoke(&invocation)
             .await
             .map_err(|e| redis_error(&snapshot_key, e))?;
-        match reply {
-            1 => Ok(true),
-            0 => Ok(false),
-            -1 => Err(StoreError::UnknownMatch(key.to_string())),
+        match reply.as_slice() {
+            [1] => Ok(true),
+            [0] => Ok(false),
+            [-1] => Err(StoreError::UnknownMatch(key.to_string())),
+            [-3, current] => Err(fenced(key, epoch, *current)),
             _ => Err(StoreError::Corrupt {
                 key: snapshot_key,
                 reason: "stored sequence or tick is not a number".to_owned(),
@@ -1360,6 +1433,8 @@ mod tests {
             first_sequence: 5,
             events: Vec::new(),
             head_tick: 9,
+            epoch: Some(4),
+            renew_lease: None,
         };
         assert_eq!(
             append_outcome(&batch, 0, 3, 9),
@@ -1385,6 +1460,14 @@ mod tests {
             append_outcome(&batch, 4, 0, 0),
             Err(StoreError::UnknownMatch(_))
         ));
+        assert_eq!(
+            append_outcome(&batch, 7, 6, 0),
+            Err(StoreError::Fenced {
+                key: "arena:main:m1".to_owned(),
+                epoch: 4,
+                current: 6
+            })
+        );
         assert!(matches!(
             append_outcome(&batch, 9, 0, 0),
             Err(StoreError::Corrupt { .. })

@@ -9,13 +9,16 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tickforge::codec;
 use tickforge::engine::EventEnvelope;
 use tickforge::game::PlayerId;
 use tickforge::store::{
-    AppendBatch, Head, MatchKey, MatchStatus, RecordedEvent, Snapshot, Store, StoreError, Trimmed,
+    AppendBatch, Head, LeaseStore, MatchKey, MatchStatus, NodeDirectory, NodeInfo, RecordedEvent,
+    Snapshot, Store, StoreError, Trimmed,
 };
 
 /// The namespace of one test: domain `arena`, its own edition.
@@ -35,6 +38,11 @@ impl Ns {
     /// The match `root` of this namespace.
     pub fn key(&self, root: &str) -> MatchKey {
         MatchKey::new("arena", &self.edition, root).expect("valid key")
+    }
+
+    /// The edition of this namespace.
+    pub fn edition(&self) -> &str {
+        &self.edition
     }
 }
 
@@ -68,6 +76,8 @@ pub fn batch(key: &MatchKey, first: u64, events: Vec<RecordedEvent>, tick: u64) 
         first_sequence: first,
         events,
         head_tick: tick,
+        epoch: None,
+        renew_lease: None,
     }
 }
 
@@ -680,4 +690,392 @@ pub async fn racing_writers_never_fork<S: Store>(store: &S, ns: &Ns, writers: us
     if writers > 1 {
         assert!(conflicts > 0, "no writer ever lost a race");
     }
+}
+
+/// A lease TTL no test outlives: expiry only happens where a test asks
+/// for a short one.
+const LONG: Duration = Duration::from_secs(60);
+
+/// A TTL short enough to wait out.
+const SHORT: Duration = Duration::from_millis(150);
+
+/// How long the store may take to let a short TTL expire (a bound for a
+/// loaded machine, not a timing assertion).
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `probe` until it answers `true`, failing with `what` past
+/// [`EXPIRY_DEADLINE`]: waits on the store's own clock.
+async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !probe().await {
+        assert!(
+            started.elapsed() < EXPIRY_DEADLINE,
+            "{what}: still not true after {EXPIRY_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the store no longer reports a live lease on `key`.
+async fn until_expired<S: LeaseStore>(store: &S, key: &MatchKey) {
+    eventually("lease expiry", || async {
+        store.lease(key).await.expect("read lease").is_none()
+    })
+    .await;
+}
+
+/// `batch` fenced by `epoch`.
+fn fenced(mut batch: AppendBatch, epoch: u64) -> AppendBatch {
+    batch.epoch = Some(epoch);
+    batch
+}
+
+fn is_fenced<T: std::fmt::Debug>(result: &Result<T, StoreError>, epoch: u64, current: u64) -> bool {
+    matches!(result, Err(StoreError::Fenced { epoch: e, current: c, .. }) if *e == epoch && *c == current)
+}
+
+/// Claim, renew, expiry, reclaim with the next epoch, release.
+pub async fn leases_claim_renew_expire_reclaim<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("lease");
+    assert_eq!(store.lease(&key).await.unwrap(), None, "never claimed");
+
+    let a = store.claim(&key, "node-a", LONG).await.unwrap();
+    assert_eq!((a.node.as_str(), a.epoch), ("node-a", 1));
+    assert!(a.expires_in > Duration::ZERO && a.expires_in <= LONG);
+    let refused = store.claim(&key, "node-b", LONG).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Owned { owner, epoch: 1, .. }) if owner == "node-a"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.unwrap_err().label(), "owned");
+    // Claiming what one holds renews it with the same epoch.
+    assert_eq!(store.claim(&key, "node-a", LONG).await.unwrap().epoch, 1);
+    let renewed = store.renew(&key, &a, LONG).await.unwrap();
+    assert_eq!((renewed.node.as_str(), renewed.epoch), ("node-a", 1));
+    let read = store.lease(&key).await.unwrap().expect("a live lease");
+    assert_eq!((read.node.as_str(), read.epoch), ("node-a", 1));
+
+    // Left to expire, it is free: the next claim takes the next epoch.
+    store.renew(&key, &a, SHORT).await.unwrap();
+    until_expired(store, &key).await;
+    let b = store.claim(&key, "node-b", LONG).await.unwrap();
+    assert_eq!((b.node.as_str(), b.epoch), ("node-b", 2));
+    assert!(is_fenced(&store.renew(&key, &a, LONG).await, 1, 2));
+    assert!(is_fenced(&store.release(&key, &a).await, 1, 2));
+    assert_eq!(store.lease(&key).await.unwrap().map(|l| l.epoch), Some(2));
+
+    // Released, it is free at once; releasing again is a success.
+    store.release(&key, &b).await.unwrap();
+    store.release(&key, &b).await.unwrap();
+    assert_eq!(store.lease(&key).await.unwrap(), None);
+    assert!(is_fenced(&store.renew(&key, &b, LONG).await, 2, 2));
+    let c = store.claim(&key, "node-a", LONG).await.unwrap();
+    assert_eq!(
+        (c.node.as_str(), c.epoch),
+        ("node-a", 3),
+        "epochs never repeat"
+    );
+
+    // Leases are per match.
+    let other = store
+        .claim(&ns.key("lease-2"), "node-b", LONG)
+        .await
+        .unwrap();
+    assert_eq!(other.epoch, 1);
+    assert!(matches!(
+        store.claim(&key, "bad node", LONG).await,
+        Err(StoreError::Key(_))
+    ));
+}
+
+/// A writer whose lease expired and was claimed by another node is fenced:
+/// none of its events lands, and the new owner goes on from the stored head.
+pub async fn stale_writer_is_fenced<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("fenced");
+    store.create(&key, &[]).await.unwrap();
+    let old = store.claim(&key, "node-a", SHORT).await.unwrap();
+    let mine = events(0, 3, 1, "old");
+    let head = append_one(store, fenced(batch(&key, 0, mine.clone(), 1), old.epoch)).await;
+    assert_eq!(head, Ok(live(3, 1)));
+
+    // node-a pauses past its lease; node-b takes the match over.
+    until_expired(store, &key).await;
+    let new = store.claim(&key, "node-b", LONG).await.unwrap();
+    assert_eq!(new.epoch, old.epoch + 1);
+
+    let stale = append_one(
+        store,
+        fenced(batch(&key, 3, events(3, 2, 2, "stale"), 2), old.epoch),
+    )
+    .await;
+    assert!(is_fenced(&stale, old.epoch, new.epoch), "{stale:?}");
+    assert_eq!(
+        stale.unwrap_err().class(),
+        tickforge::store::ErrorClass::Permanent
+    );
+    let tick_only = append_one(store, fenced(batch(&key, 3, Vec::new(), 9), old.epoch)).await;
+    assert!(is_fenced(&tick_only, old.epoch, new.epoch), "{tick_only:?}");
+    assert_eq!(
+        read_all(store, &key).await,
+        mine,
+        "no event of the stale writer"
+    );
+    assert_eq!(store.head(&key).await.unwrap(), Some(live(3, 1)));
+
+    // The new owner appends from the stored head.
+    let stored = store
+        .head(&key)
+        .await
+        .unwrap()
+        .expect("created")
+        .next_sequence;
+    let theirs = events(stored, 2, 3, "new");
+    let head = append_one(
+        store,
+        fenced(batch(&key, stored, theirs.clone(), 3), new.epoch),
+    )
+    .await;
+    assert_eq!(head, Ok(live(5, 3)));
+    let retry = append_one(
+        store,
+        fenced(batch(&key, 5, events(5, 1, 4, "stale"), 4), old.epoch),
+    )
+    .await;
+    assert!(is_fenced(&retry, old.epoch, new.epoch), "{retry:?}");
+    let all: Vec<RecordedEvent> = mine.into_iter().chain(theirs).collect();
+    assert_eq!(read_all(store, &key).await, all);
+
+    // An epoch for a match nobody claimed is fenced too.
+    let unclaimed = ns.key("fenced-unclaimed");
+    store.create(&unclaimed, &[]).await.unwrap();
+    let result = append_one(
+        store,
+        fenced(batch(&unclaimed, 0, events(0, 1, 1, "x"), 1), 1),
+    )
+    .await;
+    assert!(is_fenced(&result, 1, 0), "{result:?}");
+    assert_eq!(read_all(store, &unclaimed).await, Vec::new());
+
+    // In one call, each batch is judged alone: fenced, in force, unfenced.
+    let results = store
+        .append(&[
+            fenced(batch(&key, 5, events(5, 1, 5, "stale"), 5), old.epoch),
+            fenced(batch(&key, 5, events(5, 1, 5, "new"), 5), new.epoch),
+            batch(&unclaimed, 0, events(0, 1, 1, "free"), 1),
+        ])
+        .await
+        .expect("append call");
+    assert!(
+        is_fenced(&results[0], old.epoch, new.epoch),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1], Ok(live(6, 5)));
+    assert_eq!(results[2], Ok(live(1, 1)));
+    assert_eq!(
+        store.read(&key, 5, 10).await.unwrap(),
+        events(5, 1, 5, "new")
+    );
+}
+
+/// A hand-over gives the next epoch to the new node and fences the old one.
+pub async fn transfer_fences_the_old_owner<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("handover");
+    store.create(&key, &[]).await.unwrap();
+    let old = store.claim(&key, "node-a", LONG).await.unwrap();
+    append_one(
+        store,
+        fenced(batch(&key, 0, events(0, 2, 1, "a"), 1), old.epoch),
+    )
+    .await
+    .unwrap();
+
+    let new = store.transfer(&key, &old, "node-b", LONG).await.unwrap();
+    assert_eq!((new.node.as_str(), new.epoch), ("node-b", old.epoch + 1));
+    let read = store.lease(&key).await.unwrap().expect("held");
+    assert_eq!((read.node, read.epoch), ("node-b".to_owned(), new.epoch));
+
+    let stale = append_one(
+        store,
+        fenced(batch(&key, 2, events(2, 1, 2, "a"), 2), old.epoch),
+    )
+    .await;
+    assert!(is_fenced(&stale, old.epoch, new.epoch), "{stale:?}");
+    let head = append_one(
+        store,
+        fenced(batch(&key, 2, events(2, 1, 2, "b"), 2), new.epoch),
+    )
+    .await;
+    assert_eq!(head, Ok(live(3, 2)));
+    assert!(is_fenced(
+        &store.transfer(&key, &old, "node-c", LONG).await,
+        old.epoch,
+        new.epoch
+    ));
+    assert!(is_fenced(
+        &store.renew(&key, &old, LONG).await,
+        old.epoch,
+        new.epoch
+    ));
+    assert!(matches!(
+        store.claim(&key, "node-a", LONG).await,
+        Err(StoreError::Owned { owner, .. }) if owner == "node-b"
+    ));
+}
+
+/// Snapshots and trims under a stale epoch are refused and change nothing.
+pub async fn stale_snapshot_and_trim_are_refused<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("fenced-snapshot");
+    store.create(&key, &[]).await.unwrap();
+    let old = store.claim(&key, "node-a", LONG).await.unwrap();
+    let all = events(0, 6, 1, "s");
+    append_one(store, fenced(batch(&key, 0, all.clone(), 1), old.epoch))
+        .await
+        .unwrap();
+    let first = Snapshot::new(2, 1, b"state-2".to_vec(), 1);
+    assert_eq!(
+        store
+            .save_fenced_snapshot(&key, &first, Some(old.epoch))
+            .await,
+        Ok(true)
+    );
+
+    let new = store.transfer(&key, &old, "node-b", LONG).await.unwrap();
+    let stale = Snapshot::new(4, 1, b"stale-4".to_vec(), 1);
+    let result = store
+        .save_fenced_snapshot(&key, &stale, Some(old.epoch))
+        .await;
+    assert!(is_fenced(&result, old.epoch, new.epoch), "{result:?}");
+    assert_eq!(
+        store.load_snapshot(&key).await.unwrap(),
+        Some(first.clone())
+    );
+    let result = store.trim_fenced(&key, 2, &[], Some(old.epoch)).await;
+    assert!(is_fenced(&result, old.epoch, new.epoch), "{result:?}");
+    assert_eq!(read_all(store, &key).await, all, "nothing trimmed");
+
+    let current = Snapshot::new(4, 1, b"state-4".to_vec(), 1);
+    assert_eq!(
+        store
+            .save_fenced_snapshot(&key, &current, Some(new.epoch))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(store.load_snapshot(&key).await.unwrap(), Some(current));
+    assert_eq!(
+        store
+            .trim_fenced(&key, 4, &[], Some(new.epoch))
+            .await
+            .unwrap(),
+        trimmed(4, 4)
+    );
+
+    let unclaimed = ns.key("fenced-snapshot-unclaimed");
+    store.create(&unclaimed, &[]).await.unwrap();
+    let result = store
+        .save_fenced_snapshot(&unclaimed, &first, Some(1))
+        .await;
+    assert!(is_fenced(&result, 1, 0), "{result:?}");
+    assert_eq!(store.load_snapshot(&unclaimed).await.unwrap(), None);
+}
+
+fn node(id: &str, load: u32) -> NodeInfo {
+    NodeInfo {
+        id: id.to_owned(),
+        quic_addr: format!("{id}.game.svc:4433"),
+        capacity: 100,
+        load,
+    }
+}
+
+/// The directory lists registered nodes until their heartbeat expires.
+pub async fn expired_nodes_are_not_listed<S: Store + NodeDirectory>(store: &S, ns: &Ns) {
+    let (domain, edition) = ("arena", ns.edition());
+    assert_eq!(store.nodes(domain, edition).await.unwrap(), Vec::new());
+    store
+        .register(domain, edition, &node("node-b", 3), LONG)
+        .await
+        .unwrap();
+    store
+        .register(domain, edition, &node("node-a", 5), SHORT)
+        .await
+        .unwrap();
+    let listed = store.nodes(domain, edition).await.unwrap();
+    // node-a may already have expired on a slow machine; node-b may not.
+    assert!(
+        listed == vec![node("node-a", 5), node("node-b", 3)] || listed == vec![node("node-b", 3)],
+        "{listed:?}"
+    );
+
+    // node-a stops heartbeating: it drops out of the listing.
+    eventually("node-a's registration expiring", || async {
+        store.nodes(domain, edition).await.unwrap() == vec![node("node-b", 3)]
+    })
+    .await;
+
+    // A heartbeat refreshes the description; other editions see nothing.
+    store
+        .register(domain, edition, &node("node-b", 4), LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.nodes(domain, edition).await.unwrap(),
+        vec![node("node-b", 4)]
+    );
+    assert_eq!(store.nodes(domain, "elsewhere").await.unwrap(), Vec::new());
+
+    assert_eq!(store.deregister(domain, edition, "node-b").await, Ok(true));
+    assert_eq!(store.deregister(domain, edition, "node-b").await, Ok(false));
+    assert_eq!(store.nodes(domain, edition).await.unwrap(), Vec::new());
+
+    let bad = NodeInfo {
+        quic_addr: "a\tb".to_owned(),
+        ..node("node-c", 0)
+    };
+    assert!(matches!(
+        store.register(domain, edition, &bad, LONG).await,
+        Err(StoreError::Key(_))
+    ));
+}
+
+/// An accepted fenced batch can renew its lease in the same call; a
+/// refused or released one does not.
+pub async fn append_renews_the_lease<S: Store + LeaseStore>(store: &S, ns: &Ns) {
+    let key = ns.key("renewing");
+    store.create(&key, &[]).await.unwrap();
+    let old = store.claim(&key, "node-a", SHORT).await.unwrap();
+    let mut renewing = fenced(batch(&key, 0, events(0, 1, 1, "a"), 1), old.epoch);
+    renewing.renew_lease = Some(LONG);
+    assert_eq!(append_one(store, renewing).await, Ok(live(1, 1)));
+    let lease = store
+        .lease(&key)
+        .await
+        .unwrap()
+        .expect("renewed, not expired");
+    assert_eq!(lease.epoch, old.epoch);
+    assert!(
+        lease.expires_in > SHORT,
+        "renewed to {:?}",
+        lease.expires_in
+    );
+
+    // A stale writer's renewal is refused with its batch.
+    let new = store.transfer(&key, &old, "node-b", SHORT).await.unwrap();
+    let mut stale = fenced(batch(&key, 1, events(1, 1, 2, "a"), 2), old.epoch);
+    stale.renew_lease = Some(LONG);
+    let result = append_one(store, stale).await;
+    assert!(is_fenced(&result, old.epoch, new.epoch), "{result:?}");
+    until_expired(store, &key).await;
+
+    // Released, the lease is not brought back by a write of its epoch.
+    let held = store.claim(&key, "node-b", LONG).await.unwrap();
+    store.release(&key, &held).await.unwrap();
+    let mut after_release = fenced(batch(&key, 1, events(1, 1, 2, "b"), 2), held.epoch);
+    after_release.renew_lease = Some(LONG);
+    assert_eq!(append_one(store, after_release).await, Ok(live(2, 2)));
+    assert_eq!(store.lease(&key).await.unwrap(), None);
 }

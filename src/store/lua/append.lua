@@ -1,14 +1,21 @@
 -- append.lua: appends the tick batches of several matches; each batch is
 -- checked and applied atomically (the whole call runs atomically anyway).
 --
--- KEYS: two per batch, batch i (0-based) at KEYS[2i+1] = meta:{m},
---       KEYS[2i+2] = events:{m}. In cluster mode all keys of one call share
---       a slot (the caller groups batches by slot).
+-- KEYS: per batch, batch i (0-based): unfenced calls (ARGV[2] = '') give
+--       two keys, KEYS[2i+1] = meta:{m}, KEYS[2i+2] = events:{m}; fenced
+--       calls (ARGV[2] = 'fenced') three, KEYS[3i+1] = meta:{m},
+--       KEYS[3i+2] = events:{m}, KEYS[3i+3] = owner:{m}. In cluster mode
+--       all keys of one call share a slot (the caller groups batches by slot).
 -- ARGV: ARGV[1] is the command publishing each batch's new events on
 --       updates:{m} ('PUBLISH', 'SPUBLISH' in cluster mode, or '' for
---       none); then per batch, in KEYS order: first_sequence,
---       next_sequence, head_tick (decimal strings), then next - first
---       encoded envelopes, the events first, first + 1, ..., next - 1.
+--       none); ARGV[2] is 'fenced' or ''; then per batch, in KEYS order:
+--       first_sequence, next_sequence, head_tick (decimal strings), in a
+--       fenced call also the writer's lease epoch (decimal, or '' for an
+--       unfenced batch) and a lease renewal in ms (decimal, or '' for
+--       none: an accepted batch then extends owner:{m}'s expiry to that
+--       long from the server's TIME, unless the lease was released), then
+--       next - first encoded envelopes, the events first, first + 1, ...,
+--       next - 1.
 -- Publishes: per batch that stored new events, one message on
 --       updates:{m}: those events framed as '<length>:<bytes>' each
 --       (tickforge::codec::frame_events); only while the channel has a
@@ -24,18 +31,33 @@
 --       5, 0, 0        corrupt: meta hash or event log not as tickforge writes them
 --       6, floor, 0    trimmed: the batch retries events below `floor`, which
 --                      trim.lua removed, so they cannot be compared
+--       7, epoch, 0    fenced: the batch carries an epoch and owner:{m} is at
+--                      `epoch` (0: no lease) instead; nothing was written
 --
 -- Numbers compare as Lua doubles: exact below 2^53, which the caller checks.
 -- Stored numbers are written from ARGV, never formatted by Lua.
 
 local publish = ARGV[1]
+local fenced = ARGV[2] == 'fenced'
+local stride, header = 2, 3 -- keys and header arguments per batch
+if fenced then
+  stride, header = 3, 5
+end
+local now = nil -- server time in ms, read once when a batch renews
+local function now_ms()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
+end
 local count_subscribers = ({ PUBLISH = 'NUMSUB', SPUBLISH = 'SHARDNUMSUB' })[publish]
 -- followed[k]: whether the channel of the batch at KEYS[k] has a
 -- subscriber; one PUBSUB call for the whole script call.
 local followed = {}
 if count_subscribers then
   local channels = {}
-  for k = 1, #KEYS, 2 do
+  for k = 1, #KEYS, stride do
     -- meta:{m} -> updates:{m}: same hash tag, same slot.
     channels[#channels + 1] = 'updates:' .. string.sub(KEYS[k], 6)
   end
@@ -44,25 +66,44 @@ if count_subscribers then
     local counts = redis.call('PUBSUB', count_subscribers, unpack(channels, from, to))
     for i = from, to do
       if counts[2 * (i - from) + 2] > 0 then
-        followed[2 * i - 1] = channels[i]
+        followed[stride * (i - 1) + 1] = channels[i]
       end
     end
   end
 end
 local out = {}
-local a = 2
-for k = 1, #KEYS, 2 do
+local a = 3
+for k = 1, #KEYS, stride do
   local meta, events = KEYS[k], KEYS[k + 1]
   local first, nxt, tick = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local p = a + 3 - first -- ARGV[p + s] is the event with sequence s
+  local p = a + header - first -- ARGV[p + s] is the event with sequence s
   local nxt_arg, tick_arg = ARGV[a + 1], ARGV[a + 2]
-  a = a + 3 + nxt - first
+  -- The current lease epoch when the batch carries one that differs;
+  -- renew: the lease's new time to live, when asked for and still held.
+  local stale, renew = nil, nil
+  if fenced and ARGV[a + 3] ~= '' then
+    local current, holder
+    if ARGV[a + 4] ~= '' then
+      local h = redis.call('HMGET', KEYS[k + 2], 'epoch', 'node')
+      current, holder = h[1], h[2]
+    else
+      current = redis.call('HGET', KEYS[k + 2], 'epoch')
+    end
+    if not current or tonumber(current) ~= tonumber(ARGV[a + 3]) then
+      stale = tonumber(current or '0') or 0
+    elseif holder and holder ~= '' then
+      renew = tonumber(ARGV[a + 4])
+    end
+  end
+  a = a + header + nxt - first
   local m = redis.call('HMGET', meta, 'head', 'tick', 'status', 'trimmed')
   local head, stored_tick, status = tonumber(m[1]), tonumber(m[2]), m[3]
   local floor = tonumber(m[4] or '0')
   local code, x, y = nil, 0, 0
   if not m[1] then
     code = 4
+  elseif stale then
+    code, x = 7, stale
   elseif not head or not stored_tick or not floor or (status ~= 'live' and status ~= 'ended') then
     code = 5
   elseif first > head or (first < head and nxt == first) then
@@ -122,6 +163,9 @@ for k = 1, #KEYS, 2 do
       end
       if #fields > 0 then
         redis.call('HSET', meta, unpack(fields))
+      end
+      if renew then
+        redis.call('HSET', KEYS[k + 2], 'expires', string.format('%d', now_ms() + renew))
       end
       if status == 'live' then code = 0 else code = 1 end
       x, y = head, stored_tick

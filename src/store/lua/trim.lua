@@ -2,15 +2,24 @@
 -- stored snapshot's sequence nor any listed handler's position.
 --
 -- KEYS[1]: meta:{m}   KEYS[2]: snapshots:{m}   KEYS[3]: events:{m}
--- KEYS[4..]: positions:<handler>:{m} of the handlers whose unprocessed
+-- KEYS[4]: owner:{m}
+-- KEYS[5..]: positions:<handler>:{m} of the handlers whose unprocessed
 --            events must stay (absent = position 0)
 -- ARGV[1]: the sequence to trim below (decimal string)
+-- ARGV[2]: the writer's lease epoch (decimal), or '' for unfenced
 -- Stores: meta:{m} field `trimmed` = the lowest sequence still stored.
 -- Reply: {retained_from, removed}; {-1, 0} unknown match; {-2, 0} a stored
---        number is not a number.
+--        number is not a number; {-3, epoch} fenced: owner:{m} is at
+--        `epoch` (0: no lease), not ARGV[2]'s; nothing was removed.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1, 0}
+end
+if ARGV[2] ~= '' then
+  local current = redis.call('HGET', KEYS[4], 'epoch')
+  if not current or tonumber(current) ~= tonumber(ARGV[2]) then
+    return {-3, tonumber(current or '0') or 0}
+  end
 end
 local floor_text = redis.call('HGET', KEYS[1], 'trimmed') or '0'
 local head_text = redis.call('HGET', KEYS[1], 'head')
@@ -33,7 +42,7 @@ local function lower(text)
   return true
 end
 local ok = lower(ARGV[1]) and lower(head_text)
-for k = 4, #KEYS do
+for k = 5, #KEYS do
   ok = ok and lower(redis.call('GET', KEYS[k]) or '0')
 end
 if not ok then
