@@ -14,12 +14,12 @@
 mod bot;
 #[path = "../examples/cards/game.rs"]
 mod game;
+mod serve_support;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tickforge::store::{EventStore, MatchKey, RedisStore};
 
 use bot::Bot;
 use game::{DOMAIN, Eights, JoinAs, Params, Phase, State, View};
+use serve_support::{Log, ServeProcess};
 
 const SECRET: &str = "cards-restart-test-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
@@ -54,52 +55,14 @@ fn cards_binary() -> PathBuf {
     binary
 }
 
-/// A `cards serve` child process; killed (SIGKILL) on drop.
-struct ServeProcess {
-    child: Child,
-}
-
-impl ServeProcess {
-    /// Starts `cards serve --config <config>` and waits for its "listening" line.
-    fn start(config: &Path) -> ServeProcess {
-        let mut child = Command::new(cards_binary())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .env_remove("REDIS_URL")
-            .env_remove("STORAGE_BACKEND")
-            .env_remove("TICKFORGE_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn cards serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        match lines.recv_timeout(WAIT) {
-            Ok(line) if line.contains("listening on") => ServeProcess { child },
-            other => panic!("cards serve did not come up: {other:?}"),
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL cards serve");
-        self.child.wait().expect("reap cards serve");
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `cards serve --config <config>` and waits for its "listening" line.
+fn serve(config: &Path) -> ServeProcess {
+    let mut command = Command::new(cards_binary());
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn");
+    ServeProcess::start(command, Log::Stdout, "listening on")
 }
 
 fn free_udp_port() -> u16 {
@@ -215,7 +178,7 @@ async fn players_resume_after_a_kill_and_the_replay_ends_where_they_saw_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_udp_port();
     let config = write_config(dir.path(), &redis, port);
-    let first = ServeProcess::start(&config);
+    let first = serve(&config);
 
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let mut client_config =
@@ -278,7 +241,7 @@ async fn players_resume_after_a_kill_and_the_replay_ends_where_they_saw_it() {
     }
     let head_at_kill = store.head(&key).await.unwrap().expect("a head");
 
-    let second = ServeProcess::start(&config);
+    let second = serve(&config);
     for (i, session) in sessions.iter_mut().enumerate() {
         resumed(session).await;
         assert_eq!(session.player(), Some(players[i]));

@@ -7,14 +7,15 @@
 #![cfg(feature = "redis")]
 
 mod net_support;
+mod serve_support;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use serve_support::{Log, ServeProcess};
 
 use net_support::{event_where, state_where};
 use support::TestRedis;
@@ -30,70 +31,15 @@ use tickforge::store::{EventStore, MatchKey, RedisStore};
 const SECRET: &str = "restart-test-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A `tickforge serve` child process; killed (SIGKILL) on drop.
-struct ServeProcess {
-    child: Child,
-    /// Log lines after the "bound" line, for failure messages.
-    lines: mpsc::Receiver<String>,
-}
-
-impl ServeProcess {
-    /// Starts `tickforge serve --config <config>` and waits until its QUIC
-    /// endpoint is bound (the log line says so).
-    fn start(config: &Path) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tickforge"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("REDIS_URL")
-            .env_remove("STORAGE_BACKEND")
-            .env_remove("TICKFORGE_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tickforge serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match lines.recv_timeout(WAIT) {
-                Ok(line) => {
-                    let bound = line.contains("accepting players over QUIC");
-                    seen.push(line);
-                    if bound {
-                        break;
-                    }
-                }
-                Err(_) => panic!("tickforge serve did not come up:\n{}", seen.join("\n")),
-            }
-        }
-        ServeProcess { child, lines }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL tickforge serve");
-        self.child.wait().expect("reap tickforge serve");
-    }
-
-    /// The log lines printed since start-up, for failure messages.
-    fn log_tail(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `tickforge serve --config <config>` and waits until its QUIC
+/// endpoint is bound (the log line says so).
+fn serve(config: &Path) -> ServeProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info");
+    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
 }
 
 fn free_udp_port() -> u16 {
@@ -137,7 +83,7 @@ async fn players_resume_after_the_server_is_killed_and_match_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_udp_port();
     let config = write_config(dir.path(), &redis, port);
-    let first = ServeProcess::start(&config);
+    let first = serve(&config);
 
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let mut client_config =
@@ -194,7 +140,7 @@ async fn players_resume_after_the_server_is_killed_and_match_the_log() {
         );
     }
 
-    let second = ServeProcess::start(&config);
+    let mut second = serve(&config);
     for (i, session) in sessions.iter_mut().enumerate() {
         event_where(session, |e| matches!(e, SessionEvent::Resumed { .. })).await;
         assert_eq!(session.player(), Some(PlayerId(i as u32 + 1)));
@@ -209,7 +155,7 @@ async fn players_resume_after_the_server_is_killed_and_match_the_log() {
             .expect("answered")
         {
             CommandStatus::Accepted { tick, .. } => accepted_at.push(tick),
-            other => panic!("refused after resume: {other:?}\n{:?}", second.log_tail()),
+            other => panic!("refused after resume: {other:?}\n{:?}", second.log()),
         }
     }
     let last_tick = *accepted_at.iter().max().expect("three commands");

@@ -5,105 +5,29 @@
 
 #![cfg(feature = "redis")]
 
+mod serve_support;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+use serve_support::{Log, ServeProcess};
 use support::TestRedis;
 use tickforge::store::{EventStore, RedisStore, SnapshotStore};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `tickforge serve` child; killed on drop if it is still running.
-struct Serve {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Serve {
-    fn start(config: &Path, args: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tickforge"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("REDIS_URL")
-            .env_remove("STORAGE_BACKEND")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tickforge serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut serve = Serve {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        serve.wait_for_line("accepting players over QUIC");
-        serve
-    }
-
-    /// Waits for a log line containing `needle` and returns it.
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(WAIT) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?}; the log so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM not delivered");
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for serve") {
-                self.seen.extend(self.lines.try_iter());
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "serve still running {WAIT:?} after SIGTERM; log:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tickforge serve --config <config> <args>`, up once its QUIC endpoint is bound.
+fn serve(config: &Path, args: &[&str]) -> ServeProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info");
+    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
 }
 
 fn write_config(dir: &Path, redis: &TestRedis) -> PathBuf {
@@ -156,7 +80,7 @@ async fn sigterm_drains_every_match_to_a_snapshot_at_its_head_and_a_restart_repl
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(dir.path(), &redis);
 
-    let mut serve = Serve::start(&config, &["--bots", "20", "--players", "4"]);
+    let mut first = serve(&config, &["--bots", "20", "--players", "4"]);
     // Play until every bot slot has a match whose log is under way.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -170,16 +94,16 @@ async fn sigterm_drains_every_match_to_a_snapshot_at_its_head_and_a_restart_repl
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = serve.terminate();
+    let status = first.terminate();
     assert!(
         status.success(),
         "serve exited with {status} after SIGTERM; log:\n{}",
-        serve.seen.join("\n")
+        first.log()
     );
     assert!(
-        serve.seen.iter().any(|l| l.contains("drained")),
+        first.seen.iter().any(|l| l.contains("drained")),
         "the drain is logged; log:\n{}",
-        serve.seen.join("\n")
+        first.log()
     );
 
     let drained = heads_and_snapshots(&store, &redis).await;
@@ -196,7 +120,7 @@ async fn sigterm_drains_every_match_to_a_snapshot_at_its_head_and_a_restart_repl
     }
 
     // A new node restores every live match, with no event after a snapshot.
-    let mut again = Serve::start(&config, &[]);
+    let mut again = serve(&config, &[]);
     let restored = again
         .seen
         .iter()
