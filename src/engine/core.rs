@@ -313,6 +313,8 @@ impl<G: Game, T> MatchCore<G, T> {
             Ok(Ok(over)) => {
                 self.tick = tick;
                 self.over = over;
+                // Every command ran: the queue (and its buffer) is reused.
+                std::mem::swap(&mut self.pending, &mut pending);
                 None
             }
             Ok(Err(reason)) => Some(reason),
