@@ -30,16 +30,23 @@ use crate::store::{AnyStore, EventStore, MatchKey, RecordedEvent, SnapshotStore,
 /// Prints a line on stdout. A reader that went away (`… inspect m1 | head`)
 /// ends the program quietly, as with other command-line tools.
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: cannot write to stdout: {error}");
-            std::process::exit(74);
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+/// Prints one line on stdout for a command-line tool: a reader that went
+/// away (`| head`) ends the program quietly (exit 0), any other write error
+/// with exit code 74.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(error) = writeln!(std::io::stdout(), "{line}") {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
-    }};
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(74);
+    }
 }
 
 /// The tools every game's binary offers.

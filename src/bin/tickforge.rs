@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tickforge::arena::Arena;
-use tickforge::cli::{Tool, block_on, init_logging, open_store, run_tool};
+use tickforge::cli::{Tool, block_on, init_logging, open_store, print_line, run_tool};
 use tickforge::config::Config;
 use tickforge::game::Game;
 use tickforge::play::autoplay::{AutoplayCounters, play_match, play_slot};
@@ -151,27 +151,12 @@ async fn leaderboard(
                 .iter()
                 .map(|(p, tags)| format!("{p}={tags}"))
                 .collect();
-            print_line(&format!("{key} @{position}: {}", line.join(" ")));
+            print_line(format_args!("{key} @{position}: {}", line.join(" ")));
         }
         let Some(every) = watch else { return Ok(()) };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-    }
-}
-
-/// Prints a line; a closed stdout (`| head`) ends the program quietly.
-fn print_line(line: &str) {
-    use std::io::Write as _;
-    if let Err(error) = writeln!(std::io::stdout(), "{line}") {
-        if error.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write to stdout: {error}");
-        }
-        std::process::exit(if error.kind() == std::io::ErrorKind::BrokenPipe {
-            0
-        } else {
-            74
-        });
     }
 }
