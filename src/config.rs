@@ -37,7 +37,44 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The node as a whole (`[server]`).
     pub server: ServerSettings,
+    /// Membership of a fleet of nodes on one store (`[fleet]`); `None`
+    /// runs a single node that owns every match without leases.
+    pub fleet: Option<FleetConfig>,
 }
+
+/// A node of a fleet: the `[fleet]` table, present when a node id is set
+/// (`fleet.node_id`, or the `TICKFORGE_NODE_ID` environment variable, e.g.
+/// a StatefulSet's pod name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Stable per host; the rules of key names apply.
+    pub node_id: String,
+    /// Where clients reach this node's QUIC listener (`host:port`), as the
+    /// directory lists it and redirects name it (`fleet.public_addr` or
+    /// `TICKFORGE_PUBLIC_ADDR`; default: the QUIC listen address).
+    pub public_addr: Option<String>,
+    /// How long a lease lasts without renewal: a dead node's matches are
+    /// taken over after about this long (`fleet.lease_ttl_ms`).
+    pub lease_ttl: Duration,
+    /// Matches this node hosts at most (`fleet.max_matches`); past it, new
+    /// matches are redirected to the least-loaded node.
+    pub max_matches: u32,
+}
+
+impl FleetConfig {
+    /// A fleet node `node_id` with the default lease and capacity.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            public_addr: None,
+            lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+            max_matches: DEFAULT_MAX_MATCHES,
+        }
+    }
+}
+
+const DEFAULT_LEASE_TTL_MS: u64 = 5_000;
+const DEFAULT_MAX_MATCHES: u32 = 10_000;
 
 /// How a node runs as a whole: the `[server]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +205,17 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    fleet: RawFleet,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    node_id: Option<String>,
+    public_addr: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    max_matches: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -401,8 +449,10 @@ impl Config {
         let server = ServerSettings {
             drain: std::time::Duration::from_secs_f64(drain_seconds),
         };
+        let fleet = fleet_config(raw.fleet, origin, &env)?;
         Ok(Config {
             server,
+            fleet,
             engine: EngineSettings {
                 tick_hz,
                 shards,
@@ -422,6 +472,73 @@ impl Config {
             admin,
         })
     }
+}
+
+/// `[fleet]`, with `TICKFORGE_NODE_ID` and `TICKFORGE_PUBLIC_ADDR` over
+/// the file: `None` without a node id.
+fn fleet_config(
+    raw: RawFleet,
+    origin: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<FleetConfig>, ConfigError> {
+    let invalid = |key: &str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key: key.to_owned(),
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    };
+    let from_env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let node_id = match from_env("TICKFORGE_NODE_ID") {
+        Some(id) => Some((id, "TICKFORGE_NODE_ID")),
+        None => raw.node_id.map(|id| (id, "fleet.node_id")),
+    };
+    let Some((node_id, node_key)) = node_id else {
+        let set =
+            raw.public_addr.is_some() || raw.lease_ttl_ms.is_some() || raw.max_matches.is_some();
+        if set {
+            return Err(invalid(
+                "fleet.node_id",
+                &"(unset)",
+                "a [fleet] table needs a node id (or TICKFORGE_NODE_ID)",
+            ));
+        }
+        return Ok(None);
+    };
+    if let Err(error) = crate::store::keys::check_name("node", &node_id) {
+        return Err(invalid(node_key, &format!("{node_id:?}"), error.reason));
+    }
+    let public_addr = match from_env("TICKFORGE_PUBLIC_ADDR") {
+        Some(addr) => Some((addr, "TICKFORGE_PUBLIC_ADDR")),
+        None => raw.public_addr.map(|addr| (addr, "fleet.public_addr")),
+    };
+    if let Some((addr, key)) = &public_addr {
+        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && !addr.contains(char::is_whitespace)
+        });
+        if !valid {
+            return Err(invalid(key, &format!("{addr:?}"), "expected host:port"));
+        }
+    }
+    let lease_ttl_ms = raw.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+    if !(500..=600_000).contains(&lease_ttl_ms) {
+        return Err(invalid(
+            "fleet.lease_ttl_ms",
+            &lease_ttl_ms,
+            "must be 500 to 600000",
+        ));
+    }
+    let max_matches = raw.max_matches.unwrap_or(DEFAULT_MAX_MATCHES);
+    if max_matches == 0 {
+        return Err(invalid("fleet.max_matches", &0, "must be at least 1"));
+    }
+    Ok(Some(FleetConfig {
+        node_id,
+        public_addr: public_addr.map(|(addr, _)| addr),
+        lease_ttl: Duration::from_millis(lease_ttl_ms),
+        max_matches,
+    }))
 }
 
 /// `[admin] listen`: an address and port, or an empty string for none.

@@ -37,7 +37,9 @@ mod slots;
 pub mod tickets;
 pub mod tls;
 
-pub use protocol::{CloseCode, Role};
+pub use protocol::{
+    CloseCode, Role, parse_redirect, parse_retry_after, redirect_reason, retry_reason,
+};
 pub use server::{NetError, NetStats, Server, serve};
 pub use tickets::{ServerSecret, TicketError, mint_ticket};
 

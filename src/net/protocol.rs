@@ -80,11 +80,24 @@ pub enum CloseCode {
     /// The match's game code failed (a panic); the match has ended with
     /// the reason in the close text.
     MatchFailed = 27,
+    /// The match is hosted by another node of the fleet: the reason starts
+    /// with that node's QUIC address (`host:port`, then a space and the
+    /// explanation). Reconnect there with the same `Hello` (see
+    /// [`redirect_reason`] and [`parse_redirect`]).
+    Redirect = 28,
+    /// The server has no room for another session or match now: the reason
+    /// starts with how long to wait, in milliseconds (see [`retry_reason`]
+    /// and [`parse_retry_after`]). Retry then, here or on another node.
+    ServerFull = 29,
+    /// The match is between nodes (its owner died and the lease has not
+    /// expired yet, or a hand-over is in flight): the reason starts with
+    /// how long to wait, in milliseconds. Retry then, on any node.
+    MatchMoving = 30,
 }
 
 impl CloseCode {
     /// Every code, for lookups.
-    pub const ALL: [CloseCode; 21] = [
+    pub const ALL: [CloseCode; 24] = [
         CloseCode::Normal,
         CloseCode::ServerShutdown,
         CloseCode::Malformed,
@@ -106,6 +119,9 @@ impl CloseCode {
         CloseCode::Replaced,
         CloseCode::Internal,
         CloseCode::MatchFailed,
+        CloseCode::Redirect,
+        CloseCode::ServerFull,
+        CloseCode::MatchMoving,
     ];
 
     /// The numeric code sent on the wire.
@@ -134,6 +150,40 @@ impl CloseCode {
                 | CloseCode::Internal
         )
     }
+
+    /// Whether the same `Hello` should be sent again, after the wait or to
+    /// the address the reason names: a redirect, a full server, a match
+    /// between nodes.
+    pub fn retry_hello(self) -> bool {
+        matches!(
+            self,
+            CloseCode::Redirect | CloseCode::ServerFull | CloseCode::MatchMoving
+        )
+    }
+}
+
+/// The close reason of a [`CloseCode::Redirect`] to `addr` (`host:port`).
+pub fn redirect_reason(addr: &str, why: &str) -> String {
+    format!("{addr} {why}")
+}
+
+/// The address a [`CloseCode::Redirect`] reason names, if it names one.
+pub fn parse_redirect(reason: &str) -> Option<&str> {
+    let addr = reason.split_whitespace().next()?;
+    addr.contains(':').then_some(addr)
+}
+
+/// The close reason of a [`CloseCode::ServerFull`] or
+/// [`CloseCode::MatchMoving`] asking to retry after `after`.
+pub fn retry_reason(after: std::time::Duration, why: &str) -> String {
+    format!("{} {why}", after.as_millis())
+}
+
+/// The wait a [`CloseCode::ServerFull`] or [`CloseCode::MatchMoving`]
+/// reason asks for, if it gives one.
+pub fn parse_retry_after(reason: &str) -> Option<std::time::Duration> {
+    let millis = reason.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(millis.min(60_000)))
 }
 
 /// Whether a connection plays or only watches.
