@@ -340,7 +340,7 @@ def check_fleet(
             if len(mine) != 1:
                 failures.add(case, f"pod {pod} has {len(mine)} per-pod Services, expected 1")
                 continue
-            check_per_pod_service(case, mine[0], pod, pod_labels, quic[0], failures)
+            check_per_pod_service(case, mine[0], pod, address, pod_labels, quic[0], failures)
             if pod not in address:
                 failures.add(case, f"pod {pod} advertises {address}, which does not name it")
     addresses = [resolved.get("TICKFORGE_PUBLIC_ADDR") for resolved in envs]
@@ -361,7 +361,7 @@ def selects(selector: dict, labels: dict) -> bool:
 
 
 def check_per_pod_service(
-    case: str, service: dict, pod: str, pod_labels: dict, quic: dict, failures: Failures
+    case: str, service: dict, pod: str, address: str, pod_labels: dict, quic: dict, failures: Failures
 ) -> None:
     """The Service of one fleet pod reaches that pod's QUIC port from outside."""
     spec = service["spec"]
@@ -377,6 +377,8 @@ def check_per_pod_service(
     ]
     if len(udp) != 1:
         failures.add(case, f"Service {service['metadata']['name']} has no UDP port to the quic port of {pod}")
+    elif spec.get("type") == "LoadBalancer" and int(address.rsplit(":", 1)[1]) != udp[0]["port"]:
+        failures.add(case, f"pod {pod} advertises {address}, but its LoadBalancer serves port {udp[0]['port']}")
 
 
 def check_config(case: str, text: str, env: dict[str, str], tickforge: str, failures: Failures) -> None:
@@ -487,6 +489,17 @@ REFUSALS = [
             },
         },
         "with {pod} for the pod name",
+    ),
+    (
+        "a load balancer address on another port",
+        {
+            **ON_REDIS,
+            "fleet": {
+                "enabled": True,
+                "publicAddress": {"mode": "perPodService", "perPodService": {"address": "{pod}.example.net:443"}},
+            },
+        },
+        "must end with the per-pod Services' port :4433",
     ),
     (
         "a host port host that names no Kubernetes node",

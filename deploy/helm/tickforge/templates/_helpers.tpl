@@ -184,6 +184,10 @@ owns every match of its store, so more replicas would fight over them.
 {{- if not (contains "{pod}" ($perPod.address | default "")) }}
 {{- fail (printf "fleet.publicAddress.perPodService.address must be the host:port players reach each pod at, with {pod} for the pod name (e.g. \"{pod}.games.example.net:4433\"), not %q" ($perPod.address | default "")) }}
 {{- end }}
+{{- $port := $perPod.port | default .Values.service.quicPort | int }}
+{{- if and (eq $perPod.type "LoadBalancer") (not (hasSuffix (printf ":%d" $port) $perPod.address)) }}
+{{- fail (printf "fleet.publicAddress.perPodService.address %q must end with the per-pod Services' port :%d (perPodService.port, default service.quicPort)" $perPod.address $port) }}
+{{- end }}
 {{- else if eq $mode "hostPort" }}
 {{- $host := $fleet.publicAddress.hostPort.host | default "" }}
 {{- if not (or (contains "{hostIP}" $host) (contains "{nodeName}" $host)) }}
