@@ -15,8 +15,9 @@ rendering:
 - the tickforge.toml of the ConfigMap is valid TOML holding no secret, and
   `tickforge check-config` (with --tickforge) accepts it with the first
   pod's environment (a fleet pod's node id and address included);
-- REDIS_URL only refers to $(REDIS_PASSWORD) after that variable is
-  defined (Kubernetes expands $(VAR) only from earlier entries);
+- an env value refers to $(VAR) (REDIS_URL to $(REDIS_PASSWORD), a fleet
+  pod's address to its downward API variables) only after VAR is defined:
+  Kubernetes expands $(VAR) only from earlier entries;
 - terminationGracePeriodSeconds exceeds the drain deadline;
 - a single node (every rendering not named by --fleet) is a Deployment of
   at most one pod, replaced with strategy Recreate, with no node id;
