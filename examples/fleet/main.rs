@@ -202,6 +202,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut last_states = bots.live.states.load(Relaxed);
     let mut last_at = now_ms();
     let mut next_line = start + 1000;
+    // Each node's fleet counters as last read (a killed node's stay).
+    let mut counters = vec![nodes::NodeMetrics::default(); fleet.nodes.len()];
     loop {
         let now = now_ms();
         if kill_time.is_none() && now >= kill_at {
@@ -232,10 +234,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .unwrap_or_else(|e| e.into_inner())
                 .matches_per_node();
             let mut parts = Vec::new();
-            for node in &fleet.nodes {
+            for (node, last) in fleet.nodes.iter().zip(counters.iter_mut()) {
                 let held = leases.get(&node.id).copied().unwrap_or(0);
-                parts.push(match (node.fate, node.metrics().await) {
+                let metrics = node.metrics().await;
+                if let Some(m) = metrics {
+                    *last = m;
+                }
+                parts.push(match (node.fate, metrics) {
                     (Fate::Killed, _) => format!("{} killed leases={held}", node.id),
+                    (Fate::Drained(None), Some(m)) => format!(
+                        "{} draining matches={} leases={held} handed_over={}",
+                        node.id, m.matches, m.handovers
+                    ),
                     (Fate::Drained(_), _) => format!("{} drained leases={held}", node.id),
                     (Fate::Running, Some(m)) => format!(
                         "{} matches={} leases={held} sessions={}",
@@ -271,11 +281,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         drain_time.context("the run ended before the drain")?,
     );
     let takeovers = measure::takeovers(&history, &sessions, &fleet.nodes[killed].id, kill_time);
-    let migrations =
-        measure::migrations(&history, &sessions, &fleet.nodes[drained].id, drain_time);
+    let migrations = measure::migrations(&history, &sessions, &fleet.nodes[drained].id, drain_time);
     let lost = measure::lost_sessions(&sessions, end, 5_000);
     let conflicts = seen_events.conflicts.load(Relaxed);
-    let fenced = fleet.log_lines_with("enced");
+    let total = |f: fn(&nodes::NodeMetrics) -> u64| counters.iter().map(f).sum::<u64>();
     let summary = Summary {
         nodes: args.nodes,
         killed: 1,
@@ -299,7 +308,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     progress(format!(
         "details: orphaned={} takeovers={} stalled={} held_at_drain={} migrations={} stayed={} \
          drain_exit={} sessions={} logs={} events_stored={} events_seen={} client_conflicts={} \
-         undecodable={} head_regressions={} watcher_errors={} fenced_log_lines={fenced}",
+         undecodable={} head_regressions={} watcher_errors={} node_takeovers={} node_handovers={} \
+         node_fenced={} node_redirects={}",
         takeovers.orphaned,
         takeovers.moved,
         takeovers.stalled.len(),
@@ -315,6 +325,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         findings.undecodable,
         regressions_seen,
         watcher_errors,
+        total(|m| m.takeovers),
+        total(|m| m.handovers),
+        total(|m| m.fenced),
+        total(|m| m.redirects),
     ));
     let clean = summary.sessions_lost == 0
         && summary.events_lost == 0

@@ -31,16 +31,14 @@ pub struct Takeovers {
 
 /// Which matches the killed node held, where they went and how fast they
 /// ticked again.
-pub fn takeovers(
-    seen: &Seen,
-    sessions: &[SessionRecord],
-    killed: &str,
-    kill_at: u64,
-) -> Takeovers {
+pub fn takeovers(seen: &Seen, sessions: &[SessionRecord], killed: &str, kill_at: u64) -> Takeovers {
     let mut out = Takeovers::default();
     let by_root = sessions_by_root(sessions);
     for (root, history) in &seen.history {
-        if seen.owner_at(root, kill_at).is_none_or(|o| o.node != killed) {
+        if seen
+            .owner_at(root, kill_at)
+            .is_none_or(|o| o.node != killed)
+        {
             continue;
         }
         out.orphaned += 1;
@@ -110,7 +108,10 @@ pub fn migrations(
     let mut out = Migrations::default();
     let by_root = sessions_by_root(sessions);
     for (root, history) in &seen.history {
-        if seen.owner_at(root, drain_at).is_none_or(|o| o.node != drained) {
+        if seen
+            .owner_at(root, drain_at)
+            .is_none_or(|o| o.node != drained)
+        {
             continue;
         }
         out.held += 1;

@@ -222,7 +222,9 @@ impl Fleet {
     pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         let child = node.child.as_mut().context("node not started")?;
-        child.kill().with_context(|| format!("SIGKILL {}", node.id))?;
+        child
+            .kill()
+            .with_context(|| format!("SIGKILL {}", node.id))?;
         let _ = child.wait();
         node.fate = Fate::Killed;
         Ok(())
@@ -244,7 +246,10 @@ impl Fleet {
             if let Fate::Drained(Some(status)) = node.fate {
                 return Some(status);
             }
-            let status = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let status = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = status {
                 node.fate = Fate::Drained(Some(status));
                 return Some(status);
@@ -266,18 +271,6 @@ impl Fleet {
             }
         }
     }
-
-    /// How many of the nodes' log lines contain `needle` (e.g. "fenced").
-    pub fn log_lines_with(&self, needle: &str) -> usize {
-        self.nodes
-            .iter()
-            .map(|n| {
-                std::fs::read_to_string(&n.log)
-                    .map(|t| t.lines().filter(|l| l.contains(needle)).count())
-                    .unwrap_or(0)
-            })
-            .sum()
-    }
 }
 
 impl Node {
@@ -286,7 +279,11 @@ impl Node {
         let pid = i32::try_from(child.id()).context("a pid")?;
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!("cannot signal {}: {}", self.id, std::io::Error::last_os_error());
+            bail!(
+                "cannot signal {}: {}",
+                self.id,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -294,7 +291,11 @@ impl Node {
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "{} exited with {status} while starting; its log ({}):\n{}",
                     self.id,
@@ -319,7 +320,7 @@ impl Node {
 
     /// Sums of this node's Prometheus metrics, `None` when it does not answer.
     pub async fn metrics(&self) -> Option<NodeMetrics> {
-        if self.fate != Fate::Running {
+        if !matches!(self.fate, Fate::Running | Fate::Drained(None)) {
             return None;
         }
         let (200, body) = http_get(self.admin, "/metrics").await.ok()? else {
@@ -337,6 +338,10 @@ impl Node {
         Some(NodeMetrics {
             matches: sum("tickforge_matches_live") as u64,
             sessions: sum("tickforge_sessions_open") as u64,
+            takeovers: sum("tickforge_fleet_takeovers_total") as u64,
+            handovers: sum("tickforge_fleet_handovers_total") as u64,
+            fenced: sum("tickforge_fleet_fenced_total") as u64,
+            redirects: sum("tickforge_fleet_redirects_total") as u64,
         })
     }
 }
@@ -348,6 +353,14 @@ pub struct NodeMetrics {
     pub matches: u64,
     /// Connections open now.
     pub sessions: u64,
+    /// Matches it took over.
+    pub takeovers: u64,
+    /// Matches it handed over.
+    pub handovers: u64,
+    /// Matches it stopped because another node holds their lease.
+    pub fenced: u64,
+    /// Clients it sent to another node.
+    pub redirects: u64,
 }
 
 /// The last lines of a log file.

@@ -152,8 +152,14 @@ async fn poll(
             .collect();
         let mut pipe = redis::pipe();
         for key in &keys {
-            pipe.cmd("HMGET").arg(key.owner_key()).arg("node").arg("epoch");
-            pipe.cmd("HMGET").arg(key.meta_key()).arg("head").arg("tick");
+            pipe.cmd("HMGET")
+                .arg(key.owner_key())
+                .arg("node")
+                .arg("epoch");
+            pipe.cmd("HMGET")
+                .arg(key.meta_key())
+                .arg("head")
+                .arg("tick");
         }
         let replies: Vec<Vec<Option<String>>> = match pipe.query_async(&mut con).await {
             Ok(replies) => replies,
