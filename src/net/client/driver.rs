@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Inbound, Link, closed_error};
+use super::route::{Budget, Route};
 use super::{
-    Client, ClientError, ClientStats, JoinRequest, Outgoing, SessionEvent, SessionInfo,
-    StateUpdate, connection_error,
+    Client, ClientError, ClientStats, JoinRequest, Outgoing, Session, SessionEvent, SessionInfo,
+    StateUpdate, connection_error, random,
 };
 use crate::codec;
 use crate::game::{Game, Tick};
@@ -28,23 +29,25 @@ const MAX_IN_FLIGHT: usize = 1024;
 
 /// The session's task: owns the connection and all per-session state.
 pub(super) struct Driver<G: Game> {
-    pub(super) client: Client,
-    pub(super) request: JoinRequest,
-    pub(super) conn: quinn::Connection,
-    pub(super) link: Link<G>,
-    pub(super) commands: mpsc::Receiver<Outgoing<G::Command>>,
-    pub(super) pending: HashMap<u64, oneshot::Sender<Result<CommandStatus, ClientError>>>,
-    pub(super) next_seq: u64,
-    pub(super) baselines: VecDeque<(Tick, Vec<u8>)>,
-    pub(super) last_tick: Option<Tick>,
-    pub(super) events_expected: u64,
-    pub(super) grace: Duration,
-    pub(super) states: watch::Sender<Option<Arc<StateUpdate<G::View>>>>,
-    pub(super) events: mpsc::Sender<SessionEvent<G::Event>>,
-    pub(super) info: watch::Sender<SessionInfo>,
-    pub(super) stats: Arc<ClientStats>,
+    client: Client,
+    /// The current server and the fail-over rotation.
+    route: Route,
+    request: JoinRequest,
+    conn: quinn::Connection,
+    link: Link<G>,
+    commands: mpsc::Receiver<Outgoing<G::Command>>,
+    pending: HashMap<u64, oneshot::Sender<Result<CommandStatus, ClientError>>>,
+    next_seq: u64,
+    baselines: VecDeque<(Tick, Vec<u8>)>,
+    last_tick: Option<Tick>,
+    events_expected: u64,
+    grace: Duration,
+    states: watch::Sender<Option<Arc<StateUpdate<G::View>>>>,
+    events: mpsc::Sender<SessionEvent<G::Event>>,
+    info: watch::Sender<SessionInfo>,
+    stats: Arc<ClientStats>,
     /// The match ended at this tick; `true` once the final state arrived.
-    pub(super) over: Option<(Tick, bool)>,
+    over: Option<(Tick, bool)>,
 }
 
 /// Why the driver's connection loop stopped.
@@ -58,7 +61,57 @@ enum Stop {
 }
 
 impl<G: Game> Driver<G> {
-    pub(super) async fn run(mut self) {
+    /// Starts the task of a session `link` admitted over `conn`.
+    pub(super) fn spawn(
+        client: &Client,
+        route: Route,
+        request: JoinRequest,
+        conn: quinn::Connection,
+        link: Link<G>,
+        stats: Arc<ClientStats>,
+    ) -> Session<G> {
+        let welcome = link.welcome.clone();
+        let (states_tx, states_rx) = watch::channel(None);
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let (info_tx, info_rx) = watch::channel(SessionInfo {
+            player: welcome.player,
+            resume_token: welcome.resume_token.clone(),
+            connected: true,
+            server: route.current(),
+        });
+        let driver = Driver::<G> {
+            client: client.clone(),
+            route,
+            request,
+            conn,
+            link,
+            commands: commands_rx,
+            pending: HashMap::new(),
+            next_seq: 1,
+            baselines: VecDeque::new(),
+            last_tick: None,
+            events_expected: welcome.events_from,
+            grace: Duration::from_millis(welcome.grace_ms),
+            states: states_tx,
+            events: events_tx,
+            info: info_tx,
+            stats: stats.clone(),
+            over: None,
+        };
+        let task = tokio::spawn(driver.run());
+        Session {
+            welcome,
+            info: info_rx,
+            commands: commands_tx,
+            states: states_rx,
+            events: events_rx,
+            stats,
+            task,
+        }
+    }
+
+    async fn run(mut self) {
         loop {
             let stop = self.serve_connection().await;
             let error = match stop {
@@ -81,6 +134,8 @@ impl<G: Game> Driver<G> {
                 }
                 Stop::Failed(error) => error,
             };
+            // The resume's deadline counts from here, when the loss was seen.
+            let detected = Instant::now();
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(ClientError::Disconnected));
             }
@@ -88,7 +143,9 @@ impl<G: Game> Driver<G> {
             let code = error.code();
             let resumable = self.client.config.reconnect
                 && match &error {
-                    ClientError::Refused { code, .. } => code.is_some_and(CloseCode::may_resume),
+                    ClientError::Refused { code, .. } => {
+                        code.is_some_and(|c| c.may_resume() || c.retry_hello())
+                    }
                     ClientError::Lost(_) | ClientError::Protocol(_) => true,
                     _ => false,
                 }
@@ -105,7 +162,7 @@ impl<G: Game> Driver<G> {
             if !resumable {
                 return self.close_for_good(code, error.to_string()).await;
             }
-            match self.reconnect().await {
+            match self.reconnect(error, detected).await {
                 Ok(()) => {}
                 Err(error) => return self.close_for_good(error.code(), error.to_string()).await,
             }
@@ -122,10 +179,22 @@ impl<G: Game> Driver<G> {
     }
 
     /// Reconnects with the resume token (players) or the original
-    /// credential (spectators), retrying until the grace window is over.
-    async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.grace.max(Duration::from_secs(1));
-        let mut backoff = Duration::from_millis(50);
+    /// credential (spectators) after the connection ended with `cause`:
+    /// to the node a `Redirect` names, after the wait a `MatchMoving` asks,
+    /// else to the same server and then the fallbacks, with backoff. Gives
+    /// up past the longer of the grace window and `retry_for`, counted
+    /// from when the loss was `detected` (a fleet takeover needs the lease
+    /// to expire and the match restored first).
+    async fn reconnect(
+        &mut self,
+        cause: ClientError,
+        detected: Instant,
+    ) -> Result<(), ClientError> {
+        let window = self
+            .grace
+            .max(self.client.config.retry_for)
+            .max(Duration::from_secs(1));
+        let budget = Budget::resume(detected, window);
         let mut request = self.request.clone();
         if self.request.role == Role::Player {
             let token = self
@@ -137,63 +206,50 @@ impl<G: Game> Driver<G> {
             request.credential = Credential::Resume(token);
         }
         request.events_from = Some(self.events_expected);
-        loop {
-            // Commands sent meanwhile fail at once.
-            while let Ok(out) = self.commands.try_recv() {
-                let _ = out.reply.send(Err(ClientError::Disconnected));
-            }
-            let attempt = async {
-                let connected = self.client.connect().await?;
-                let link = Link::<G>::open(
-                    &connected.conn,
-                    &request.hello(),
-                    &self.client.config,
-                    &self.stats,
-                )
-                .await?;
-                Ok::<_, ClientError>((connected.conn, link))
-            };
-            match attempt.await {
-                Ok((conn, link)) => {
-                    let tick = link.welcome.tick;
-                    // Events the server could not replay are a gap.
-                    if link.welcome.events_from > self.events_expected {
-                        let (from, to) = (self.events_expected, link.welcome.events_from);
-                        self.stats.gaps.fetch_add(1, Relaxed);
-                        let _ = self.events.send(SessionEvent::Gap { from, to }).await;
-                        self.events_expected = to;
+        let next = self
+            .route
+            .after_close(cause, Instant::now(), &budget, random());
+        let (conn, link) = {
+            let establish =
+                self.client
+                    .establish::<G>(&mut self.route, next, &request, &self.stats, &budget);
+            tokio::pin!(establish);
+            loop {
+                tokio::select! {
+                    done = &mut establish => break done?,
+                    // Commands sent meanwhile fail at once.
+                    Some(out) = self.commands.recv() => {
+                        let _ = out.reply.send(Err(ClientError::Disconnected));
                     }
-                    self.conn = conn;
-                    self.link = link;
-                    self.last_tick = None;
-                    self.stats.resumes.fetch_add(1, Relaxed);
-                    self.info.send_modify(|i| {
-                        i.connected = true;
-                        if let Some(player) = self.link.welcome.player {
-                            i.player = Some(player);
-                        }
-                        if let Some(token) = &self.link.welcome.resume_token {
-                            i.resume_token = Some(token.clone());
-                        }
-                    });
-                    let _ = self.events.send(SessionEvent::Resumed { tick }).await;
-                    return Ok(());
-                }
-                Err(error) => {
-                    let transient = match &error {
-                        ClientError::Refused { code, .. } => code.is_none_or(CloseCode::may_resume),
-                        ClientError::Connect { .. } | ClientError::Lost(_) => true,
-                        _ => false,
-                    };
-                    if !transient || Instant::now() + backoff > deadline {
-                        return Err(error);
-                    }
-                    tracing::debug!(%error, "reconnect attempt failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
+        };
+        let tick = link.welcome.tick;
+        // Events the server could not replay are a gap.
+        if link.welcome.events_from > self.events_expected {
+            let (from, to) = (self.events_expected, link.welcome.events_from);
+            self.stats.gaps.fetch_add(1, Relaxed);
+            let _ = self.events.send(SessionEvent::Gap { from, to }).await;
+            self.events_expected = to;
         }
+        self.conn = conn;
+        self.link = link;
+        self.last_tick = None;
+        self.grace = Duration::from_millis(self.link.welcome.grace_ms);
+        self.stats.resumes.fetch_add(1, Relaxed);
+        let server = self.route.current();
+        self.info.send_modify(|i| {
+            i.connected = true;
+            i.server = server;
+            if let Some(player) = self.link.welcome.player {
+                i.player = Some(player);
+            }
+            if let Some(token) = &self.link.welcome.resume_token {
+                i.resume_token = Some(token.clone());
+            }
+        });
+        let _ = self.events.send(SessionEvent::Resumed { tick }).await;
+        Ok(())
     }
 
     /// Runs one connection until it fails, the match ends or the session is dropped.

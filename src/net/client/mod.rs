@@ -39,12 +39,12 @@
 
 mod driver;
 mod link;
+mod route;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
@@ -52,6 +52,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::driver::Driver;
 use self::link::Link;
+pub use self::route::MAX_REDIRECTS;
+use self::route::{Budget, Next, Route};
 use super::protocol::{CloseCode, CommandStatus, Credential, Hello, Role, Welcome};
 use super::tls::{self, TlsError};
 use crate::codec;
@@ -76,6 +78,15 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Reconnect with the resume token after a drop.
     pub reconnect: bool,
+    /// How long a join keeps asking when servers answer `ServerFull` or
+    /// `MatchMoving` (waiting the time each asks, capped and jittered);
+    /// `ZERO` never retries and returns the refusal. A resume keeps trying
+    /// for the longer of this and the server's grace window.
+    pub retry_for: Duration,
+    /// The fleet's other nodes (same address family as `server`): when the
+    /// current server cannot be reached, the next address of `server`
+    /// then these, round robin, is tried instead.
+    pub fallback: Vec<SocketAddr>,
 }
 
 impl ClientConfig {
@@ -88,6 +99,8 @@ impl ClientConfig {
             max_message_bytes: codec::MAX_DECODE_BYTES,
             idle_timeout: Duration::from_secs(10),
             reconnect: true,
+            retry_for: Duration::from_secs(30),
+            fallback: Vec::new(),
         }
     }
 
@@ -123,6 +136,23 @@ pub enum ClientError {
         /// The code, if it is one of ours.
         code: Option<CloseCode>,
         /// The server's reason.
+        reason: String,
+    },
+    /// The servers redirected the `Hello` more than [`MAX_REDIRECTS`]
+    /// times in a row: the fleet disagrees on who hosts the match.
+    #[error("redirected more than {limit} times in a row (the last to {last})")]
+    TooManyRedirects {
+        /// The redirects allowed in a row.
+        limit: u32,
+        /// The address the last redirect named.
+        last: String,
+    },
+    /// A redirect named an address that cannot be resolved.
+    #[error("cannot follow the redirect to {target}: {reason}")]
+    BadRedirect {
+        /// The `host:port` the server named.
+        target: String,
+        /// Why it did not resolve.
         reason: String,
     },
     /// The connection was lost (timeout, reset, transport error).
@@ -300,15 +330,22 @@ impl Client {
         &self.config
     }
 
-    /// Connects and verifies the server certificate.
+    /// Connects to the configured server and verifies its certificate.
     pub async fn connect(&self) -> Result<Connected, ClientError> {
-        let server = self.config.server;
+        self.connect_to(self.config.server).await
+    }
+
+    /// Connects to `server` (another node of the fleet, say) with the
+    /// configured name and trust.
+    pub async fn connect_to(&self, server: SocketAddr) -> Result<Connected, ClientError> {
         let connect_error = |reason: String| ClientError::Connect { server, reason };
         let connecting = self
             .endpoint
             .connect_with(self.quic.clone(), server, &self.config.server_name)
             .map_err(|e| connect_error(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        // An unreachable node costs this much before the next one is tried.
+        let handshake = self.config.idle_timeout.min(HANDSHAKE_TIMEOUT);
+        let conn = tokio::time::timeout(handshake, connecting)
             .await
             .map_err(|_| connect_error("handshake timed out".into()))?
             .map_err(|e| match connection_error(&e) {
@@ -321,10 +358,119 @@ impl Client {
         })
     }
 
-    /// Connects and joins: [`connect`](Client::connect) then [`hello`](Connected::hello).
+    /// Connects and joins: [`connect`](Client::connect) then
+    /// [`hello`](Connected::hello), following redirects and retrying as
+    /// that describes, and failing over to the
+    /// [`fallback`](ClientConfig::fallback) addresses (each tried once)
+    /// when a server cannot be reached.
     pub async fn join<G: Game>(&self, request: JoinRequest) -> Result<Session<G>, ClientError> {
-        self.connect().await?.hello(request).await
+        let route = Route::new(&self.config, self.config.server);
+        self.admit(route, None, request).await
     }
+
+    /// Says the `Hello` until a server welcomes it and starts the session.
+    async fn admit<G: Game>(
+        &self,
+        mut route: Route,
+        first: Option<quinn::Connection>,
+        request: JoinRequest,
+    ) -> Result<Session<G>, ClientError> {
+        let stats = Arc::new(ClientStats::default());
+        let budget = Budget::join(Instant::now(), self.config.retry_for);
+        let next = match first {
+            Some(conn) => {
+                match Link::<G>::open(&conn, &request.hello(), &self.config, &stats).await {
+                    Ok(link) => return Ok(Driver::spawn(self, route, request, conn, link, stats)),
+                    Err(error) => route.after_attempt(error, Instant::now(), &budget, random()),
+                }
+            }
+            None => Next::Retry(Duration::ZERO),
+        };
+        let (conn, link) = self
+            .establish::<G>(&mut route, next, &request, &stats, &budget)
+            .await?;
+        Ok(Driver::spawn(self, route, request, conn, link, stats))
+    }
+
+    /// Takes the `next` step, then says `request`'s `Hello` to the route's
+    /// current server until one welcomes it or the route gives up.
+    async fn establish<G: Game>(
+        &self,
+        route: &mut Route,
+        mut next: Next,
+        request: &JoinRequest,
+        stats: &Arc<ClientStats>,
+        budget: &Budget,
+    ) -> Result<(quinn::Connection, Link<G>), ClientError> {
+        let hello = request.hello();
+        loop {
+            match next {
+                Next::Redirect(target) => {
+                    stats.redirects.fetch_add(1, Relaxed);
+                    tracing::debug!(%target, "following a redirect");
+                }
+                Next::Retry(wait) => {
+                    if !wait.is_zero() {
+                        stats.retries.fetch_add(1, Relaxed);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Next::GiveUp(error) => return Err(error),
+            }
+            let attempt = async {
+                if let Some(target) = route.take_redirect() {
+                    route.arrive(self.resolve(&target).await?);
+                }
+                let conn = self.connect_to(route.current()).await?.conn;
+                let link = Link::<G>::open(&conn, &hello, &self.config, stats).await?;
+                Ok::<_, ClientError>((conn, link))
+            };
+            match attempt.await {
+                Ok(admitted) => {
+                    route.admitted();
+                    return Ok(admitted);
+                }
+                Err(error) => {
+                    tracing::debug!(server = %route.current(), %error, "hello not welcomed");
+                    next = route.after_attempt(error, Instant::now(), budget, random());
+                }
+            }
+        }
+    }
+
+    /// Resolves a redirect's `host:port`, preferring the endpoint's
+    /// address family.
+    async fn resolve(&self, target: &str) -> Result<SocketAddr, ClientError> {
+        let bad = |reason: String| ClientError::BadRedirect {
+            target: target.to_owned(),
+            reason,
+        };
+        let v6 = self
+            .endpoint
+            .local_addr()
+            .map_err(|e| bad(e.to_string()))?
+            .is_ipv6();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
+            .await
+            .map_err(|e| bad(e.to_string()))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| bad("no address".into()))
+    }
+}
+
+/// The longest a QUIC handshake may take (less when the idle timeout is
+/// shorter).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A random number for the jitter of retries.
+fn random() -> u64 {
+    let rng = ring::rand::SystemRandom::new();
+    ring::rand::generate::<[u8; 8]>(&rng).map_or(0, |bytes| u64::from_le_bytes(bytes.expose()))
 }
 
 /// A verified connection that is not admitted to a match yet.
@@ -340,48 +486,15 @@ impl Connected {
         &self.conn
     }
 
-    /// Sends the `Hello` and waits for the `Welcome`.
+    /// Sends the `Hello` and waits for the `Welcome`. A
+    /// [`Redirect`](CloseCode::Redirect) answer is followed (the same
+    /// `Hello` to the node it names, at most [`MAX_REDIRECTS`] in a row);
+    /// a [`ServerFull`](CloseCode::ServerFull) or
+    /// [`MatchMoving`](CloseCode::MatchMoving) answer is retried after the
+    /// wait it asks for, within [`ClientConfig::retry_for`].
     pub async fn hello<G: Game>(self, request: JoinRequest) -> Result<Session<G>, ClientError> {
-        let stats = Arc::new(ClientStats::default());
-        let link =
-            Link::<G>::open(&self.conn, &request.hello(), &self.client.config, &stats).await?;
-        let welcome = link.welcome.clone();
-        let (states_tx, states_rx) = watch::channel(None);
-        let (events_tx, events_rx) = mpsc::channel(4096);
-        let (commands_tx, commands_rx) = mpsc::channel(256);
-        let (info_tx, info_rx) = watch::channel(SessionInfo {
-            player: welcome.player,
-            resume_token: welcome.resume_token.clone(),
-            connected: true,
-        });
-        let driver = Driver::<G> {
-            client: self.client,
-            request,
-            conn: self.conn,
-            link,
-            commands: commands_rx,
-            pending: HashMap::new(),
-            next_seq: 1,
-            baselines: VecDeque::new(),
-            last_tick: None,
-            events_expected: welcome.events_from,
-            grace: Duration::from_millis(welcome.grace_ms),
-            states: states_tx,
-            events: events_tx,
-            info: info_tx,
-            stats: stats.clone(),
-            over: None,
-        };
-        let task = tokio::spawn(driver.run());
-        Ok(Session {
-            welcome,
-            info: info_rx,
-            commands: commands_tx,
-            states: states_rx,
-            events: events_rx,
-            stats,
-            task,
-        })
+        let route = Route::new(&self.client.config, self.conn.remote_address());
+        self.client.admit(route, Some(self.conn), request).await
     }
 }
 
@@ -448,6 +561,9 @@ pub struct SessionInfo {
     pub resume_token: Option<String>,
     /// Whether a connection is up now.
     pub connected: bool,
+    /// The server of the session (the last one that welcomed it; it
+    /// changes with redirects and fail-overs).
+    pub server: SocketAddr,
 }
 
 /// Counters of one session.
@@ -471,6 +587,11 @@ pub struct ClientStats {
     pub gaps: AtomicU64,
     /// Successful resumes.
     pub resumes: AtomicU64,
+    /// Redirects followed (joins and resumes).
+    pub redirects: AtomicU64,
+    /// `Hello`s sent again after a wait (a full server, a moving match, an
+    /// unreachable server).
+    pub retries: AtomicU64,
 }
 
 /// An admitted session. Dropping it closes the connection.
@@ -543,6 +664,12 @@ impl<G: Game> Session<G> {
     /// The resume token of the slot.
     pub fn resume_token(&self) -> Option<String> {
         self.info.borrow().resume_token.clone()
+    }
+
+    /// The server the session is on (or reconnecting to): the last one
+    /// that welcomed it.
+    pub fn server(&self) -> SocketAddr {
+        self.info.borrow().server
     }
 
     /// Who the session is and whether it is connected, as a watch.
