@@ -97,6 +97,8 @@ impl TestFleet {
     fn client(&self, entry: usize) -> Client {
         let mut config = ClientConfig::new(self.addrs[entry], self.trusted.clone());
         config.idle_timeout = Duration::from_millis(1_500);
+        config.retry_for = Duration::from_secs(10);
+        config.fallback = self.addrs.clone();
         Client::new(config).expect("a client endpoint")
     }
 
@@ -298,6 +300,7 @@ async fn a_killed_node_s_matches_are_taken_over_and_its_players_resume_on_the_su
         player.await_resumed().await;
         player.state_after(before).await;
         player.play_a_move().await;
+        assert_eq!(player.session.server(), fleet.addrs[1], "resumed on node-2");
     }
     for root in roots {
         fleet.await_owner(root, "node-2").await;
@@ -323,6 +326,7 @@ async fn a_drained_node_hands_its_matches_over_losing_no_session_and_no_event() 
         player.await_resumed().await;
         player.state_after(before).await;
         player.play_a_move().await;
+        assert_eq!(player.session.server(), fleet.addrs[1], "resumed on node-2");
     }
     for root in roots {
         fleet.await_owner(root, "node-2").await;
@@ -354,6 +358,11 @@ async fn a_join_through_the_wrong_node_reaches_the_match() {
             "{id:?} in the match"
         );
     }
+    assert_eq!(
+        guest.session.server(),
+        fleet.addrs[0],
+        "redirected to node-1"
+    );
     assert_eq!(fleet.owner("r0").await.as_deref(), Some("node-1"));
 }
 
@@ -385,5 +394,10 @@ async fn a_resume_token_used_on_another_node_reaches_the_match() {
     };
     again.state_after(tick).await;
     again.play_a_move().await;
+    assert_eq!(
+        again.session.server(),
+        fleet.addrs[0],
+        "redirected to node-1"
+    );
     assert_eq!(fleet.owner("t0").await.as_deref(), Some("node-1"));
 }

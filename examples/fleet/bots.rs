@@ -135,6 +135,8 @@ pub struct Bots {
 pub fn client_config(spec: &BotsSpec, entry: usize) -> ClientConfig {
     let mut config = ClientConfig::new(spec.nodes[entry], spec.trusted.clone());
     config.idle_timeout = spec.idle_timeout;
+    config.retry_for = spec.retry_for;
+    config.fallback = spec.nodes.clone();
     config
 }
 

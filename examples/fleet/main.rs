@@ -89,6 +89,10 @@ struct Args {
     /// A client connection silent this long is dropped (then resumed).
     #[arg(long, default_value_t = 1500)]
     idle_timeout_ms: u64,
+    /// Run this server binary instead of building `tickforge` beside the
+    /// example.
+    #[arg(long)]
+    node_binary: Option<std::path::PathBuf>,
     /// Keep the nodes' configurations and logs (their directory is
     /// printed); they are always kept when something was lost.
     #[arg(long)]
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +141,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bail!("--seconds must be at least 9 and --matches at least 1");
     }
     report::start_clock();
-    let binary = nodes::node_binary()?;
+    let binary = match args.node_binary.clone() {
+        Some(binary) => binary,
+        None => nodes::node_binary()?,
+    };
     let Some(redis) = RedisTarget::open().await? else {
         bail!("no Redis: set REDIS_URL or install redis-server");
     };

@@ -73,6 +73,7 @@ pub struct Fleet {
 /// The `tickforge` binary beside this example's build, built first (with
 /// the same profile) so it is never older than the sources.
 pub fn node_binary() -> anyhow::Result<PathBuf> {
+    crate::report::progress("building the tickforge binary (cargo build --bin tickforge)");
     let exe = std::env::current_exe().context("finding the example's executable")?;
     // target/<profile>/examples/fleet → target/<profile>/tickforge
     let profile_dir = exe
