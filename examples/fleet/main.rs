@@ -6,8 +6,9 @@
 //! cargo run --release --example fleet -- --nodes 3 --seconds 30 --matches 100 --players 8
 //! ```
 //!
-//! It starts `--nodes` `tickforge serve` processes (built first, beside
-//! this example) on one Redis (`REDIS_URL`, else a `redis-server` child of
+//! It starts `--nodes` server processes (this example re-run as a node,
+//! serving the arena exactly as `tickforge serve` does; `--node-binary`
+//! runs a `tickforge` binary instead) on one Redis (`REDIS_URL`, else a `redis-server` child of
 //! its own), all with one secret and one certificate, `[fleet]` leases of
 //! `--lease-ttl-ms` and sync durability. `--matches` x `--players` arena
 //! bots join through different nodes (joins for a match another node owns
@@ -55,9 +56,11 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use bots::{Bots, BotsSpec};
-use nodes::{Fate, Fleet, FleetSpec};
+use nodes::{Fate, Fleet, FleetSpec, NodeProgram};
 use redis_server::RedisTarget;
 use report::{Summary, now_ms, progress};
+use tickforge::arena::Arena;
+use tickforge::config::Config;
 use watcher::Watcher;
 
 /// A fleet of nodes under bots: one killed, one drained.
@@ -89,10 +92,15 @@ struct Args {
     /// A client connection silent this long is dropped (then resumed).
     #[arg(long, default_value_t = 1500)]
     idle_timeout_ms: u64,
-    /// Run this server binary instead of building `tickforge` beside the
-    /// example.
+    /// Run this `tickforge` binary (`serve --config`) as the nodes,
+    /// instead of this example's own executable serving the arena the
+    /// same way.
     #[arg(long)]
     node_binary: Option<std::path::PathBuf>,
+    /// Internal: serve as one node with this configuration (how the
+    /// example starts its nodes).
+    #[arg(long, hide = true)]
+    serve_node: Option<std::path::PathBuf>,
     /// Keep the nodes' configurations and logs (their directory is
     /// printed); they are always kept when something was lost.
     #[arg(long)]
@@ -100,6 +108,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(config) = &args.serve_node {
+        tickforge::cli::init_logging();
+        return tickforge::cli::block_on(async {
+            let config = Config::load(Some(config)).context("loading the node's configuration")?;
+            tickforge::cli::serve(Arena::default(), config).await
+        });
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,7 +124,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,9 +156,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bail!("--seconds must be at least 9 and --matches at least 1");
     }
     report::start_clock();
-    let binary = match args.node_binary.clone() {
-        Some(binary) => binary,
-        None => nodes::node_binary()?,
+    let program = match args.node_binary.clone() {
+        Some(binary) => NodeProgram::Binary(binary),
+        None => NodeProgram::this_example()?,
     };
     let Some(redis) = RedisTarget::open().await? else {
         bail!("no Redis: set REDIS_URL or install redis-server");
@@ -166,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         max_matches: args.max_matches.unwrap_or(args.matches),
         shards: args.shards,
     };
-    let mut fleet = Fleet::prepare(dir.path(), binary, args.nodes, &spec)?;
+    let mut fleet = Fleet::prepare(dir.path(), program, args.nodes, &spec)?;
     fleet.start_all().await?;
     progress(format!(
         "{} nodes ready ({}), edition {edition}, logs in {}",
@@ -308,6 +323,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     for line in lost.iter().take(10) {
         progress(format!("lost session: {line}"));
+    }
+    for (pause, root, seat, began) in &migrations.longest {
+        progress(format!(
+            "longest migration pause: {pause} ms, {root} seat {seat}, from {began} ms"
+        ));
     }
     for note in &findings.notes {
         progress(format!("audit: {note}"));

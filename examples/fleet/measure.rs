@@ -95,6 +95,8 @@ pub struct Migrations {
     pub pauses: Distribution,
     /// Matches that stayed with the drained node (or with nobody).
     pub stayed: Vec<String>,
+    /// The longest pauses: (ms, match, seat, when the pause began).
+    pub longest: Vec<(u64, String, u32, u64)>,
 }
 
 /// Which matches the drained node held, whether they moved, and the
@@ -132,13 +134,17 @@ pub fn migrations(
                 .receipts
                 .windows(2)
                 .filter(|w| w[1].0 >= drain_at && w[0].0 <= drain_at + MIGRATION_WINDOW_MS)
-                .map(|w| w[1].0 - w[0].0)
+                .map(|w| (w[1].0 - w[0].0, w[0].0))
                 .max();
-            if let Some(pause) = pause {
+            if let Some((pause, began)) = pause {
                 out.pauses.add(pause);
+                out.longest
+                    .push((pause, session.root.clone(), session.seat, began));
             }
         }
     }
+    out.longest.sort_unstable_by(|a, b| b.cmp(a));
+    out.longest.truncate(3);
     out
 }
 

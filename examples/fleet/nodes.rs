@@ -1,5 +1,5 @@
-//! The fleet's server processes: `tickforge serve --config <file>` per
-//! node, each with its own QUIC and admin ports, all on one Redis, one
+//! The fleet's server processes: the arena served as `tickforge serve
+//! --config <file>` serves it, one process per node, each with its own QUIC and admin ports, all on one Redis, one
 //! shared secret and one certificate. Started and awaited (`/readyz`),
 //! killed with SIGKILL, drained with SIGTERM, and asked for their
 //! `/metrics`.
@@ -65,46 +65,44 @@ pub struct Node {
 pub struct Fleet {
     /// The nodes, `node-1` first.
     pub nodes: Vec<Node>,
-    binary: PathBuf,
+    program: NodeProgram,
     /// The certificate every node serves (clients trust it).
     pub trusted: Vec<CertificateDer<'static>>,
 }
 
-/// The `tickforge` binary beside this example's build, built first (with
-/// the same profile) so it is never older than the sources.
-pub fn node_binary() -> anyhow::Result<PathBuf> {
-    crate::report::progress("building the tickforge binary (cargo build --bin tickforge)");
-    let exe = std::env::current_exe().context("finding the example's executable")?;
-    // target/<profile>/examples/fleet → target/<profile>/tickforge
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the example does not sit in a cargo target directory")?;
-    let binary = profile_dir.join("tickforge");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "--bin", "tickforge", "--manifest-path"])
-        .arg(&manifest);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
+/// How a node process is started.
+#[derive(Debug, Clone)]
+pub enum NodeProgram {
+    /// This example's own executable, `--serve-node <config>`: the arena
+    /// served exactly as `tickforge serve` does (no bots), built with the
+    /// example, so never older than the sources.
+    ThisExample(PathBuf),
+    /// A `tickforge` binary, `serve --config <config>`.
+    Binary(PathBuf),
+}
+
+impl NodeProgram {
+    /// This example's executable, re-run as a node.
+    pub fn this_example() -> anyhow::Result<Self> {
+        Ok(Self::ThisExample(
+            std::env::current_exe().context("finding the example's executable")?,
+        ))
     }
-    match build.status() {
-        Ok(status) if status.success() => {}
-        Ok(status) => bail!("`cargo build --bin tickforge` failed ({status})"),
-        Err(error) if binary.is_file() => {
-            crate::report::progress(format!(
-                "cannot run cargo ({error}); using {} as it is",
-                binary.display()
-            ));
+
+    fn command(&self, config: &Path) -> Command {
+        match self {
+            NodeProgram::ThisExample(exe) => {
+                let mut command = Command::new(exe);
+                command.arg("--serve-node").arg(config);
+                command
+            }
+            NodeProgram::Binary(binary) => {
+                let mut command = Command::new(binary);
+                command.args(["serve", "--config"]).arg(config);
+                command
+            }
         }
-        Err(error) => return Err(error).context("running cargo to build the tickforge binary"),
     }
-    if !binary.is_file() {
-        bail!("no tickforge binary at {}", binary.display());
-    }
-    Ok(binary)
 }
 
 /// A loopback address with a port that was free a moment ago.
@@ -121,7 +119,7 @@ impl Fleet {
     /// into `dir`; starts nothing yet.
     pub fn prepare(
         dir: &Path,
-        binary: PathBuf,
+        program: NodeProgram,
         count: usize,
         spec: &FleetSpec,
     ) -> anyhow::Result<Self> {
@@ -171,7 +169,7 @@ impl Fleet {
         }
         Ok(Self {
             nodes,
-            binary,
+            program,
             trusted,
         })
     }
@@ -186,10 +184,8 @@ impl Fleet {
         for node in &mut self.nodes {
             let log = std::fs::File::create(&node.log)
                 .with_context(|| format!("creating {}", node.log.display()))?;
-            let mut command = Command::new(&self.binary);
+            let mut command = self.program.command(&node.config);
             command
-                .args(["serve", "--config"])
-                .arg(&node.config)
                 .env_remove("REDIS_URL")
                 .env_remove("STORAGE_BACKEND")
                 .env_remove("TICKFORGE_SECRET")
@@ -210,7 +206,7 @@ impl Fleet {
             }
             let child = command
                 .spawn()
-                .with_context(|| format!("starting {}", self.binary.display()))?;
+                .with_context(|| format!("starting {:?}", self.program))?;
             node.child = Some(child);
         }
         for node in &mut self.nodes {
