@@ -47,6 +47,9 @@ pub struct BotsSpec {
     pub idle_timeout: Duration,
     /// How long a session keeps trying to resume.
     pub retry_for: Duration,
+    /// Joins are spread over this long (slot by slot), so hundreds of
+    /// handshakes do not all land in the same instant.
+    pub join_ramp: Duration,
 }
 
 /// Counters for the progress lines.
@@ -222,6 +225,11 @@ impl Seat {
         for round in 0u64.. {
             if *self.stop.borrow() {
                 break;
+            }
+            if round == 0 {
+                let share = self.spec.join_ramp.as_secs_f64() * self.slot as f64
+                    / self.spec.matches.max(1) as f64;
+                tokio::time::sleep(Duration::from_secs_f64(share)).await;
             }
             let root = format!("{}-{}-{round}", self.spec.prefix, self.slot);
             if self.seat > 1 {

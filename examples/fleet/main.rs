@@ -89,6 +89,10 @@ struct Args {
     /// Shard tasks per node.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Spread the players' joins over this many milliseconds (default:
+    /// 20 per match).
+    #[arg(long)]
+    join_ramp_ms: Option<u64>,
     /// A client connection silent this long is dropped (then resumed).
     #[arg(long, default_value_t = 1500)]
     idle_timeout_ms: u64,
@@ -203,11 +207,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         prefix: "m".into(),
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
         retry_for: lease_ttl * 3 + Duration::from_secs(10),
+        join_ramp: Duration::from_millis(args.join_ramp_ms.unwrap_or(20 * args.matches as u64)),
     })?;
 
     // Everyone joins first; the clock of the scenario starts then.
     let seats = args.matches as u64 * u64::from(args.players);
-    let joined_by = now_ms() + 30_000;
+    let joined_by = now_ms() + 30_000 + args.join_ramp_ms.unwrap_or(20 * args.matches as u64);
     while bots.live.connected.load(Relaxed) < seats && now_ms() < joined_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
