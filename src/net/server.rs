@@ -931,12 +931,15 @@ async fn ensure_hosted<G: Game, S: Store>(
         }
         Some(_) => {
             place(shared, root, false).await?;
-            let replayed = engine
-                .restore_match(root)
-                .await
-                .map_err(|e| owned_or(e, internal))?;
-            tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
-            Ok(true)
+            match engine.restore_match(root).await {
+                Ok(replayed) => {
+                    tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
+                    Ok(true)
+                }
+                // A fleet's takeover scan restored it meanwhile.
+                Err(EngineError::MatchExists(_)) => Ok(true),
+                Err(error) => Err(owned_or(error, internal)),
+            }
         }
         None if may_create => {
             place(shared, root, true).await?;
