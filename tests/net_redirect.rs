@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use net_support::close_stub::CloseStub;
+use net_support::close_stub::{Answer, CloseStub};
 use net_support::*;
 use tickforge::arena::{Arena, ArenaCommand, Dir};
 use tickforge::client::{
@@ -56,8 +56,8 @@ async fn plays(session: &Session<Arena>, player: u32) {
     );
 }
 
-fn redirect_to(addr: impl std::fmt::Display) -> (CloseCode, String) {
-    (CloseCode::Redirect, format!("{addr} moved"))
+fn redirect_to(addr: impl std::fmt::Display) -> Answer {
+    Answer::Close(CloseCode::Redirect, format!("{addr} moved"))
 }
 
 /// A UDP port that never answers (held for the test), as a dead node.
@@ -124,8 +124,8 @@ async fn a_moving_match_is_retried_after_the_wait_then_redirected() {
     let real = server.addr;
     let stub = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
         vec![
-            (CloseCode::MatchMoving, "200 moving".into()),
-            (CloseCode::ServerFull, "100 full".into()),
+            Answer::Close(CloseCode::MatchMoving, "200 moving".into()),
+            Answer::Close(CloseCode::ServerFull, "100 full".into()),
             redirect_to(real),
         ]
     })
@@ -149,7 +149,7 @@ async fn without_a_retry_budget_the_refusal_is_returned() {
         (CloseCode::ServerFull, "200 full"),
     ] {
         let stub = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
-            vec![(code, reason.into())]
+            vec![Answer::Close(code, reason.into())]
         })
         .await;
         let mut config = client(&server, stub.addr, &[&stub]);
@@ -278,4 +278,53 @@ async fn a_resume_fails_over_to_a_fallback_node_when_its_server_is_gone() {
     assert!(session.stats().retries.load(Relaxed) >= 1);
     plays(&session, 1).await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_whose_match_moves_away_resumes_on_the_new_owner() {
+    let owner = start(Options::default()).await;
+    // The slot lives on `owner`; its first session leaves it to the grace window.
+    let first = owner.join("m1", 1).await;
+    let token = first.resume_token().unwrap();
+    let welcome = first.welcome().clone();
+    first.close();
+    // Another node hosted the session until the match was handed to `owner`.
+    let owner_addr = owner.addr;
+    let old_node = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
+        vec![Answer::AdmitThenClose(
+            welcome,
+            CloseCode::Redirect,
+            format!("{owner_addr} the match was handed over"),
+        )]
+    })
+    .await;
+    let client = Client::new(client(&owner, old_node.addr, &[&old_node])).unwrap();
+    let mut session = tokio::time::timeout(
+        WAIT,
+        client.join::<Arena>(JoinRequest::resume("m1", &token)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(session.server(), old_node.addr);
+
+    // The old node closes the live session when it hears from it.
+    let lost = session.send(ArenaCommand::Turn(Dir::North)).unwrap();
+    assert!(matches!(lost.await, Err(ClientError::Disconnected)));
+    let event = event_where(&mut session, |e| {
+        matches!(e, SessionEvent::Disconnected { .. })
+    })
+    .await;
+    let SessionEvent::Disconnected { code, resuming, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(code, Some(CloseCode::Redirect));
+    assert!(resuming);
+    resumed(&mut session).await;
+    assert_eq!(session.server(), owner_addr);
+    assert_eq!(session.player(), Some(PlayerId(1)));
+    assert_eq!(session.stats().redirects.load(Relaxed), 1);
+    assert_eq!(old_node.accepted(), 1);
+    plays(&session, 1).await;
+    owner.stop().await;
 }
