@@ -199,9 +199,10 @@ async fn stop_and_notice(first: TestServer, session: &mut Session<Arena>) -> Opt
 }
 
 /// Waits (longer than [`WAIT`]: a dead node costs a handshake timeout) for
-/// the session to resume.
-async fn resumed(session: &mut Session<Arena>) {
+/// the session to resume; returns how long that took.
+async fn resumed(session: &mut Session<Arena>) -> Duration {
     let deadline = Duration::from_secs(30);
+    let since = std::time::Instant::now();
     tokio::time::timeout(deadline, async {
         loop {
             match session.next_event().await.expect("session ended") {
@@ -215,6 +216,7 @@ async fn resumed(session: &mut Session<Arena>) {
     })
     .await
     .expect("no resume in time");
+    since.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +244,11 @@ async fn a_resume_follows_a_redirect_to_the_node_now_hosting_the_match() {
     .unwrap();
     let old =
         CloseStub::start_with_cert(first_addr, cert, |_| vec![redirect_to(second_addr)]).await;
-    resumed(&mut session).await;
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed through a redirect {:.2} s after the new node and the redirecting stub were up",
+        took.as_secs_f64()
+    );
     assert_eq!(session.server(), second_addr);
     assert_eq!(session.resume_token(), Some(token));
     assert_eq!(session.player(), Some(PlayerId(1)));
@@ -271,7 +277,11 @@ async fn a_resume_fails_over_to_a_fallback_node_when_its_server_is_gone() {
         ..options
     })
     .await;
-    resumed(&mut session).await;
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed on the fallback {:.2} s after it was up (handshake timeout 2 s)",
+        took.as_secs_f64()
+    );
     assert_eq!(session.server(), successor_addr);
     assert_eq!(session.resume_token(), Some(token));
     assert_eq!(session.stats().redirects.load(Relaxed), 0);
@@ -320,7 +330,11 @@ async fn a_live_session_whose_match_moves_away_resumes_on_the_new_owner() {
     };
     assert_eq!(code, Some(CloseCode::Redirect));
     assert!(resuming);
-    resumed(&mut session).await;
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed on the new owner {:.3} s after the redirect",
+        took.as_secs_f64()
+    );
     assert_eq!(session.server(), owner_addr);
     assert_eq!(session.player(), Some(PlayerId(1)));
     assert_eq!(session.stats().redirects.load(Relaxed), 1);
