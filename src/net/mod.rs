@@ -11,6 +11,8 @@
 //! - [`delta`]: pure XOR-and-compress state deltas against a client's acknowledged baseline.
 //! - [`limits`]: the per-connection token bucket, pure (time is an argument).
 //! - [`tls`]: certificates from files, or a self-signed development certificate.
+//! - [`admission`]: pure admission limits and the headroom sample they read (connections,
+//!   tick budget used, scheduling lag); refusals say `ServerFull` with a retry hint.
 //! - [`server`]: one quinn endpoint hosting many matches (listener, per-connection
 //!   handler, connection limit, shutdown, then endpoint close and wait-idle).
 //! - [`client`]: the async client library (connect, join, commands, states,
@@ -28,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod admission;
 pub mod client;
 pub mod delta;
 pub mod limits;
@@ -110,8 +113,19 @@ pub struct NetConfig {
     pub commands_per_second: u32,
     /// Admit `Hello`s without a ticket and create matches on demand (demo only).
     pub open_mode: bool,
-    /// Connections served at once; further ones wait for a free place.
+    /// Connections served at once; further ones are refused at once with
+    /// [`CloseCode::ServerFull`] and [`full_retry_after`](Self::full_retry_after).
     pub max_connections: usize,
+    /// New connections are refused with [`CloseCode::ServerFull`] while the
+    /// engine's shards spend more than this percentage of their time
+    /// ticking (0 = no limit).
+    pub admit_max_tick_load_percent: u32,
+    /// New connections are refused with [`CloseCode::ServerFull`] while the
+    /// runtime's timers fire later than this on average: the server is
+    /// behind on its sends (zero = no limit).
+    pub admit_max_lag: Duration,
+    /// The wait a [`CloseCode::ServerFull`] refusal asks for.
+    pub full_retry_after: Duration,
     /// How long a new connection has to send its `Hello`.
     pub hello_timeout: Duration,
     /// A connection silent for this long is dropped (clients keep it alive).
@@ -122,6 +136,18 @@ pub struct NetConfig {
     pub write_timeout: Duration,
     /// Test hook: drop some outgoing state datagrams. `None` in production.
     pub datagram_loss: Option<DatagramLoss>,
+}
+
+impl NetConfig {
+    /// The limits new connections are admitted under.
+    pub fn admission(&self) -> admission::AdmissionLimits {
+        admission::AdmissionLimits {
+            max_connections: self.max_connections.max(1),
+            max_tick_load_percent: self.admit_max_tick_load_percent,
+            max_lag: self.admit_max_lag,
+            retry_after: self.full_retry_after,
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -136,6 +162,9 @@ impl Default for NetConfig {
             commands_per_second: 120,
             open_mode: false,
             max_connections: 10_000,
+            admit_max_tick_load_percent: 90,
+            admit_max_lag: Duration::from_millis(50),
+            full_retry_after: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(2),
