@@ -29,7 +29,7 @@ use crate::store::Store;
 /// How often the load sample is renewed.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Period of the lag probe's timer.
-const PROBE_EVERY: Duration = Duration::from_millis(5);
+const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 /// The limits new connections are admitted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
