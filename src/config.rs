@@ -1033,16 +1033,16 @@ mod tests {
     #[test]
     fn admission_limits_are_read_and_checked() {
         let defaults = Config::load_with_env(None, no_env).unwrap().net;
-        assert_eq!(defaults.admit_max_tick_load_percent, 90);
-        assert_eq!(defaults.admit_max_lag, std::time::Duration::from_millis(50));
+        assert_eq!(defaults.admit_max_tick_load_percent, 0);
+        assert!(defaults.admit_max_lag.is_zero());
         assert_eq!(defaults.full_retry_after, std::time::Duration::from_secs(2));
-        let text = "[net]\nmax_connections = 40\nadmit_max_tick_load_percent = 0\n\
-                    admit_max_lag_ms = 0\nfull_retry_ms = 250\n";
+        let text = "[net]\nmax_connections = 40\nadmit_max_tick_load_percent = 90\n\
+                    admit_max_lag_ms = 50\nfull_retry_ms = 250\n";
         let net = Config::parse(text, "t.toml", no_env).unwrap().net;
         let limits = net.admission();
         assert_eq!(limits.max_connections, 40);
-        assert_eq!(limits.max_tick_load_percent, 0);
-        assert!(limits.max_lag.is_zero());
+        assert_eq!(limits.max_tick_load_percent, 90);
+        assert_eq!(limits.max_lag, std::time::Duration::from_millis(50));
         assert_eq!(limits.retry_after, std::time::Duration::from_millis(250));
         for (text, key) in [
             (

@@ -26,8 +26,9 @@ const JOIN_BOUND: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
-    // Only the connection cap decides here, so the outcome is exact; the
-    // headroom limits are unit-tested in `net::admission`.
+    // Only the connection cap decides here (the headroom limits are off,
+    // as by default), so the outcome is exact; the headroom verdicts are
+    // unit-tested in `net::admission` and take the same refusal path.
     let server = start(Options {
         max_connections: CAPACITY,
         admit_max_tick_load_percent: 0,

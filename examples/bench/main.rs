@@ -186,7 +186,8 @@ struct Args {
     /// CPUs of both lists).
     #[arg(long)]
     network_compare_cores: bool,
-    /// network-split: turn the server's headroom limits off (admit until
+    /// network-split: turn the server's headroom limits off (by default
+    /// the bench sets 90 % tick load and 50 ms lag; off admits until
     /// max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,

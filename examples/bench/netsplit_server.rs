@@ -23,8 +23,9 @@ pub struct ServerSpec {
     /// Where the development certificate is written (the clients trust it).
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
-    /// Keep the default headroom limits; `false` turns them off (the
-    /// connection cap stays).
+    /// Refuse new connections past 90 % tick load or 50 ms of scheduling
+    /// lag (the values suggested for production); `false` keeps only the
+    /// connection cap.
     pub admission: bool,
 }
 
@@ -66,13 +67,9 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
             cert: spec.cert.clone(),
             key: spec.key.clone(),
         },
-        admit_max_tick_load_percent: if spec.admission {
-            defaults.admit_max_tick_load_percent
-        } else {
-            0
-        },
+        admit_max_tick_load_percent: if spec.admission { 90 } else { 0 },
         admit_max_lag: if spec.admission {
-            defaults.admit_max_lag
+            Duration::from_millis(50)
         } else {
             Duration::ZERO
         },
