@@ -246,6 +246,9 @@ struct RawNet {
     commands_per_second: Option<u32>,
     open_mode: Option<bool>,
     max_connections: Option<usize>,
+    admit_max_tick_load_percent: Option<u32>,
+    admit_max_lag_ms: Option<u64>,
+    full_retry_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     test_datagram_loss_per_mille: Option<u16>,
     test_datagram_loss_seed: Option<u64>,
@@ -704,6 +707,39 @@ fn net_config(
         Some(0) => return Err(invalid("net.max_connections", &0, "must be at least 1")),
         Some(n) => n,
     };
+    let admit_max_tick_load_percent = match raw.admit_max_tick_load_percent {
+        None => defaults.admit_max_tick_load_percent,
+        Some(n @ 0..=100) => n,
+        Some(n) => {
+            return Err(invalid(
+                "net.admit_max_tick_load_percent",
+                &n,
+                "must be 0 (no limit) to 100 (percent of the tick budget)",
+            ));
+        }
+    };
+    let admit_max_lag = match raw.admit_max_lag_ms {
+        None => defaults.admit_max_lag,
+        Some(ms @ 0..=10_000) => std::time::Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(invalid(
+                "net.admit_max_lag_ms",
+                &ms,
+                "must be 0 (no limit) to 10000 (milliseconds)",
+            ));
+        }
+    };
+    let full_retry_after = match raw.full_retry_ms {
+        None => defaults.full_retry_after,
+        Some(ms @ 1..=60_000) => std::time::Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(invalid(
+                "net.full_retry_ms",
+                &ms,
+                "must be 1 to 60000 (milliseconds)",
+            ));
+        }
+    };
     let write_timeout = match raw.write_timeout_ms {
         None => defaults.write_timeout,
         Some(ms @ 10..=600_000) => std::time::Duration::from_millis(ms),
@@ -739,6 +775,9 @@ fn net_config(
         commands_per_second,
         open_mode: raw.open_mode.unwrap_or(defaults.open_mode),
         max_connections,
+        admit_max_tick_load_percent,
+        admit_max_lag,
+        full_retry_after,
         write_timeout,
         datagram_loss,
         ..defaults
@@ -994,6 +1033,38 @@ mod tests {
                 .secret
                 .is_some()
         );
+    }
+
+    #[test]
+    fn admission_limits_are_read_and_checked() {
+        let defaults = Config::load_with_env(None, no_env).unwrap().net;
+        assert_eq!(defaults.admit_max_tick_load_percent, 0);
+        assert!(defaults.admit_max_lag.is_zero());
+        assert_eq!(defaults.full_retry_after, std::time::Duration::from_secs(2));
+        let text = "[net]\nmax_connections = 40\nadmit_max_tick_load_percent = 90\n\
+                    admit_max_lag_ms = 50\nfull_retry_ms = 250\n";
+        let net = Config::parse(text, "t.toml", no_env).unwrap().net;
+        let limits = net.admission();
+        assert_eq!(limits.max_connections, 40);
+        assert_eq!(limits.max_tick_load_percent, 90);
+        assert_eq!(limits.max_lag, std::time::Duration::from_millis(50));
+        assert_eq!(limits.retry_after, std::time::Duration::from_millis(250));
+        for (text, key) in [
+            (
+                "[net]\nadmit_max_tick_load_percent = 101\n",
+                "net.admit_max_tick_load_percent",
+            ),
+            ("[net]\nadmit_max_lag_ms = 10001\n", "net.admit_max_lag_ms"),
+            ("[net]\nfull_retry_ms = 0\n", "net.full_retry_ms"),
+            ("[net]\nfull_retry_ms = 60001\n", "net.full_retry_ms"),
+        ] {
+            let err = Config::parse(text, "t.toml", no_env).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: ref k, .. } if k == key),
+                "{text}: {err}"
+            );
+            assert!(err.to_string().contains("t.toml"), "{err}");
+        }
     }
 
     #[test]

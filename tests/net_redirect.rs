@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use net_support::close_stub::CloseStub;
+use net_support::close_stub::{Answer, CloseStub};
 use net_support::*;
 use tickforge::arena::{Arena, ArenaCommand, Dir};
 use tickforge::client::{
@@ -56,8 +56,8 @@ async fn plays(session: &Session<Arena>, player: u32) {
     );
 }
 
-fn redirect_to(addr: impl std::fmt::Display) -> (CloseCode, String) {
-    (CloseCode::Redirect, format!("{addr} moved"))
+fn redirect_to(addr: impl std::fmt::Display) -> Answer {
+    Answer::Close(CloseCode::Redirect, format!("{addr} moved"))
 }
 
 /// A UDP port that never answers (held for the test), as a dead node.
@@ -124,8 +124,8 @@ async fn a_moving_match_is_retried_after_the_wait_then_redirected() {
     let real = server.addr;
     let stub = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
         vec![
-            (CloseCode::MatchMoving, "200 moving".into()),
-            (CloseCode::ServerFull, "100 full".into()),
+            Answer::Close(CloseCode::MatchMoving, "200 moving".into()),
+            Answer::Close(CloseCode::ServerFull, "100 full".into()),
             redirect_to(real),
         ]
     })
@@ -149,7 +149,7 @@ async fn without_a_retry_budget_the_refusal_is_returned() {
         (CloseCode::ServerFull, "200 full"),
     ] {
         let stub = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
-            vec![(code, reason.into())]
+            vec![Answer::Close(code, reason.into())]
         })
         .await;
         let mut config = client(&server, stub.addr, &[&stub]);
@@ -199,9 +199,10 @@ async fn stop_and_notice(first: TestServer, session: &mut Session<Arena>) -> Opt
 }
 
 /// Waits (longer than [`WAIT`]: a dead node costs a handshake timeout) for
-/// the session to resume.
-async fn resumed(session: &mut Session<Arena>) {
+/// the session to resume; returns how long that took.
+async fn resumed(session: &mut Session<Arena>) -> Duration {
     let deadline = Duration::from_secs(30);
+    let since = std::time::Instant::now();
     tokio::time::timeout(deadline, async {
         loop {
             match session.next_event().await.expect("session ended") {
@@ -215,6 +216,7 @@ async fn resumed(session: &mut Session<Arena>) {
     })
     .await
     .expect("no resume in time");
+    since.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +244,11 @@ async fn a_resume_follows_a_redirect_to_the_node_now_hosting_the_match() {
     .unwrap();
     let old =
         CloseStub::start_with_cert(first_addr, cert, |_| vec![redirect_to(second_addr)]).await;
-    resumed(&mut session).await;
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed through a redirect {:.2} s after the new node and the redirecting stub were up",
+        took.as_secs_f64()
+    );
     assert_eq!(session.server(), second_addr);
     assert_eq!(session.resume_token(), Some(token));
     assert_eq!(session.player(), Some(PlayerId(1)));
@@ -271,11 +277,68 @@ async fn a_resume_fails_over_to_a_fallback_node_when_its_server_is_gone() {
         ..options
     })
     .await;
-    resumed(&mut session).await;
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed on the fallback {:.2} s after it was up (handshake timeout 2 s)",
+        took.as_secs_f64()
+    );
     assert_eq!(session.server(), successor_addr);
     assert_eq!(session.resume_token(), Some(token));
     assert_eq!(session.stats().redirects.load(Relaxed), 0);
     assert!(session.stats().retries.load(Relaxed) >= 1);
     plays(&session, 1).await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_whose_match_moves_away_resumes_on_the_new_owner() {
+    let owner = start(Options::default()).await;
+    // The slot lives on `owner`; its first session leaves it to the grace window.
+    let first = owner.join("m1", 1).await;
+    let token = first.resume_token().unwrap();
+    let welcome = first.welcome().clone();
+    first.close();
+    // Another node hosted the session until the match was handed to `owner`.
+    let owner_addr = owner.addr;
+    let old_node = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
+        vec![Answer::AdmitThenClose(
+            welcome,
+            CloseCode::Redirect,
+            format!("{owner_addr} the match was handed over"),
+        )]
+    })
+    .await;
+    let client = Client::new(client(&owner, old_node.addr, &[&old_node])).unwrap();
+    let mut session = tokio::time::timeout(
+        WAIT,
+        client.join::<Arena>(JoinRequest::resume("m1", &token)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(session.server(), old_node.addr);
+
+    // The old node closes the live session when it hears from it.
+    let lost = session.send(ArenaCommand::Turn(Dir::North)).unwrap();
+    assert!(matches!(lost.await, Err(ClientError::Disconnected)));
+    let event = event_where(&mut session, |e| {
+        matches!(e, SessionEvent::Disconnected { .. })
+    })
+    .await;
+    let SessionEvent::Disconnected { code, resuming, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(code, Some(CloseCode::Redirect));
+    assert!(resuming);
+    let took = resumed(&mut session).await;
+    println!(
+        "resumed on the new owner {:.3} s after the redirect",
+        took.as_secs_f64()
+    );
+    assert_eq!(session.server(), owner_addr);
+    assert_eq!(session.player(), Some(PlayerId(1)));
+    assert_eq!(session.stats().redirects.load(Relaxed), 1);
+    assert_eq!(old_node.accepted(), 1);
+    plays(&session, 1).await;
+    owner.stop().await;
 }

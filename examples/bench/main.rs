@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- all --quick    # smoke run, under a minute
 //! cargo run --release --example bench -- append         # or engine, restore, network
 //! cargo run --release --example bench -- cluster        # about 45 s; also part of all
+//! cargo run --release --example bench -- network-split --server-cpus 0 --client-cpus 1
 //! cargo run --release --example bench -- --help         # flags that size each benchmark
 //! ```
 //!
@@ -19,6 +20,14 @@
 //! - `network`: 100, 500 and 1,000 QUIC clients on loopback: latency,
 //!   bytes per client, delta against full state size; draws
 //!   `network-latency.svg`.
+//! - `network-split`: the server in one process, the clients in another,
+//!   each optionally pinned (`--server-cpus`, `--client-cpus`); fixed
+//!   schedule of one Move per tick per client (or `--network-load replies`);
+//!   steps 100, 200, 400, ... until p99 > one tick + 5 ms or a join fails:
+//!   latency, states and bytes per client, server CPU (from /proc) per
+//!   client-second, client CPU; `--network-compare-cores` repeats the
+//!   search with the server on 1 core and on 2. Draws
+//!   `network-split-latency.svg`. Not part of `all` (several minutes).
 //! - `cluster`: the same `RedisStore::append` load (2 concurrent writers x
 //!   1,000 matches x 8 events per call) against one redis-server and local
 //!   Redis Clusters of 1 and 3 masters (`--cluster-nodes`): events/s,
@@ -36,6 +45,9 @@ mod append;
 mod child;
 mod cluster;
 mod engine;
+mod netsplit;
+mod netsplit_clients;
+mod netsplit_server;
 mod network;
 mod redis_server;
 mod report;
@@ -66,6 +78,8 @@ enum Which {
     Restore,
     /// QUIC clients on loopback.
     Network,
+    /// QUIC server and clients in separate (pinnable) processes.
+    NetworkSplit,
     /// RedisStore::append on one redis-server against local Redis Clusters.
     Cluster,
 }
@@ -146,6 +160,38 @@ struct Args {
     #[arg(long)]
     network_seconds: Option<f64>,
 
+    /// network-split: client counts to run, all of them [default: a search
+    /// 100, 200, 400, ... up to --network-max-clients; quick 100,200].
+    #[arg(long, value_delimiter = ',')]
+    network_steps: Option<Vec<usize>>,
+    /// network-split: the largest client count of the search.
+    #[arg(long, default_value_t = 12_800)]
+    network_max_clients: usize,
+    /// network-split: players per match.
+    #[arg(long, default_value_t = 8)]
+    network_split_players: u32,
+    /// network-split: measured seconds per step [default: 20, quick 5].
+    #[arg(long)]
+    network_split_seconds: Option<f64>,
+    /// network-split: how clients send.
+    #[arg(long, value_enum, default_value_t = netsplit_clients::LoadKind::Schedule)]
+    network_load: netsplit_clients::LoadKind,
+    /// network-split: CPUs of the server process, as taskset -c takes them (e.g. 0).
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// network-split: CPUs of the client process (e.g. 1).
+    #[arg(long)]
+    client_cpus: Option<String>,
+    /// network-split: search with the server on 1 core, then on 2 (the
+    /// CPUs of both lists).
+    #[arg(long)]
+    network_compare_cores: bool,
+    /// network-split: turn the server's headroom limits off (by default
+    /// the bench sets 90 % tick load and 50 ms lag; off admits until
+    /// max_connections), to see overload itself.
+    #[arg(long)]
+    network_no_admission: bool,
+
     /// cluster: masters of each cluster measured after the single server.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
     cluster_nodes: Vec<usize>,
@@ -197,12 +243,19 @@ async fn async_main() -> anyhow::Result<()> {
         return match kind.as_str() {
             "engine" => engine::step(serde_json::from_str(spec).context("engine step")?).await,
             "network" => network::step(serde_json::from_str(spec).context("network step")?).await,
+            "net-server" => {
+                netsplit_server::run(serde_json::from_str(spec).context("server spec")?).await
+            }
+            "net-clients" => {
+                netsplit_clients::run(serde_json::from_str(spec).context("clients spec")?).await
+            }
             other => bail!("unknown step kind {other:?}"),
         };
     }
     let Some(which) = args.which else {
         bail!(
-            "say which benchmark to run: all, append, engine, restore, network or cluster \
+            "say which benchmark to run: all, append, engine, restore, network, network-split \
+             or cluster \
              (see --help)"
         );
     };
@@ -266,8 +319,13 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
         Which::Engine,
         Which::Restore,
         Which::Network,
+        Which::NetworkSplit,
         Which::Cluster,
     ] {
+        // Several minutes: only when asked for by name.
+        if bench == Which::NetworkSplit && which != Which::NetworkSplit {
+            continue;
+        }
         if !wanted(bench) {
             continue;
         }
@@ -340,6 +398,58 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                 match network::run(&config).await {
                     Ok((outcome, results)) => {
                         draw_latency(&args.out, &results, &config, &machine, quick)?;
+                        Ok(outcome)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Which::NetworkSplit => {
+                let cpus = |list: &Option<String>| list.as_deref().map(sys::parse_cpus).transpose();
+                let (steps, search) = match &args.network_steps {
+                    Some(steps) => (steps.clone(), false),
+                    None if quick => (vec![100, 200], false),
+                    None => (
+                        std::iter::successors(Some(100usize), |n| Some(n * 2))
+                            .take_while(|&n| n <= args.network_max_clients.max(100))
+                            .collect(),
+                        true,
+                    ),
+                };
+                let config = netsplit::SplitConfig {
+                    steps,
+                    search,
+                    players: args.network_split_players.clamp(1, 16),
+                    tick_hz: args.engine_hz,
+                    warmup_s: if quick { 1.0 } else { 3.0 },
+                    measure_s: args
+                        .network_split_seconds
+                        .unwrap_or(if quick { 5.0 } else { 20.0 }),
+                    load: args.network_load,
+                    server_cpus: cpus(&args.server_cpus)?,
+                    client_cpus: cpus(&args.client_cpus)?,
+                    compare_cores: args.network_compare_cores,
+                    admission: !args.network_no_admission,
+                };
+                match netsplit::run(&config).await {
+                    Ok((outcome, series)) => {
+                        let period_ms = 1000.0 / f64::from(config.tick_hz);
+                        let footer = format!(
+                            "{} players per match, {:.0} s per step, server CPUs {}, clients CPUs {}; {} cores{}",
+                            config.players,
+                            config.measure_s,
+                            sys::cpus_label(config.server_cpus.as_deref()),
+                            sys::cpus_label(config.client_cpus.as_deref()),
+                            machine.cores,
+                            if quick { "; quick run" } else { "" }
+                        );
+                        let svg = svg::latency_histogram(
+                            &series,
+                            "Command-to-update latency, server and clients in separate processes",
+                            period_ms,
+                            period_ms + 5.0,
+                            &footer,
+                        );
+                        save_picture(&args.out, "network-split-latency.svg", &svg, quick)?;
                         Ok(outcome)
                     }
                     Err(e) => Err(e),
@@ -475,14 +585,26 @@ fn draw_latency(
         machine.cores,
         if quick { "; quick run" } else { "" }
     );
-    let svg = svg::latency_histogram(results, period_ms, period_ms + 2.0, &footer);
-    report::write_text(dir, "network-latency.svg", &svg)?;
+    let series: Vec<svg::Series> = results.iter().map(network::StepResult::series).collect();
+    let svg = svg::latency_histogram(
+        &series,
+        "Command-to-update latency, QUIC on loopback",
+        period_ms,
+        period_ms + 2.0,
+        &footer,
+    );
+    save_picture(dir, "network-latency.svg", &svg, quick)
+}
+
+/// Writes a picture to `dir`, and (not in a quick run) to `assets/bench/`.
+fn save_picture(dir: &Path, name: &str, svg: &str, quick: bool) -> anyhow::Result<()> {
+    report::write_text(dir, name, svg)?;
     if !quick {
         let assets = Path::new("assets/bench");
         std::fs::create_dir_all(assets).context("creating assets/bench")?;
-        std::fs::write(assets.join("network-latency.svg"), &svg)
-            .context("writing assets/bench/network-latency.svg")?;
-        progress("copied the picture to assets/bench/network-latency.svg");
+        std::fs::write(assets.join(name), svg)
+            .with_context(|| format!("writing assets/bench/{name}"))?;
+        progress(format!("copied the picture to assets/bench/{name}"));
     }
     Ok(())
 }

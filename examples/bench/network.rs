@@ -350,7 +350,6 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     let _ = server_stop.send(());
 
     let mut bins = vec![0u64; BINS];
-    let mut log_bins = vec![0u64; LOG_BINS];
     let mut overflow = 0;
     for v in latency.iter_recorded() {
         let micros = v.value_iterated_to();
@@ -358,10 +357,8 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
             Some(count) => *count += v.count_at_value(),
             None => overflow += v.count_at_value(),
         }
-        let log = (micros.max(1) as f64 / 1000.0).log10() * LOG_BINS_PER_DECADE;
-        let index = (log.max(0.0) as usize).min(LOG_BINS - 1);
-        log_bins[index] += v.count_at_value();
     }
+    let log_bins = log_bins(&latency);
     let per_client_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / window_s / clients as f64;
     let deltas = net_after.deltas - net_before.deltas;
     let delta_bytes = net_after.delta_bytes - net_before.delta_bytes;
@@ -418,6 +415,34 @@ pub async fn step(spec: StepSpec) -> anyhow::Result<()> {
     .await;
     client_runtime.shutdown_background();
     crate::child::emit(&result)
+}
+
+/// Latency counts of a microsecond histogram per logarithmic bin: bin i
+/// holds latencies from 1 ms x 10^(i / LOG_BINS_PER_DECADE) (the first also
+/// everything below).
+pub fn log_bins(latency: &hdrhistogram::Histogram<u64>) -> Vec<u64> {
+    let mut log_bins = vec![0u64; LOG_BINS];
+    for v in latency.iter_recorded() {
+        let micros = v.value_iterated_to();
+        let log = (micros.max(1) as f64 / 1000.0).log10() * LOG_BINS_PER_DECADE;
+        let index = (log.max(0.0) as usize).min(LOG_BINS - 1);
+        log_bins[index] += v.count_at_value();
+    }
+    log_bins
+}
+
+/// One series of the latency picture.
+impl StepResult {
+    pub fn series(&self) -> crate::svg::Series {
+        crate::svg::Series {
+            label: format!("{} clients", self.clients),
+            log_bins: self.log_bins.clone(),
+            p001_ms: self.p001_ms,
+            p50_ms: self.p50_ms,
+            p99_ms: self.p99_ms,
+            p999_ms: self.p999_ms,
+        }
+    }
 }
 
 /// The server counters a window needs.

@@ -5,7 +5,20 @@
 
 use std::fmt::Write as _;
 
-use crate::network::{LOG_BINS_PER_DECADE, StepResult};
+use crate::network::LOG_BINS_PER_DECADE;
+
+/// One line of the picture.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend, e.g. "400 clients".
+    pub label: String,
+    /// Counts per logarithmic bin (`network::log_bins`).
+    pub log_bins: Vec<u64>,
+    pub p001_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 500.0;
@@ -52,7 +65,8 @@ fn ms_label(ms: f64) -> String {
 /// The picture for `results` (one series each); `period_ms` and `target_ms`
 /// are drawn as vertical lines; `footer` names the machine and run.
 pub fn latency_histogram(
-    results: &[StepResult],
+    results: &[Series],
+    title: &str,
     period_ms: f64,
     target_ms: f64,
     footer: &str,
@@ -95,7 +109,7 @@ pub fn latency_histogram(
     };
     let bin_edge = |i: usize| 10f64.powf(i as f64 / LOG_BINS_PER_DECADE);
 
-    let series: Vec<(String, Vec<f64>, &StepResult)> = results
+    let series: Vec<(String, Vec<f64>, &Series)> = results
         .iter()
         .map(|r| {
             let total = r.log_bins.iter().sum::<u64>().max(1) as f64;
@@ -104,7 +118,7 @@ pub fn latency_histogram(
                 .iter()
                 .map(|&c| c as f64 / total * 100.0)
                 .collect();
-            (format!("{} clients", r.clients), shares, r)
+            (r.label.clone(), shares, r)
         })
         .collect();
     let y_peak = series
@@ -127,8 +141,9 @@ pub fn latency_histogram(
     );
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="17" font-weight="bold">Command-to-update latency, QUIC on loopback ({:.0} Hz ticks)</text>"#,
+        r#"<text x="{}" y="28" text-anchor="middle" font-size="17" font-weight="bold">{} ({:.0} Hz ticks)</text>"#,
         WIDTH / 2.0,
+        escape(title),
         1000.0 / period_ms
     );
     let _ = writeln!(

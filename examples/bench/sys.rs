@@ -204,3 +204,62 @@ pub fn git_commit() -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
+
+/// Parses a CPU list as `taskset -c` takes it: `0`, `0,1`, `0-3,6`.
+pub fn parse_cpus(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let number = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("{text:?} is not a CPU list like 0 or 0,1 or 0-3"))
+        };
+        match part.split_once('-') {
+            Some((from, to)) => cpus.extend(number(from)?..=number(to)?),
+            None => cpus.push(number(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.is_empty() {
+        anyhow::bail!("{text:?} names no CPU");
+    }
+    if let Some(&too_high) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        anyhow::bail!("CPU {too_high} is out of range");
+    }
+    Ok(cpus)
+}
+
+/// Makes the process `command` starts run only on `cpus` (its threads
+/// inherit the mask, and `available_parallelism` in it counts them).
+pub fn pin_command(command: &mut std::process::Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    let cpus = cpus.to_vec();
+    // SAFETY: between fork and exec the closure only fills a cpu_set_t on
+    // the stack and makes one system call; it allocates nothing and takes
+    // no lock.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in &cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A CPU list for tables: `0`, `0,1`, or `any`.
+pub fn cpus_label(cpus: Option<&[usize]>) -> String {
+    match cpus {
+        None => "any".to_owned(),
+        Some(cpus) => cpus
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}

@@ -230,6 +230,12 @@ impl<S: Store> Writer<S> {
                             .or_default()
                             .retain(&batch.events);
                     }
+                    Err(error @ StoreError::Fenced { .. }) => {
+                        tracing::warn!(key = %batch.key, %error, tick = job.tick,
+                            "write fenced: another node holds the match's lease now");
+                        self.refuse(&batch.key, error);
+                        refused_now.push(batch.key.clone());
+                    }
                     Err(error) => {
                         tracing::error!(key = %batch.key, %error, class = %error.class(), tick = job.tick,
                             "store refused the match's writes; pausing the match");
@@ -291,8 +297,11 @@ impl<S: Store> Writer<S> {
     /// Records that the store refused `key`'s writes for good and tells
     /// the shard (once per match).
     fn refuse(&mut self, key: &MatchKey, error: StoreError) {
-        self.stats.permanent_errors.fetch_add(1, Relaxed);
-        self.stats.store_error(&error);
+        // Fenced is a fleet at work (the match moved), not a store fault.
+        if !matches!(error, StoreError::Fenced { .. }) {
+            self.stats.permanent_errors.fetch_add(1, Relaxed);
+            self.stats.store_error(&error);
+        }
         self.retained.remove(key);
         if self.refused.insert(key.clone()) {
             // The shard outlives its writer; if it is gone, nobody listens.

@@ -12,6 +12,8 @@
 //! - [`limits`]: the per-connection token bucket, pure (time is an argument).
 //! - [`placement`]: where a match is served when the server is one node of a fleet.
 //! - [`tls`]: certificates from files, or a self-signed development certificate.
+//! - [`admission`]: pure admission limits and the headroom sample they read (connections,
+//!   tick budget used, scheduling lag); refusals say `ServerFull` with a retry hint.
 //! - [`server`]: one quinn endpoint hosting many matches (listener, per-connection
 //!   handler, connection limit, shutdown, then endpoint close and wait-idle).
 //! - [`client`]: the async client library (connect, join, commands, states,
@@ -29,6 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod admission;
 pub mod client;
 pub mod delta;
 pub mod limits;
@@ -113,8 +116,22 @@ pub struct NetConfig {
     pub commands_per_second: u32,
     /// Admit `Hello`s without a ticket and create matches on demand (demo only).
     pub open_mode: bool,
-    /// Connections served at once; further ones wait for a free place.
+    /// Connections served at once; further ones are refused at once with
+    /// [`CloseCode::ServerFull`] and [`full_retry_after`](Self::full_retry_after).
     pub max_connections: usize,
+    /// New connections are refused with [`CloseCode::ServerFull`] while the
+    /// engine's shards spend more than this percentage of their time
+    /// ticking (0, the default, = no limit; 90 suits a release build).
+    /// Off by default: on a machine shared with other work (tests, CI) the
+    /// measure says little about the node's own headroom.
+    pub admit_max_tick_load_percent: u32,
+    /// New connections are refused with [`CloseCode::ServerFull`] while the
+    /// runtime's timers fire later than this on average: the server is
+    /// behind on its sends (zero, the default, = no limit; 50 ms suits a
+    /// release build at 30 Hz).
+    pub admit_max_lag: Duration,
+    /// The wait a [`CloseCode::ServerFull`] refusal asks for.
+    pub full_retry_after: Duration,
     /// How long a new connection has to send its `Hello`.
     pub hello_timeout: Duration,
     /// A connection silent for this long is dropped (clients keep it alive).
@@ -125,6 +142,18 @@ pub struct NetConfig {
     pub write_timeout: Duration,
     /// Test hook: drop some outgoing state datagrams. `None` in production.
     pub datagram_loss: Option<DatagramLoss>,
+}
+
+impl NetConfig {
+    /// The limits new connections are admitted under.
+    pub fn admission(&self) -> admission::AdmissionLimits {
+        admission::AdmissionLimits {
+            max_connections: self.max_connections.max(1),
+            max_tick_load_percent: self.admit_max_tick_load_percent,
+            max_lag: self.admit_max_lag,
+            retry_after: self.full_retry_after,
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -139,6 +168,9 @@ impl Default for NetConfig {
             commands_per_second: 120,
             open_mode: false,
             max_connections: 10_000,
+            admit_max_tick_load_percent: 0,
+            admit_max_lag: Duration::ZERO,
+            full_retry_after: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(2),

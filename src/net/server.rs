@@ -1,8 +1,13 @@
 //! The QUIC server: one endpoint hosting many matches through the engine.
 //!
-//! Shaped like mini-redis. [`Server::run`] is the listener: it takes a
-//! permit from the connection semaphore before each accept and moves it
-//! into a per-connection task, and it is handed a shutdown future. Each
+//! Shaped like mini-redis. [`Server::run`] is the listener: for each
+//! incoming connection it takes a permit from the connection semaphore and
+//! moves it into a per-connection task, and it is handed a shutdown future.
+//! A connection that finds no permit, or arrives while the server has no
+//! headroom ([`admission`](super::admission)), is answered at once: the
+//! handshake completes and the connection is closed with
+//! [`CloseCode::ServerFull`] and a retry hint, so no client waits for a
+//! timeout. Each
 //! connection task admits its peer (ticket, resume token, or open mode),
 //! then runs two halves: an inbound reader (frames, limits, commands into
 //! [`Engine::submit`]) and an outbound loop (command results, reliable
@@ -40,6 +45,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use super::NetConfig;
+use super::admission::{self, Full, Headroom};
 use super::delta::{self, Patch};
 use super::limits::TokenBucket;
 use super::placement::Locator;
@@ -100,6 +106,12 @@ pub struct NetStats {
     pub admitted: AtomicU64,
     /// Connections refused at admission.
     pub refused: AtomicU64,
+    /// Connections refused on arrival with [`CloseCode::ServerFull`]
+    /// (no connection place, or no headroom).
+    pub refused_full: AtomicU64,
+    /// Connections refused on arrival at the QUIC level, without a close
+    /// code, because too many `ServerFull` refusals were under way.
+    pub refused_unanswered: AtomicU64,
     /// Connections closed for garbage, oversized frames or floods.
     pub closed_for_abuse: AtomicU64,
     /// Connections closed for lagging behind on reliable events.
@@ -222,6 +234,7 @@ struct Shared<G: Game, S: Store> {
     locator: Option<Arc<dyn Locator>>,
     next_conn: AtomicU64,
     stats: Arc<NetStats>,
+    headroom: Arc<Headroom>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -337,6 +350,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 locator: None,
                 next_conn: AtomicU64::new(1),
                 stats: Arc::new(NetStats::default()),
+                headroom: Arc::new(Headroom::default()),
                 shutdown: shutdown_rx,
             }),
             shutdown_tx,
@@ -409,6 +423,11 @@ impl<G: Game, S: Store> Server<G, S> {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
         let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
         let _sweeper = AbortOnDrop(tokio::spawn(forget_ended_matches(self.shared.clone())));
+        let _sampler = AbortOnDrop(tokio::spawn(admission::sample(
+            self.shared.engine.clone(),
+            self.shared.headroom.clone(),
+            self.shared.shutdown.clone(),
+        )));
         tokio::select! {
             _ = accept_loop(&self.endpoint, &self.shared, &limit, &complete_tx) => {
                 tracing::info!("QUIC endpoint closed");
@@ -452,28 +471,79 @@ async fn refuse_while_draining(endpoint: &quinn::Endpoint, handshake_timeout: Du
     }
 }
 
+/// `ServerFull` refusals under way at once, at most; past that a new
+/// connection is refused at the QUIC level (no handshake, no close code).
+const MAX_REFUSING: usize = 1024;
+
 async fn accept_loop<G: Game, S: Store>(
     endpoint: &quinn::Endpoint,
     shared: &Arc<Shared<G, S>>,
     limit: &Arc<Semaphore>,
     complete_tx: &mpsc::Sender<()>,
 ) {
-    loop {
+    let limits = shared.config.admission();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    while let Some(incoming) = endpoint.accept().await {
         // The permit moves into the task and is released when it ends.
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
+        let verdict = match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let open = limits.max_connections - limit.available_permits() - 1;
+                match limits.verdict(&shared.headroom.load(open)) {
+                    None => Ok(permit),
+                    Some(full) => Err(full),
+                }
+            }
+            Err(_) => Err(Full::Connections {
+                open: limits.max_connections,
+                limit: limits.max_connections,
+            }),
         };
-        let Some(incoming) = endpoint.accept().await else {
-            return;
-        };
-        let shared = shared.clone();
-        let complete = complete_tx.clone();
-        tokio::spawn(async move {
-            handle_connection(shared, incoming).await;
-            drop(permit);
-            drop(complete);
-        });
+        match verdict {
+            Ok(permit) => {
+                let shared = shared.clone();
+                let complete = complete_tx.clone();
+                tokio::spawn(async move {
+                    handle_connection(shared, incoming).await;
+                    drop(permit);
+                    drop(complete);
+                });
+            }
+            Err(full) => refuse_full(shared, incoming, full, limits.retry_after, &refusing),
+        }
     }
+}
+
+/// Answers a connection the server will not take: completes the handshake
+/// and closes with [`CloseCode::ServerFull`], the retry hint and the reason;
+/// when [`MAX_REFUSING`] such answers are under way, refuses it at the QUIC
+/// level at once instead.
+fn refuse_full<G: Game, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    incoming: quinn::Incoming,
+    full: Full,
+    retry_after: Duration,
+    refusing: &Arc<Semaphore>,
+) {
+    let stats = shared.stats.clone();
+    let Ok(place) = refusing.clone().try_acquire_owned() else {
+        stats.refused_unanswered.fetch_add(1, Relaxed);
+        incoming.refuse();
+        return;
+    };
+    let handshake_timeout = shared.config.hello_timeout;
+    tokio::spawn(async move {
+        let remote = incoming.remote_address();
+        if let Ok(Ok(conn)) = tokio::time::timeout(handshake_timeout, incoming).await {
+            stats.refused_full.fetch_add(1, Relaxed);
+            tracing::debug!(%remote, %full, "connection refused: server full");
+            Refusal::new(
+                CloseCode::ServerFull,
+                protocol::retry_reason(retry_after, &full.to_string()),
+            )
+            .close(&conn);
+        }
+        drop(place);
+    });
 }
 
 /// Why a connection is closed, as sent to the peer.
@@ -931,12 +1001,15 @@ async fn ensure_hosted<G: Game, S: Store>(
         }
         Some(_) => {
             place(shared, root, false).await?;
-            let replayed = engine
-                .restore_match(root)
-                .await
-                .map_err(|e| owned_or(e, internal))?;
-            tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
-            Ok(true)
+            match engine.restore_match(root).await {
+                Ok(replayed) => {
+                    tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
+                    Ok(true)
+                }
+                // A fleet's takeover scan restored it meanwhile.
+                Err(EngineError::MatchExists(_)) => Ok(true),
+                Err(error) => Err(owned_or(error, internal)),
+            }
         }
         None if may_create => {
             place(shared, root, true).await?;

@@ -425,8 +425,9 @@ impl<G: Game> Server<G> {
         let drained = tokio::time::timeout(deadline, async {
             // In a fleet, the matches move to other nodes first (their
             // players follow); whatever stays gets its final snapshot below.
+            // Half the deadline at most, so the rest still gets its snapshots.
             if let Some(fleet) = &fleet {
-                fleet.hand_over_all(deadline).await;
+                fleet.hand_over_all(deadline / 2).await;
             }
             let _ = net_stop.send(());
             if let Err(error) = net_task.await {

@@ -1,8 +1,9 @@
 //! A stand-in fleet node: a real QUIC endpoint (tickforge's ALPN, its own
-//! development certificate) that accepts each connection, reads nothing,
-//! and closes it with the next answer of its script, the way a node answers
-//! a `Hello` for a match it does not host (`Redirect`, `MatchMoving`,
-//! `ServerFull`).
+//! or a given certificate) that answers each connection with the next
+//! [`Answer`] of its script: closing it at once the way a node answers a
+//! `Hello` for a match it does not host (`Redirect`, `MatchMoving`,
+//! `ServerFull`), or admitting it and then closing the live session the
+//! way a node does when its match moves away.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,19 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use tickforge::net::CloseCode;
+use tickforge::net::protocol::{self, ClientMsg, FrameBuffer, ServerMsg, Welcome};
 use tickforge::net::tls;
 use tokio::task::JoinHandle;
+
+/// What the stub does with one connection.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Read nothing; close with this code and reason.
+    Close(CloseCode, String),
+    /// Read the `Hello`, answer with this `Welcome`, and close with the
+    /// code and reason when the client sends anything more (a command).
+    AdmitThenClose(Welcome, CloseCode, String),
+}
 
 /// A running stub; dropping it stops the endpoint.
 pub struct CloseStub {
@@ -32,23 +44,24 @@ impl Drop for CloseStub {
 }
 
 impl CloseStub {
-    /// Binds `listen` (retrying while a stopped server still holds the
-    /// port) and closes the n-th connection with the n-th answer of
-    /// `script(own address)`, the last answer repeating once it is used up.
+    /// Binds `listen` with a fresh certificate and answers the n-th
+    /// connection with the n-th answer of `script(own address)`, the last
+    /// answer repeating once it is used up.
     pub async fn start(
         listen: SocketAddr,
-        script: impl FnOnce(SocketAddr) -> Vec<(CloseCode, String)>,
+        script: impl FnOnce(SocketAddr) -> Vec<Answer>,
     ) -> CloseStub {
         let cert = tls::generate_dev_cert().expect("a development certificate");
         Self::start_with_cert(listen, cert, script).await
     }
 
     /// [`start`](CloseStub::start) with a given certificate (a fleet's
-    /// nodes may share one).
+    /// nodes may share one), retrying the bind while a stopped server still
+    /// holds the port.
     pub async fn start_with_cert(
         listen: SocketAddr,
         cert: tls::ServerCert,
-        script: impl FnOnce(SocketAddr) -> Vec<(CloseCode, String)>,
+        script: impl FnOnce(SocketAddr) -> Vec<Answer>,
     ) -> CloseStub {
         let config = tls::server_config(&cert, Duration::from_secs(10)).expect("server config");
         let mut attempts = 0;
@@ -72,10 +85,10 @@ impl CloseStub {
         let task = tokio::spawn(async move {
             while let Some(connecting) = incoming.accept().await {
                 let n = count.fetch_add(1, Ordering::SeqCst);
-                let (code, reason) = answers[n.min(answers.len() - 1)].clone();
+                let answer = answers[n.min(answers.len() - 1)].clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = connecting.await {
-                        conn.close(code.code().into(), reason.as_bytes());
+                        answer_with(conn, answer).await;
                     }
                 });
             }
@@ -93,4 +106,37 @@ impl CloseStub {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+async fn answer_with(conn: quinn::Connection, answer: Answer) {
+    let (welcome, code, reason) = match answer {
+        Answer::Close(code, reason) => {
+            conn.close(code.code().into(), reason.as_bytes());
+            return;
+        }
+        Answer::AdmitThenClose(welcome, code, reason) => (welcome, code, reason),
+    };
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    // The Hello (its variant carries no command, so any command type reads it).
+    let mut frames = FrameBuffer::new(1 << 20);
+    loop {
+        match frames.next_frame::<ClientMsg<()>>() {
+            Ok(Some(ClientMsg::Hello(_))) => break,
+            Ok(Some(_)) | Err(_) => panic!("the stub expected a Hello first"),
+            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => frames.extend(&chunk.bytes),
+                _ => return,
+            },
+        }
+    }
+    let frame = protocol::encode_frame(&ServerMsg::<()>::Welcome(welcome), usize::MAX)
+        .expect("a Welcome encodes");
+    if send.write_all(&frame).await.is_err() {
+        return;
+    }
+    // Whatever comes next (a command, or the stream's end): the match moved.
+    let _ = recv.read_chunk(64 * 1024, true).await;
+    conn.close(code.code().into(), reason.as_bytes());
 }

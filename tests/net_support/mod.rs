@@ -40,6 +40,8 @@ pub struct Options {
     pub listen: SocketAddr,
     pub tls_dir: Arc<tempfile::TempDir>,
     pub max_connections: usize,
+    pub admit_max_tick_load_percent: u32,
+    pub admit_max_lag: Duration,
     pub write_timeout: Duration,
     pub hello_timeout: Duration,
     /// Restore every live match of the store before the server starts
@@ -63,6 +65,8 @@ impl Default for Options {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: Arc::new(tempfile::tempdir().unwrap()),
             max_connections: 10_000,
+            admit_max_tick_load_percent: NetConfig::default().admit_max_tick_load_percent,
+            admit_max_lag: NetConfig::default().admit_max_lag,
             write_timeout: Duration::from_secs(2),
             hello_timeout: NetConfig::default().hello_timeout,
             restore_on_start: true,
@@ -112,6 +116,8 @@ pub async fn start(options: Options) -> TestServer {
         commands_per_second: options.commands_per_second,
         datagram_loss: options.loss,
         max_connections: options.max_connections,
+        admit_max_tick_load_percent: options.admit_max_tick_load_percent,
+        admit_max_lag: options.admit_max_lag,
         write_timeout: options.write_timeout,
         hello_timeout: options.hello_timeout,
         ..NetConfig::default()

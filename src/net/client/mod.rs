@@ -15,6 +15,19 @@
 //! latest state from a watch ([`Session::states`]) and everything else, in
 //! order, from [`Session::next_event`].
 //!
+//! In a fleet a session follows its match from node to node: a
+//! [`Redirect`](CloseCode::Redirect) answer sends the same `Hello` to the
+//! node it names (at most [`MAX_REDIRECTS`] in a row), a
+//! [`ServerFull`](CloseCode::ServerFull) or
+//! [`MatchMoving`](CloseCode::MatchMoving) answer is retried after the wait
+//! it asks for (within [`ClientConfig::retry_for`]), and an unreachable
+//! server gives way to the next of [`ClientConfig::fallback`]. Resumes do
+//! the same; [`Session::server`] is the node the session is on now.
+//!
+//! The parts: this file holds the API (configuration, errors, the stages,
+//! the session handle); `route` decides where the next `Hello` goes (no
+//! I/O); `link` reads one connection; `driver` is the session's task.
+//!
 //! ```no_run
 //! use tickforge::arena::{Arena, ArenaCommand, Dir};
 //! use tickforge::net::client::{Client, ClientConfig, JoinRequest};
@@ -666,8 +679,8 @@ impl<G: Game> Session<G> {
         self.info.borrow().resume_token.clone()
     }
 
-    /// The server the session is on (or reconnecting to): the last one
-    /// that welcomed it.
+    /// The server the session is on: the last one that welcomed it (while
+    /// it reconnects, the one it lost).
     pub fn server(&self) -> SocketAddr {
         self.info.borrow().server
     }

@@ -182,10 +182,10 @@ impl Route {
         self.step(error, now, budget, random, true)
     }
 
-    /// A live session's connection ended with `error`: like
-    /// [`after_attempt`](Route::after_attempt), but a lost or shut down
-    /// server is tried again first (it may be restarting in place) before
-    /// the rotation moves on.
+    /// A live session's connection ended with `error` (one the session
+    /// resumes from): like [`after_attempt`](Route::after_attempt), but a
+    /// lost, shut down or misbehaving server is tried again first (it may
+    /// be restarting in place) before the rotation moves on.
     pub(super) fn after_close(
         &mut self,
         error: ClientError,
@@ -204,7 +204,11 @@ impl Route {
         random: u64,
         fail_over: bool,
     ) -> Next {
-        match classify(&error) {
+        let failure = match classify(&error) {
+            Failure::Final if !fail_over => Failure::Unreachable,
+            failure => failure,
+        };
+        match failure {
             Failure::Redirect(None) => Next::GiveUp(ClientError::Protocol(format!(
                 "a redirect that names no address: {error}"
             ))),
@@ -489,6 +493,44 @@ mod tests {
         assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
         assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
         assert!(now <= budget.deadline);
+    }
+
+    #[test]
+    fn a_session_closed_for_a_broken_frame_is_resumed_in_place() {
+        let now = Instant::now();
+        let budget = Budget::resume(now, Duration::from_secs(30));
+        let mut route = route(&[2]);
+        let next = route.after_close(ClientError::Protocol("bad frame".into()), now, &budget, 0);
+        assert!(matches!(next, Next::Retry(_)), "{next:?}");
+        assert_eq!(route.current(), addr(1));
+    }
+
+    #[test]
+    fn a_live_session_moved_away_follows_the_redirect_or_waits() {
+        let now = Instant::now();
+        let budget = Budget::resume(now, Duration::from_secs(30));
+        let mut route = route(&[2]);
+        let next = route.after_close(
+            refused(CloseCode::Redirect, "127.0.0.1:9 handed over"),
+            now,
+            &budget,
+            0,
+        );
+        assert!(
+            matches!(&next, Next::Redirect(t) if t == "127.0.0.1:9"),
+            "{next:?}"
+        );
+        let next = route.after_close(
+            refused(CloseCode::MatchMoving, "1500 lease"),
+            now,
+            &budget,
+            0,
+        );
+        assert!(
+            matches!(next, Next::Retry(w) if w == Duration::from_millis(1500)),
+            "{next:?}"
+        );
+        assert_eq!(route.current(), addr(1));
     }
 
     #[test]

@@ -1,0 +1,345 @@
+//! Benchmark `network-split`: the QUIC server in one process and its
+//! clients in another, each optionally pinned to CPUs, so the server's CPU
+//! time per client is measured on its own (from `/proc/<pid>/stat`).
+//!
+//! Each step starts a fresh server process (`netsplit_server`) and a fresh
+//! client process (`netsplit_clients`) with N clients, 8 to a match, on the
+//! fixed-schedule load (one Move per tick from a random phase) or the
+//! reply-driven bots. After the joins and a warm-up, the window is measured
+//! on both sides. Steps double from 100 until p99 exceeds one tick + 5 ms
+//! or a client fails to join; the largest count that holds is reported.
+//! `--network-compare-cores` runs the search twice: the server on its
+//! CPUs, then on every CPU of the two lists (the clients keep theirs).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::child::LineChild;
+use crate::netsplit_clients::{ClientsResult, ClientsSpec, LoadKind};
+use crate::netsplit_server::{ServerCounters, ServerSpec};
+use crate::report::{self, Outcome, Table, Target, num, progress};
+use crate::sys::{CpuMeter, MachineMeter, cpus_label};
+
+/// p99 may exceed the tick period by this much.
+const TARGET_EXTRA_MS: f64 = 5.0;
+/// The issue's ceiling for server CPU per client-second, µs.
+const TARGET_US_PER_CLIENT_S: f64 = 500.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitConfig {
+    /// Client counts, in order.
+    pub steps: Vec<usize>,
+    /// Stop at the first step that does not hold.
+    pub search: bool,
+    pub players: u32,
+    pub tick_hz: u32,
+    pub warmup_s: f64,
+    pub measure_s: f64,
+    pub load: LoadKind,
+    pub server_cpus: Option<Vec<usize>>,
+    pub client_cpus: Option<Vec<usize>>,
+    pub compare_cores: bool,
+    pub admission: bool,
+}
+
+/// One step as both processes measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitStep {
+    pub server_cpus: String,
+    pub client_cpus: String,
+    pub clients: ClientsResult,
+    pub server_cpu_percent: Option<f64>,
+    /// Server CPU time per connected client per second of window, µs.
+    pub server_us_per_client_s: Option<f64>,
+    pub client_cpu_percent: Option<f64>,
+    /// The rest of the machine meanwhile (other builds), % of one core.
+    pub others_cpu_percent: Option<f64>,
+    pub server_bytes_out_per_client_s: f64,
+    /// Delta datagram bytes over the full states they replaced.
+    pub delta_to_full: f64,
+    pub server_shards: usize,
+    pub late_ticks: u64,
+    pub refused_by_server: u64,
+    pub server_rss_mib: f64,
+    pub holds: bool,
+}
+
+pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::svg::Series>)> {
+    let period_ms = 1000.0 / f64::from(config.tick_hz);
+    let goal_ms = period_ms + TARGET_EXTRA_MS;
+    let mut setups = vec![config.server_cpus.clone()];
+    if config.compare_cores {
+        let mut all: Vec<usize> = config
+            .server_cpus
+            .iter()
+            .chain(config.client_cpus.iter())
+            .flatten()
+            .copied()
+            .collect();
+        if all.len() < 2 {
+            all = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        all.sort_unstable();
+        all.dedup();
+        setups = vec![Some(vec![all[0]]), Some(all)];
+    }
+    let mut steps: Vec<SplitStep> = Vec::new();
+    let mut held: Vec<(String, Option<usize>)> = Vec::new();
+    for (setup_index, server_cpus) in setups.iter().enumerate() {
+        let label = cpus_label(server_cpus.as_deref());
+        let mut largest = None;
+        for (index, &clients) in config.steps.iter().enumerate() {
+            progress(format!(
+                "network-split: {clients} clients, server on CPUs {label}, clients on CPUs {}, {:?} load",
+                cpus_label(config.client_cpus.as_deref()),
+                config.load
+            ));
+            let step = step(
+                config,
+                server_cpus.as_deref(),
+                clients,
+                format!("s{setup_index}x{index}"),
+                goal_ms,
+            )
+            .await?;
+            let c = &step.clients;
+            progress(format!(
+                "network-split {clients} (server CPUs {label}): joined {}/{}, refused {}, p50 {} p99 {} ms, \
+                 {} states/s and {} B/s per client, server CPU {}% ({} µs per client-s), clients {}%, others {}% -> {}",
+                c.joined,
+                c.clients,
+                c.refused,
+                num(c.p50_ms, 1),
+                num(c.p99_ms, 1),
+                num(c.states_per_client_s, 1),
+                num(c.bytes_per_client_s, 0),
+                report::opt(step.server_cpu_percent, 0),
+                report::opt(step.server_us_per_client_s, 0),
+                report::opt(step.client_cpu_percent, 0),
+                report::opt(step.others_cpu_percent, 0),
+                if step.holds { "holds" } else { "does not hold" }
+            ));
+            let holds = step.holds;
+            if holds {
+                largest = Some(clients);
+            }
+            steps.push(step);
+            if config.search && !holds {
+                break;
+            }
+        }
+        held.push((label, largest));
+    }
+
+    let mut table = Table::new(
+        format!(
+            "network-split: server and clients in separate processes, QUIC on loopback, {} players per match, {} Hz, {:?} load",
+            config.players, config.tick_hz, config.load
+        ),
+        &[
+            "server CPUs",
+            "clients",
+            "joined",
+            "refused",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "states/s/client",
+            "B/s/client",
+            "server CPU %",
+            "server µs/client-s",
+            "client CPU %",
+            "others CPU %",
+            "holds",
+        ],
+    );
+    for s in &steps {
+        let c = &s.clients;
+        table.row(vec![
+            s.server_cpus.clone(),
+            c.clients.to_string(),
+            c.joined.to_string(),
+            if c.join_errors > 0 {
+                format!("{} (+{} failed)", c.refused, c.join_errors)
+            } else {
+                c.refused.to_string()
+            },
+            num(c.p50_ms, 1),
+            num(c.p90_ms, 1),
+            num(c.p99_ms, 1),
+            num(c.max_ms, 0),
+            num(c.states_per_client_s, 1),
+            num(c.bytes_per_client_s, 0),
+            report::opt(s.server_cpu_percent, 0),
+            report::opt(s.server_us_per_client_s, 0),
+            report::opt(s.client_cpu_percent, 0),
+            report::opt(s.others_cpu_percent, 0),
+            if s.holds { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    table.note(format!(
+        "clients on CPUs {}; latency: command handed to the client library -> first state at or after \
+         the tick it was applied on; holds: p99 <= {goal_ms:.1} ms and every client joined and stayed. \
+         B/s/client: state and frame payload received (no QUIC/UDP headers). Server CPU from \
+         /proc/<pid>/stat over the window; others: the rest of the machine meanwhile.",
+        cpus_label(config.client_cpus.as_deref())
+    ));
+    let mut targets = Vec::new();
+    for (label, largest) in &held {
+        targets.push(Target::new(
+            "network-split",
+            format!("largest client count at p99 <= {goal_ms:.1} ms, server on CPUs {label}"),
+            "reported",
+            largest.map_or("none".to_owned(), |n| n.to_string()),
+            None,
+        ));
+        let at_largest = largest.and_then(|n| {
+            steps
+                .iter()
+                .find(|s| &s.server_cpus == label && s.clients.clients == n)
+        });
+        if let Some(step) = at_largest {
+            targets.push(Target::new(
+                "network-split",
+                format!(
+                    "server CPU per client-second at {} clients (CPUs {label})",
+                    step.clients.clients
+                ),
+                format!("<= {TARGET_US_PER_CLIENT_S:.0} µs"),
+                report::opt(step.server_us_per_client_s, 0) + " µs",
+                step.server_us_per_client_s
+                    .map(|us| us <= TARGET_US_PER_CLIENT_S),
+            ));
+        }
+    }
+    if let [(_, Some(one)), (_, Some(two))] = held.as_slice() {
+        let ratio = *two as f64 / *one as f64;
+        targets.push(Target::new(
+            "network-split",
+            "clients held, server on 2 cores vs 1 (steps double: a coarse ratio)",
+            ">= 1.8x",
+            format!("{ratio:.2}x"),
+            Some(ratio >= 1.8),
+        ));
+    }
+    let series = steps
+        .iter()
+        .filter(|s| s.server_cpus == held[0].0)
+        .map(|s| crate::svg::Series {
+            label: format!("{} clients", s.clients.clients),
+            log_bins: s.clients.log_bins.clone(),
+            p001_ms: s.clients.p001_ms,
+            p50_ms: s.clients.p50_ms,
+            p99_ms: s.clients.p99_ms,
+            p999_ms: s.clients.p999_ms,
+        })
+        .collect();
+    let outcome = Outcome {
+        name: "network-split",
+        skipped: None,
+        tables: vec![table],
+        targets,
+        results: serde_json::json!({ "config": config, "steps": steps }),
+    };
+    Ok((outcome, series))
+}
+
+/// One client count: a fresh server process and a fresh client process.
+async fn step(
+    config: &SplitConfig,
+    server_cpus: Option<&[usize]>,
+    clients: usize,
+    prefix: String,
+    goal_ms: f64,
+) -> anyhow::Result<SplitStep> {
+    use anyhow::Context;
+    let tls = tempfile::tempdir().context("creating a directory for the certificate")?;
+    let cert = tls.path().join("cert.der");
+    let server_spec = ServerSpec {
+        tick_hz: config.tick_hz,
+        cert: cert.clone(),
+        key: tls.path().join("key.der"),
+        admission: config.admission,
+    };
+    let mut server = LineChild::spawn("net-server", &server_spec, server_cpus)?;
+    let addr = server
+        .expect("READY", Duration::from_secs(60))
+        .await?
+        .parse()
+        .context("the server's address")?;
+    let spec = ClientsSpec {
+        server: addr,
+        cert,
+        clients,
+        players: config.players,
+        tick_hz: config.tick_hz,
+        load: config.load,
+        warmup_s: config.warmup_s,
+        measure_s: config.measure_s,
+        prefix,
+    };
+    let mut load = LineChild::spawn("net-clients", &spec, config.client_cpus.as_deref())?;
+    // Joins come in waves of 100, each bounded at 20 s.
+    let join_limit =
+        Duration::from_secs_f64(60.0 + 20.0 * clients.div_ceil(100) as f64 + config.warmup_s);
+    load.expect("WINDOW-START", join_limit).await?;
+    let server_cpu = CpuMeter::start(Some(server.pid));
+    let client_cpu = CpuMeter::start(Some(load.pid));
+    let machine = MachineMeter::start();
+    server.send("stats")?;
+    let before: ServerCounters =
+        serde_json::from_str(&server.expect("STATS", Duration::from_secs(30)).await?)
+            .context("the server's counters")?;
+    load.expect(
+        "WINDOW-END",
+        Duration::from_secs_f64(config.measure_s + 60.0),
+    )
+    .await?;
+    let server_seconds = server_cpu.seconds();
+    let server_cpu_percent = server_cpu.percent();
+    let client_cpu_percent = client_cpu.percent();
+    let machine_percent = machine.percent();
+    server.send("stats")?;
+    let after: ServerCounters =
+        serde_json::from_str(&server.expect("STATS", Duration::from_secs(30)).await?)
+            .context("the server's counters")?;
+    let result: ClientsResult =
+        serde_json::from_str(&load.expect("STEP-RESULT", Duration::from_secs(60)).await?)
+            .context("the clients' result")?;
+    load.finish(Duration::from_secs(10)).await;
+    server.finish(Duration::from_secs(10)).await;
+
+    let connected = result.joined.saturating_sub(result.ended).max(1) as f64;
+    let window_s = result.window_s.max(1e-9);
+    let delta_bytes = after.delta_bytes.saturating_sub(before.delta_bytes);
+    let full_bytes = after
+        .delta_full_bytes
+        .saturating_sub(before.delta_full_bytes);
+    let holds = result.p99_ms <= goal_ms
+        && result.joined == result.clients as u64
+        && result.ended == 0
+        && result.samples > 0;
+    Ok(SplitStep {
+        server_cpus: cpus_label(server_cpus),
+        client_cpus: cpus_label(config.client_cpus.as_deref()),
+        server_cpu_percent,
+        server_us_per_client_s: server_seconds.map(|s| s * 1e6 / window_s / connected),
+        client_cpu_percent,
+        others_cpu_percent: match (machine_percent, server_cpu_percent, client_cpu_percent) {
+            (Some(all), Some(server), Some(clients)) => Some((all - server - clients).max(0.0)),
+            _ => None,
+        },
+        server_bytes_out_per_client_s: after.bytes_out.saturating_sub(before.bytes_out) as f64
+            / window_s
+            / connected,
+        delta_to_full: delta_bytes as f64 / full_bytes.max(1) as f64,
+        server_shards: after.shards,
+        late_ticks: after.late_ticks.saturating_sub(before.late_ticks),
+        refused_by_server: after.refused_full + after.refused_unanswered,
+        server_rss_mib: after.rss_bytes as f64 / 1024.0 / 1024.0,
+        holds,
+        clients: result,
+    })
+}

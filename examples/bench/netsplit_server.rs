@@ -1,0 +1,126 @@
+//! The server process of the `network-split` benchmark: the engine (memory
+//! store) and the QUIC server in open mode, alone in its process so that
+//! its CPU time is its own. It prints `READY <addr>` once bound, answers
+//! each `stats` line on stdin with a `STATS <json>` line of its counters,
+//! and stops when stdin closes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tickforge::arena::Arena;
+use tickforge::engine::{Engine, EngineSettings};
+use tickforge::net::server::Server;
+use tickforge::net::{NetConfig, TlsSource};
+use tickforge::store::MemoryStore;
+
+/// What the server process is asked to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerSpec {
+    pub tick_hz: u32,
+    /// Where the development certificate is written (the clients trust it).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Refuse new connections past 90 % tick load or 50 ms of scheduling
+    /// lag (the values suggested for production); `false` keeps only the
+    /// connection cap.
+    pub admission: bool,
+}
+
+/// The server's counters at one moment (cumulative).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ServerCounters {
+    pub states: u64,
+    pub deltas: u64,
+    pub delta_bytes: u64,
+    pub delta_full_bytes: u64,
+    pub bytes_out: u64,
+    pub admitted: u64,
+    pub refused_full: u64,
+    pub refused_unanswered: u64,
+    pub open: u64,
+    pub ticks: u64,
+    pub late_ticks: u64,
+    pub shards: usize,
+    pub rss_bytes: u64,
+}
+
+pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
+    let settings = EngineSettings {
+        tick_hz: spec.tick_hz,
+        ..EngineSettings::default()
+    };
+    let shards = settings.shards;
+    let engine = Arc::new(Engine::start(
+        Arena::default(),
+        MemoryStore::new(),
+        settings,
+        "bench",
+    ));
+    let defaults = NetConfig::default();
+    let net = NetConfig {
+        listen: "127.0.0.1:0".parse().context("loopback address")?,
+        open_mode: true,
+        tls: TlsSource::Dev {
+            cert: spec.cert.clone(),
+            key: spec.key.clone(),
+        },
+        admit_max_tick_load_percent: if spec.admission { 90 } else { 0 },
+        admit_max_lag: if spec.admission {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        },
+        ..defaults
+    };
+    let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
+    let stats = server.stats();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    println!("READY {addr}");
+
+    // Stdin is read on a thread of its own; each line comes back here.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        if line.trim() == "stats" {
+            let engine_stats = engine.stats();
+            let counters = ServerCounters {
+                states: stats.states.load(Relaxed),
+                deltas: stats.deltas.load(Relaxed),
+                delta_bytes: stats.delta_bytes.load(Relaxed),
+                delta_full_bytes: stats.delta_full_bytes.load(Relaxed),
+                bytes_out: stats.bytes_out.load(Relaxed),
+                admitted: stats.admitted.load(Relaxed),
+                refused_full: stats.refused_full.load(Relaxed),
+                refused_unanswered: stats.refused_unanswered.load(Relaxed),
+                open: stats.open.load(Relaxed),
+                ticks: engine_stats.ticks,
+                late_ticks: engine_stats.late_ticks,
+                shards,
+                rss_bytes: crate::sys::rss_bytes().unwrap_or(0),
+            };
+            println!(
+                "STATS {}",
+                serde_json::to_string(&counters).context("encoding the counters")?
+            );
+        }
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), engine.shutdown()).await;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Overload over real QUIC on loopback: a server capped at a small number
+//! of connections is flooded with many more clients at once. Every client
+//! either joins or is refused with `ServerFull` and a retry hint; none
+//! waits for a time-out; the clients that got in keep receiving states.
+//! Run with `-- --nocapture` for the figures.
+
+mod net_support;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use net_support::*;
+use tickforge::arena::Arena;
+use tickforge::client::{ClientError, JoinRequest, Session};
+use tickforge::net::{CloseCode, parse_retry_after};
+
+/// Connections the server takes.
+const CAPACITY: usize = 12;
+/// Clients that try at once.
+const FLOOD: usize = 60;
+/// Players per match.
+const PLAYERS: usize = 6;
+/// A bound on any one join: well past the client's own handshake (10 s)
+/// and Welcome (15 s) time-outs, so a time-out shows as its own error.
+const JOIN_BOUND: Duration = Duration::from_secs(40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
+    // Only the connection cap decides here (the headroom limits are off,
+    // as by default), so the outcome is exact; the headroom verdicts are
+    // unit-tested in `net::admission` and take the same refusal path.
+    let server = start(Options {
+        max_connections: CAPACITY,
+        admit_max_tick_load_percent: 0,
+        admit_max_lag: Duration::ZERO,
+        hello_timeout: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let retry_after = tickforge::net::NetConfig::default().full_retry_after;
+
+    // Refusals are what is counted here: no retrying them.
+    let mut config = server.client.config().clone();
+    config.retry_for = Duration::ZERO;
+    let client = tickforge::client::Client::new(config).expect("client");
+
+    let started = Instant::now();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        let root = format!("m{}", i / PLAYERS);
+        let player = (i % PLAYERS) as u32 + 1;
+        let ticket = server.ticket(&root, player);
+        let client = client.clone();
+        attempts.spawn(async move {
+            let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
+            let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;
+            (i, outcome, started.elapsed())
+        });
+    }
+
+    let mut joined: Vec<Session<Arena>> = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        let (i, outcome, took) = attempt.expect("join task");
+        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
+            Ok(session) => joined.push(session),
+            Err(ClientError::Refused { code, reason }) => {
+                assert_eq!(code, Some(CloseCode::ServerFull), "client {i}: {reason}");
+                assert_eq!(
+                    parse_retry_after(&reason),
+                    Some(retry_after),
+                    "client {i}: the reason gives the wait first: {reason:?}"
+                );
+                assert!(reason.contains("server full"), "{reason:?}");
+                refused.push(took);
+            }
+            Err(other) => panic!("client {i} failed otherwise (a time-out?): {other}"),
+        }
+    }
+    assert_eq!(joined.len(), CAPACITY, "every place is taken, no more");
+    assert_eq!(refused.len(), FLOOD - CAPACITY);
+    let stats = &server.stats;
+    assert_eq!(stats.refused_full.load(Relaxed), (FLOOD - CAPACITY) as u64);
+    assert_eq!(stats.refused_unanswered.load(Relaxed), 0);
+    assert_eq!(stats.admitted.load(Relaxed), CAPACITY as u64);
+
+    // The admitted clients play on: each gets a state a second (30 ticks)
+    // past the latest tick any of them had when the flood was over.
+    let latest = joined
+        .iter()
+        .filter_map(|s| s.state().map(|s| s.tick))
+        .max()
+        .unwrap_or(0);
+    for session in &joined {
+        let state = state_where(session, |s| s.tick >= latest + 30).await;
+        assert!(!state.over);
+        assert!(session.info().borrow().connected);
+    }
+    let slowest = refused.iter().max().copied().unwrap_or_default();
+    println!(
+        "overload: {FLOOD} clients at once against max_connections = {CAPACITY}: {} joined, {} refused \
+         with ServerFull (the last {:.2} s after the flood began), 0 timed out",
+        joined.len(),
+        refused.len(),
+        slowest.as_secs_f64()
+    );
+    for session in joined {
+        session.close();
+    }
+    server.stop().await;
+}
