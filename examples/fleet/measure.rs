@@ -16,6 +16,10 @@ const KILL_SLACK_MS: u64 = 300;
 /// How long after the drain signal a player's pause is looked for.
 const MIGRATION_WINDOW_MS: u64 = 15_000;
 
+/// A gap that began longer than this before the drain signal has another
+/// cause (e.g. the earlier kill) and is not a migration pause.
+const BEFORE_DRAIN_MS: u64 = 1_000;
+
 /// Takeover figures.
 #[derive(Debug, Default)]
 pub struct Takeovers {
@@ -133,7 +137,11 @@ pub fn migrations(
             let pause = session
                 .receipts
                 .windows(2)
-                .filter(|w| w[1].0 >= drain_at && w[0].0 <= drain_at + MIGRATION_WINDOW_MS)
+                .filter(|w| {
+                    w[1].0 >= drain_at
+                        && w[0].0 + BEFORE_DRAIN_MS >= drain_at
+                        && w[0].0 <= drain_at + MIGRATION_WINDOW_MS
+                })
                 .map(|w| (w[1].0 - w[0].0, w[0].0))
                 .max();
             if let Some((pause, began)) = pause {
