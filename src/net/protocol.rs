@@ -139,11 +139,13 @@ impl CloseCode {
     /// Whether a client should reconnect (with its resume token) after a
     /// close with this code. Admission refusals and protocol violations
     /// are final; a shutdown, falling behind (lag, a slow reader, unread
-    /// replies) or a server failure are not.
+    /// replies), a server failure, or a `Hello` that reached an overloaded
+    /// server too late are not.
     pub fn may_resume(self) -> bool {
         matches!(
             self,
             CloseCode::ServerShutdown
+                | CloseCode::HelloTimeout
                 | CloseCode::Lagging
                 | CloseCode::SlowReader
                 | CloseCode::ReplyQueueFull
