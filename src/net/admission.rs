@@ -103,6 +103,11 @@ pub enum Full {
 }
 
 impl AdmissionLimits {
+    /// Whether any limit needs the load sampled (all but the connection cap).
+    pub fn measures_headroom(&self) -> bool {
+        self.max_cpu_percent > 0 || self.max_tick_load_percent > 0 || !self.max_lag.is_zero()
+    }
+
     /// `None` to admit, else why not.
     pub fn verdict(&self, load: &Load) -> Option<Full> {
         if load.connections >= self.max_connections {
@@ -343,6 +348,8 @@ mod tests {
             lag: Duration::from_secs(1),
         };
         assert_eq!(off.verdict(&swamped), None);
+        assert!(limits().measures_headroom());
+        assert!(!off.measures_headroom());
     }
 
     #[test]
