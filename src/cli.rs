@@ -85,6 +85,10 @@ pub enum Tool {
     },
     /// Validate a configuration and print what it resolves to.
     CheckConfig,
+    /// List the live nodes of the fleet (the directory), with their
+    /// address, capacity, load and the live matches each holds the lease
+    /// of; then the live matches no node holds.
+    Nodes,
 }
 
 #[derive(Debug, Parser)]
@@ -183,6 +187,10 @@ pub async fn run_tool<G: Game>(game: &G, config: &Config, tool: Tool) -> anyhow:
             out!("{config:#?}");
             Ok(())
         }
+        Tool::Nodes => {
+            let store = open_store(config).await?;
+            nodes(game, config, &store).await
+        }
         Tool::Inspect { root, last } => {
             let store = open_store(config).await?;
             inspect(game, config, &store, &root, last).await
@@ -249,6 +257,57 @@ pub async fn stored_match<G: Game, S: EventStore>(
         .with_context(|| format!("reading the head of {key}"))?
         .with_context(|| format!("no match {key} in the store"))?;
     Ok((key, head))
+}
+
+/// Prints the fleet's live nodes and who holds each live match.
+async fn nodes<G: Game>(game: &G, config: &Config, store: &AnyStore) -> anyhow::Result<()> {
+    use crate::store::{LeaseStore, NodeDirectory};
+    let (domain, edition) = (game.domain(), config.edition.as_str());
+    let nodes = store
+        .nodes(domain, edition)
+        .await
+        .context("reading the node directory")?;
+    let live = store
+        .live_matches(domain, edition)
+        .await
+        .context("listing live matches")?;
+    let mut held: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for key in &live {
+        let lease = store
+            .lease(key)
+            .await
+            .with_context(|| format!("reading the lease of {key}"))?;
+        let holder = lease.map_or_else(String::new, |lease| lease.node);
+        held.entry(holder).or_default().push(key.root().to_owned());
+    }
+    out!(
+        "{} live nodes, {} live matches ({domain}:{edition})",
+        nodes.len(),
+        live.len()
+    );
+    for node in &nodes {
+        let mut roots = held.remove(&node.id).unwrap_or_default();
+        roots.sort();
+        out!(
+            "{}\t{}\tcapacity={}\tload={}\tleases={}\t{}",
+            node.id,
+            node.quic_addr,
+            node.capacity,
+            node.load,
+            roots.len(),
+            roots.join(",")
+        );
+    }
+    for (holder, mut roots) in held {
+        roots.sort();
+        let who = if holder.is_empty() {
+            "(no live lease)".to_owned()
+        } else {
+            format!("{holder} (not in the directory)")
+        };
+        out!("{who}\tleases={}\t{}", roots.len(), roots.join(","));
+    }
+    Ok(())
 }
 
 /// Prints a stored match of `game`: status, head, snapshot, last events.

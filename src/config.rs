@@ -454,6 +454,10 @@ impl Config {
             drain: std::time::Duration::from_secs_f64(drain_seconds),
         };
         let fleet = fleet_config(raw.fleet, origin, &env)?;
+        let lease = fleet.as_ref().map(|fleet| crate::engine::LeaseSettings {
+            node: fleet.node_id.clone(),
+            ttl: fleet.lease_ttl,
+        });
         Ok(Config {
             server,
             fleet,
@@ -469,6 +473,7 @@ impl Config {
                 },
                 durability,
                 retention,
+                lease,
             },
             edition,
             storage,

@@ -14,6 +14,7 @@
 //! - [`codec`]: the one place that encodes and decodes bytes.
 //! - [`config`]: TOML plus environment into a validated [`config::Config`].
 //! - [`projection`]: read models fed by match logs exactly once (the arena leaderboard).
+//! - [`fleet`]: many nodes on one store: leases, the node directory, takeover, hand-over.
 //! - [`admin`]: the admin HTTP listener: Prometheus metrics, health and readiness.
 //! - [`net`]: the QUIC server and [`client`] library: tickets, commands,
 //!   state deltas over datagrams, sequenced events, rejoin, spectators.
@@ -56,6 +57,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod game;
 pub mod net;
 pub mod play;

@@ -28,8 +28,8 @@ use tickforge::engine::{
 };
 use tickforge::game::PlayerId;
 use tickforge::store::{
-    AppendBatch, EventStore, Head, MatchKey, MemoryStore, PositionStore, RecordedEvent, Snapshot,
-    SnapshotStore, StoreError, Trimmed,
+    AppendBatch, EventStore, Head, Lease, LeaseStore, MatchKey, MemoryStore, NodeDirectory,
+    NodeInfo, PositionStore, RecordedEvent, Snapshot, SnapshotStore, StoreError, Trimmed,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -204,6 +204,64 @@ impl PositionStore for FlakyStore {
     ) -> Result<u64, StoreError> {
         self.check()?;
         self.inner().advance_position(handler, key, to).await
+    }
+}
+
+impl LeaseStore for FlakyStore {
+    async fn claim(&self, key: &MatchKey, node: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner().claim(key, node, ttl).await
+    }
+
+    async fn renew(
+        &self,
+        key: &MatchKey,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner().renew(key, lease, ttl).await
+    }
+
+    async fn release(&self, key: &MatchKey, lease: &Lease) -> Result<(), StoreError> {
+        self.inner().release(key, lease).await
+    }
+
+    async fn transfer(
+        &self,
+        key: &MatchKey,
+        lease: &Lease,
+        to: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner().transfer(key, lease, to, ttl).await
+    }
+
+    async fn lease(&self, key: &MatchKey) -> Result<Option<Lease>, StoreError> {
+        self.inner().lease(key).await
+    }
+}
+
+impl NodeDirectory for FlakyStore {
+    async fn register(
+        &self,
+        domain: &str,
+        edition: &str,
+        node: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner().register(domain, edition, node, ttl).await
+    }
+
+    async fn nodes(&self, domain: &str, edition: &str) -> Result<Vec<NodeInfo>, StoreError> {
+        self.inner().nodes(domain, edition).await
+    }
+
+    async fn deregister(
+        &self,
+        domain: &str,
+        edition: &str,
+        node_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner().deregister(domain, edition, node_id).await
     }
 }
 

@@ -39,13 +39,18 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     .await;
     let retry_after = tickforge::net::NetConfig::default().full_retry_after;
 
+    // Refusals are what is counted here: no retrying them.
+    let mut config = server.client.config().clone();
+    config.retry_for = Duration::ZERO;
+    let client = tickforge::client::Client::new(config).expect("client");
+
     let started = Instant::now();
     let mut attempts = tokio::task::JoinSet::new();
     for i in 0..FLOOD {
         let root = format!("m{}", i / PLAYERS);
         let player = (i % PLAYERS) as u32 + 1;
         let ticket = server.ticket(&root, player);
-        let client = server.client.clone();
+        let client = client.clone();
         attempts.spawn(async move {
             let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
             let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;

@@ -34,6 +34,8 @@ const APPEND_LUA: &str = include_str!("../../src/store/lua/append.lua");
 
 /// The target: RedisStore at least this share of the raw client.
 const TARGET_RATIO: f64 = 0.9;
+/// The lease renewal a fenced batch carries (a fleet node renews by its TTL).
+const LEASE_RENEWAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AppendConfig {
@@ -473,7 +475,8 @@ pub fn batches(
             events: events.to_vec(),
             head_tick: round + 1,
             epoch,
-            renew_lease: None,
+            // As a fleet node's engine writes: each stored batch renews the lease.
+            renew_lease: epoch.map(|_| LEASE_RENEWAL),
         })
         .collect()
 }

@@ -75,6 +75,21 @@ pub const UDP_DATAGRAMS: &str = "tickforge_quic_udp_datagrams_total";
 pub const UDP_BYTES: &str = "tickforge_quic_udp_bytes_total";
 /// Gauge: 1 while the node drains, else 0.
 pub const DRAINING: &str = "tickforge_draining";
+/// Gauge: live nodes in the fleet's directory, as this node last read it.
+pub const FLEET_NODES: &str = "tickforge_fleet_nodes";
+/// Counter: matches this node took over (restored from a lease that was
+/// free, expired, or handed to it).
+pub const FLEET_TAKEOVERS: &str = "tickforge_fleet_takeovers_total";
+/// Counter: matches this node handed over to another node (drain).
+pub const FLEET_HANDOVERS: &str = "tickforge_fleet_handovers_total";
+/// Counter: matches this node stopped hosting because another node holds
+/// their lease now (a write or renewal was fenced).
+pub const FLEET_FENCED: &str = "tickforge_fleet_fenced_total";
+/// Counter: clients sent to another node (label `why`: `owner`,
+/// `capacity`).
+pub const FLEET_REDIRECTS: &str = "tickforge_fleet_redirects_total";
+/// Counter: lease renewals that failed (the store was unavailable).
+pub const FLEET_RENEW_FAILURES: &str = "tickforge_fleet_lease_renew_failures_total";
 
 /// The `reason` label values of [`COMMANDS_REJECTED`].
 pub mod rejected {
@@ -157,6 +172,24 @@ fn build_and_install() -> Result<PrometheusHandle, RecorderError> {
 
 fn describe() {
     use Unit::{Bytes, Count, Seconds};
+    describe_gauge!(FLEET_NODES, Count, "Live nodes in the fleet directory.");
+    describe_counter!(FLEET_TAKEOVERS, Count, "Matches this node took over.");
+    describe_counter!(
+        FLEET_HANDOVERS,
+        Count,
+        "Matches this node handed over to another node."
+    );
+    describe_counter!(
+        FLEET_FENCED,
+        Count,
+        "Matches stopped here because another node holds their lease."
+    );
+    describe_counter!(
+        FLEET_REDIRECTS,
+        Count,
+        "Clients redirected to another node."
+    );
+    describe_counter!(FLEET_RENEW_FAILURES, Count, "Lease renewals that failed.");
     describe_histogram!(TICK_DURATION, Seconds, "Time one shard tick took.");
     describe_counter!(
         LATE_TICKS,

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 pub mod core;
 mod envelope;
+mod ownership;
 pub mod replay;
 pub mod schedule;
 mod shard;
@@ -30,6 +31,7 @@ mod writer;
 pub(crate) use self::core::guard as guard_game;
 pub use self::core::{CommandOutcome, MatchCore, MatchPolicy, QueueFull, TickOutput};
 pub use envelope::{EventEnvelope, ReadError, decode_event, decode_state};
+pub use ownership::HandedOver;
 pub use replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 pub use stats::{EngineStats, ShardStats};
 
@@ -98,6 +100,22 @@ pub struct EngineSettings {
     pub durability: Durability,
     /// Whether events below stored snapshots are removed.
     pub retention: EventRetention,
+    /// Ownership of matches through leases, for a node of a fleet
+    /// ([`LeaseSettings`]); `None` (a single node) writes unfenced.
+    pub lease: Option<LeaseSettings>,
+}
+
+/// How a node of a fleet owns its matches: it claims each match's lease
+/// ([`LeaseStore`](crate::store::LeaseStore)) before hosting it, every
+/// write carries the lease's epoch (a write under a lost lease is refused
+/// as [`StoreError::Fenced`] and the match stops here), and each stored
+/// batch renews the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// This node's id.
+    pub node: String,
+    /// How long a lease lasts unrenewed.
+    pub ttl: std::time::Duration,
 }
 
 impl Default for EngineSettings {
@@ -111,6 +129,7 @@ impl Default for EngineSettings {
             policy: MatchPolicy::default(),
             durability: Durability::Async,
             retention: EventRetention::Full,
+            lease: None,
         }
     }
 }
@@ -169,6 +188,8 @@ pub struct RestoreReport {
     pub events_replayed: u64,
     /// The matches that could not be restored, with why.
     pub failed: Vec<EngineError>,
+    /// Live matches left alone because another node holds their lease.
+    pub owned_elsewhere: usize,
 }
 
 /// Why an engine call failed.
@@ -220,6 +241,8 @@ pub(crate) type UpdateSender<S> = Arc<watch::Sender<Option<Arc<MatchUpdate<S>>>>
 
 pub(crate) struct Route<G: Game> {
     shard: usize,
+    /// The lease epoch the match is written under (fleets only).
+    epoch: Option<u64>,
     updates: UpdateSender<G::State>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
 }
@@ -313,6 +336,11 @@ impl<G: Game, S: Store> Engine<G, S> {
         &self.store
     }
 
+    /// The edition (timeline) the engine stores its matches under.
+    pub fn edition(&self) -> &str {
+        &self.edition
+    }
+
     /// The settings the engine runs with.
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
@@ -362,14 +390,18 @@ impl<G: Game, S: Store> Engine<G, S> {
                 rejection,
             },
         )?;
-        self.store
-            .create(&key, core.setup())
-            .await
-            .map_err(|e| match e {
+        // The lease first: another node's takeover scan must never find the
+        // new match without an owner.
+        let lease = self.claim(&key).await?;
+        let created = self.store.create(&key, core.setup()).await;
+        if let Err(error) = created {
+            self.give_up(&key, lease).await;
+            return Err(match error {
                 StoreError::Conflict { .. } => EngineError::MatchExists(root.to_owned()),
                 other => EngineError::Store(other),
-            })?;
-        self.host(core).await?;
+            });
+        }
+        self.host(core, lease.map(|l| l.epoch)).await?;
         metrics::counter!(names::MATCHES_CREATED).increment(1);
         Ok(())
     }
@@ -381,11 +413,25 @@ impl<G: Game, S: Store> Engine<G, S> {
         if self.is_hosted(root) {
             return Err(EngineError::MatchExists(root.to_owned()));
         }
-        let replayed = restore(&*self.game, &self.store, &key).await?;
-        if self.game.is_over(&replayed.state) {
-            return Err(EngineError::MatchOver(root.to_owned()));
+        // Claimed before reading: the previous owner's writes are fenced
+        // from here on, so the log read below is the whole of it.
+        let lease = self.claim(&key).await?;
+        let loaded = async {
+            let replayed = restore(&*self.game, &self.store, &key).await?;
+            if self.game.is_over(&replayed.state) {
+                return Err(EngineError::MatchOver(root.to_owned()));
+            }
+            let setup = self.store.load_setup(&key).await?.unwrap_or_default();
+            Ok((replayed, setup))
         }
-        let setup = self.store.load_setup(&key).await?.unwrap_or_default();
+        .await;
+        let (replayed, setup) = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.give_up(&key, lease).await;
+                return Err(error);
+            }
+        };
         let core = MatchCore::restored(
             &*self.game,
             key,
@@ -393,13 +439,14 @@ impl<G: Game, S: Store> Engine<G, S> {
             replayed.clone(),
             setup.into(),
         );
-        self.host(core).await?;
+        self.host(core, lease.map(|l| l.epoch)).await?;
         metrics::counter!(names::MATCHES_RESTORED).increment(1);
         Ok(replayed)
     }
 
     /// Restores every live match of this domain and edition that is not
-    /// hosted yet.
+    /// hosted yet (with leases: that no other node owns; those are counted
+    /// in [`RestoreReport::owned_elsewhere`]).
     pub async fn restore_all(&self) -> Result<RestoreReport, EngineError> {
         let keys = self
             .store
@@ -415,6 +462,7 @@ impl<G: Game, S: Store> Engine<G, S> {
                     report.restored += 1;
                     report.events_replayed += replayed.events_replayed;
                 }
+                Err(EngineError::Store(StoreError::Owned { .. })) => report.owned_elsewhere += 1,
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "match not restored");
                     report.failed.push(e);
@@ -424,7 +472,7 @@ impl<G: Game, S: Store> Engine<G, S> {
         Ok(report)
     }
 
-    async fn host(&self, core: shard::Core<G>) -> Result<(), EngineError> {
+    async fn host(&self, core: shard::Core<G>, epoch: Option<u64>) -> Result<(), EngineError> {
         let root: Arc<str> = core.key().root().into();
         let shard_index = (0..self.shards.len())
             .min_by_key(|&i| self.stats[i].matches.load(Relaxed))
@@ -440,6 +488,7 @@ impl<G: Game, S: Store> Engine<G, S> {
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(Route {
                     shard: shard_index,
+                    epoch,
                     updates: updates.clone(),
                     events: events.clone(),
                 });
@@ -447,14 +496,18 @@ impl<G: Game, S: Store> Engine<G, S> {
         }
         // Counted before the shard sees it, so that a burst of creations spreads out.
         self.stats[shard_index].matches.fetch_add(1, Relaxed);
+        let key = core.key().clone();
         let msg = ShardMsg::Host {
             core: Box::new(core),
             updates,
             events,
+            epoch,
         };
         if shard.inbox.send(msg).await.is_err() {
             self.stats[shard_index].matches.fetch_sub(1, Relaxed);
             self.routes.remove(&root);
+            self.give_up(&key, epoch.map(|epoch| self.lease_of(epoch)))
+                .await;
             return Err(EngineError::ShuttingDown);
         }
         Ok(())

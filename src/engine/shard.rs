@@ -28,12 +28,14 @@ use crate::admin::metrics::{self as names, rejected as why};
 use crate::engine::core::{CommandOutcome, MatchCore};
 use crate::engine::schedule::{Due, TickSchedule};
 use crate::engine::stats::ShardStats;
-use crate::engine::writer::{WriteFailure, WriteJob};
+use crate::engine::writer::{SnapshotWrite, WriteFailure, WriteJob};
 use crate::engine::{
-    CommandReply, Durability, EngineSettings, EventEnvelope, MatchUpdate, ReplyTo, Route,
-    UpdateSender,
+    CommandReply, Durability, EngineError, EngineSettings, EventEnvelope, HandedOver, MatchUpdate,
+    ReplyTo, Route, UpdateSender,
 };
 use crate::game::{Game, PlayerId, Rejection};
+use crate::store::{AppendBatch, MatchKey, StoreError};
+use std::time::Duration;
 
 /// How many inbox messages a shard takes in per pass before ticking.
 const INBOX_BUDGET: usize = 65_536;
@@ -47,6 +49,8 @@ pub(crate) enum ShardMsg<G: Game> {
         core: Box<Core<G>>,
         updates: UpdateSender<G::State>,
         events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
+        /// The lease epoch its writes carry (fleets only).
+        epoch: Option<u64>,
     },
     /// A player's command for a hosted match.
     Command {
@@ -57,6 +61,13 @@ pub(crate) enum ShardMsg<G: Game> {
     },
     /// Fail a hosted match on its next tick.
     Fail { root: Arc<str>, reason: String },
+    /// Stop hosting a match whose lease moved on, writing nothing more.
+    Relocate { root: Arc<str>, reason: String },
+    /// Store a match's last events and a snapshot, then stop hosting it.
+    HandOver {
+        root: Arc<str>,
+        done: oneshot::Sender<Result<HandedOver<G::State>, EngineError>>,
+    },
     /// Snapshot every match, flush, stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -66,6 +77,28 @@ struct Hosted<G: Game> {
     updates: UpdateSender<G::State>,
     events: broadcast::Sender<Arc<EventEnvelope<G::Event>>>,
     paused: Option<String>,
+    /// The lease epoch its writes carry (fleets only).
+    epoch: Option<u64>,
+}
+
+impl<G: Game> Hosted<G> {
+    /// The events and tick not handed out yet, as a batch written under
+    /// the match's lease (renewing it by `lease_ttl`).
+    fn poll_batch(&mut self, lease_ttl: Option<Duration>) -> Option<AppendBatch> {
+        let mut batch = self.core.poll_batch()?;
+        batch.epoch = self.epoch;
+        batch.renew_lease = self.epoch.and(lease_ttl);
+        Some(batch)
+    }
+
+    /// The current state as a snapshot write, under the match's lease.
+    fn snapshot_write(&self) -> Result<SnapshotWrite, crate::codec::EncodeError> {
+        Ok(SnapshotWrite {
+            key: self.core.key().clone(),
+            snapshot: self.core.snapshot()?,
+            epoch: self.epoch,
+        })
+    }
 }
 
 /// Publications held back until the tick's writes are acknowledged.
@@ -106,6 +139,17 @@ pub(crate) struct Shard<G: Game> {
     backlog: Option<WriteJob>,
     /// Setups of matches hosted since the last job, for the writer's repair.
     setups: Vec<(crate::store::MatchKey, Arc<[u8]>)>,
+    /// Hand-overs asked for, done at the start of the next tick.
+    handing_over: Vec<(Arc<str>, HandOverDone<G>)>,
+}
+
+/// Where a hand-over's outcome goes.
+type HandOverDone<G> = oneshot::Sender<Result<HandedOver<<G as Game>::State>, EngineError>>;
+
+/// A hand-over whose writes are on their way to the store.
+struct PendingHandOver<G: Game> {
+    handed: HandedOver<G::State>,
+    done: HandOverDone<G>,
 }
 
 impl<G: Game> Shard<G> {
@@ -133,6 +177,7 @@ impl<G: Game> Shard<G> {
             matches: HashMap::new(),
             backlog: None,
             setups: Vec::new(),
+            handing_over: Vec::new(),
         }
     }
 
@@ -193,6 +238,7 @@ impl<G: Game> Shard<G> {
                 core,
                 updates,
                 events,
+                epoch,
             } => {
                 let root: Arc<str> = core.key().root().into();
                 self.setups.push((core.key().clone(), core.setup().clone()));
@@ -208,6 +254,7 @@ impl<G: Game> Shard<G> {
                         updates,
                         events,
                         paused,
+                        epoch,
                     },
                 );
             }
@@ -265,6 +312,8 @@ impl<G: Game> Shard<G> {
                     hosted.core.abort(reason);
                 }
             }
+            ShardMsg::Relocate { root, reason } => self.relocate(&root, &reason),
+            ShardMsg::HandOver { root, done } => self.handing_over.push((root, done)),
             ShardMsg::Shutdown { .. } => unreachable!("shutdown is handled by the loop"),
         }
     }
@@ -272,6 +321,13 @@ impl<G: Game> Shard<G> {
     fn pause_refused_matches(&mut self) {
         while let Ok(WriteFailure { key, error }) = self.failures.try_recv() {
             let root: Arc<str> = key.root().into();
+            if let StoreError::Fenced { .. } = error {
+                self.relocate(
+                    &root,
+                    &format!("another node took the match over ({error})"),
+                );
+                continue;
+            }
             if let Some(hosted) = self.matches.get_mut(&root) {
                 pause(
                     hosted,
@@ -309,6 +365,91 @@ impl<G: Game> Shard<G> {
         self.writer_stopped = Some(reason);
     }
 
+    /// The lease renewal each stored batch carries (fleets only).
+    fn lease_ttl(&self) -> Option<Duration> {
+        self.settings.lease.as_ref().map(|lease| lease.ttl)
+    }
+
+    /// Stops hosting `root` at once, writing nothing more of it: its lease
+    /// moved to another node. Subscribers see the feed close.
+    fn relocate(&mut self, root: &Arc<str>, reason: &str) {
+        let Some(mut hosted) = self.matches.remove(root) else {
+            return;
+        };
+        tracing::warn!(key = %hosted.core.key(), %reason, "match no longer hosted here");
+        let refusal = Rejection::new(format!("the match moved to another node: {reason}"));
+        reject_pending(&mut hosted.core, root, &refusal, &self.stats);
+        if hosted.paused.is_some() {
+            self.stats.paused_matches.fetch_sub(1, Relaxed);
+        }
+        self.routes.remove(root);
+        self.stats.matches.fetch_sub(1, Relaxed);
+        self.stats.relocated_matches.fetch_add(1, Relaxed);
+    }
+
+    /// Takes the matches asked to be handed over out of the shard, putting
+    /// their last events and a snapshot into `job`.
+    fn take_handovers(&mut self, job: &mut WriteJob) -> Vec<PendingHandOver<G>> {
+        let lease_ttl = self.lease_ttl();
+        let mut handed = Vec::new();
+        for (root, done) in std::mem::take(&mut self.handing_over) {
+            let Some(mut hosted) = self.matches.remove(&root) else {
+                let _ = done.send(Err(EngineError::UnknownMatch(root.to_string())));
+                continue;
+            };
+            self.routes.remove(&root);
+            self.stats.matches.fetch_sub(1, Relaxed);
+            let refusal =
+                Rejection::new("the match is moving to another node; send it again there");
+            reject_pending(&mut hosted.core, &root, &refusal, &self.stats);
+            let unstorable = hosted
+                .paused
+                .clone()
+                .or_else(|| hosted.core.failure().map(str::to_owned));
+            if let Some(reason) = unstorable {
+                if hosted.paused.is_some() {
+                    self.stats.paused_matches.fetch_sub(1, Relaxed);
+                }
+                let error = StoreError::Unavailable(format!(
+                    "match {root} cannot be handed over: {reason}"
+                ));
+                let _ = done.send(Err(EngineError::Store(error)));
+                continue;
+            }
+            let Some(epoch) = hosted.epoch else {
+                let error = StoreError::Unavailable(format!("match {root} is not held by a lease"));
+                let _ = done.send(Err(EngineError::Store(error)));
+                continue;
+            };
+            let snapshot = match hosted.snapshot_write() {
+                Ok(write) => write,
+                Err(error) => {
+                    let error =
+                        StoreError::Unavailable(format!("match {root}: final snapshot: {error}"));
+                    let _ = done.send(Err(EngineError::Store(error)));
+                    continue;
+                }
+            };
+            if let Some(batch) = hosted.poll_batch(lease_ttl) {
+                job.batches.push(batch);
+            }
+            let key = hosted.core.key().clone();
+            job.released.push(key.clone());
+            handed.push(PendingHandOver {
+                handed: HandedOver {
+                    key,
+                    tick: snapshot.snapshot.tick,
+                    next_sequence: snapshot.snapshot.sequence,
+                    epoch,
+                    _updates: hosted.updates.clone(),
+                },
+                done,
+            });
+            job.snapshots.push(snapshot);
+        }
+        handed
+    }
+
     async fn run_tick(&mut self) {
         let started = Instant::now();
         self.pause_refused_matches();
@@ -323,10 +464,12 @@ impl<G: Game> Shard<G> {
             }
             tracing::info!("store writer has room again; matches resume");
         }
+        let lease_ttl = self.lease_ttl();
         let mut job = WriteJob {
             setups: std::mem::take(&mut self.setups),
             ..WriteJob::default()
         };
+        let mut handed = self.take_handovers(&mut job);
         let mut publications = Vec::with_capacity(self.matches.len());
         let mut ended = Vec::new();
         let (mut match_ticks, mut events, mut rejected, mut decided) = (0u64, 0u64, 0u64, 0u64);
@@ -347,7 +490,7 @@ impl<G: Game> Shard<G> {
                         send_reply(&reply, root, outcome);
                     }
                 }
-                if let Some(batch) = hosted.core.poll_batch() {
+                if let Some(batch) = hosted.poll_batch(lease_ttl) {
                     // Events of earlier ticks not handed out yet are still good.
                     job.batches.push(batch);
                 }
@@ -373,11 +516,15 @@ impl<G: Game> Shard<G> {
                     send_reply(&reply, root, outcome);
                 }
             }
-            if let Some(batch) = hosted.core.poll_batch() {
+            if let Some(batch) = hosted.poll_batch(lease_ttl) {
                 job.batches.push(batch);
             }
             if let Some(snapshot) = out.snapshot {
-                job.snapshots.push((hosted.core.key().clone(), snapshot));
+                job.snapshots.push(SnapshotWrite {
+                    key: hosted.core.key().clone(),
+                    snapshot,
+                    epoch: hosted.epoch,
+                });
             }
             if out.ended {
                 job.finished.push(hosted.core.key().clone());
@@ -406,13 +553,13 @@ impl<G: Game> Shard<G> {
         metrics::counter!(names::COMMANDS_ACCEPTED).increment(decided.saturating_sub(rejected));
         metrics::counter!(names::COMMANDS_REJECTED, "reason" => why::GAME).increment(rejected);
 
-        let mut acked = match self.settings.durability {
-            Durability::Sync if !job.is_empty() => {
-                let (tx, rx) = oneshot::channel();
-                job.ack = Some(tx);
-                Some(rx)
-            }
-            _ => None,
+        let sync = self.settings.durability == Durability::Sync;
+        let mut acked = if (sync && !job.is_empty()) || !handed.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            job.ack = Some(tx);
+            Some(rx)
+        } else {
+            None
         };
         job.seal();
         if !job.is_empty() && !self.dispatch(job).await {
@@ -423,11 +570,22 @@ impl<G: Game> Shard<G> {
                 // Not reached in sync durability (one job in flight at a
                 // time, so neither bound is ever hit); were it, nothing
                 // unstored goes out, and its ack is not awaited here.
-                publications.clear();
+                if sync {
+                    publications.clear();
+                }
+                finish_handovers(std::mem::take(&mut handed), None);
             }
         }
-        if let Some(acked) = acked {
-            match acked.await {
+        if !sync && let Some(acked) = acked.take() {
+            // Hand-overs only: their callers wait, the shard does not.
+            tokio::spawn(async move {
+                let refused = acked.await.ok();
+                finish_handovers(handed, refused.as_deref());
+            });
+        } else if let Some(acked) = acked {
+            let refused = acked.await.ok();
+            finish_handovers(handed, refused.as_deref());
+            match refused.ok_or(()) {
                 // Refused matches pause next tick; their state was not stored.
                 Ok(refused) => {
                     publications.retain(|p| !refused.iter().any(|key| key.root() == &*p.root))
@@ -527,9 +685,13 @@ impl<G: Game> Shard<G> {
                 ShardMsg::Shutdown { done } => {
                     let _ = done.send(());
                 }
-                ShardMsg::Fail { .. } => {}
+                ShardMsg::Fail { .. } | ShardMsg::Relocate { .. } => {}
+                ShardMsg::HandOver { done, .. } => {
+                    let _ = done.send(Err(EngineError::ShuttingDown));
+                }
             }
         }
+        let lease_ttl = self.lease_ttl();
         if let Some(writer) = self.writer.take() {
             let mut final_job = WriteJob {
                 setups: std::mem::take(&mut self.setups),
@@ -542,13 +704,11 @@ impl<G: Game> Shard<G> {
                 if hosted.paused.is_some() || hosted.core.failure().is_some() {
                     continue;
                 }
-                if let Some(batch) = hosted.core.poll_batch() {
+                if let Some(batch) = hosted.poll_batch(lease_ttl) {
                     final_job.batches.push(batch);
                 }
-                match hosted.core.snapshot() {
-                    Ok(snapshot) => final_job
-                        .snapshots
-                        .push((hosted.core.key().clone(), snapshot)),
+                match hosted.snapshot_write() {
+                    Ok(write) => final_job.snapshots.push(write),
                     Err(error) => {
                         tracing::error!(key = %hosted.core.key(), %error, "final snapshot not stored; restore replays from the last one")
                     }
@@ -581,6 +741,26 @@ impl<G: Game> Shard<G> {
         if let Some(done) = done {
             let _ = done.send(());
         }
+    }
+}
+
+/// Tells each hand-over's caller how its writes went: `refused` lists the
+/// matches whose writes the store refused; `None` means the writes were
+/// not (known to be) stored.
+fn finish_handovers<G: Game>(handed: Vec<PendingHandOver<G>>, refused: Option<&[MatchKey]>) {
+    for PendingHandOver { handed, done } in handed {
+        let outcome = match refused {
+            Some(refused) if !refused.contains(&handed.key) => Ok(handed),
+            Some(_) => Err(EngineError::Store(StoreError::Unavailable(format!(
+                "the store refused the final writes of {}",
+                handed.key
+            )))),
+            None => Err(EngineError::Store(StoreError::Unavailable(format!(
+                "the final writes of {} were not stored in time",
+                handed.key
+            )))),
+        };
+        let _ = done.send(outcome);
     }
 }
 

@@ -23,6 +23,7 @@ pub struct ShardStats {
     pub(crate) events: AtomicU64,
     pub(crate) paused_matches: AtomicU64,
     pub(crate) failed_matches: AtomicU64,
+    pub(crate) relocated_matches: AtomicU64,
     pub(crate) appends: AtomicU64,
     pub(crate) persisted_events: AtomicU64,
     pub(crate) append_failures: AtomicU64,
@@ -72,6 +73,7 @@ impl Default for ShardStats {
             dropped: AtomicU64::new(0),
             events: AtomicU64::new(0),
             paused_matches: AtomicU64::new(0),
+            relocated_matches: AtomicU64::new(0),
             failed_matches: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             persisted_events: AtomicU64::new(0),
@@ -175,6 +177,9 @@ pub struct EngineStats {
     pub paused_matches: u64,
     /// Matches ended because their game code failed (a panic).
     pub failed_matches: u64,
+    /// Matches no longer hosted because another node took their lease
+    /// over (a write or renewal was fenced).
+    pub relocated_matches: u64,
     /// Store writes refused for good ([`ErrorClass::Permanent`](crate::store::ErrorClass)):
     /// per match append, snapshot or end mark.
     pub permanent_errors: u64,
@@ -215,6 +220,7 @@ impl EngineStats {
             dropped: 0,
             events: 0,
             paused_matches: 0,
+            relocated_matches: 0,
             failed_matches: 0,
             permanent_errors: 0,
             dead_writers: 0,
@@ -238,6 +244,7 @@ impl EngineStats {
             total.dropped += s.dropped.load(Relaxed);
             total.events += s.events.load(Relaxed);
             total.paused_matches += s.paused_matches.load(Relaxed);
+            total.relocated_matches += s.relocated_matches.load(Relaxed);
             total.failed_matches += s.failed_matches.load(Relaxed);
             total.permanent_errors += s.permanent_errors.load(Relaxed);
             total.dead_writers += s.writer_stopped.load(Relaxed);

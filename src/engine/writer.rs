@@ -53,8 +53,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct WriteJob {
     pub tick: Tick,
     pub batches: Vec<AppendBatch>,
-    pub snapshots: Vec<(MatchKey, Snapshot)>,
+    pub snapshots: Vec<SnapshotWrite>,
     pub finished: Vec<MatchKey>,
+    /// Matches handed over to another node after this job's writes.
+    pub released: Vec<MatchKey>,
     /// Matches whose game code failed, with the reason.
     pub failed: Vec<(MatchKey, String)>,
     /// Encoded setups of matches hosted since the last job (kept for repair).
@@ -86,9 +88,17 @@ impl WriteJob {
             .flat_map(|batch| &batch.events)
             .map(|event| event.payload.len())
             .sum();
-        let states: usize = self.snapshots.iter().map(|(_, s)| s.state.len()).sum();
+        let states: usize = self.snapshots.iter().map(|w| w.snapshot.state.len()).sum();
         self.bytes = (events + states) as u64;
     }
+}
+
+/// A snapshot to store, under the match's lease epoch (fleets only).
+#[derive(Debug)]
+pub(crate) struct SnapshotWrite {
+    pub key: MatchKey,
+    pub snapshot: Snapshot,
+    pub epoch: Option<u64>,
 }
 
 /// A match whose writes the store refused for good.
@@ -188,6 +198,8 @@ impl<S: Store> Writer<S> {
     /// Stores one job; returns the matches whose batches it did not store.
     async fn write(&mut self, job: WriteJob) -> Vec<MatchKey> {
         for (key, setup) in &job.setups {
+            // Hosted (again): a refusal of an earlier hosting no longer holds.
+            self.refused.remove(key);
             self.retained.entry(key.clone()).or_default().setup = setup.clone();
         }
         // A refused match's writes still queued are not stored either.
@@ -218,6 +230,12 @@ impl<S: Store> Writer<S> {
                             .or_default()
                             .retain(&batch.events);
                     }
+                    Err(error @ StoreError::Fenced { .. }) => {
+                        tracing::warn!(key = %batch.key, %error, tick = job.tick,
+                            "write fenced: another node holds the match's lease now");
+                        self.refuse(&batch.key, error);
+                        refused_now.push(batch.key.clone());
+                    }
                     Err(error) => {
                         tracing::error!(key = %batch.key, %error, class = %error.class(), tick = job.tick,
                             "store refused the match's writes; pausing the match");
@@ -229,36 +247,39 @@ impl<S: Store> Writer<S> {
         }
         // Matches created together snapshot on the same tick: their
         // snapshots (and trims) go out concurrently, not one round trip each.
-        let due: Vec<&(MatchKey, Snapshot)> = job
+        let due: Vec<&SnapshotWrite> = job
             .snapshots
             .iter()
-            .filter(|(key, _)| !self.refused.contains(key))
+            .filter(|write| !self.refused.contains(&write.key))
             .collect();
         let (store, stats) = (&self.store, &self.stats);
-        let saved = join_all(due.iter().map(|(key, snapshot)| async move {
-            retry_transient(stats, "snapshot", key, || {
-                store.save_snapshot(key, snapshot)
+        let saved = join_all(due.iter().map(|write| async move {
+            retry_transient(stats, "snapshot", &write.key, || {
+                store.save_fenced_snapshot(&write.key, &write.snapshot, write.epoch)
             })
             .await
         }))
         .await;
-        let stored: Vec<&(MatchKey, Snapshot)> = due
+        let stored: Vec<&SnapshotWrite> = due
             .into_iter()
             .zip(saved)
             .filter_map(|(entry, saved)| saved.then_some(entry))
             .collect();
-        for (key, snapshot) in &stored {
-            if let Some(log) = self.retained.get_mut(key) {
-                log.snapshot_stored(snapshot.sequence);
+        for write in &stored {
+            if let Some(log) = self.retained.get_mut(&write.key) {
+                log.snapshot_stored(write.snapshot.sequence);
             }
         }
         if let EventRetention::TrimBelowSnapshot { keep_for } = &self.retention {
             join_all(
                 stored
                     .iter()
-                    .map(|(key, snapshot)| trim(store, key, snapshot.sequence, keep_for, stats)),
+                    .map(|write| trim(store, write, keep_for, stats)),
             )
             .await;
+        }
+        for key in &job.released {
+            self.retained.remove(key);
         }
         for key in &job.finished {
             self.retained.remove(key);
@@ -276,8 +297,11 @@ impl<S: Store> Writer<S> {
     /// Records that the store refused `key`'s writes for good and tells
     /// the shard (once per match).
     fn refuse(&mut self, key: &MatchKey, error: StoreError) {
-        self.stats.permanent_errors.fetch_add(1, Relaxed);
-        self.stats.store_error(&error);
+        // Fenced is a fleet at work (the match moved), not a store fault.
+        if !matches!(error, StoreError::Fenced { .. }) {
+            self.stats.permanent_errors.fetch_add(1, Relaxed);
+            self.stats.store_error(&error);
+        }
         self.retained.remove(key);
         if self.refused.insert(key.clone()) {
             // The shard outlives its writer; if it is gone, nobody listens.
@@ -352,14 +376,9 @@ async fn repair<S: Store>(
 
 /// Trims below a stored snapshot. Housekeeping: a failure is logged and
 /// the next snapshot's trim covers these events too.
-async fn trim<S: Store>(
-    store: &S,
-    key: &MatchKey,
-    below: u64,
-    keep_for: &[String],
-    stats: &ShardStats,
-) {
-    match store.trim(key, below, keep_for).await {
+async fn trim<S: Store>(store: &S, write: &SnapshotWrite, keep_for: &[String], stats: &ShardStats) {
+    let (key, below) = (&write.key, write.snapshot.sequence);
+    match store.trim_fenced(key, below, keep_for, write.epoch).await {
         Ok(trimmed) => {
             stats.trimmed_events.fetch_add(trimmed.removed, Relaxed);
             if trimmed.retained_from < below {

@@ -10,6 +10,7 @@
 //! - [`tickets`]: pure HMAC-SHA256 admission tickets and resume tokens; callers pass `now`.
 //! - [`delta`]: pure XOR-and-compress state deltas against a client's acknowledged baseline.
 //! - [`limits`]: the per-connection token bucket, pure (time is an argument).
+//! - [`placement`]: where a match is served when the server is one node of a fleet.
 //! - [`tls`]: certificates from files, or a self-signed development certificate.
 //! - [`admission`]: pure admission limits and the headroom sample they read (connections,
 //!   tick budget used, scheduling lag); refusals say `ServerFull` with a retry hint.
@@ -34,12 +35,14 @@ pub mod admission;
 pub mod client;
 pub mod delta;
 pub mod limits;
+pub mod placement;
 pub mod protocol;
 pub mod server;
 mod slots;
 pub mod tickets;
 pub mod tls;
 
+pub use placement::{Locator, Placement};
 pub use protocol::{
     CloseCode, Role, parse_redirect, parse_retry_after, redirect_reason, retry_reason,
 };

@@ -604,6 +604,25 @@ mod tests {
         assert_eq!(CloseCode::from_code(999), None);
     }
 
+    #[test]
+    fn redirect_and_retry_reasons_parse_back() {
+        let reason = redirect_reason("node-b.fleet:4433", "the match lives there");
+        assert_eq!(parse_redirect(&reason), Some("node-b.fleet:4433"));
+        assert_eq!(parse_redirect("[::1]:4433 moved"), Some("[::1]:4433"));
+        assert_eq!(parse_redirect("moved elsewhere"), None);
+        assert_eq!(parse_redirect(""), None);
+        let wait = std::time::Duration::from_millis(250);
+        assert_eq!(parse_retry_after(&retry_reason(wait, "full")), Some(wait));
+        assert_eq!(
+            parse_retry_after("999999 much later"),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5 moving"), None);
+        assert!(CloseCode::Redirect.retry_hello() && !CloseCode::Redirect.may_resume());
+        assert!(!CloseCode::ServerShutdown.retry_hello());
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

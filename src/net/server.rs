@@ -48,6 +48,7 @@ use super::NetConfig;
 use super::admission::{self, Full, Headroom};
 use super::delta::{self, Patch};
 use super::limits::TokenBucket;
+use super::placement::Locator;
 use super::protocol::{
     self, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, FrameError, Hello, Role,
     ServerMsg, Welcome,
@@ -229,6 +230,8 @@ struct Shared<G: Game, S: Store> {
     hubs: DashMap<Arc<str>, Arc<Hub>>,
     conns: DashMap<u64, quinn::Connection>,
     hosting: tokio::sync::Mutex<()>,
+    /// Where matches are served, when this server is a node of a fleet.
+    locator: Option<Arc<dyn Locator>>,
     next_conn: AtomicU64,
     stats: Arc<NetStats>,
     headroom: Arc<Headroom>,
@@ -344,6 +347,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 hubs: DashMap::new(),
                 conns: DashMap::new(),
                 hosting: tokio::sync::Mutex::new(()),
+                locator: None,
                 next_conn: AtomicU64::new(1),
                 stats: Arc::new(NetStats::default()),
                 headroom: Arc::new(Headroom::default()),
@@ -353,6 +357,17 @@ impl<G: Game, S: Store> Server<G, S> {
             cert: leaf,
             local_addr,
         })
+    }
+
+    /// Makes this server one node of a fleet: before hosting a match it
+    /// asks `locator` where the match is served, and redirects the client
+    /// (or asks it to wait) when that is not here; a session whose match
+    /// moved away is closed the same way. Call before [`Server::run`].
+    pub fn with_locator(mut self, locator: Arc<dyn Locator>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.locator = Some(locator);
+        }
+        self
     }
 
     /// The address the endpoint is bound to (with the real port when 0 was asked).
@@ -988,11 +1003,19 @@ async fn ensure_hosted<G: Game, S: Store>(
             ))
         }
         Some(_) => {
-            let replayed = engine.restore_match(root).await.map_err(internal)?;
-            tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
-            Ok(true)
+            place(shared, root, false).await?;
+            match engine.restore_match(root).await {
+                Ok(replayed) => {
+                    tracing::info!(r#match = %root, tick = replayed.tick, "match restored on demand");
+                    Ok(true)
+                }
+                // A fleet's takeover scan restored it meanwhile.
+                Err(EngineError::MatchExists(_)) => Ok(true),
+                Err(error) => Err(owned_or(error, internal)),
+            }
         }
         None if may_create => {
+            place(shared, root, true).await?;
             let params = match params {
                 Some(bytes) => codec::decode(bytes).map_err(|e| {
                     Refusal::new(
@@ -1009,7 +1032,7 @@ async fn ensure_hosted<G: Game, S: Store>(
                     EngineError::Setup { .. } => {
                         Refusal::new(CloseCode::JoinRejected, e.to_string())
                     }
-                    other => internal(other),
+                    other => owned_or(other, internal),
                 })?;
             tracing::info!(r#match = %root, "match created on demand");
             Ok(false)
@@ -1018,6 +1041,56 @@ async fn ensure_hosted<G: Game, S: Store>(
             CloseCode::UnknownMatch,
             format!("no match {root:?} on this server"),
         )),
+    }
+}
+
+/// Asks the fleet (if any) where `root` is served; anything but here
+/// becomes the refusal that sends the client there or makes it wait.
+async fn place<G: Game, S: Store>(
+    shared: &Shared<G, S>,
+    root: &str,
+    new_match: bool,
+) -> Result<(), Refusal> {
+    let Some(locator) = &shared.locator else {
+        return Ok(());
+    };
+    match locator.place(root, new_match).await.refusal() {
+        None => Ok(()),
+        Some((code, reason)) => Err(Refusal::new(code, reason)),
+    }
+}
+
+/// Another node claimed the match between the placement and the claim:
+/// the client retries at once and is redirected; anything else is `other`.
+fn owned_or(error: EngineError, other: impl FnOnce(EngineError) -> Refusal) -> Refusal {
+    match error {
+        EngineError::Store(crate::store::StoreError::Owned { owner, .. }) => Refusal::new(
+            CloseCode::MatchMoving,
+            crate::net::retry_reason(
+                Duration::from_millis(20),
+                &format!("node {owner} took the match just now"),
+            ),
+        ),
+        other_error => other(other_error),
+    }
+}
+
+/// How a session whose match left this engine is closed: sent to the
+/// match's new node (or asked to wait) in a fleet, else told to resume
+/// later (the engine is stopping).
+async fn match_left<G: Game, S: Store>(shared: &Shared<G, S>, root: &str) -> Refusal {
+    let here_no_more = || {
+        Refusal::new(
+            CloseCode::ServerShutdown,
+            "the match is no longer hosted here",
+        )
+    };
+    let Some(locator) = &shared.locator else {
+        return here_no_more();
+    };
+    match locator.place(root, false).await.refusal() {
+        Some((code, reason)) => Refusal::new(code, reason),
+        None => here_no_more(),
     }
 }
 
@@ -1512,9 +1585,10 @@ async fn run_session<G: Game, S: Store>(
             },
             changed = feed.updates.changed() => {
                 if changed.is_err() {
-                    // The match left the engine without a final state: the
-                    // engine is stopping. The client may resume later.
-                    Refusal::new(CloseCode::ServerShutdown, "the match is no longer hosted here").close(conn);
+                    // The match left the engine without a final state: it
+                    // moved to another node, or the engine is stopping.
+                    // The client may resume (there, or here later).
+                    match_left(shared, &root).await.close(conn);
                     return Ended::Shutdown;
                 }
                 let Some(update) = feed.updates.borrow_and_update().clone() else { continue };

@@ -31,11 +31,13 @@
 //! }
 //! ```
 //!
-//! **One node.** A node restores every live match of its domain and
-//! edition from the store when it starts. Two nodes on one store would
-//! both restore and then contend for the same matches (the store refuses
-//! the second writer's appends, so no log forks, but one of them pauses
-//! each match): run one node per store and edition.
+//! **One node, or a fleet.** Without `[fleet]` a node restores every live
+//! match of its domain and edition when it starts and writes without
+//! leases: run one such node per store and edition. With `[fleet]` (a node
+//! id) many nodes share one store: each match is owned through a lease,
+//! nodes redirect players to a match's owner, take over the matches of a
+//! node that died, and a drain hands matches over instead of only
+//! snapshotting them (see [`crate::fleet`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,8 +49,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{AdminError, Health};
-use crate::config::Config;
+use crate::config::{Config, FleetConfig};
 use crate::engine::{Engine, EngineError, EngineStats};
+use crate::fleet::Fleet;
 use crate::game::Game;
 use crate::net::server::{NetError, NetStats};
 use crate::net::tickets::ServerSecret;
@@ -72,6 +75,16 @@ pub enum ServerError {
     /// Listing the live matches to restore failed.
     #[error("restoring live matches: {0}")]
     Restore(#[from] EngineError),
+    /// Joining the fleet (`[fleet]`) failed: the directory or the lease
+    /// scan could not be read.
+    #[error("joining the fleet: {0}")]
+    Fleet(StoreError),
+    /// `[fleet]` has no public address and the QUIC listener's is a
+    /// wildcard that clients cannot be redirected to.
+    #[error(
+        "fleet.public_addr (or TICKFORGE_PUBLIC_ADDR) is required: net.listen {0} is not an address clients can reach"
+    )]
+    NoPublicAddr(SocketAddr),
     /// The QUIC endpoint could not be bound.
     #[error("starting the QUIC server: {0}")]
     Net(#[from] NetError),
@@ -163,21 +176,44 @@ impl<G: Game> ServerBuilder<G> {
         ));
         let health = Health::new(&engine);
         let admin = Admin::start(&config, &health).await?;
-        let report = engine.restore_all().await?;
+        let mut quic = crate::net::server::Server::bind(engine.clone(), config.net.clone())?;
+        let quic_addr = quic.local_addr();
+        let (restored, replayed_events, failed, fleet) = match &config.fleet {
+            None => {
+                let report = engine.restore_all().await?;
+                (
+                    report.restored,
+                    report.events_replayed,
+                    report.failed.len(),
+                    None,
+                )
+            }
+            Some(fleet_config) => {
+                let addr = public_addr(fleet_config, quic_addr)?;
+                let (fleet, report) = Fleet::start(engine.clone(), fleet_config.clone(), addr)
+                    .await
+                    .map_err(ServerError::Fleet)?;
+                quic = quic.with_locator(fleet.clone());
+                (
+                    report.restored,
+                    report.events_replayed,
+                    report.failed,
+                    Some(fleet),
+                )
+            }
+        };
         health.set_restored();
-        let restored = report.restored;
         tracing::info!(
             domain = engine.game().domain(),
             edition = %config.edition,
             restored,
-            replayed_events = report.events_replayed,
-            failed = report.failed.len(),
+            replayed_events,
+            failed,
             shards = config.engine.shards,
             tick_hz = config.engine.tick_hz,
+            fleet_node = config.fleet.as_ref().map(|f| f.node_id.as_str()),
             "engine running; live matches restored"
         );
-        let quic = crate::net::server::Server::bind(engine.clone(), config.net.clone())?;
-        let quic_addr = quic.local_addr();
         let certificate = quic.certificate().clone();
         let secret = quic.secret().clone();
         let net_stats = quic.stats();
@@ -191,6 +227,7 @@ impl<G: Game> ServerBuilder<G> {
         tracing::info!(listen = %quic_addr, open_mode = config.net.open_mode, "accepting players over QUIC");
         Ok(Server {
             engine,
+            fleet,
             config,
             quic_addr,
             certificate,
@@ -244,6 +281,8 @@ impl Admin {
 /// A running node: the engine, its store and the QUIC endpoint.
 pub struct Server<G: Game> {
     engine: Arc<Engine<G, AnyStore>>,
+    /// This node's part in a fleet (`[fleet]`).
+    fleet: Option<Arc<Fleet<G, AnyStore>>>,
     config: Config,
     quic_addr: SocketAddr,
     certificate: CertificateDer<'static>,
@@ -280,6 +319,11 @@ impl<G: Game> Server<G> {
     /// The engine (create matches, submit commands, follow matches).
     pub fn engine(&self) -> &Arc<Engine<G, AnyStore>> {
         &self.engine
+    }
+
+    /// This node's part in a fleet, when `[fleet]` is configured.
+    pub fn fleet(&self) -> Option<&Arc<Fleet<G, AnyStore>>> {
+        self.fleet.as_ref()
     }
 
     /// The configuration the node runs with.
@@ -365,6 +409,7 @@ impl<G: Game> Server<G> {
     pub async fn drain(self) -> Result<DrainReport, ServerError> {
         let Server {
             engine,
+            fleet,
             config,
             net_stop,
             net_task,
@@ -378,6 +423,12 @@ impl<G: Game> Server<G> {
         let deadline = config.server.drain;
         let matches = engine.hosted_matches().len();
         let drained = tokio::time::timeout(deadline, async {
+            // In a fleet, the matches move to other nodes first (their
+            // players follow); whatever stays gets its final snapshot below.
+            // Half the deadline at most, so the rest still gets its snapshots.
+            if let Some(fleet) = &fleet {
+                fleet.hand_over_all(deadline / 2).await;
+            }
             let _ = net_stop.send(());
             if let Err(error) = net_task.await {
                 tracing::error!(%error, "the QUIC server task failed");
@@ -385,6 +436,9 @@ impl<G: Game> Server<G> {
             engine.shutdown_reporting(DRAIN_REPORT_EVERY).await;
         })
         .await;
+        if let Some(fleet) = &fleet {
+            fleet.leave().await;
+        }
         admin.stop().await;
         let stats = engine.stats();
         match drained {
@@ -402,6 +456,16 @@ impl<G: Game> Server<G> {
                 backlog_jobs: stats.backlog_jobs,
             }),
         }
+    }
+}
+
+/// Where clients reach this node: `[fleet] public_addr`, else the QUIC
+/// listener's own address when it is a specific one.
+fn public_addr(fleet: &FleetConfig, listen: SocketAddr) -> Result<String, ServerError> {
+    match &fleet.public_addr {
+        Some(addr) => Ok(addr.clone()),
+        None if listen.ip().is_unspecified() => Err(ServerError::NoPublicAddr(listen)),
+        None => Ok(listen.to_string()),
     }
 }
 

@@ -513,9 +513,15 @@ pub trait PositionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
-/// Everything the engine needs from storage. Leases and the directory
-/// ([`LeaseStore`], [`NodeDirectory`]) are separate traits, implemented by
-/// every backend, for the parts of a node that run in a fleet.
-pub trait Store: EventStore + SnapshotStore + PositionStore + Clone {}
+/// Everything a node needs from storage: the log, snapshots, positions,
+/// and for fleets the leases and the node directory ([`LeaseStore`],
+/// [`NodeDirectory`]).
+pub trait Store:
+    EventStore + SnapshotStore + PositionStore + LeaseStore + NodeDirectory + Clone
+{
+}
 
-impl<T: EventStore + SnapshotStore + PositionStore + Clone> Store for T {}
+impl<T> Store for T where
+    T: EventStore + SnapshotStore + PositionStore + LeaseStore + NodeDirectory + Clone
+{
+}

@@ -2,6 +2,8 @@
 //! QUIC server on loopback port 0, clients trusting its certificate.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod close_stub;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -84,6 +84,11 @@ impl ServeProcess {
         }
     }
 
+    /// The child's process id (for signals).
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("a pid")
+    }
+
     /// The log read so far, with the lines that arrived since.
     pub fn log(&mut self) -> String {
         self.seen.extend(self.lines.try_iter());
