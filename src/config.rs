@@ -246,6 +246,7 @@ struct RawNet {
     commands_per_second: Option<u32>,
     open_mode: Option<bool>,
     max_connections: Option<usize>,
+    admit_max_cpu_percent: Option<u32>,
     admit_max_tick_load_percent: Option<u32>,
     admit_max_lag_ms: Option<u64>,
     full_retry_ms: Option<u64>,
@@ -707,6 +708,17 @@ fn net_config(
         Some(0) => return Err(invalid("net.max_connections", &0, "must be at least 1")),
         Some(n) => n,
     };
+    let admit_max_cpu_percent = match raw.admit_max_cpu_percent {
+        None => defaults.admit_max_cpu_percent,
+        Some(n @ 0..=100) => n,
+        Some(n) => {
+            return Err(invalid(
+                "net.admit_max_cpu_percent",
+                &n,
+                "must be 0 (no limit) to 100 (percent of the process's cores)",
+            ));
+        }
+    };
     let admit_max_tick_load_percent = match raw.admit_max_tick_load_percent {
         None => defaults.admit_max_tick_load_percent,
         Some(n @ 0..=100) => n,
@@ -775,6 +787,7 @@ fn net_config(
         commands_per_second,
         open_mode: raw.open_mode.unwrap_or(defaults.open_mode),
         max_connections,
+        admit_max_cpu_percent,
         admit_max_tick_load_percent,
         admit_max_lag,
         full_retry_after,
@@ -1038,18 +1051,25 @@ mod tests {
     #[test]
     fn admission_limits_are_read_and_checked() {
         let defaults = Config::load_with_env(None, no_env).unwrap().net;
+        assert_eq!(defaults.admit_max_cpu_percent, 0);
         assert_eq!(defaults.admit_max_tick_load_percent, 0);
         assert!(defaults.admit_max_lag.is_zero());
         assert_eq!(defaults.full_retry_after, std::time::Duration::from_secs(2));
-        let text = "[net]\nmax_connections = 40\nadmit_max_tick_load_percent = 90\n\
+        let text = "[net]\nmax_connections = 40\nadmit_max_cpu_percent = 85\n\
+                    admit_max_tick_load_percent = 90\n\
                     admit_max_lag_ms = 50\nfull_retry_ms = 250\n";
         let net = Config::parse(text, "t.toml", no_env).unwrap().net;
         let limits = net.admission();
         assert_eq!(limits.max_connections, 40);
+        assert_eq!(limits.max_cpu_percent, 85);
         assert_eq!(limits.max_tick_load_percent, 90);
         assert_eq!(limits.max_lag, std::time::Duration::from_millis(50));
         assert_eq!(limits.retry_after, std::time::Duration::from_millis(250));
         for (text, key) in [
+            (
+                "[net]\nadmit_max_cpu_percent = 101\n",
+                "net.admit_max_cpu_percent",
+            ),
             (
                 "[net]\nadmit_max_tick_load_percent = 101\n",
                 "net.admit_max_tick_load_percent",

@@ -69,11 +69,13 @@ pub struct LineChild {
 }
 
 impl LineChild {
-    /// Starts `bench --child <kind> --spec <json>`, on `cpus` when given.
+    /// Starts `bench --child <kind> --spec <json>`, on `cpus` when given,
+    /// at priority `nice` when not 0.
     pub fn spawn(
         kind: &str,
         spec: &impl Serialize,
         cpus: Option<&[usize]>,
+        nice: i32,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the bench executable")?;
         let spec = serde_json::to_string(spec).context("encoding the step")?;
@@ -85,6 +87,9 @@ impl LineChild {
             .stderr(Stdio::inherit());
         if let Some(cpus) = cpus {
             crate::sys::pin_command(&mut command, cpus);
+        }
+        if nice != 0 {
+            crate::sys::nice_command(&mut command, nice);
         }
         let mut child = command
             .spawn()

@@ -186,9 +186,14 @@ struct Args {
     /// CPUs of both lists).
     #[arg(long)]
     network_compare_cores: bool,
+    /// network-split: scheduling priority (nice, -20 to 19) of the server
+    /// and client processes; below 0 (root only) keeps other work on the
+    /// machine from taking an even share of their CPUs.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    network_nice: i32,
     /// network-split: turn the server's headroom limits off (by default
-    /// the bench sets 90 % tick load and 50 ms lag; off admits until
-    /// max_connections), to see overload itself.
+    /// the bench sets 85 % CPU, 90 % tick load and 50 ms lag; off admits
+    /// until max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,
 
@@ -429,6 +434,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     client_cpus: cpus(&args.client_cpus)?,
                     compare_cores: args.network_compare_cores,
                     admission: !args.network_no_admission,
+                    nice: args.network_nice.clamp(-20, 19),
                 };
                 match netsplit::run(&config).await {
                     Ok((outcome, series)) => {

@@ -41,6 +41,8 @@ pub struct SplitConfig {
     pub client_cpus: Option<Vec<usize>>,
     pub compare_cores: bool,
     pub admission: bool,
+    /// Scheduling priority of both processes (0 = normal).
+    pub nice: i32,
 }
 
 /// One step as both processes measured it.
@@ -151,6 +153,7 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
             "server CPU %",
             "server µs/client-s",
             "client CPU %",
+            "sends skipped",
             "others CPU %",
             "holds",
         ],
@@ -175,6 +178,7 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
             report::opt(s.server_cpu_percent, 0),
             report::opt(s.server_us_per_client_s, 0),
             report::opt(s.client_cpu_percent, 0),
+            c.skipped_sends.to_string(),
             report::opt(s.others_cpu_percent, 0),
             if s.holds { "yes" } else { "no" }.to_owned(),
         ]);
@@ -183,8 +187,11 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
         "clients on CPUs {}; latency: command handed to the client library -> first state at or after \
          the tick it was applied on; holds: p99 <= {goal_ms:.1} ms and every client joined and stayed. \
          B/s/client: state and frame payload received (no QUIC/UDP headers). Server CPU from \
-         /proc/<pid>/stat over the window; others: the rest of the machine meanwhile.",
-        cpus_label(config.client_cpus.as_deref())
+         /proc/<pid>/stat over the window; sends skipped: scheduled Moves the client process was \
+         a whole period late for (the clients, not the server, were short of CPU); others: the \
+         rest of the machine meanwhile (% of one core); both processes at nice {}.",
+        cpus_label(config.client_cpus.as_deref()),
+        config.nice
     ));
     let mut targets = Vec::new();
     for (label, largest) in &held {
@@ -263,7 +270,7 @@ async fn step(
         key: tls.path().join("key.der"),
         admission: config.admission,
     };
-    let mut server = LineChild::spawn("net-server", &server_spec, server_cpus)?;
+    let mut server = LineChild::spawn("net-server", &server_spec, server_cpus, config.nice)?;
     let addr = server
         .expect("READY", Duration::from_secs(60))
         .await?
@@ -280,7 +287,12 @@ async fn step(
         measure_s: config.measure_s,
         prefix,
     };
-    let mut load = LineChild::spawn("net-clients", &spec, config.client_cpus.as_deref())?;
+    let mut load = LineChild::spawn(
+        "net-clients",
+        &spec,
+        config.client_cpus.as_deref(),
+        config.nice,
+    )?;
     // Joins come in waves of 100, each bounded at 20 s.
     let join_limit =
         Duration::from_secs_f64(60.0 + 20.0 * clients.div_ceil(100) as f64 + config.warmup_s);

@@ -228,8 +228,10 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
     crate::child::watchdog(Duration::from_secs_f64(
         spec.warmup_s + spec.measure_s + 300.0,
     ));
-    let config = ClientConfig::trusting_file(spec.server, &spec.cert)
+    let mut config = ClientConfig::trusting_file(spec.server, &spec.cert)
         .context("reading the server's certificate")?;
+    // A refusal is counted, not retried.
+    config.retry_for = Duration::ZERO;
     let period = Duration::from_secs_f64(1.0 / f64::from(spec.tick_hz.max(1)));
     let players = spec.players.max(1) as usize;
     let matches = spec.clients.div_ceil(players);

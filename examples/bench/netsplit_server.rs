@@ -23,9 +23,9 @@ pub struct ServerSpec {
     /// Where the development certificate is written (the clients trust it).
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
-    /// Refuse new connections past 90 % tick load or 50 ms of scheduling
-    /// lag (the values suggested for production); `false` keeps only the
-    /// connection cap.
+    /// Refuse new connections past 85 % CPU, 90 % tick load or 50 ms of
+    /// scheduling lag (the values suggested for production); `false` keeps
+    /// only the connection cap.
     pub admission: bool,
 }
 
@@ -67,6 +67,7 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
             cert: spec.cert.clone(),
             key: spec.key.clone(),
         },
+        admit_max_cpu_percent: if spec.admission { 85 } else { 0 },
         admit_max_tick_load_percent: if spec.admission { 90 } else { 0 },
         admit_max_lag: if spec.admission {
             Duration::from_millis(50)

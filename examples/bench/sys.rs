@@ -252,6 +252,39 @@ pub fn pin_command(command: &mut std::process::Command, cpus: &[usize]) {
     }
 }
 
+/// Makes the process `command` starts run at scheduling priority `nice`
+/// (-20 to 19; below 0 needs root): with other work on the same CPUs, a
+/// low value keeps the measured process from sharing its CPU evenly with it.
+/// The process gets a session of its own, and with it a scheduler
+/// autogroup whose nice value is set too: with autogroups on (the kernel's
+/// `sched_autogroup_enabled`), a process's own nice value only weighs
+/// against the processes of its own session.
+pub fn nice_command(command: &mut std::process::Command, nice: i32) {
+    use std::os::unix::process::CommandExt;
+    // Formatted before the fork: the closure must not allocate.
+    let text = nice.to_string().into_bytes();
+    // SAFETY: between fork and exec the closure only makes system calls
+    // (setsid, open, write, close, setpriority) on data prepared before
+    // the fork; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Best effort: absent without autogroup support.
+            let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                let _ = libc::write(fd, text.as_ptr().cast(), text.len());
+                libc::close(fd);
+            }
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A CPU list for tables: `0`, `0,1`, or `any`.
 pub fn cpus_label(cpus: Option<&[usize]>) -> String {
     match cpus {

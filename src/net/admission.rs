@@ -2,12 +2,13 @@
 //! at once with [`CloseCode::ServerFull`](super::CloseCode::ServerFull) and a
 //! retry hint instead of being left to time out.
 //!
-//! Three limits, each from the `[net]` table ([`AdmissionLimits`]):
-//! the connections open (`max_connections`), the share of the tick budget
-//! the engine's shards use (`admit_max_tick_load_percent`), and the
-//! scheduling lag of the runtime that sends every state
+//! Four limits, each from the `[net]` table ([`AdmissionLimits`]):
+//! the connections open (`max_connections`), the CPU the process uses of
+//! the cores it may run on (`admit_max_cpu_percent`), the share of the
+//! tick budget the engine's shards use (`admit_max_tick_load_percent`), and
+//! the scheduling lag of the runtime that sends every state
 //! (`admit_max_lag_ms`): when the server has more to send than its threads
-//! can keep up with, a timer fires late by about the backlog's length.
+//! can keep up with, a timer fires late.
 //!
 //! The decision ([`AdmissionLimits::verdict`]) is pure: it takes a [`Load`]
 //! sample. [`Headroom`] holds the latest sample for the accept path to
@@ -36,6 +37,9 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 pub struct AdmissionLimits {
     /// Connections open at once, at most.
     pub max_connections: usize,
+    /// Refuse while the process uses more than this percentage of the
+    /// cores it may run on (0 = no limit).
+    pub max_cpu_percent: u32,
     /// Refuse while the shards' ticks use more than this percentage of
     /// their budget (0 = no limit).
     pub max_tick_load_percent: u32,
@@ -51,6 +55,9 @@ pub struct AdmissionLimits {
 pub struct Load {
     /// Connections open (admitted or being admitted).
     pub connections: usize,
+    /// CPU the process used over the last sample, in percent of the cores
+    /// it may run on.
+    pub cpu_percent: u32,
     /// Share of the tick budget the shards used over the last sample, in
     /// percent (time spent ticking over wall time, summed over shards).
     pub tick_load_percent: u32,
@@ -68,6 +75,14 @@ pub enum Full {
         open: usize,
         /// `max_connections`.
         limit: usize,
+    },
+    /// The process uses too much of its cores.
+    #[error("server busy: {percent}% of its CPU in use, the limit is {limit}%")]
+    Cpu {
+        /// Measured.
+        percent: u32,
+        /// `admit_max_cpu_percent`.
+        limit: u32,
     },
     /// The shards use too much of their tick budget.
     #[error("server busy: ticks use {percent}% of their budget, the limit is {limit}%")]
@@ -88,12 +103,23 @@ pub enum Full {
 }
 
 impl AdmissionLimits {
+    /// Whether any limit needs the load sampled (all but the connection cap).
+    pub fn measures_headroom(&self) -> bool {
+        self.max_cpu_percent > 0 || self.max_tick_load_percent > 0 || !self.max_lag.is_zero()
+    }
+
     /// `None` to admit, else why not.
     pub fn verdict(&self, load: &Load) -> Option<Full> {
         if load.connections >= self.max_connections {
             return Some(Full::Connections {
                 open: load.connections,
                 limit: self.max_connections,
+            });
+        }
+        if self.max_cpu_percent > 0 && load.cpu_percent > self.max_cpu_percent {
+            return Some(Full::Cpu {
+                percent: load.cpu_percent,
+                limit: self.max_cpu_percent,
             });
         }
         if self.max_tick_load_percent > 0 && load.tick_load_percent > self.max_tick_load_percent {
@@ -115,6 +141,7 @@ impl AdmissionLimits {
 /// The latest load sample, shared by the sampler and the accept path.
 #[derive(Debug, Default)]
 pub struct Headroom {
+    cpu_percent: AtomicU64,
     tick_load_percent: AtomicU64,
     lag_micros: AtomicU64,
 }
@@ -124,13 +151,15 @@ impl Headroom {
     pub fn load(&self, connections: usize) -> Load {
         Load {
             connections,
+            cpu_percent: u32::try_from(self.cpu_percent.load(Relaxed)).unwrap_or(u32::MAX),
             tick_load_percent: u32::try_from(self.tick_load_percent.load(Relaxed))
                 .unwrap_or(u32::MAX),
             lag: Duration::from_micros(self.lag_micros.load(Relaxed)),
         }
     }
 
-    fn publish(&self, tick_load_percent: u32, lag: Duration) {
+    fn publish(&self, cpu_percent: u32, tick_load_percent: u32, lag: Duration) {
+        self.cpu_percent.store(u64::from(cpu_percent), Relaxed);
         self.tick_load_percent
             .store(u64::from(tick_load_percent), Relaxed);
         self.lag_micros
@@ -171,6 +200,34 @@ impl TickLoadMeter {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on
+/// every Linux architecture tickforge builds for).
+const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU seconds this process has used, from
+/// `/proc/self/stat`; `None` where it cannot be read (then the CPU limit
+/// never refuses).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// The percentage of `cores` cores that `used` CPU seconds fill in `wall`.
+pub fn cpu_percent(used: f64, wall: Duration, cores: usize) -> u32 {
+    let capacity = wall.as_secs_f64() * cores.max(1) as f64;
+    if capacity <= 0.0 {
+        return 0;
+    }
+    (used.max(0.0) / capacity * 100.0)
+        .round()
+        .min(f64::from(u32::MAX)) as u32
+}
+
 /// Keeps `headroom` current until `stop` is told: a timer every
 /// [`PROBE_EVERY`] measures the lag, and every [`SAMPLE_EVERY`] the mean
 /// lag and the tick load since the last sample are published.
@@ -180,6 +237,8 @@ pub async fn sample<G: Game, S: Store>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let shards = engine.settings().shards;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cpu_before = process_cpu_seconds();
     let stats = engine.stats();
     let mut meter = TickLoadMeter::new(stats.tick_micros, Instant::now());
     let mut lag_sum = Duration::ZERO;
@@ -197,7 +256,17 @@ pub async fn sample<G: Game, S: Store>(
             let stats = engine.stats();
             let now = Instant::now();
             let tick_load = meter.advance(stats.tick_micros, now, shards);
-            headroom.publish(tick_load, lag_sum / probes.max(1));
+            let cpu_now = process_cpu_seconds();
+            let cpu = match (cpu_before, cpu_now) {
+                (Some(before), Some(after)) => cpu_percent(
+                    after - before,
+                    now.saturating_duration_since(window_start),
+                    cores,
+                ),
+                _ => 0,
+            };
+            cpu_before = cpu_now;
+            headroom.publish(cpu, tick_load, lag_sum / probes.max(1));
             lag_sum = Duration::ZERO;
             probes = 0;
             window_start = now;
@@ -212,6 +281,7 @@ mod tests {
     fn limits() -> AdmissionLimits {
         AdmissionLimits {
             max_connections: 10,
+            max_cpu_percent: 85,
             max_tick_load_percent: 80,
             max_lag: Duration::from_millis(15),
             retry_after: Duration::from_secs(1),
@@ -222,6 +292,7 @@ mod tests {
     fn each_limit_refuses_on_its_own_and_zero_turns_it_off() {
         let calm = Load {
             connections: 9,
+            cpu_percent: 85,
             tick_load_percent: 80,
             lag: Duration::from_millis(15),
         };
@@ -245,6 +316,17 @@ mod tests {
             limits().verdict(&busy),
             Some(Full::TickLoad { percent: 81, .. })
         ));
+        let hot = Load {
+            cpu_percent: 86,
+            ..calm
+        };
+        assert_eq!(
+            limits().verdict(&hot),
+            Some(Full::Cpu {
+                percent: 86,
+                limit: 85
+            })
+        );
         let late = Load {
             lag: Duration::from_millis(16),
             ..calm
@@ -254,16 +336,31 @@ mod tests {
             Some(Full::Lag { lag_ms: 16, .. })
         ));
         let off = AdmissionLimits {
+            max_cpu_percent: 0,
             max_tick_load_percent: 0,
             max_lag: Duration::ZERO,
             ..limits()
         };
         let swamped = Load {
             connections: 0,
+            cpu_percent: 400,
             tick_load_percent: 500,
             lag: Duration::from_secs(1),
         };
         assert_eq!(off.verdict(&swamped), None);
+        assert!(limits().measures_headroom());
+        assert!(!off.measures_headroom());
+    }
+
+    #[test]
+    fn cpu_is_a_share_of_the_cores_the_process_may_use() {
+        assert_eq!(cpu_percent(0.2, Duration::from_millis(250), 1), 80);
+        assert_eq!(cpu_percent(0.2, Duration::from_millis(250), 2), 40);
+        assert_eq!(cpu_percent(0.0, Duration::ZERO, 2), 0);
+        assert!(
+            process_cpu_seconds().is_some(),
+            "/proc/self/stat is readable on Linux"
+        );
     }
 
     fn histogram(ticks: &[u64]) -> Histogram<u64> {

@@ -120,6 +120,11 @@ pub struct NetConfig {
     /// [`CloseCode::ServerFull`] and [`full_retry_after`](Self::full_retry_after).
     pub max_connections: usize,
     /// New connections are refused with [`CloseCode::ServerFull`] while the
+    /// process uses more than this percentage of the cores it may run on,
+    /// measured over a quarter second (0, the default, = no limit; 85 suits
+    /// a node with its cores to itself).
+    pub admit_max_cpu_percent: u32,
+    /// New connections are refused with [`CloseCode::ServerFull`] while the
     /// engine's shards spend more than this percentage of their time
     /// ticking (0, the default, = no limit; 90 suits a release build).
     /// Off by default: on a machine shared with other work (tests, CI) the
@@ -149,6 +154,7 @@ impl NetConfig {
     pub fn admission(&self) -> admission::AdmissionLimits {
         admission::AdmissionLimits {
             max_connections: self.max_connections.max(1),
+            max_cpu_percent: self.admit_max_cpu_percent,
             max_tick_load_percent: self.admit_max_tick_load_percent,
             max_lag: self.admit_max_lag,
             retry_after: self.full_retry_after,
@@ -168,6 +174,7 @@ impl Default for NetConfig {
             commands_per_second: 120,
             open_mode: false,
             max_connections: 10_000,
+            admit_max_cpu_percent: 0,
             admit_max_tick_load_percent: 0,
             admit_max_lag: Duration::ZERO,
             full_retry_after: Duration::from_secs(2),

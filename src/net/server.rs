@@ -423,11 +423,14 @@ impl<G: Game, S: Store> Server<G, S> {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
         let (complete_tx, mut complete_rx) = mpsc::channel::<()>(1);
         let _sweeper = AbortOnDrop(tokio::spawn(forget_ended_matches(self.shared.clone())));
-        let _sampler = AbortOnDrop(tokio::spawn(admission::sample(
-            self.shared.engine.clone(),
-            self.shared.headroom.clone(),
-            self.shared.shutdown.clone(),
-        )));
+        // The load is sampled only when a headroom limit reads it.
+        let _sampler = self.shared.config.admission().measures_headroom().then(|| {
+            AbortOnDrop(tokio::spawn(admission::sample(
+                self.shared.engine.clone(),
+                self.shared.headroom.clone(),
+                self.shared.shutdown.clone(),
+            )))
+        });
         tokio::select! {
             _ = accept_loop(&self.endpoint, &self.shared, &limit, &complete_tx) => {
                 tracing::info!("QUIC endpoint closed");
