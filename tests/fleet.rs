@@ -348,16 +348,22 @@ async fn a_join_through_the_wrong_node_reaches_the_match() {
     let mut guest = Player::join(&fleet.client(1), "r0", "bob").await;
     let (host_id, guest_id) = (host.session.player(), guest.session.player());
     assert_ne!(host_id, guest_id, "two slots of one match");
-    // Both players are in the one match node-1 hosts.
-    let tick = guest.state_after(0).await;
+    // Both players are in the one match node-1 hosts (the first state a
+    // client gets may predate its own join: wait for the one after it).
+    let ids = [host_id.expect("a player"), guest_id.expect("a player")];
+    let mut states = guest.session.states();
+    tokio::time::timeout(
+        WAIT,
+        states.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| ids.iter().all(|id| s.state.players.contains_key(id)))
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the guest never saw both players in r0"))
+    .expect("the session is alive");
+    let tick = guest.tick();
     host.state_after(tick).await;
-    let state = guest.session.state().expect("a state");
-    for id in [host_id, guest_id] {
-        assert!(
-            state.state.players.contains_key(&id.expect("a player")),
-            "{id:?} in the match"
-        );
-    }
     assert_eq!(
         guest.session.server(),
         fleet.addrs[0],
