@@ -184,8 +184,11 @@ impl Route {
 
     /// A live session's connection ended with `error` (one the session
     /// resumes from): like [`after_attempt`](Route::after_attempt), but a
-    /// lost, shut down or misbehaving server is tried again first (it may
-    /// be restarting in place) before the rotation moves on.
+    /// shut down or misbehaving server is tried again first (it may be
+    /// restarting in place) before the rotation moves on. A server that
+    /// went silent (the connection timed out) is tried last when there are
+    /// other nodes: it is likely dead, and each attempt at a dead server
+    /// costs a whole handshake timeout.
     pub(super) fn after_close(
         &mut self,
         error: ClientError,
@@ -193,7 +196,8 @@ impl Route {
         budget: &Budget,
         random: u64,
     ) -> Next {
-        self.step(error, now, budget, random, false)
+        let silent = matches!(error, ClientError::Lost(_)) && self.rotation.len() > 1;
+        self.step(error, now, budget, random, silent)
     }
 
     fn step(
@@ -468,13 +472,13 @@ mod tests {
         let start = Instant::now();
         let budget = Budget::resume(start, Duration::from_secs(3));
         let mut route = route(&[2]);
-        // The lost server first, then the rotation.
+        // A server gone silent is likely dead: the other node first.
         let next = route.after_close(ClientError::Lost("timed out".into()), start, &budget, 0);
         assert!(
             matches!(next, Next::Retry(w) if w == FIRST_BACKOFF),
             "{next:?}"
         );
-        assert_eq!(route.current(), addr(1));
+        assert_eq!(route.current(), addr(2));
         let mut now = start;
         let mut seen = Vec::new();
         let mut waits = Vec::new();
@@ -489,7 +493,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(&seen[..4], &[2, 1, 2, 1]);
+        assert_eq!(&seen[..4], &[1, 2, 1, 2]);
         assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
         assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
         assert!(now <= budget.deadline);
