@@ -345,7 +345,7 @@ async fn a_join_through_the_wrong_node_reaches_the_match() {
     let mut host = Player::join(&fleet.client(0), "r0", "ada").await;
     assert_eq!(fleet.owner("r0").await.as_deref(), Some("node-1"));
 
-    let mut guest = Player::join(&fleet.client(1), "r0", "bob").await;
+    let guest = Player::join(&fleet.client(1), "r0", "bob").await;
     let (host_id, guest_id) = (host.session.player(), guest.session.player());
     assert_ne!(host_id, guest_id, "two slots of one match");
     // Both players are in the one match node-1 hosts (the first state a
