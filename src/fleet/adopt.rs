@@ -88,9 +88,11 @@ impl<G: Game, S: Store> Fleet<G, S> {
             .buffer_unordered(RESTORE_CONCURRENCY)
             .collect()
             .await;
+        let mut restored = Vec::new();
         for (key, was_free, outcome, took) in outcomes {
             match outcome {
                 Ok(replayed) => {
+                    restored.push(key.root().to_owned());
                     report.restored += 1;
                     report.events_replayed += replayed.events_replayed;
                     if was_free {
@@ -111,6 +113,11 @@ impl<G: Game, S: Store> Fleet<G, S> {
                     tracing::error!(r#match = %key.root(), %error, "match not taken over");
                 }
             }
+        }
+        if !restored.is_empty()
+            && let Some(hook) = self.on_adopted.get()
+        {
+            hook(restored);
         }
         Ok(report)
     }

@@ -52,6 +52,9 @@ use crate::store::{NodeInfo, Store, StoreError};
 pub use adopt::AdoptReport;
 pub use handover::HandOverReport;
 
+/// What is told the matches a takeover scan restored.
+pub type AdoptHook = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
 /// Lease renewals in flight at once.
 const RENEW_CONCURRENCY: usize = 64;
 
@@ -68,6 +71,9 @@ pub struct Fleet<G: Game, S: Store> {
     /// Set by a drain: new matches go to other nodes.
     draining: AtomicBool,
     counters: Counters,
+    /// Told the matches each takeover scan restored (their players get the
+    /// grace window to resume); see [`Fleet::on_adopted`].
+    on_adopted: std::sync::OnceLock<AdoptHook>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -127,6 +133,7 @@ impl<G: Game, S: Store> Fleet<G, S> {
             leaving: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             counters: Counters::default(),
+            on_adopted: std::sync::OnceLock::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -137,6 +144,12 @@ impl<G: Game, S: Store> Fleet<G, S> {
         fleet.tasks.spawn(fleet.clone().run_heartbeat());
         fleet.tasks.spawn(fleet.clone().run_takeover());
         Ok((fleet, report))
+    }
+
+    /// Has `hook` told the matches each later takeover scan restores (the
+    /// server gives their players the grace window to resume). Set once.
+    pub fn on_adopted(&self, hook: AdoptHook) {
+        let _ = self.on_adopted.set(hook);
     }
 
     /// This node's id.

@@ -398,22 +398,15 @@ impl<G: Game, S: Store> Server<G, S> {
     /// network clients; a match restored later by a client's `Hello` is
     /// adopted on its own. Within a tokio runtime.
     pub fn adopt_players_of(&self, roots: impl IntoIterator<Item = String>) {
-        for root in roots {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let root: Arc<str> = root.into();
-                let Ok(mut feed) = shared.engine.subscribe(&root) else {
-                    return; // no longer hosted
-                };
-                let hub = ensure_hub(&shared, &root);
-                if let Ok(update) = next_update(&mut feed).await
-                    && !update.over
-                {
-                    let present = shared.engine.game().players(&update.state);
-                    adopt_absent(&shared, &root, &hub, &present, None);
-                }
-            });
-        }
+        adopt_players(&self.shared, roots);
+    }
+
+    /// [`Server::adopt_players_of`] as a function that outlives
+    /// [`Server::run`]'s taking of the server: for matches restored later
+    /// by something other than a client's `Hello` (a fleet's takeover scan).
+    pub fn player_adopter(&self) -> Arc<dyn Fn(Vec<String>) + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move |roots| adopt_players(&shared, roots))
     }
 
     /// Accepts connections until `shutdown` resolves, then closes every
@@ -453,6 +446,30 @@ impl<G: Game, S: Store> Server<G, S> {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("network stopped");
+    }
+}
+
+/// Gives the present players of each match in `roots` the grace window
+/// (see [`Server::adopt_players_of`]).
+fn adopt_players<G: Game, S: Store>(
+    shared: &Arc<Shared<G, S>>,
+    roots: impl IntoIterator<Item = String>,
+) {
+    for root in roots {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let root: Arc<str> = root.into();
+            let Ok(mut feed) = shared.engine.subscribe(&root) else {
+                return; // no longer hosted
+            };
+            let hub = ensure_hub(&shared, &root);
+            if let Ok(update) = next_update(&mut feed).await
+                && !update.over
+            {
+                let present = shared.engine.game().players(&update.state);
+                adopt_absent(&shared, &root, &hub, &present, None);
+            }
+        });
     }
 }
 

@@ -219,6 +219,9 @@ impl<G: Game> ServerBuilder<G> {
         let net_stats = quic.stats();
         if self.adopt_restored {
             quic.adopt_players_of(engine.hosted_matches());
+            if let Some(fleet) = &fleet {
+                fleet.on_adopted(quic.player_adopter());
+            }
         }
         let (net_stop, stop_rx) = oneshot::channel::<()>();
         let net_task = tokio::spawn(quic.run(async {
