@@ -11,12 +11,11 @@ mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use rustls::pki_types::CertificateDer;
-use serve_support::{Log, ServeProcess};
+use serve_support::{ServeProcess, tickforge_serve};
 use support::TestRedis;
 use tickforge::arena::{Arena, ArenaCommand, ArenaEvent, Dir};
 use tickforge::client::{Client, ClientConfig, JoinRequest, Session, SessionEvent};
@@ -67,7 +66,7 @@ impl TestFleet {
         for index in 1..=count {
             let (config, addr) = fleet.write_config(index, &cert, &key);
             fleet.addrs.push(addr);
-            fleet.nodes.push(Some(serve(&config)));
+            fleet.nodes.push(Some(tickforge_serve(&config, &[])));
         }
         fleet
     }
@@ -150,16 +149,6 @@ impl TestFleet {
     fn node(&mut self, index: usize) -> ServeProcess {
         self.nodes[index].take().expect("a running node")
     }
-}
-
-/// `tickforge serve --config <config>`, up once it accepts players.
-fn serve(config: &Path) -> ServeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info");
-    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
 }
 
 /// A player and every reliable event it received.

@@ -10,10 +10,9 @@ mod serve_support;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serve_support::{Log, ServeProcess};
+use serve_support::tickforge_serve;
 use support::TestRedis;
 use tickforge::arena::Arena;
 use tickforge::engine::decode_event;
@@ -51,16 +50,6 @@ lease_ttl_ms = 1000
     path
 }
 
-fn serve(config: &Path, args: &[&str]) -> ServeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "info");
-    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
-}
-
 /// Polls `check` until it holds (bounded by [`WAIT`]): the state of another
 /// process has no event to await.
 async fn until<F, Fut>(what: &str, mut check: F)
@@ -90,7 +79,7 @@ async fn a_paused_node_is_fenced_and_writes_nothing_after_the_takeover() {
     let redis = TestRedis::start().await;
     let store = redis.store().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut paused = serve(
+    let mut paused = tickforge_serve(
         &config(dir.path(), &redis, "paused"),
         &["--bots", &MATCHES.to_string(), "--players", "2"],
     );
@@ -106,7 +95,7 @@ async fn a_paused_node_is_fenced_and_writes_nothing_after_the_takeover() {
     .await;
     let keys = live().await;
     assert!(leased_by(&store, &keys, "paused").await);
-    let mut survivor = serve(&config(dir.path(), &redis, "survivor"), &[]);
+    let mut survivor = tickforge_serve(&config(dir.path(), &redis, "survivor"), &[]);
 
     let pid = paused.pid();
     // SAFETY: kill(2) on our own child's pid with valid signal numbers.

@@ -12,10 +12,9 @@ mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use serve_support::{Log, ServeProcess};
+use serve_support::tickforge_serve;
 
 use net_support::{event_where, state_where};
 use support::TestRedis;
@@ -30,17 +29,6 @@ use tickforge::store::{EventStore, MatchKey, RedisStore};
 
 const SECRET: &str = "restart-test-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Starts `tickforge serve --config <config>` and waits until its QUIC
-/// endpoint is bound (the log line says so).
-fn serve(config: &Path) -> ServeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info");
-    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
-}
 
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -83,7 +71,7 @@ async fn players_resume_after_the_server_is_killed_and_match_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_udp_port();
     let config = write_config(dir.path(), &redis, port);
-    let first = serve(&config);
+    let first = tickforge_serve(&config, &[]);
 
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let mut client_config =
@@ -140,7 +128,7 @@ async fn players_resume_after_the_server_is_killed_and_match_the_log() {
         );
     }
 
-    let mut second = serve(&config);
+    let mut second = tickforge_serve(&config, &[]);
     for (i, session) in sessions.iter_mut().enumerate() {
         event_where(session, |e| matches!(e, SessionEvent::Resumed { .. })).await;
         assert_eq!(session.player(), Some(PlayerId(i as u32 + 1)));

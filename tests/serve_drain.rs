@@ -10,25 +10,13 @@ mod support;
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use serve_support::{Log, ServeProcess};
+use serve_support::tickforge_serve;
 use support::TestRedis;
 use tickforge::store::{EventStore, RedisStore, SnapshotStore};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `tickforge serve --config <config> <args>`, up once its QUIC endpoint is bound.
-fn serve(config: &Path, args: &[&str]) -> ServeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "info");
-    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
-}
 
 fn write_config(dir: &Path, redis: &TestRedis) -> PathBuf {
     let port = UdpSocket::bind("127.0.0.1:0")
@@ -80,7 +68,7 @@ async fn sigterm_drains_every_match_to_a_snapshot_at_its_head_and_a_restart_repl
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(dir.path(), &redis);
 
-    let mut first = serve(&config, &["--bots", "20", "--players", "4"]);
+    let mut first = tickforge_serve(&config, &["--bots", "20", "--players", "4"]);
     // Play until every bot slot has a match whose log is under way.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -120,7 +108,7 @@ async fn sigterm_drains_every_match_to_a_snapshot_at_its_head_and_a_restart_repl
     }
 
     // A new node restores every live match, with no event after a snapshot.
-    let mut again = serve(&config, &[]);
+    let mut again = tickforge_serve(&config, &[]);
     let restored = again
         .seen
         .iter()

@@ -8,6 +8,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// `tickforge serve --config <config> <args>`, up once it accepts players
+/// over QUIC.
+pub fn tickforge_serve(config: &std::path::Path, args: &[&str]) -> ServeProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickforge"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info");
+    ServeProcess::start(command, Log::Stderr, "accepting players over QUIC")
+}
+
 /// An upper bound for anything awaited of the child.
 pub const WAIT: Duration = Duration::from_secs(30);
 
