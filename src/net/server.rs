@@ -1096,18 +1096,12 @@ fn owned_or(error: EngineError, other: impl FnOnce(EngineError) -> Refusal) -> R
 /// match's new node (or asked to wait) in a fleet, else told to resume
 /// later (the engine is stopping).
 async fn match_left<G: Game, S: Store>(shared: &Shared<G, S>, root: &str) -> Refusal {
-    let here_no_more = || {
-        Refusal::new(
+    match place(shared, root, false).await {
+        Err(elsewhere) => elsewhere,
+        Ok(()) => Refusal::new(
             CloseCode::ServerShutdown,
             "the match is no longer hosted here",
-        )
-    };
-    let Some(locator) = &shared.locator else {
-        return here_no_more();
-    };
-    match locator.place(root, false).await.refusal() {
-        Some((code, reason)) => Refusal::new(code, reason),
-        None => here_no_more(),
+        ),
     }
 }
 
