@@ -393,8 +393,20 @@ impl<G: Game> Shard<G> {
         let lease_ttl = self.lease_ttl();
         let mut handed = Vec::new();
         for (root, done) in std::mem::take(&mut self.handing_over) {
+            // Checked before the match leaves: one that cannot be handed
+            // over stays hosted here (a drain snapshots it).
+            let snapshot = match self.matches.get(&root) {
+                None => Err(EngineError::UnknownMatch(root.to_string())),
+                Some(hosted) => handover_snapshot(&root, hosted),
+            };
+            let (snapshot, epoch) = match snapshot {
+                Ok(checked) => checked,
+                Err(error) => {
+                    let _ = done.send(Err(error));
+                    continue;
+                }
+            };
             let Some(mut hosted) = self.matches.remove(&root) else {
-                let _ = done.send(Err(EngineError::UnknownMatch(root.to_string())));
                 continue;
             };
             self.routes.remove(&root);
@@ -402,34 +414,6 @@ impl<G: Game> Shard<G> {
             let refusal =
                 Rejection::new("the match is moving to another node; send it again there");
             reject_pending(&mut hosted.core, &root, &refusal, &self.stats);
-            let unstorable = hosted
-                .paused
-                .clone()
-                .or_else(|| hosted.core.failure().map(str::to_owned));
-            if let Some(reason) = unstorable {
-                if hosted.paused.is_some() {
-                    self.stats.paused_matches.fetch_sub(1, Relaxed);
-                }
-                let error = StoreError::Unavailable(format!(
-                    "match {root} cannot be handed over: {reason}"
-                ));
-                let _ = done.send(Err(EngineError::Store(error)));
-                continue;
-            }
-            let Some(epoch) = hosted.epoch else {
-                let error = StoreError::Unavailable(format!("match {root} is not held by a lease"));
-                let _ = done.send(Err(EngineError::Store(error)));
-                continue;
-            };
-            let snapshot = match hosted.snapshot_write() {
-                Ok(write) => write,
-                Err(error) => {
-                    let error =
-                        StoreError::Unavailable(format!("match {root}: final snapshot: {error}"));
-                    let _ = done.send(Err(EngineError::Store(error)));
-                    continue;
-                }
-            };
             if let Some(batch) = hosted.poll_batch(lease_ttl) {
                 job.batches.push(batch);
             }
@@ -742,6 +726,30 @@ impl<G: Game> Shard<G> {
             let _ = done.send(());
         }
     }
+}
+
+/// The final snapshot of a match about to be handed over and its lease
+/// epoch, or why it cannot be: paused or failed (nothing more of it can be
+/// stored), held by no lease, or not encodable.
+fn handover_snapshot<G: Game>(
+    root: &str,
+    hosted: &Hosted<G>,
+) -> Result<(SnapshotWrite, u64), EngineError> {
+    let refused = |why: String| {
+        EngineError::Store(StoreError::Unavailable(format!(
+            "match {root} cannot be handed over: {why}"
+        )))
+    };
+    if let Some(reason) = hosted.paused.as_deref().or(hosted.core.failure()) {
+        return Err(refused(reason.to_owned()));
+    }
+    let Some(epoch) = hosted.epoch else {
+        return Err(refused("it is not held by a lease".to_owned()));
+    };
+    let snapshot = hosted
+        .snapshot_write()
+        .map_err(|error| refused(format!("final snapshot: {error}")))?;
+    Ok((snapshot, epoch))
 }
 
 /// Tells each hand-over's caller how its writes went: `refused` lists the
