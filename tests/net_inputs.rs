@@ -312,3 +312,40 @@ async fn garbage_and_floods_of_inputs_are_closed_and_others_play_on() {
     assert!(matches!(status, InputStatus::Applied { .. }), "{status:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_client_fails_the_handshake() {
+    let server = start(Options::default()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &server.client.config().trusted {
+        roots.add(cert.clone()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"tickforge/2".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+            server.addr,
+            "localhost",
+        )
+        .unwrap();
+    let error = tokio::time::timeout(WAIT, connecting)
+        .await
+        .unwrap()
+        .expect_err("a version 2 client was let in");
+    // TLS alert 120, no_application_protocol.
+    assert!(
+        matches!(&error, quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::crypto(120)),
+        "{error:?}"
+    );
+    server.stop().await;
+}
