@@ -6,8 +6,9 @@
 //! every tick period (33.3 ms at 30 Hz) from a random phase, whatever the
 //! states do. The option `replies` runs `tickforge::play::load` bots
 //! instead, which send a command in reply to each state. Either way the
-//! latency of a command is from handing it to the session until the first
-//! state at or after the tick the server applied it on.
+//! commands are inputs (`Session::input`: datagrams, acknowledged inside
+//! states) and the latency of one is from handing it to the session until
+//! the first state at or after the tick its `Applied` names.
 //!
 //! Clients join in waves; a client refused with `ServerFull` counts as
 //! refused and does not retry. After the joins and a warm-up the process
@@ -26,11 +27,10 @@ use serde::{Deserialize, Serialize};
 use tickforge::arena::map::Pos;
 use tickforge::arena::{Arena, ArenaCommand, ArenaState, Dir};
 use tickforge::client::{
-    Client, ClientConfig, ClientError, ClientStats, JoinRequest, SessionEvent,
+    Client, ClientConfig, ClientError, ClientStats, InputStatus, JoinRequest, SessionEvent,
 };
 use tickforge::game::Tick;
 use tickforge::net::CloseCode;
-use tickforge::net::protocol::CommandStatus;
 use tickforge::play::load::{LoadConfig, LoadStats, run_load};
 use tokio::sync::watch;
 
@@ -472,7 +472,7 @@ async fn scheduled_client(
                     dir = heading(&arena, &state.state, player.pos, dir, seed);
                 }
                 counters.commands.fetch_add(1, Relaxed);
-                match session.send(ArenaCommand::Move(dir)) {
+                match session.input(ArenaCommand::Move(dir)) {
                     Ok(pending) => {
                         let sent = pending.sent_at();
                         in_flight.push(async move { (sent, pending.await) });
@@ -483,13 +483,13 @@ async fn scheduled_client(
                 }
             }
             Some((sent, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
-                Ok(CommandStatus::Accepted { tick, .. }) => {
+                Ok(InputStatus::Applied { tick }) => {
                     match recent.iter().find(|(t, _)| *t >= tick) {
                         Some(&(_, received)) => counters.record(received.saturating_duration_since(sent)),
                         None => waiting.push_back((sent, tick)),
                     }
                 }
-                Ok(CommandStatus::Rejected { .. }) => {
+                Ok(InputStatus::Rejected { .. }) => {
                     counters.rejected.fetch_add(1, Relaxed);
                 }
                 Err(_) => {

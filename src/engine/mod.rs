@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 pub mod core;
 mod envelope;
+mod ledger;
 mod ownership;
 pub mod replay;
 pub mod schedule;
@@ -31,6 +32,7 @@ mod writer;
 pub(crate) use self::core::guard as guard_game;
 pub use self::core::{CommandOutcome, MatchCore, MatchPolicy, QueueFull, TickOutput};
 pub use envelope::{EventEnvelope, ReadError, decode_event, decode_state};
+pub use ledger::{InputAcks, InputLedger, InputReply};
 pub use ownership::HandedOver;
 pub use replay::{Replayed, Replayer, RestoreError, TickReplayer, TickStep};
 pub use stats::{EngineStats, ShardStats};
@@ -159,6 +161,45 @@ pub struct ReplyTo {
     pub client_seq: u64,
 }
 
+/// Where a command's outcome goes: a reply channel, or (a player input)
+/// a ledger that only rejections leave.
+#[derive(Debug, Clone)]
+pub(crate) enum Reply {
+    /// A command answered through its reply queue.
+    Command(ReplyTo),
+    /// An input acknowledged in its connection's ledger.
+    Input(InputReply),
+}
+
+impl Reply {
+    /// Hands `outcome` of a command of match `root` on. Never waits.
+    pub(crate) fn deliver(&self, root: &Arc<str>, outcome: CommandOutcome) {
+        match self {
+            // A client that does not read its replies loses them; the
+            // network layer closes such clients. The tick never waits here.
+            Reply::Command(reply) => {
+                let _ = reply.tx.try_send(CommandReply {
+                    root: root.clone(),
+                    client_seq: reply.client_seq,
+                    kind: ReplyKind::Command,
+                    outcome,
+                });
+            }
+            Reply::Input(input) => input.deliver(root, outcome),
+        }
+    }
+}
+
+/// What a [`CommandReply`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A command submitted with a [`ReplyTo`]; `client_seq` is its number.
+    Command,
+    /// A rejected input submitted with an [`InputReply`]; `client_seq` is
+    /// its input sequence.
+    Input,
+}
+
 /// The answer to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandReply {
@@ -166,6 +207,8 @@ pub struct CommandReply {
     pub root: Arc<str>,
     /// The client's sequence number for the command.
     pub client_seq: u64,
+    /// Whether it answers a command or an input.
+    pub kind: ReplyKind,
     /// Accepted (with its events) or rejected (with the reason).
     pub outcome: CommandOutcome,
 }
@@ -523,6 +566,30 @@ impl<G: Game, S: Store> Engine<G, S> {
         player: PlayerId,
         command: G::Command,
         reply: Option<ReplyTo>,
+    ) -> Result<(), EngineError> {
+        self.route_command(root, player, command, reply.map(Reply::Command))
+    }
+
+    /// Queues a player input for the next tick of match `root`, like
+    /// [`Engine::submit`], but acknowledged without waking anyone: when
+    /// applied it is only recorded in `reply.ledger`; a rejection is also
+    /// counted there and sent to `reply.tx`.
+    pub fn submit_input(
+        &self,
+        root: &str,
+        player: PlayerId,
+        command: G::Command,
+        reply: InputReply,
+    ) -> Result<(), EngineError> {
+        self.route_command(root, player, command, Some(Reply::Input(reply)))
+    }
+
+    fn route_command(
+        &self,
+        root: &str,
+        player: PlayerId,
+        command: G::Command,
+        reply: Option<Reply>,
     ) -> Result<(), EngineError> {
         let (root, shard) = {
             let route = self

@@ -30,8 +30,8 @@ use crate::engine::schedule::{Due, TickSchedule};
 use crate::engine::stats::ShardStats;
 use crate::engine::writer::{SnapshotWrite, WriteFailure, WriteJob};
 use crate::engine::{
-    CommandReply, Durability, EngineError, EngineSettings, EventEnvelope, HandedOver, MatchUpdate,
-    ReplyTo, Route, UpdateSender,
+    Durability, EngineError, EngineSettings, EventEnvelope, HandedOver, MatchUpdate, Reply, Route,
+    UpdateSender,
 };
 use crate::game::{Game, PlayerId, Rejection};
 use crate::store::{AppendBatch, MatchKey, StoreError};
@@ -40,7 +40,7 @@ use std::time::Duration;
 /// How many inbox messages a shard takes in per pass before ticking.
 const INBOX_BUDGET: usize = 65_536;
 
-pub(crate) type Core<G> = MatchCore<G, Option<ReplyTo>>;
+pub(crate) type Core<G> = MatchCore<G, Option<Reply>>;
 
 /// What reaches a shard.
 pub(crate) enum ShardMsg<G: Game> {
@@ -57,7 +57,7 @@ pub(crate) enum ShardMsg<G: Game> {
         root: Arc<str>,
         player: PlayerId,
         command: G::Command,
-        reply: Option<ReplyTo>,
+        reply: Option<Reply>,
     },
     /// Fail a hosted match on its next tick.
     Fail { root: Arc<str>, reason: String },
@@ -832,12 +832,6 @@ fn failed_update<S: Clone>(
     })
 }
 
-fn send_reply(reply: &ReplyTo, root: &Arc<str>, outcome: CommandOutcome) {
-    // A client that does not read its replies loses them; the network layer
-    // closes such clients. The tick never waits here.
-    let _ = reply.tx.try_send(CommandReply {
-        root: root.clone(),
-        client_seq: reply.client_seq,
-        outcome,
-    });
+fn send_reply(reply: &Reply, root: &Arc<str>, outcome: CommandOutcome) {
+    reply.deliver(root, outcome);
 }

@@ -21,7 +21,10 @@
 //!
 //! The handoff: a client's `Hello` is admitted by ticket (or resume token,
 //! or open mode); its commands go to [`Engine::submit`](crate::engine::Engine::submit)
-//! with a reply channel and come back as `CommandResult`s; every
+//! with a reply channel and come back as `CommandResult`s; its inputs come
+//! as datagrams, go to [`Engine::submit_input`](crate::engine::Engine::submit_input)
+//! with the connection's ledger, and are acknowledged inside the next
+//! states (a rejection also as an `InputRejected` frame); every
 //! `state_every_ticks` ticks the client gets one datagram holding a delta
 //! against the last state it acknowledged; the game's significant events
 //! ([`Game::is_reliable`](crate::game::Game::is_reliable)) follow on the reliable control stream with

@@ -4,7 +4,9 @@
 //! version fails the TLS handshake. On a reliable stream every message is a
 //! frame: a 4-byte big-endian length, then the message encoded by
 //! [`crate::codec`] (version byte plus body). A datagram holds exactly one
-//! encoded message and no length. Decoding never trusts a length: a frame
+//! encoded message and no length: a [`ServerMsg`] state from the server, a
+//! [`ClientDatagram`] (player inputs and the state acknowledgement) from the
+//! client. Decoding never trusts a length: a frame
 //! over the limit is [`FrameError::TooLarge`] as soon as its header is seen,
 //! a short buffer is [`FrameError::Incomplete`], and bytes that do not
 //! decode are [`FrameError::Malformed`]. Sockets and buffering belong to
@@ -18,7 +20,11 @@ use crate::engine::EventEnvelope;
 use crate::game::{PlayerId, Tick};
 
 /// The ALPN protocol id: names this protocol and its version.
-pub const ALPN: &[u8] = b"tickforge/2";
+pub const ALPN: &[u8] = b"tickforge/3";
+
+/// Unacknowledged inputs a client may have, and so the most one
+/// [`ClientDatagram::Input`] carries.
+pub const INPUT_WINDOW: usize = 16;
 
 /// Bytes of the length prefix of a frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -247,6 +253,23 @@ pub enum ClientMsg<C> {
     },
 }
 
+/// Client to server, one per QUIC datagram (protocol 3). `C` is the game's command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientDatagram<C> {
+    /// The client's unacknowledged inputs and its latest applied state.
+    Input {
+        /// The latest state tick the client applied (a possible delta
+        /// baseline), if any.
+        ack: Option<Tick>,
+        /// The input sequence of `commands[0]`; the others follow on
+        /// consecutively. Input sequences count from 1 per connection.
+        first_seq: u64,
+        /// Every input not acknowledged yet, oldest first, at most
+        /// [`INPUT_WINDOW`] (none: the datagram only acknowledges a state).
+        commands: Vec<C>,
+    },
+}
+
 /// The server's answer to one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandStatus {
@@ -347,6 +370,81 @@ pub enum ServerMsg<E> {
         /// Human-readable reason.
         reason: String,
     },
+    /// The input numbered `seq` was refused; nothing changed (control
+    /// stream, protocol 3).
+    InputRejected {
+        /// The input's sequence number.
+        seq: u64,
+        /// Why, for the player.
+        reason: String,
+    },
+    /// A state (`StateFull` or `StateDelta`) with the client's input
+    /// acknowledgements (protocol 3). Built by [`acked_datagram`] from the
+    /// state's shared encoding.
+    Acked {
+        /// Every input up to this sequence was processed: applied, or
+        /// rejected with an `InputRejected` frame.
+        through: u64,
+        /// The inputs up to `through` that were applied were applied on
+        /// or before this tick.
+        tick: Tick,
+        /// Inputs of this connection rejected so far (each with its own
+        /// `InputRejected` frame).
+        rejected: u64,
+        /// The state; never another `Acked`.
+        #[serde(deserialize_with = "deserialize_acked_state")]
+        state: Box<ServerMsg<E>>,
+    },
+}
+
+/// Declaration index of [`ServerMsg::Acked`]: the variant index its
+/// encoding starts with.
+const ACKED_VARIANT_INDEX: u32 = 8;
+
+/// Builds the datagram `ServerMsg::Acked { through, tick, rejected, state }`
+/// from `state`, the codec encoding of the state message: a short prefix
+/// (version byte, variant index, the three numbers) followed by `state`
+/// without its version byte, so the state's encoding is shared by every
+/// client and only the prefix is per client.
+pub fn acked_datagram(
+    through: u64,
+    tick: Tick,
+    rejected: u64,
+    state: &[u8],
+) -> Result<Vec<u8>, EncodeError> {
+    let body = codec::body(state)
+        .map_err(|e| EncodeError::Failed(format!("not an encoded state: {e}")))?;
+    let mut out = Vec::with_capacity(state.len() + 16);
+    codec::encode_into(&(ACKED_VARIANT_INDEX, through, tick, rejected), &mut out)?;
+    out.extend_from_slice(body);
+    if out.len() > codec::MAX_DECODE_BYTES {
+        return Err(EncodeError::TooLarge {
+            len: out.len(),
+            limit: codec::MAX_DECODE_BYTES,
+        });
+    }
+    Ok(out)
+}
+
+std::thread_local! {
+    /// Whether an `Acked` state is being decoded on this thread.
+    static IN_ACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes the state inside an `Acked`, refusing another `Acked` there
+/// before it is decoded: nesting would only let a peer recurse the decoder
+/// as deep as its bytes allow.
+fn deserialize_acked_state<'de, D, E>(deserializer: D) -> Result<Box<ServerMsg<E>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: Deserialize<'de>,
+{
+    if IN_ACKED.with(|nested| nested.replace(true)) {
+        return Err(serde::de::Error::custom("an Acked inside an Acked"));
+    }
+    let state = ServerMsg::<E>::deserialize(deserializer);
+    IN_ACKED.with(|nested| nested.set(false));
+    state.map(Box::new)
 }
 
 /// Why a frame could not be taken from a buffer.
@@ -598,6 +696,88 @@ mod tests {
         ));
     }
 
+    fn sample_states() -> Vec<ServerMsg<String>> {
+        vec![
+            ServerMsg::StateFull {
+                tick: 300,
+                over: false,
+                state: vec![1, 2, 3, 250, 251],
+            },
+            ServerMsg::StateDelta {
+                tick: 70_000,
+                over: true,
+                baseline_age: 2,
+                len: 900,
+                patch: vec![9; 40],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_prefix_and_a_shared_state_decode_as_acked() {
+        for state in sample_states() {
+            let shared = encode_datagram(&state).unwrap();
+            for (through, tick, rejected) in [
+                (0, 0, 0),
+                (1, 2, 3),
+                (300, 70_000, 250),
+                (u64::MAX, 1 << 40, 65_536),
+            ] {
+                let datagram = acked_datagram(through, tick, rejected, &shared).unwrap();
+                let expected = ServerMsg::Acked {
+                    through,
+                    tick,
+                    rejected,
+                    state: Box::new(state.clone()),
+                };
+                assert_eq!(
+                    decode_datagram::<ServerMsg<String>>(&datagram, 1 << 20).unwrap(),
+                    expected
+                );
+                assert_eq!(datagram, encode_datagram(&expected).unwrap());
+            }
+        }
+        assert!(acked_datagram(1, 1, 0, &[]).is_err());
+        assert!(acked_datagram(1, 1, 0, &[99, 3]).is_err());
+    }
+
+    #[test]
+    fn an_acked_inside_an_acked_is_refused() {
+        let state = encode_datagram(&sample_states()[0]).unwrap();
+        let once = acked_datagram(1, 1, 0, &state).unwrap();
+        let twice = acked_datagram(2, 2, 0, &once).unwrap();
+        assert!(matches!(
+            decode_datagram::<ServerMsg<String>>(&twice, 1 << 20),
+            Err(FrameError::Malformed(_))
+        ));
+        // The guard is reset: the next decode works.
+        assert!(decode_datagram::<ServerMsg<String>>(&once, 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn input_datagrams_round_trip() {
+        let input = ClientDatagram::Input {
+            ack: Some(41),
+            first_seq: 7,
+            commands: vec!["left".to_owned(), "fire".to_owned()],
+        };
+        let bytes = encode_datagram(&input).unwrap();
+        assert_eq!(
+            decode_datagram::<ClientDatagram<String>>(&bytes, 1200).unwrap(),
+            input
+        );
+        let ack_only = ClientDatagram::<String>::Input {
+            ack: Some(3),
+            first_seq: 1,
+            commands: Vec::new(),
+        };
+        // Version, variant, Some, tick, first_seq, no commands.
+        assert_eq!(
+            encode_datagram(&ack_only).unwrap(),
+            vec![codec::FORMAT_VERSION, 0, 1, 3, 1, 0]
+        );
+    }
+
     #[test]
     fn close_codes_round_trip() {
         for code in CloseCode::ALL {
@@ -637,6 +817,7 @@ mod tests {
                 }
             }
             let _ = decode_datagram::<ServerMsg<String>>(&bytes, 100);
+            let _ = decode_datagram::<ClientDatagram<Vec<u8>>>(&bytes, 100);
         }
     }
 }

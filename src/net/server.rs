@@ -50,8 +50,8 @@ use super::delta::{self, Patch};
 use super::limits::TokenBucket;
 use super::placement::Locator;
 use super::protocol::{
-    self, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, FrameError, Hello, Role,
-    ServerMsg, Welcome,
+    self, ClientDatagram, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, FrameError,
+    Hello, Role, ServerMsg, Welcome,
 };
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
@@ -59,8 +59,8 @@ use super::tls::{self, TlsError};
 use crate::admin::metrics as names;
 use crate::codec;
 use crate::engine::{
-    CommandOutcome, CommandReply, Engine, EngineError, MatchFeed, MatchUpdate, ReplyTo,
-    decode_event,
+    CommandOutcome, CommandReply, Engine, EngineError, InputAcks, InputLedger, InputReply,
+    MatchFeed, MatchUpdate, ReplyKind, ReplyTo, decode_event,
 };
 use crate::game::{Game, PlayerId, Tick, Viewer};
 use crate::store::Store;
@@ -129,6 +129,18 @@ pub struct NetStats {
     pub open: AtomicU64,
     /// Commands received.
     pub commands: AtomicU64,
+    /// Input datagrams received (protocol 3).
+    pub input_datagrams: AtomicU64,
+    /// New inputs received (each submitted once, however often repeated).
+    pub inputs: AtomicU64,
+    /// Inputs received again (already processed), skipped.
+    pub duplicate_inputs: AtomicU64,
+    /// Input sequences a client skipped (a broken client; not fatal).
+    pub input_gaps: AtomicU64,
+    /// Inputs rejected (sent as `InputRejected`).
+    pub inputs_rejected: AtomicU64,
+    /// States that carried input acknowledgements (`Acked`).
+    pub acked_states: AtomicU64,
     /// States sent (datagram or stream).
     pub states: AtomicU64,
     /// States sent as deltas.
@@ -1335,11 +1347,77 @@ struct StateStream {
     loss: Option<(u16, u64)>,
     /// How long a state on its own stream may wait for the client.
     write_timeout: Duration,
+    /// This connection's input outcomes, as the shard records them.
+    ledger: Arc<InputLedger>,
+    /// Which of them the client is known to have.
+    input_acks: AckTracker,
 }
 
 const NO_ACK: u64 = u64::MAX;
 
+/// States carried after this many unconfirmed acknowledgements are not tracked.
+const CARRIED_ACKS_KEPT: usize = 64;
+
+/// Which input acknowledgements a client has. Every state carries the
+/// latest ones until the client acknowledges a state that did; then states
+/// go plain (the shared encoding, no per-client bytes) until they change.
+#[derive(Debug, Default)]
+struct AckTracker {
+    /// The client has these (it acknowledged a state at or after one that carried them).
+    confirmed: InputAcks,
+    /// States that carried acknowledgements, by tick, not yet confirmed.
+    carried: VecDeque<(Tick, InputAcks)>,
+}
+
+impl AckTracker {
+    /// What the state of `tick` must carry, given the latest `acks` and the
+    /// newest state tick the client acknowledged: `None` when the client
+    /// has them already.
+    fn carry(&mut self, tick: Tick, acks: InputAcks, acked: Option<Tick>) -> Option<InputAcks> {
+        if let Some(acked) = acked {
+            // Every state from the first carrier on carried these or newer
+            // ones, so a client that applied a state at or after it has them.
+            while let Some(&(carried_at, carried)) = self.carried.front() {
+                if carried_at > acked {
+                    break;
+                }
+                self.confirmed = carried;
+                self.carried.pop_front();
+            }
+        }
+        if acks == self.confirmed {
+            return None;
+        }
+        self.carried.push_back((tick, acks));
+        while self.carried.len() > CARRIED_ACKS_KEPT {
+            self.carried.pop_front();
+        }
+        Some(acks)
+    }
+}
+
 impl StateStream {
+    /// The state datagram `shared` (the encoding shared by every client
+    /// with this view and baseline) for this client: with its input
+    /// acknowledgements in front when it may not have them yet.
+    fn with_acks(&mut self, tick: Tick, shared: Bytes, stats: &NetStats) -> Bytes {
+        let acked = self.acked.load(Relaxed);
+        let acked = (acked != NO_ACK).then_some(acked);
+        let Some(acks) = self.input_acks.carry(tick, self.ledger.acks(), acked) else {
+            return shared;
+        };
+        match protocol::acked_datagram(acks.through, acks.tick, acks.rejected, &shared) {
+            Ok(bytes) => {
+                stats.acked_states.fetch_add(1, Relaxed);
+                bytes.into()
+            }
+            Err(error) => {
+                tracing::error!(tick, %error, "input acknowledgements could not be added to a state");
+                shared
+            }
+        }
+    }
+
     fn due(&self, update: &MatchUpdate<impl Sized>) -> bool {
         update.over
             || self
@@ -1486,6 +1564,7 @@ async fn run_session<G: Game, S: Store>(
     let (reply_tx, mut reply_rx) = mpsc::channel::<CommandReply>(reply_capacity);
     let unanswered = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicU64::new(NO_ACK));
+    let ledger = Arc::new(InputLedger::default());
 
     let inbound = tokio::spawn(read_inbound(
         shared.clone(),
@@ -1501,6 +1580,7 @@ async fn run_session<G: Game, S: Store>(
                 unanswered: unanswered.clone(),
             },
             acked: acked.clone(),
+            ledger: ledger.clone(),
         },
     ));
     let _abort_inbound = AbortOnDrop(inbound);
@@ -1517,6 +1597,8 @@ async fn run_session<G: Game, S: Store>(
             )
         }),
         write_timeout: config.write_timeout,
+        ledger,
+        input_acks: AckTracker::default(),
     };
     let mut cursor = EventCursor::new(events_from);
     let viewer = player.map_or(Viewer::Spectator, Viewer::Player);
@@ -1560,6 +1642,16 @@ async fn run_session<G: Game, S: Store>(
             }
             _ = conn.closed() => return Ended::Dropped,
             Some(reply) = reply_rx.recv() => {
+                if reply.kind == ReplyKind::Input {
+                    // Only rejected inputs come this way.
+                    let CommandOutcome::Rejected(rejection) = reply.outcome else { continue };
+                    stats.inputs_rejected.fetch_add(1, Relaxed);
+                    let msg = ServerMsg::<G::Event>::InputRejected { seq: reply.client_seq, reason: rejection.reason };
+                    if write_frame(&mut send, &msg, &stats).await.is_err() {
+                        return Ended::Dropped;
+                    }
+                    continue;
+                }
                 unanswered.fetch_sub(1, Relaxed);
                 let status = match reply.outcome {
                     CommandOutcome::Accepted { tick, first_sequence, events } => {
@@ -1650,8 +1742,12 @@ async fn finish_match<G: Game, S: Store>(
         && let Some(encoded) = encoded_view(shared, hub, root, key, update)
     {
         // The final state goes reliably, whole.
-        let (msg, _) = state_message::<G::Event>(update.tick, true, &encoded, None);
-        let _ = send_on_stream(conn, &msg, stats, states.write_timeout).await;
+        let (msg, _) = state_message::<()>(update.tick, true, &encoded, None);
+        if let Ok(bytes) = protocol::encode_datagram(&msg) {
+            let bytes = states.with_acks(update.tick, bytes.into(), stats);
+            let frame = protocol::frame_datagram(&bytes);
+            let _ = send_frame_on_stream(conn, frame, stats, states.write_timeout).await;
+        }
         states.record_sent(update.tick, encoded);
     }
     let (last, refusal) = match &update.failure {
@@ -1756,6 +1852,16 @@ async fn send_state<G: Game, S: Store>(
     let Some((bytes, is_delta)) = built else {
         return Ok(());
     };
+    if states.ledger.lost_rejection() {
+        stats.closed_reply_queue_full.fetch_add(1, Relaxed);
+        Refusal::new(
+            CloseCode::ReplyQueueFull,
+            "input rejections unread; resume when reading again",
+        )
+        .close(conn);
+        return Err(Lost);
+    }
+    let bytes = states.with_acks(update.tick, bytes, stats);
     stats.states.fetch_add(1, Relaxed);
     if is_delta {
         stats.deltas.fetch_add(1, Relaxed);
@@ -1793,22 +1899,6 @@ async fn send_state<G: Game, S: Store>(
     .await
 }
 
-/// Sends one message on a fresh unidirectional stream (for states too big
-/// for a datagram, and the final state). A client that takes neither the
-/// stream nor its bytes within `timeout` is closed with
-/// [`CloseCode::SlowReader`].
-async fn send_on_stream<E: serde::Serialize>(
-    conn: &quinn::Connection,
-    msg: &ServerMsg<E>,
-    stats: &NetStats,
-    timeout: Duration,
-) -> Result<(), Lost> {
-    let Ok(frame) = protocol::encode_frame(msg, MAX_STATE_BYTES) else {
-        return Ok(());
-    };
-    send_frame_on_stream(conn, frame, stats, timeout).await
-}
-
 /// Sends one encoded frame on a fresh unidirectional stream; a client that
 /// does not take it within `timeout` is closed as a slow reader.
 async fn send_frame_on_stream(
@@ -1840,6 +1930,132 @@ struct Inbound {
     player: Option<PlayerId>,
     replies: ReplyBudget,
     acked: Arc<AtomicU64>,
+    /// Where the shard records this connection's applied inputs.
+    ledger: Arc<InputLedger>,
+}
+
+/// The inbound half's rate limits: commands and inputs share one bucket,
+/// frames and datagrams another.
+struct Buckets {
+    per_second: u32,
+    commands: TokenBucket,
+    frame_rate: u32,
+    frames: TokenBucket,
+}
+
+impl Buckets {
+    fn frame(&mut self, now: Instant) -> Result<(), Refusal> {
+        if self.frames.take(now) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            CloseCode::RateLimited,
+            format!(
+                "more than {} frames and datagrams per second",
+                self.frame_rate
+            ),
+        ))
+    }
+
+    fn command(&mut self, now: Instant) -> Result<(), Refusal> {
+        if self.commands.take(now) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            CloseCode::RateLimited,
+            format!("more than {} commands per second", self.per_second),
+        ))
+    }
+}
+
+/// The input datagrams of one connection: which inputs were submitted.
+struct InputStream {
+    /// Inputs up to this sequence were submitted (or rejected); repeats
+    /// of them are skipped.
+    processed_through: u64,
+}
+
+impl InputStream {
+    /// Takes one input datagram: records its acknowledgement and submits
+    /// its new inputs in order. A refusal closes the connection.
+    fn receive<G: Game, S: Store>(
+        &mut self,
+        shared: &Shared<G, S>,
+        ctx: &Inbound,
+        buckets: &mut Buckets,
+        bytes: &[u8],
+    ) -> Result<(), Refusal> {
+        let stats = &shared.stats;
+        let now = Instant::now();
+        buckets.frame(now)?;
+        stats.input_datagrams.fetch_add(1, Relaxed);
+        let ClientDatagram::Input {
+            ack,
+            first_seq,
+            commands,
+        } = protocol::decode_datagram::<ClientDatagram<G::Command>>(
+            bytes,
+            shared.config.max_frame_bytes,
+        )
+        .map_err(|e| frame_refusal(&e))?;
+        if commands.len() > protocol::INPUT_WINDOW {
+            return Err(Refusal::new(
+                CloseCode::Malformed,
+                format!(
+                    "{} inputs in one datagram; at most {}",
+                    commands.len(),
+                    protocol::INPUT_WINDOW
+                ),
+            ));
+        }
+        if first_seq == 0 || first_seq.checked_add(commands.len() as u64).is_none() {
+            return Err(Refusal::new(
+                CloseCode::Malformed,
+                format!("input sequence {first_seq} out of range"),
+            ));
+        }
+        if let Some(tick) = ack {
+            // Datagrams may be reordered: keep the newest acknowledgement.
+            let acked = ctx.acked.load(Relaxed);
+            if acked == NO_ACK || tick > acked {
+                ctx.acked.store(tick, Relaxed);
+            }
+        }
+        for (seq, command) in (first_seq..).zip(commands) {
+            if seq <= self.processed_through {
+                stats.duplicate_inputs.fetch_add(1, Relaxed);
+                continue;
+            }
+            stats
+                .input_gaps
+                .fetch_add(seq - self.processed_through - 1, Relaxed);
+            self.processed_through = seq;
+            stats.inputs.fetch_add(1, Relaxed);
+            buckets.command(now)?;
+            let reply = || InputReply {
+                ledger: ctx.ledger.clone(),
+                tx: ctx.replies.tx.clone(),
+                seq,
+            };
+            let refused = |reason: String| {
+                reply().deliver(
+                    &ctx.root,
+                    CommandOutcome::Rejected(crate::game::Rejection::new(reason)),
+                );
+            };
+            let Some(player) = ctx.player else {
+                refused("spectators cannot send commands".into());
+                continue;
+            };
+            if let Err(error) = shared
+                .engine
+                .submit_input(&ctx.root, player, command, reply())
+            {
+                refused(error.to_string());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A connection's reply queue, and how many of its commands are not
@@ -1862,9 +2078,9 @@ impl ReplyBudget {
     }
 }
 
-/// Reads the control stream: commands to the engine, acks to the state
-/// stream. Closes the connection itself on garbage, oversized frames and
-/// floods.
+/// Reads the control stream and the input datagrams: commands and inputs
+/// to the engine, acks to the state stream. Closes the connection itself
+/// on garbage, oversized frames and floods.
 async fn read_inbound<G: Game, S: Store>(
     shared: Arc<Shared<G, S>>,
     conn: quinn::Connection,
@@ -1875,13 +2091,20 @@ async fn read_inbound<G: Game, S: Store>(
     let config = &shared.config;
     let now = Instant::now();
     let per_second = config.commands_per_second.max(1);
-    let mut commands = TokenBucket::new(per_second, per_second, now);
     // Acks come once per state; allow them on top of commands.
     let tick_hz = shared.engine.settings().tick_hz;
     let frame_rate = per_second
         .saturating_add(tick_hz.saturating_mul(2))
         .saturating_add(16);
-    let mut frames_bucket = TokenBucket::new(frame_rate, frame_rate, now);
+    let mut buckets = Buckets {
+        per_second,
+        commands: TokenBucket::new(per_second, per_second, now),
+        frame_rate,
+        frames: TokenBucket::new(frame_rate, frame_rate, now),
+    };
+    let mut inputs = InputStream {
+        processed_through: 0,
+    };
     let abuse = |refusal: Refusal| {
         shared.stats.closed_for_abuse.fetch_add(1, Relaxed);
         tracing::info!(r#match = %ctx.root, player = ?ctx.player, code = ?refusal.code, reason = %refusal.reason, "closing abusive connection");
@@ -1895,11 +2118,8 @@ async fn read_inbound<G: Game, S: Store>(
                 Err(error) => return abuse(frame_refusal(&error)),
             };
             let now = Instant::now();
-            if !frames_bucket.take(now) {
-                return abuse(Refusal::new(
-                    CloseCode::RateLimited,
-                    format!("more than {frame_rate} frames per second"),
-                ));
+            if let Err(refusal) = buckets.frame(now) {
+                return abuse(refusal);
             }
             match msg {
                 ClientMsg::Hello(_) => {
@@ -1913,11 +2133,8 @@ async fn read_inbound<G: Game, S: Store>(
                     command,
                 } => {
                     shared.stats.commands.fetch_add(1, Relaxed);
-                    if !commands.take(now) {
-                        return abuse(Refusal::new(
-                            CloseCode::RateLimited,
-                            format!("more than {per_second} commands per second"),
-                        ));
+                    if let Err(refusal) = buckets.command(now) {
+                        return abuse(refusal);
                     }
                     if !ctx.replies.take() {
                         shared.stats.closed_reply_queue_full.fetch_add(1, Relaxed);
@@ -1933,6 +2150,7 @@ async fn read_inbound<G: Game, S: Store>(
                     let refused = |reason: String| CommandReply {
                         root: ctx.root.clone(),
                         client_seq,
+                        kind: ReplyKind::Command,
                         outcome: CommandOutcome::Rejected(crate::game::Rejection::new(reason)),
                     };
                     let Some(player) = ctx.player else {
@@ -1957,13 +2175,25 @@ async fn read_inbound<G: Game, S: Store>(
                 }
             }
         }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => {
-                metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
-                frames.extend(&chunk.bytes);
-            }
-            // The client finished or reset its control stream: nothing more will come.
-            Ok(None) | Err(_) => return,
+        // Both reads are cancel-safe: they complete as soon as anything arrived.
+        tokio::select! {
+            chunk = recv.read_chunk(64 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => {
+                    metrics::counter!(names::BYTES_RECEIVED).increment(chunk.bytes.len() as u64);
+                    frames.extend(&chunk.bytes);
+                }
+                // The client finished or reset its control stream: nothing more will come.
+                Ok(None) | Err(_) => return,
+            },
+            datagram = conn.read_datagram() => match datagram {
+                Ok(bytes) => {
+                    metrics::counter!(names::BYTES_RECEIVED).increment(bytes.len() as u64);
+                    if let Err(refusal) = inputs.receive(&shared, &ctx, &mut buckets, &bytes) {
+                        return abuse(refusal);
+                    }
+                }
+                Err(_) => return,
+            },
         }
     }
 }
@@ -1996,6 +2226,8 @@ mod tests {
             acked: acked.clone(),
             loss: None,
             write_timeout: Duration::from_secs(2),
+            ledger: Arc::default(),
+            input_acks: AckTracker::default(),
         };
         let state: Arc<[u8]> = vec![7u8; 500].into();
         let (msg, delta) = states.message::<()>(1, false, state.clone());
@@ -2020,6 +2252,30 @@ mod tests {
     }
 
     #[test]
+    fn states_carry_input_acks_until_the_client_acknowledged_a_carrier() {
+        let acks = |through, tick| InputAcks {
+            through,
+            tick,
+            rejected: 0,
+        };
+        let mut tracker = AckTracker::default();
+        assert_eq!(
+            tracker.carry(1, InputAcks::default(), None),
+            None,
+            "nothing to say"
+        );
+        assert_eq!(tracker.carry(2, acks(1, 2), Some(1)), Some(acks(1, 2)));
+        // The client has not acknowledged tick 2 yet: carried again, and newer ones.
+        assert_eq!(tracker.carry(3, acks(1, 2), Some(1)), Some(acks(1, 2)));
+        assert_eq!(tracker.carry(4, acks(2, 4), Some(2)), Some(acks(2, 4)));
+        // Tick 3 acknowledged: it carried (1, 2); (2, 4) is still news.
+        assert_eq!(tracker.carry(5, acks(2, 4), Some(3)), Some(acks(2, 4)));
+        // Tick 4 acknowledged: the client has (2, 4); states go plain.
+        assert_eq!(tracker.carry(6, acks(2, 4), Some(4)), None);
+        assert_eq!(tracker.carry(7, acks(2, 4), Some(6)), None);
+    }
+
+    #[test]
     fn the_loss_hook_drops_about_the_share_asked() {
         let mut states = StateStream {
             every: 1,
@@ -2028,6 +2284,8 @@ mod tests {
             acked: Arc::new(AtomicU64::new(NO_ACK)),
             loss: Some((50, 12345)),
             write_timeout: Duration::from_secs(2),
+            ledger: Arc::default(),
+            input_acks: AckTracker::default(),
         };
         let dropped = (0..10_000).filter(|_| states.drop_for_test()).count();
         assert!((350..650).contains(&dropped), "{dropped}");

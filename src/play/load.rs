@@ -3,9 +3,10 @@
 //! Used by the `bots` example (against any server) and the demo (against
 //! its own server on loopback). Each bot is one QUIC connection: it joins
 //! (by ticket when it knows the secret, else in open mode), sends the
-//! [`Bot`]'s command for every new state it receives, and measures
-//! command-to-update latency: from handing a command to the session until
-//! the first state at or after the tick the server applied it on. Matches
+//! [`Bot`]'s command as an input ([`Session::input`](crate::net::client::Session::input))
+//! for every new state it receives, and measures command-to-update
+//! latency: from handing a command to the session until the first state at
+//! or after the tick its `Applied` names. Matches
 //! that end are replaced by the next round in the same slot.
 
 use std::collections::VecDeque;
@@ -22,8 +23,9 @@ use tokio::sync::watch;
 use crate::arena::Arena;
 use crate::arena::bot::Bot;
 use crate::game::{PlayerId, Tick};
-use crate::net::client::{Client, ClientConfig, ClientError, JoinRequest, SessionEvent};
-use crate::net::protocol::CommandStatus;
+use crate::net::client::{
+    Client, ClientConfig, ClientError, InputStatus, JoinRequest, SessionEvent,
+};
 use crate::net::tickets::{ServerSecret, mint_ticket, unix_now};
 
 /// What load to generate.
@@ -373,7 +375,7 @@ async fn play_session(
                     && let Some(command) = bot.next_command(&arena, &update.state)
                 {
                     stats.commands.fetch_add(1, Relaxed);
-                    match session.send(command) {
+                    match session.input(command) {
                         Ok(pending) => {
                             let sent = pending.sent_at();
                             in_flight.push(async move { (sent, pending.await) });
@@ -385,7 +387,7 @@ async fn play_session(
                 }
             }
             Some((sent, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
-                Ok(CommandStatus::Accepted { tick, .. }) => {
+                Ok(InputStatus::Applied { tick }) => {
                     stats.accepted.fetch_add(1, Relaxed);
                     match recent.iter().find(|(t, _)| *t >= tick) {
                         Some(&(_, received)) => {
@@ -394,7 +396,7 @@ async fn play_session(
                         None => waiting.push_back((sent, tick)),
                     }
                 }
-                Ok(CommandStatus::Rejected { .. }) => {
+                Ok(InputStatus::Rejected { .. }) => {
                     stats.rejected.fetch_add(1, Relaxed);
                 }
                 Err(_) => {

@@ -1,14 +1,16 @@
 //! The session's task: owns the connection and the per-session state
-//! (baselines, pending commands, the event sequence), applies states and
-//! events, and reconnects with the resume token after a drop.
+//! (baselines, pending commands and inputs, the event sequence), applies
+//! states and events, sends input datagrams, and reconnects with the
+//! resume token after a drop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::inputs::InputWindow;
 use super::link::{Inbound, Link, closed_error};
 use super::route::{Budget, Route};
 use super::{
@@ -16,6 +18,7 @@ use super::{
     StateUpdate, connection_error, random,
 };
 use crate::codec;
+use crate::engine::InputAcks;
 use crate::game::{Game, Tick};
 use crate::net::delta::{self, Patch};
 use crate::net::protocol::{
@@ -26,6 +29,9 @@ use crate::net::protocol::{
 const BASELINES_KEPT: usize = 64;
 /// Commands awaiting their result, at most.
 const MAX_IN_FLIGHT: usize = 1024;
+/// Without an input to send, a datagram acknowledges the states after
+/// this many arrived since the last one (repeating unacknowledged inputs).
+const STATES_PER_ACK: u32 = 2;
 
 /// The session's task: owns the connection and all per-session state.
 pub(super) struct Driver<G: Game> {
@@ -38,6 +44,14 @@ pub(super) struct Driver<G: Game> {
     commands: mpsc::Receiver<Outgoing<G::Command>>,
     pending: HashMap<u64, oneshot::Sender<Result<CommandStatus, ClientError>>>,
     next_seq: u64,
+    /// Inputs of this connection.
+    inputs: InputWindow<G::Command>,
+    /// Unresolved inputs, shared with the session handle.
+    inputs_outstanding: Arc<AtomicUsize>,
+    /// States that arrived since the last input datagram went out.
+    states_since_datagram: u32,
+    /// The input datagram loss test hook's generator and share.
+    input_loss: Option<(u16, u64)>,
     baselines: VecDeque<(Tick, Vec<u8>)>,
     last_tick: Option<Tick>,
     events_expected: u64,
@@ -74,6 +88,7 @@ impl<G: Game> Driver<G> {
         let (states_tx, states_rx) = watch::channel(None);
         let (events_tx, events_rx) = mpsc::channel(4096);
         let (commands_tx, commands_rx) = mpsc::channel(256);
+        let inputs_outstanding = Arc::new(AtomicUsize::new(0));
         let (info_tx, info_rx) = watch::channel(SessionInfo {
             player: welcome.player,
             resume_token: welcome.resume_token.clone(),
@@ -89,6 +104,13 @@ impl<G: Game> Driver<G> {
             commands: commands_rx,
             pending: HashMap::new(),
             next_seq: 1,
+            inputs: InputWindow::new(inputs_outstanding.clone()),
+            inputs_outstanding: inputs_outstanding.clone(),
+            states_since_datagram: 0,
+            input_loss: client
+                .config
+                .test_input_datagram_loss
+                .map(|l| (l.per_mille, l.seed | 1)),
             baselines: VecDeque::new(),
             last_tick: None,
             events_expected: welcome.events_from,
@@ -104,6 +126,7 @@ impl<G: Game> Driver<G> {
             welcome,
             info: info_rx,
             commands: commands_tx,
+            inputs_outstanding,
             states: states_rx,
             events: events_rx,
             stats,
@@ -139,6 +162,9 @@ impl<G: Game> Driver<G> {
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(ClientError::Disconnected));
             }
+            // Their outcome is unknown; numbering restarts on the next connection.
+            self.inputs.fail_all(&ClientError::Disconnected);
+            self.states_since_datagram = 0;
             self.info.send_modify(|i| i.connected = false);
             let code = error.code();
             let resumable = self.client.config.reconnect
@@ -217,9 +243,9 @@ impl<G: Game> Driver<G> {
             loop {
                 tokio::select! {
                     done = &mut establish => break done?,
-                    // Commands sent meanwhile fail at once.
+                    // Commands and inputs sent meanwhile fail at once.
                     Some(out) = self.commands.recv() => {
-                        let _ = out.reply.send(Err(ClientError::Disconnected));
+                        out.fail(ClientError::Disconnected, &self.inputs_outstanding);
                     }
                 }
             }
@@ -285,16 +311,23 @@ impl<G: Game> Driver<G> {
                 },
                 out = self.commands.recv() => match out {
                     None => return Stop::Dropped,
-                    Some(out) => {
+                    Some(Outgoing::Command { command, reply }) => {
                         if self.pending.len() >= MAX_IN_FLIGHT {
-                            let _ = out.reply.send(Err(ClientError::Busy));
+                            let _ = reply.send(Err(ClientError::Busy));
                             continue;
                         }
                         let client_seq = self.next_seq;
                         self.next_seq += 1;
-                        let msg = ClientMsg::Command { client_seq, command: out.command };
-                        self.pending.insert(client_seq, out.reply);
+                        let msg = ClientMsg::Command { client_seq, command };
+                        self.pending.insert(client_seq, reply);
                         if let Err(stop) = self.write(&msg).await {
+                            return stop;
+                        }
+                    }
+                    Some(Outgoing::Input { command, reply }) => {
+                        self.inputs.push(command, reply);
+                        self.stats.inputs_sent.fetch_add(1, Relaxed);
+                        if let Err(stop) = self.send_inputs() {
                             return stop;
                         }
                     }
@@ -316,6 +349,57 @@ impl<G: Game> Driver<G> {
                 _ = linger => return Stop::Over,
             }
         }
+    }
+
+    /// Sends an input datagram: the latest applied state tick and every
+    /// input the server has not processed (as many as fit).
+    fn send_inputs(&mut self) -> Result<(), Stop> {
+        self.states_since_datagram = 0;
+        let Some(max) = self.conn.max_datagram_size() else {
+            self.inputs.fail_all(&ClientError::NoDatagrams);
+            return Ok(());
+        };
+        let mut count = protocol::INPUT_WINDOW;
+        let bytes = loop {
+            let datagram = self.inputs.datagram(self.last_tick, count);
+            let bytes = protocol::encode_datagram(&datagram)
+                .map_err(|e| Stop::Failed(ClientError::Protocol(e.to_string())))?;
+            if bytes.len() <= max || count == 0 {
+                break bytes;
+            }
+            // The oldest inputs go first; the rest follow in the next datagram.
+            count /= 2;
+        };
+        if self.drop_input_for_test() {
+            self.stats.test_dropped_inputs.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        match self.conn.send_datagram(bytes.into()) {
+            Ok(()) => {
+                self.stats.input_datagrams.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                Err(Stop::Failed(connection_error(&e)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an input datagram could not be sent");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the loss test hook drops this input datagram.
+    fn drop_input_for_test(&mut self) -> bool {
+        let Some((per_mille, rng)) = &mut self.input_loss else {
+            return false;
+        };
+        // xorshift64*
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        let x = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 33) % 1000 < u64::from(*per_mille)
     }
 
     async fn write(&mut self, msg: &ClientMsg<G::Command>) -> Result<(), Stop> {
@@ -379,8 +463,14 @@ impl<G: Game> Driver<G> {
                 // Wait a little for the final state on its stream.
                 *over_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
             }
-            ServerMsg::StateFull { .. } | ServerMsg::StateDelta { .. } => {
+            ServerMsg::StateFull { .. }
+            | ServerMsg::StateDelta { .. }
+            | ServerMsg::Acked { .. } => {
                 return self.on_state(msg, false).await;
+            }
+            ServerMsg::InputRejected { seq, reason } => {
+                self.stats.inputs_rejected.fetch_add(1, Relaxed);
+                self.inputs.on_rejected(seq, reason);
             }
             ServerMsg::Closing { code, reason } => {
                 tracing::debug!(code, %reason, "server is closing the connection");
@@ -396,6 +486,39 @@ impl<G: Game> Driver<G> {
     }
 
     async fn on_state(&mut self, msg: ServerMsg<G::Event>, on_stream: bool) -> Option<Stop> {
+        let msg = match msg {
+            ServerMsg::Acked {
+                through,
+                tick,
+                rejected,
+                state,
+            } => {
+                // Whether or not the state itself is used.
+                self.inputs.on_acks(InputAcks {
+                    through,
+                    tick,
+                    rejected,
+                });
+                *state
+            }
+            other => other,
+        };
+        let applied = self.apply_state(msg, on_stream).await;
+        if applied.is_some() {
+            return applied;
+        }
+        self.states_since_datagram += 1;
+        let over = self.over.is_some();
+        if !over && self.states_since_datagram >= STATES_PER_ACK {
+            // Acknowledges the latest state, and repeats unacknowledged inputs.
+            if let Err(stop) = self.send_inputs() {
+                return Some(stop);
+            }
+        }
+        None
+    }
+
+    async fn apply_state(&mut self, msg: ServerMsg<G::Event>, on_stream: bool) -> Option<Stop> {
         let limit = self.client.config.max_message_bytes;
         let (tick, over, bytes, is_delta) = match msg {
             ServerMsg::StateFull { tick, over, state } => (tick, over, Ok(state), false),
@@ -465,9 +588,6 @@ impl<G: Game> Driver<G> {
                 return Some(Stop::Over);
             }
             return None;
-        }
-        if let Err(stop) = self.write(&ClientMsg::Ack { tick }).await {
-            return Some(stop);
         }
         None
     }

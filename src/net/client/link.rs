@@ -112,6 +112,8 @@ fn kind<E>(msg: &ServerMsg<E>) -> &'static str {
         ServerMsg::StateDelta { .. } => "StateDelta",
         ServerMsg::MatchOver { .. } => "MatchOver",
         ServerMsg::Closing { .. } => "Closing",
+        ServerMsg::InputRejected { .. } => "InputRejected",
+        ServerMsg::Acked { .. } => "Acked",
     }
 }
 

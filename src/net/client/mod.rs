@@ -8,8 +8,10 @@
 //! player slot or as a spectator). [`Client::join`] does both steps.
 //!
 //! A session runs a driver task: it applies state deltas against the
-//! baselines it kept and acknowledges each state, checks reliable events
-//! for gaps, answers [`Session::send`] with the server's verdict, and after
+//! baselines it kept and acknowledges states, checks reliable events
+//! for gaps, answers [`Session::send`] with the server's verdict, sends
+//! [`Session::input`]s as datagrams (repeating the unacknowledged ones)
+//! and resolves them from the acknowledgements inside states, and after
 //! a drop it reconnects with the resume token (within the server's grace
 //! window), asking for the events it missed. The application reads the
 //! latest state from a watch ([`Session::states`]) and everything else, in
@@ -26,7 +28,8 @@
 //!
 //! The parts: this file holds the API (configuration, errors, the stages,
 //! the session handle); `route` decides where the next `Hello` goes (no
-//! I/O); `link` reads one connection; `driver` is the session's task.
+//! I/O); `inputs` numbers and resolves player inputs (no I/O); `link`
+//! reads one connection; `driver` is the session's task.
 //!
 //! ```no_run
 //! use tickforge::arena::{Arena, ArenaCommand, Dir};
@@ -51,13 +54,14 @@
 //! ```
 
 mod driver;
+mod inputs;
 mod link;
 mod route;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
@@ -67,7 +71,8 @@ use self::driver::Driver;
 use self::link::Link;
 pub use self::route::MAX_REDIRECTS;
 use self::route::{Budget, Next, Route};
-use super::protocol::{CloseCode, CommandStatus, Credential, Hello, Role, Welcome};
+use super::DatagramLoss;
+use super::protocol::{self, CloseCode, CommandStatus, Credential, Hello, Role, Welcome};
 use super::tls::{self, TlsError};
 use crate::codec;
 use crate::engine::EventEnvelope;
@@ -100,6 +105,9 @@ pub struct ClientConfig {
     /// current server cannot be reached, the next address of `server`
     /// then these, round robin, is tried instead.
     pub fallback: Vec<SocketAddr>,
+    /// Test hook: drop some outgoing input datagrams (seeded). `None`
+    /// (the default) outside loss tests.
+    pub test_input_datagram_loss: Option<DatagramLoss>,
 }
 
 impl ClientConfig {
@@ -114,6 +122,7 @@ impl ClientConfig {
             reconnect: true,
             retry_for: Duration::from_secs(30),
             fallback: Vec::new(),
+            test_input_datagram_loss: None,
         }
     }
 
@@ -178,9 +187,14 @@ pub enum ClientError {
     /// result was lost with the connection).
     #[error("disconnected; the command's outcome is unknown")]
     Disconnected,
-    /// Too many commands await their result.
-    #[error("too many commands in flight")]
+    /// Too many commands await their result, or
+    /// [`INPUT_WINDOW`](protocol::INPUT_WINDOW) inputs their acknowledgement.
+    #[error("too many commands or inputs in flight")]
     Busy,
+    /// The server does not take datagrams on this connection, so inputs
+    /// cannot be sent (use [`Session::send`]).
+    #[error("the connection carries no datagrams; inputs cannot be sent")]
+    NoDatagrams,
     /// The session has ended.
     #[error("the session has ended")]
     Ended,
@@ -605,6 +619,14 @@ pub struct ClientStats {
     /// `Hello`s sent again after a wait (a full server, a moving match, an
     /// unreachable server).
     pub retries: AtomicU64,
+    /// Inputs sent (each counted once, however often repeated).
+    pub inputs_sent: AtomicU64,
+    /// Input datagrams sent (inputs, repeats and state acknowledgements).
+    pub input_datagrams: AtomicU64,
+    /// Input datagrams dropped by the loss test hook.
+    pub test_dropped_inputs: AtomicU64,
+    /// Inputs the server rejected.
+    pub inputs_rejected: AtomicU64,
 }
 
 /// An admitted session. Dropping it closes the connection.
@@ -613,6 +635,8 @@ pub struct Session<G: Game> {
     welcome: Welcome,
     info: watch::Receiver<SessionInfo>,
     commands: mpsc::Sender<Outgoing<G::Command>>,
+    /// Inputs not resolved yet (the window; shared with the driver).
+    inputs_outstanding: Arc<AtomicUsize>,
     states: watch::Receiver<Option<Arc<StateUpdate<G::View>>>>,
     events: mpsc::Receiver<SessionEvent<G::Event>>,
     stats: Arc<ClientStats>,
@@ -657,10 +681,84 @@ impl PendingCommand {
     }
 }
 
+/// What happened to an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputStatus {
+    /// Applied on or before `tick`: the first state at or after `tick`
+    /// shows it.
+    Applied {
+        /// A tick at or after the one it was applied on.
+        tick: Tick,
+    },
+    /// Refused by the game (or the server); nothing changed.
+    Rejected {
+        /// Why, for the player.
+        reason: String,
+    },
+}
+
+/// An input on its way; await it (or [`wait`](PendingInput::wait)) for
+/// its outcome.
 #[derive(Debug)]
-struct Outgoing<C> {
-    command: C,
-    reply: oneshot::Sender<Result<CommandStatus, ClientError>>,
+pub struct PendingInput {
+    rx: oneshot::Receiver<Result<InputStatus, ClientError>>,
+    sent_at: Instant,
+}
+
+impl std::future::Future for PendingInput {
+    type Output = Result<InputStatus, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Ended)))
+    }
+}
+
+impl PendingInput {
+    /// The input's outcome.
+    pub async fn wait(self) -> Result<InputStatus, ClientError> {
+        self.await
+    }
+
+    /// When the input was handed to the session.
+    pub fn sent_at(&self) -> Instant {
+        self.sent_at
+    }
+}
+
+/// What the session handle asks of the driver.
+#[derive(Debug)]
+enum Outgoing<C> {
+    /// A reliable command, answered by a `CommandResult`.
+    Command {
+        command: C,
+        reply: oneshot::Sender<Result<CommandStatus, ClientError>>,
+    },
+    /// An input, sent in datagrams and acknowledged inside states.
+    Input {
+        command: C,
+        reply: inputs::InputReplyTx,
+    },
+}
+
+impl<C> Outgoing<C> {
+    /// Answers the request with `error` instead of sending it; an input
+    /// leaves the window (`outstanding`).
+    fn fail(self, error: ClientError, outstanding: &AtomicUsize) {
+        match self {
+            Outgoing::Command { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Outgoing::Input { reply, .. } => {
+                outstanding.fetch_sub(1, Relaxed);
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 impl<G: Game> Session<G> {
@@ -695,7 +793,7 @@ impl<G: Game> Session<G> {
     pub fn send(&self, command: G::Command) -> Result<PendingCommand, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .try_send(Outgoing { command, reply })
+            .try_send(Outgoing::Command { command, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ClientError::Busy,
                 mpsc::error::TrySendError::Closed(_) => ClientError::Ended,
@@ -709,6 +807,35 @@ impl<G: Game> Session<G> {
     /// Sends a command and waits for the verdict.
     pub async fn command(&self, command: G::Command) -> Result<CommandStatus, ClientError> {
         self.send(command)?.wait().await
+    }
+
+    /// Sends a player input: unreliable datagrams that repeat it until a
+    /// state acknowledges it, cheaper for the server than
+    /// [`send`](Session::send). Its outcome arrives through the returned
+    /// handle: [`InputStatus::Applied`] with a tick whose state shows it,
+    /// or [`InputStatus::Rejected`]. Never waits: with
+    /// [`INPUT_WINDOW`](protocol::INPUT_WINDOW) inputs unresolved it is
+    /// [`ClientError::Busy`]. An input unresolved when the connection
+    /// drops fails with [`ClientError::Disconnected`] (its outcome is
+    /// unknown).
+    pub fn input(&self, command: G::Command) -> Result<PendingInput, ClientError> {
+        self.inputs_outstanding
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < protocol::INPUT_WINDOW).then_some(n + 1)
+            })
+            .map_err(|_| ClientError::Busy)?;
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.commands.try_send(Outgoing::Input { command, reply }) {
+            self.inputs_outstanding.fetch_sub(1, Relaxed);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => ClientError::Busy,
+                mpsc::error::TrySendError::Closed(_) => ClientError::Ended,
+            });
+        }
+        Ok(PendingInput {
+            rx,
+            sent_at: Instant::now(),
+        })
     }
 
     /// The latest state, as a watch.
