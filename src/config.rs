@@ -259,6 +259,7 @@ struct RawNet {
 #[serde(deny_unknown_fields)]
 struct RawEngine {
     tick_hz: Option<u32>,
+    tick_phases: Option<u32>,
     snapshot_every_ticks: Option<u64>,
     shards: Option<usize>,
     shard_queue: Option<usize>,
@@ -353,6 +354,14 @@ impl Config {
         let tick_hz = e.tick_hz.unwrap_or(defaults.tick_hz);
         if !(1..=1000).contains(&tick_hz) {
             return Err(invalid("engine.tick_hz", &tick_hz, "must be 1 to 1000"));
+        }
+        let tick_phases = e.tick_phases.unwrap_or(defaults.tick_phases);
+        if !(1..=16).contains(&tick_phases) || tick_hz.saturating_mul(tick_phases) > 1000 {
+            return Err(invalid(
+                "engine.tick_phases",
+                &tick_phases,
+                "must be 1 to 16, and tick_hz × tick_phases at most 1000",
+            ));
         }
         let snapshot_every_ticks = e
             .snapshot_every_ticks
@@ -463,6 +472,7 @@ impl Config {
             fleet,
             engine: EngineSettings {
                 tick_hz,
+                tick_phases,
                 shards,
                 shard_queue,
                 write_queue_ticks,

@@ -450,6 +450,72 @@ async fn a_stalled_shard_catches_up_and_counts_late_ticks() {
     engine.shutdown().await;
 }
 
+/// With tick phases, a shard's matches still tick `tick_hz` times a second
+/// each, but in turn: four matches on one shard with four phases publish
+/// at four distinct offsets within the period, a quarter period apart.
+#[tokio::test(start_paused = true)]
+async fn tick_phases_spread_matches_over_the_period_at_the_full_rate() {
+    let start = Instant::now();
+    let settings = EngineSettings {
+        tick_hz: 10,
+        tick_phases: 4,
+        shards: 1,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::start(Arena::default(), MemoryStore::new(), settings, "main");
+    let roots = ["m0", "m1", "m2", "m3"];
+    let mut feeds = Vec::new();
+    for root in roots {
+        engine.create_match(root).await.unwrap();
+        feeds.push(engine.subscribe(root).unwrap());
+    }
+    let period = TickSchedule::new(10).period();
+    // Each follower notes when each tick of its match was published.
+    let followers: Vec<_> = feeds
+        .into_iter()
+        .map(|mut feed| {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while seen.len() < 6 && feed.updates.changed().await.is_ok() {
+                    if let Some(update) = feed.updates.borrow_and_update().clone() {
+                        seen.push((update.tick, start.elapsed()));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for follower in followers {
+        let seen = follower.await.unwrap();
+        for pair in seen.windows(2) {
+            assert_eq!(pair[1].0, pair[0].0 + 1, "every tick published: {seen:?}");
+            assert_eq!(
+                pair[1].1 - pair[0].1,
+                period,
+                "each match ticks at tick_hz: {seen:?}"
+            );
+        }
+        offsets.push(seen[0].1.as_nanos() % period.as_nanos());
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 4, "one phase per match: {offsets:?}");
+    let quarter = period.as_nanos() / 4;
+    for pair in offsets.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            quarter,
+            "phases evenly spaced: {offsets:?}"
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.late_ticks, 0);
+    // The shard's tick count moves once per period, not once per phase.
+    assert!(stats.ticks <= TickSchedule::new(10).due_by(start.elapsed()));
+    engine.shutdown().await;
+}
+
 /// After shutdown every match's events and a snapshot at its final tick are
 /// stored, restore gives exactly the last published state, and a new engine
 /// on the same store picks the matches up where they stopped.

@@ -196,6 +196,10 @@ struct Args {
     /// until max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,
+    /// network-split: phases of the server's tick (`engine.tick_phases`):
+    /// its matches tick spread over this many steps per period.
+    #[arg(long, default_value_t = 1)]
+    network_tick_phases: u32,
 
     /// cluster: masters of each cluster measured after the single server.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
@@ -434,6 +438,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     client_cpus: cpus(&args.client_cpus)?,
                     compare_cores: args.network_compare_cores,
                     admission: !args.network_no_admission,
+                    tick_phases: args.network_tick_phases.clamp(1, 16),
                     nice: args.network_nice.clamp(-20, 19),
                 };
                 match netsplit::run(&config).await {

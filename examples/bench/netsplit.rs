@@ -41,6 +41,8 @@ pub struct SplitConfig {
     pub client_cpus: Option<Vec<usize>>,
     pub compare_cores: bool,
     pub admission: bool,
+    /// Phases of the server's tick (`engine.tick_phases`).
+    pub tick_phases: u32,
     /// Scheduling priority of both processes (0 = normal).
     pub nice: i32,
 }
@@ -269,6 +271,7 @@ async fn step(
         cert: cert.clone(),
         key: tls.path().join("key.der"),
         admission: config.admission,
+        tick_phases: config.tick_phases,
     };
     let mut server = LineChild::spawn("net-server", &server_spec, server_cpus, config.nice)?;
     let addr = server

@@ -27,6 +27,13 @@ pub struct ServerSpec {
     /// scheduling lag (the values suggested for production); `false` keeps
     /// only the connection cap.
     pub admission: bool,
+    /// Phases of the tick (`EngineSettings::tick_phases`).
+    #[serde(default = "one_phase")]
+    pub tick_phases: u32,
+}
+
+fn one_phase() -> u32 {
+    1
 }
 
 /// The server's counters at one moment (cumulative).
@@ -50,6 +57,7 @@ pub struct ServerCounters {
 pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
     let settings = EngineSettings {
         tick_hz: spec.tick_hz,
+        tick_phases: spec.tick_phases,
         ..EngineSettings::default()
     };
     let shards = settings.shards;

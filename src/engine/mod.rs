@@ -84,6 +84,11 @@ pub enum EventRetention {
 pub struct EngineSettings {
     /// Ticks per second.
     pub tick_hz: u32,
+    /// Phases of a tick: each shard spreads its matches over this many
+    /// evenly spaced steps per tick period, so their states do not all go
+    /// out at the same moment. Every match still ticks `tick_hz` times a
+    /// second; 1 ticks them all together.
+    pub tick_phases: u32,
     /// Number of shard tasks.
     pub shards: usize,
     /// Messages waiting for one shard, at most.
@@ -124,6 +129,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             tick_hz: 30,
+            tick_phases: 1,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_queue: 65_536,
             write_queue_ticks: 1_800,

@@ -29,6 +29,8 @@ pub enum Due {
 #[derive(Debug, Clone)]
 pub struct TickSchedule {
     period: Duration,
+    /// How far past its due time a step counts as late.
+    late_after: Duration,
     next: Tick,
     late: u64,
 }
@@ -36,14 +38,23 @@ pub struct TickSchedule {
 impl TickSchedule {
     /// A schedule at `hz` ticks per second whose first tick is tick 1.
     pub fn new(hz: u32) -> Self {
+        Self::phased(hz, 1)
+    }
+
+    /// A schedule of `phases` evenly spaced steps per tick at `hz` ticks
+    /// per second (step 1 first). A step counts as late when it starts a
+    /// whole tick period or more after it was due.
+    pub fn phased(hz: u32, phases: u32) -> Self {
+        let hz = hz.max(1);
         Self {
-            period: Duration::from_secs(1) / hz.max(1),
+            period: Duration::from_secs(1) / hz.saturating_mul(phases.max(1)),
+            late_after: Duration::from_secs(1) / hz,
             next: 1,
             late: 0,
         }
     }
 
-    /// The time between two ticks.
+    /// The time between two steps (ticks, or phases of a tick).
     pub fn period(&self) -> Duration {
         self.period
     }
@@ -70,7 +81,7 @@ impl TickSchedule {
             return Due::WaitUntil(due);
         }
         let tick = self.next;
-        let late = elapsed >= due + self.period;
+        let late = elapsed >= due + self.late_after;
         if late {
             self.late += 1;
         }
@@ -133,6 +144,22 @@ mod tests {
         assert_eq!(s.ticks_run(), s.due_by(310 * MS));
         // The next tick is still on the original grid.
         assert_eq!(s.poll(310 * MS), Due::WaitUntil(320 * MS));
+    }
+
+    #[test]
+    fn phases_split_each_tick_evenly_and_lateness_is_judged_per_tick() {
+        let mut s = TickSchedule::phased(50, 4); // 20 ms ticks, a phase every 5 ms
+        assert_eq!(s.poll(Duration::ZERO), Due::WaitUntil(5 * MS));
+        assert_eq!(run_until(&mut s, 20 * MS).len(), 4);
+        // Three phases behind (15 ms) is less than a tick: not late.
+        let behind = run_until(&mut s, 40 * MS);
+        assert_eq!(behind.len(), 4);
+        assert!(behind.iter().all(|(_, late)| !late));
+        // A 30 ms stall makes the steps due a whole tick earlier late.
+        let stalled = run_until(&mut s, 70 * MS);
+        assert_eq!(stalled.len(), 6);
+        assert_eq!(stalled.iter().filter(|(_, late)| *late).count(), 2);
+        assert_eq!(s.ticks_run(), s.due_by(70 * MS));
     }
 
     #[test]

@@ -79,6 +79,8 @@ struct Hosted<G: Game> {
     paused: Option<String>,
     /// The lease epoch its writes carry (fleets only).
     epoch: Option<u64>,
+    /// The phase of the tick period it ticks in.
+    phase: u32,
 }
 
 impl<G: Game> Hosted<G> {
@@ -141,6 +143,8 @@ pub(crate) struct Shard<G: Game> {
     setups: Vec<(crate::store::MatchKey, Arc<[u8]>)>,
     /// Hand-overs asked for, done at the start of the next tick.
     handing_over: Vec<(Arc<str>, HandOverDone<G>)>,
+    /// The phase the next hosted match ticks in (round robin).
+    next_phase: u32,
 }
 
 /// Where a hand-over's outcome goes.
@@ -178,25 +182,34 @@ impl<G: Game> Shard<G> {
             backlog: None,
             setups: Vec::new(),
             handing_over: Vec::new(),
+            next_phase: 0,
         }
+    }
+
+    /// Steps per tick period (`EngineSettings::tick_phases`, at least 1).
+    fn phases(&self) -> u32 {
+        self.settings.tick_phases.max(1)
     }
 
     /// The shard loop; returns after a shutdown message or when the engine is dropped.
     pub(crate) async fn run(mut self) {
-        let mut schedule = TickSchedule::new(self.settings.tick_hz);
+        let phases = self.phases();
+        let mut schedule = TickSchedule::phased(self.settings.tick_hz, phases);
         let start = Instant::now();
         loop {
             match schedule.poll(start.elapsed()) {
-                Due::Run { late, .. } => {
+                Due::Run { tick: step, late } => {
                     if let Some(done) = self.take_inbox() {
                         return self.shut_down(done).await;
                     }
-                    if late {
+                    let phase = ((step - 1) % u64::from(phases)) as u32;
+                    // A stall makes every phase late: count it once per tick.
+                    if late && phase == 0 {
                         self.stats.late_ticks.fetch_add(1, Relaxed);
                         metrics::counter!(names::LATE_TICKS, "shard" => self.stats.shard_label())
                             .increment(1);
                     }
-                    self.run_tick().await;
+                    self.run_tick(phase).await;
                     if late {
                         // Catching up: let the writer and the network run
                         // between back-to-back ticks.
@@ -255,8 +268,10 @@ impl<G: Game> Shard<G> {
                         events,
                         paused,
                         epoch,
+                        phase: self.next_phase,
                     },
                 );
+                self.next_phase = (self.next_phase + 1) % self.phases();
             }
             ShardMsg::Command {
                 root,
@@ -434,8 +449,11 @@ impl<G: Game> Shard<G> {
         handed
     }
 
-    async fn run_tick(&mut self) {
+    /// Ticks the matches of `phase`; the shard's tick count moves on after
+    /// the last phase of the period.
+    async fn run_tick(&mut self, phase: u32) {
         let started = Instant::now();
+        let period_done = phase + 1 == self.phases();
         self.pause_refused_matches();
         if self.writer.as_ref().is_some_and(mpsc::Sender::is_closed) {
             self.on_writer_stopped().await;
@@ -443,7 +461,9 @@ impl<G: Game> Shard<G> {
         if let Some(job) = self.backlog.take() {
             // Still no room: the shard's matches stay paused this tick.
             if !self.dispatch(job).await {
-                self.stats.ticks.fetch_add(1, Relaxed);
+                if period_done {
+                    self.stats.ticks.fetch_add(1, Relaxed);
+                }
                 return;
             }
             tracing::info!("store writer has room again; matches resume");
@@ -458,7 +478,7 @@ impl<G: Game> Shard<G> {
         let mut ended = Vec::new();
         let (mut match_ticks, mut events, mut rejected, mut decided) = (0u64, 0u64, 0u64, 0u64);
         for (root, hosted) in &mut self.matches {
-            if hosted.paused.is_some() {
+            if hosted.paused.is_some() || hosted.phase != phase {
                 continue;
             }
             let out = hosted.core.run_tick(&self.game);
@@ -590,7 +610,9 @@ impl<G: Game> Shard<G> {
             self.routes.remove(&root);
             self.stats.matches.fetch_sub(1, Relaxed);
         }
-        self.stats.ticks.fetch_add(1, Relaxed);
+        if period_done {
+            self.stats.ticks.fetch_add(1, Relaxed);
+        }
         self.stats.record_tick(started.elapsed());
     }
 
