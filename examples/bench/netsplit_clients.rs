@@ -31,6 +31,7 @@ use tickforge::client::{
 };
 use tickforge::game::Tick;
 use tickforge::net::CloseCode;
+use tickforge::net::protocol::CommandStatus;
 use tickforge::play::load::{LoadConfig, LoadStats, run_load};
 use tokio::sync::watch;
 
@@ -40,8 +41,12 @@ use crate::sys::CpuMeter;
 /// How the clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum LoadKind {
-    /// One Move per tick period on a fixed schedule with a random phase.
+    /// One Move per tick period on a fixed schedule with a random phase,
+    /// sent as an input (a datagram, acknowledged inside the states).
     Schedule,
+    /// The same schedule with reliable commands on the control stream,
+    /// each answered by its own result frame (protocol v2's only way).
+    ScheduleCommands,
     /// A command in reply to each state (the demo's bots).
     Replies,
 }
@@ -245,7 +250,8 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
     let joining = Instant::now();
     let mut tasks = Vec::new();
     let load = match spec.load {
-        LoadKind::Schedule => {
+        LoadKind::Schedule | LoadKind::ScheduleCommands => {
+            let reliable = spec.load == LoadKind::ScheduleCommands;
             let counters = Arc::new(Counters::new());
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ spec.clients as u64;
             for first in (0..clients).step_by(WAVE) {
@@ -262,6 +268,7 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
                         period,
                         phase,
                         seed,
+                        reliable,
                         counters.clone(),
                         stop.clone(),
                     )));
@@ -406,8 +413,16 @@ fn heading(arena: &Arena, state: &ArenaState, from: Pos, current: Dir, random: u
         .unwrap_or(current)
 }
 
+/// One command's outcome, whichever way it was sent.
+enum Sent {
+    Applied(Tick),
+    Rejected,
+    Failed,
+}
+
 /// One client on the fixed schedule: joins once, then sends a Move every
-/// `period` from `phase` on until stopped or closed.
+/// `period` from `phase` on until stopped or closed, as an input or (when
+/// `reliable`) as a command.
 #[allow(clippy::too_many_arguments)]
 async fn scheduled_client(
     client: Client,
@@ -416,6 +431,7 @@ async fn scheduled_client(
     period: Duration,
     phase: Duration,
     mut seed: u64,
+    reliable: bool,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -472,27 +488,48 @@ async fn scheduled_client(
                     dir = heading(&arena, &state.state, player.pos, dir, seed);
                 }
                 counters.commands.fetch_add(1, Relaxed);
-                match session.input(ArenaCommand::Move(dir)) {
-                    Ok(pending) => {
+                let command = ArenaCommand::Move(dir);
+                let pending: Result<std::pin::Pin<Box<dyn Future<Output = (Instant, Sent)> + Send>>, ClientError> = if reliable {
+                    session.send(command).map(|pending| {
                         let sent = pending.sent_at();
-                        in_flight.push(async move { (sent, pending.await) });
-                    }
+                        Box::pin(async move {
+                            (sent, match pending.await {
+                                Ok(CommandStatus::Accepted { tick, .. }) => Sent::Applied(tick),
+                                Ok(CommandStatus::Rejected { .. }) => Sent::Rejected,
+                                Err(_) => Sent::Failed,
+                            })
+                        }) as _
+                    })
+                } else {
+                    session.input(command).map(|pending| {
+                        let sent = pending.sent_at();
+                        Box::pin(async move {
+                            (sent, match pending.await {
+                                Ok(InputStatus::Applied { tick }) => Sent::Applied(tick),
+                                Ok(InputStatus::Rejected { .. }) => Sent::Rejected,
+                                Err(_) => Sent::Failed,
+                            })
+                        }) as _
+                    })
+                };
+                match pending {
+                    Ok(pending) => in_flight.push(pending),
                     Err(_) => {
                         counters.errors.fetch_add(1, Relaxed);
                     }
                 }
             }
             Some((sent, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
-                Ok(InputStatus::Applied { tick }) => {
+                Sent::Applied(tick) => {
                     match recent.iter().find(|(t, _)| *t >= tick) {
                         Some(&(_, received)) => counters.record(received.saturating_duration_since(sent)),
                         None => waiting.push_back((sent, tick)),
                     }
                 }
-                Ok(InputStatus::Rejected { .. }) => {
+                Sent::Rejected => {
                     counters.rejected.fetch_add(1, Relaxed);
                 }
-                Err(_) => {
+                Sent::Failed => {
                     counters.errors.fetch_add(1, Relaxed);
                 }
             },
