@@ -404,6 +404,7 @@ async fn a_stalled_shard_catches_up_and_counts_late_ticks() {
     let start = Instant::now();
     let settings = EngineSettings {
         tick_hz: 10,
+        tick_phases: 1,
         shards: 1,
         ..EngineSettings::default()
     };

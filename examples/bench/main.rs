@@ -198,7 +198,7 @@ struct Args {
     network_no_admission: bool,
     /// network-split: phases of the server's tick (`engine.tick_phases`):
     /// its matches tick spread over this many steps per period.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 4)]
     network_tick_phases: u32,
 
     /// cluster: masters of each cluster measured after the single server.

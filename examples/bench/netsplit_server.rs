@@ -33,7 +33,7 @@ pub struct ServerSpec {
 }
 
 fn one_phase() -> u32 {
-    1
+    EngineSettings::default().tick_phases
 }
 
 /// The server's counters at one moment (cumulative).

@@ -87,7 +87,7 @@ pub struct EngineSettings {
     /// Phases of a tick: each shard spreads its matches over this many
     /// evenly spaced steps per tick period, so their states do not all go
     /// out at the same moment. Every match still ticks `tick_hz` times a
-    /// second; 1 ticks them all together.
+    /// second; 1 ticks them all together. Default 4.
     pub tick_phases: u32,
     /// Number of shard tasks.
     pub shards: usize,
@@ -129,7 +129,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             tick_hz: 30,
-            tick_phases: 1,
+            tick_phases: 4,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_queue: 65_536,
             write_queue_ticks: 1_800,
