@@ -420,6 +420,9 @@ enum Sent {
     Failed,
 }
 
+/// A command in flight: when it was sent, and its outcome once known.
+type Outcome = std::pin::Pin<Box<dyn Future<Output = (Instant, Sent)> + Send>>;
+
 /// One client on the fixed schedule: joins once, then sends a Move every
 /// `period` from `phase` on until stopped or closed, as an input or (when
 /// `reliable`) as a command.
@@ -489,7 +492,7 @@ async fn scheduled_client(
                 }
                 counters.commands.fetch_add(1, Relaxed);
                 let command = ArenaCommand::Move(dir);
-                let pending: Result<std::pin::Pin<Box<dyn Future<Output = (Instant, Sent)> + Send>>, ClientError> = if reliable {
+                let pending: Result<Outcome, ClientError> = if reliable {
                     session.send(command).map(|pending| {
                         let sent = pending.sent_at();
                         Box::pin(async move {
