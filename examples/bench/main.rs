@@ -196,6 +196,10 @@ struct Args {
     /// until max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,
+    /// network-split: the server's `net.batch_sends` (many datagrams per
+    /// `sendmmsg` across clients; Linux), `true` or `false`.
+    #[arg(long, default_value_t = tickforge::net::NetConfig::default().batch_sends, action = clap::ArgAction::Set)]
+    network_batch_sends: bool,
 
     /// cluster: masters of each cluster measured after the single server.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
@@ -434,6 +438,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     client_cpus: cpus(&args.client_cpus)?,
                     compare_cores: args.network_compare_cores,
                     admission: !args.network_no_admission,
+                    batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),
                 };
                 match netsplit::run(&config).await {

@@ -27,6 +27,8 @@ pub struct ServerSpec {
     /// scheduling lag (the values suggested for production); `false` keeps
     /// only the connection cap.
     pub admission: bool,
+    /// The server's `net.batch_sends`.
+    pub batch_sends: bool,
 }
 
 /// The server's counters at one moment (cumulative).
@@ -45,6 +47,9 @@ pub struct ServerCounters {
     pub late_ticks: u64,
     pub shards: usize,
     pub rss_bytes: u64,
+    /// `sendmmsg` calls and the transmits they sent (batch_sends only).
+    pub send_calls: u64,
+    pub send_transmits: u64,
 }
 
 pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
@@ -74,10 +79,12 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
         } else {
             Duration::ZERO
         },
+        batch_sends: spec.batch_sends,
         ..defaults
     };
     let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
     let stats = server.stats();
+    let send_batches = server.send_batch_stats();
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -113,6 +120,12 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
                 late_ticks: engine_stats.late_ticks,
                 shards,
                 rss_bytes: crate::sys::rss_bytes().unwrap_or(0),
+                send_calls: send_batches
+                    .as_ref()
+                    .map_or(0, |b| b.system_calls.load(Relaxed)),
+                send_transmits: send_batches
+                    .as_ref()
+                    .map_or(0, |b| b.transmits_sent.load(Relaxed)),
             };
             println!(
                 "STATS {}",
