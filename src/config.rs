@@ -253,6 +253,7 @@ struct RawNet {
     write_timeout_ms: Option<u64>,
     test_datagram_loss_per_mille: Option<u16>,
     test_datagram_loss_seed: Option<u64>,
+    batch_sends: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -803,6 +804,7 @@ fn net_config(
         full_retry_after,
         write_timeout,
         datagram_loss,
+        batch_sends: raw.batch_sends.unwrap_or(defaults.batch_sends),
         ..defaults
     })
 }
@@ -1056,6 +1058,19 @@ mod tests {
                 .secret
                 .is_some()
         );
+    }
+
+    #[test]
+    fn batch_sends_is_read_and_checked() {
+        let defaults = Config::load_with_env(None, no_env).unwrap().net;
+        assert_eq!(defaults.batch_sends, NetConfig::default().batch_sends);
+        for value in [true, false] {
+            let text = format!("[net]\nbatch_sends = {value}\n");
+            let config = Config::parse(&text, "t.toml", no_env).unwrap();
+            assert_eq!(config.net.batch_sends, value);
+        }
+        let err = Config::parse("[net]\nbatch_sends = \"yes\"\n", "t.toml", no_env).unwrap_err();
+        assert!(err.to_string().contains("batch_sends"), "{err}");
     }
 
     #[test]

@@ -200,6 +200,10 @@ struct Args {
     /// its matches tick spread over this many steps per period.
     #[arg(long, default_value_t = 4)]
     network_tick_phases: u32,
+    /// network-split: the server's `net.batch_sends` (many datagrams per
+    /// `sendmmsg` across clients; Linux), `true` or `false`.
+    #[arg(long, default_value_t = tickforge::net::NetConfig::default().batch_sends, action = clap::ArgAction::Set)]
+    network_batch_sends: bool,
 
     /// cluster: masters of each cluster measured after the single server.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
@@ -439,6 +443,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     compare_cores: args.network_compare_cores,
                     admission: !args.network_no_admission,
                     tick_phases: args.network_tick_phases.clamp(1, 16),
+                    batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),
                 };
                 match netsplit::run(&config).await {

@@ -43,6 +43,8 @@ pub struct SplitConfig {
     pub admission: bool,
     /// Phases of the server's tick (`engine.tick_phases`).
     pub tick_phases: u32,
+    /// The server's `net.batch_sends`.
+    pub batch_sends: bool,
     /// Scheduling priority of both processes (0 = normal).
     pub nice: i32,
 }
@@ -66,6 +68,8 @@ pub struct SplitStep {
     pub late_ticks: u64,
     pub refused_by_server: u64,
     pub server_rss_mib: f64,
+    /// Transmits per `sendmmsg` over the window (batch_sends only).
+    pub transmits_per_send_call: Option<f64>,
     pub holds: bool,
 }
 
@@ -110,7 +114,7 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
             let c = &step.clients;
             progress(format!(
                 "network-split {clients} (server CPUs {label}): joined {}/{}, refused {}, p50 {} p99 {} ms, \
-                 {} states/s and {} B/s per client, server CPU {}% ({} µs per client-s), clients {}%, others {}% -> {}",
+                 {} states/s and {} B/s per client, server CPU {}% ({} µs per client-s), clients {}%, others {}%{} -> {}",
                 c.joined,
                 c.clients,
                 c.refused,
@@ -122,6 +126,10 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
                 report::opt(step.server_us_per_client_s, 0),
                 report::opt(step.client_cpu_percent, 0),
                 report::opt(step.others_cpu_percent, 0),
+                step.transmits_per_send_call
+                    .map_or(String::new(), |n| format!(
+                        ", {n:.1} datagrams per sendmmsg"
+                    )),
                 if step.holds { "holds" } else { "does not hold" }
             ));
             let holds = step.holds;
@@ -138,8 +146,8 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
 
     let mut table = Table::new(
         format!(
-            "network-split: server and clients in separate processes, QUIC on loopback, {} players per match, {} Hz, {:?} load",
-            config.players, config.tick_hz, config.load
+            "network-split: server and clients in separate processes, QUIC on loopback, {} players per match, {} Hz, {:?} load, batch_sends {}",
+            config.players, config.tick_hz, config.load, config.batch_sends
         ),
         &[
             "server CPUs",
@@ -272,6 +280,7 @@ async fn step(
         key: tls.path().join("key.der"),
         admission: config.admission,
         tick_phases: config.tick_phases,
+        batch_sends: config.batch_sends,
     };
     let mut server = LineChild::spawn("net-server", &server_spec, server_cpus, config.nice)?;
     let addr = server
@@ -354,6 +363,10 @@ async fn step(
         late_ticks: after.late_ticks.saturating_sub(before.late_ticks),
         refused_by_server: after.refused_full + after.refused_unanswered,
         server_rss_mib: after.rss_bytes as f64 / 1024.0 / 1024.0,
+        transmits_per_send_call: config.batch_sends.then(|| {
+            after.send_transmits.saturating_sub(before.send_transmits) as f64
+                / after.send_calls.saturating_sub(before.send_calls).max(1) as f64
+        }),
         holds,
         clients: result,
     })

@@ -28,11 +28,13 @@ pub struct ServerSpec {
     /// only the connection cap.
     pub admission: bool,
     /// Phases of the tick (`EngineSettings::tick_phases`).
-    #[serde(default = "one_phase")]
+    #[serde(default = "default_phases")]
     pub tick_phases: u32,
+    /// The server's `net.batch_sends`.
+    pub batch_sends: bool,
 }
 
-fn one_phase() -> u32 {
+fn default_phases() -> u32 {
     EngineSettings::default().tick_phases
 }
 
@@ -52,6 +54,9 @@ pub struct ServerCounters {
     pub late_ticks: u64,
     pub shards: usize,
     pub rss_bytes: u64,
+    /// `sendmmsg` calls and the transmits they sent (batch_sends only).
+    pub send_calls: u64,
+    pub send_transmits: u64,
 }
 
 pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
@@ -82,10 +87,12 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
         } else {
             Duration::ZERO
         },
+        batch_sends: spec.batch_sends,
         ..defaults
     };
     let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
     let stats = server.stats();
+    let send_batches = server.send_batch_stats();
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -121,6 +128,12 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
                 late_ticks: engine_stats.late_ticks,
                 shards,
                 rss_bytes: crate::sys::rss_bytes().unwrap_or(0),
+                send_calls: send_batches
+                    .as_ref()
+                    .map_or(0, |b| b.system_calls.load(Relaxed)),
+                send_transmits: send_batches
+                    .as_ref()
+                    .map_or(0, |b| b.transmits_sent.load(Relaxed)),
             };
             println!(
                 "STATS {}",

@@ -14,6 +14,8 @@
 //! - [`tls`]: certificates from files, or a self-signed development certificate.
 //! - [`admission`]: pure admission limits and the headroom sample they read (connections,
 //!   tick budget used, scheduling lag); refusals say `ServerFull` with a retry hint.
+//! - [`udp_batch`]: the endpoint's UDP socket that sends many datagrams per
+//!   system call across clients (`sendmmsg`), when `batch_sends` asks for it.
 //! - [`server`]: one quinn endpoint hosting many matches (listener, per-connection
 //!   handler, connection limit, shutdown, then endpoint close and wait-idle).
 //! - [`client`]: the async client library (connect, join, commands, states,
@@ -44,6 +46,7 @@ pub mod server;
 mod slots;
 pub mod tickets;
 pub mod tls;
+pub mod udp_batch;
 
 pub use placement::{Locator, Placement};
 pub use protocol::{
@@ -150,6 +153,10 @@ pub struct NetConfig {
     pub write_timeout: Duration,
     /// Test hook: drop some outgoing state datagrams. `None` in production.
     pub datagram_loss: Option<DatagramLoss>,
+    /// Send the endpoint's datagrams many per system call, across clients
+    /// (`sendmmsg`, Linux only; see [`udp_batch`]). Elsewhere the stock
+    /// socket is used, with a warning.
+    pub batch_sends: bool,
 }
 
 impl NetConfig {
@@ -185,6 +192,7 @@ impl Default for NetConfig {
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(2),
             datagram_loss: None,
+            batch_sends: false,
         }
     }
 }

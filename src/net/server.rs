@@ -56,6 +56,7 @@ use super::protocol::{
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
 use super::tls::{self, TlsError};
+use super::udp_batch::{self, SendBatchStats};
 use crate::admin::metrics as names;
 use crate::codec;
 use crate::engine::{
@@ -280,6 +281,7 @@ pub struct Server<G: Game, S: Store> {
     shutdown_tx: watch::Sender<bool>,
     cert: CertificateDer<'static>,
     local_addr: SocketAddr,
+    send_batches: Option<Arc<SendBatchStats>>,
 }
 
 impl<G: Game, S: Store> std::fmt::Debug for Server<G, S> {
@@ -311,12 +313,13 @@ impl<G: Game, S: Store> Server<G, S> {
     pub fn bind(engine: Arc<Engine<G, S>>, config: NetConfig) -> Result<Self, NetError> {
         let cert = tls::load_server_cert(&config.tls)?;
         let server_config = tls::server_config(&cert, config.idle_timeout)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            NetError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let (endpoint, send_batches) =
+            udp_batch::server_endpoint(config.listen, config.batch_sends, server_config).map_err(
+                |source| NetError::Bind {
+                    addr: config.listen,
+                    source,
+                },
+            )?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,
@@ -348,7 +351,7 @@ impl<G: Game, S: Store> Server<G, S> {
             .leaf()
             .cloned()
             .unwrap_or_else(|| CertificateDer::from(Vec::new()));
-        tracing::info!(addr = %local_addr, alpn = %String::from_utf8_lossy(protocol::ALPN), "QUIC endpoint bound");
+        tracing::info!(addr = %local_addr, batch_sends = send_batches.is_some(), alpn = %String::from_utf8_lossy(protocol::ALPN), "QUIC endpoint bound");
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
@@ -368,6 +371,7 @@ impl<G: Game, S: Store> Server<G, S> {
             shutdown_tx,
             cert: leaf,
             local_addr,
+            send_batches,
         })
     }
 
@@ -395,6 +399,12 @@ impl<G: Game, S: Store> Server<G, S> {
     /// The live counters.
     pub fn stats(&self) -> Arc<NetStats> {
         self.shared.stats.clone()
+    }
+
+    /// The batching socket's counters when the endpoint sends through one
+    /// ([`NetConfig::batch_sends`] on Linux).
+    pub fn send_batch_stats(&self) -> Option<Arc<SendBatchStats>> {
+        self.send_batches.clone()
     }
 
     /// The secret tickets and resume tokens are checked with.
