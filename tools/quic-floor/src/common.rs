@@ -59,13 +59,22 @@ impl Identity {
     }
 
     /// Server config shared by both modes: default transport, datagrams on (quinn's default).
-    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+    /// `ack_every` > 0 asks clients (ACK_FREQUENCY extension) to ACK only every that many
+    /// ack-eliciting packets, or after 200 ms.
+    pub fn server_config(&self, ack_every: u32) -> anyhow::Result<ServerConfig> {
         let mut config = ServerConfig::with_single_cert(
             vec![self.cert.clone()],
             PrivateKeyDer::Pkcs8(self.key.clone_key()),
         )
         .context("building the server TLS config")?;
-        config.transport_config(Arc::new(TransportConfig::default()));
+        let mut transport = TransportConfig::default();
+        if ack_every > 0 {
+            let mut ack = quinn_proto::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(ack_every.into())
+                .max_ack_delay(Some(Duration::from_millis(200)));
+            transport.ack_frequency_config(Some(ack));
+        }
+        config.transport_config(Arc::new(transport));
         Ok(config)
     }
 }

@@ -37,12 +37,18 @@ const UDP_SEGMENT: libc::c_int = 103;
 const MMSG_MAX: usize = 1024;
 
 /// Serve on 127.0.0.1:port until killed.
-pub fn serve(port: u16, identity: Identity, path: SendPath) -> anyhow::Result<()> {
+pub fn serve(
+    port: u16,
+    identity: Identity,
+    path: SendPath,
+    ack_every: u32,
+    coalesce: Duration,
+) -> anyhow::Result<()> {
     let socket = common::bind(port)?;
     let udp = UdpSocketState::new((&socket).into())?;
     let endpoint = Endpoint::new(
         Arc::new(EndpointConfig::default()),
-        Some(Arc::new(identity.server_config()?)),
+        Some(Arc::new(identity.server_config(ack_every)?)),
         !udp.may_fragment(),
         None,
     );
@@ -56,6 +62,7 @@ pub fn serve(port: u16, identity: Identity, path: SendPath) -> anyhow::Result<()
         mmsg: MmsgScratch::default(),
         scratch: Vec::new(),
         path,
+        coalesce,
         counters: Counters::default(),
         udp,
         socket,
@@ -93,6 +100,8 @@ struct LoopServer {
     /// Endpoint responses (handshake refusals, resets) are built here.
     scratch: Vec<u8>,
     path: SendPath,
+    /// Least time between two passes over the socket (0: wake on every readable event).
+    coalesce: Duration,
     counters: Counters,
 }
 
@@ -152,6 +161,11 @@ impl LoopServer {
                 Some(Reverse((t, _))) => next_tick.min(*t),
                 None => next_tick,
             };
+            let earliest = (now + self.coalesce).min(wake);
+            let pause = earliest.saturating_duration_since(Instant::now());
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
             wait_readable(&self.socket, wake.saturating_duration_since(Instant::now()));
         }
     }

@@ -33,6 +33,12 @@ enum Command {
         /// Where the self-signed certificate (DER) is written for the clients to trust.
         #[arg(long, default_value = "/tmp/quic-floor-cert.der")]
         cert_out: PathBuf,
+        /// Ask clients to ACK every K ack-eliciting packets (0: QUIC's default of 2 or 25 ms).
+        #[arg(long, default_value_t = 0)]
+        ack_every: u32,
+        /// Loop modes: least microseconds between two passes over the socket (0: every event).
+        #[arg(long, default_value_t = 0)]
+        coalesce_us: u64,
     },
     /// Open N connections (one UDP socket each) and count the datagrams received.
     Clients {
@@ -58,6 +64,12 @@ enum Command {
         window: u64,
         #[arg(long, default_value_t = 4433)]
         port: u16,
+        /// Passed to the server: ask clients to ACK every K packets (0: default).
+        #[arg(long, default_value_t = 0)]
+        ack_every: u32,
+        /// Passed to the server: least µs between socket passes in the loop modes.
+        #[arg(long, default_value_t = 0)]
+        coalesce_us: u64,
         /// Niceness for both children (the machine is shared with builds; negative = favoured).
         #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
         nice: i32,
@@ -71,13 +83,28 @@ fn main() -> anyhow::Result<()> {
             mode,
             port,
             cert_out,
+            ack_every,
+            coalesce_us,
         } => {
+            let coalesce = std::time::Duration::from_micros(coalesce_us);
             let identity = common::Identity::generate()?;
             identity.write_cert(&cert_out)?;
             match mode {
-                common::Mode::Stock => stock::serve(port, identity),
-                common::Mode::Loop => looped::serve(port, identity, looped::SendPath::PerTransmit),
-                common::Mode::LoopMmsg => looped::serve(port, identity, looped::SendPath::Sendmmsg),
+                common::Mode::Stock => stock::serve(port, identity, ack_every),
+                common::Mode::Loop => looped::serve(
+                    port,
+                    identity,
+                    looped::SendPath::PerTransmit,
+                    ack_every,
+                    coalesce,
+                ),
+                common::Mode::LoopMmsg => looped::serve(
+                    port,
+                    identity,
+                    looped::SendPath::Sendmmsg,
+                    ack_every,
+                    coalesce,
+                ),
             }
         }
         Command::Clients { n, addr, cert } => clients::run(n, addr, &cert),
@@ -87,7 +114,20 @@ fn main() -> anyhow::Result<()> {
             repeat,
             window,
             port,
+            ack_every,
+            coalesce_us,
             nice,
-        } => run::run(&n, &mode, repeat, window, port, nice),
+        } => run::run(
+            &n,
+            &mode,
+            repeat,
+            &run::Settings {
+                window,
+                port,
+                ack_every,
+                coalesce_us,
+                nice,
+            },
+        ),
     }
 }

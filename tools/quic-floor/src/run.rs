@@ -28,14 +28,21 @@ struct Row {
     syscalls_per_s: [f64; 4],
 }
 
-pub fn run(
-    ns: &[usize],
-    modes: &[Mode],
-    repeat: usize,
-    window: u64,
-    port: u16,
-    nice: i32,
-) -> anyhow::Result<()> {
+/// What every measurement of one `run` shares.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    /// Seconds of measurement window.
+    pub window: u64,
+    pub port: u16,
+    /// Passed to the server (`--ack-every`).
+    pub ack_every: u32,
+    /// Passed to the server (`--coalesce-us`).
+    pub coalesce_us: u64,
+    /// Niceness of both children.
+    pub nice: i32,
+}
+
+pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for &n in ns {
@@ -51,12 +58,16 @@ pub fn run(
                     mode.name(),
                     round + 1
                 );
-                let row = measure(&exe, n, mode, Duration::from_secs(window), port, nice)?;
+                let row = measure(&exe, n, mode, settings)?;
                 eprintln!("[run]   {}", format_row(&row));
                 rows.push(row);
             }
         }
     }
+    println!(
+        "ack-every {} (0 = QUIC default), coalesce {} µs, window {} s, nice {}",
+        settings.ack_every, settings.coalesce_us, settings.window, settings.nice
+    );
     println!("{}", header());
     for row in &rows {
         println!("{}", format_row(row));
@@ -65,11 +76,13 @@ pub fn run(
 }
 
 fn header() -> String {
-    let mut h = String::from("| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | received/s | client CPU %");
+    let mut h = String::from(
+        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | client CPU %",
+    );
     for s in SYSCALLS {
         h.push_str(&format!(" | {s}/s"));
     }
-    h.push_str(" |\n|---|---|---|---|---|---|---|---|---");
+    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---");
     h.push_str(&"|---".repeat(SYSCALLS.len()));
     h.push('|');
     h
@@ -77,7 +90,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     let mut s = format!(
-        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.1}",
+        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.1}",
         r.mode.name(),
         r.n,
         r.connected,
@@ -90,6 +103,7 @@ fn format_row(r: &Row) -> String {
         r.us_per_datagram,
         r.us_per_conn_second,
         r.sent_per_s,
+        100.0 * r.sent_per_s / (r.n as f64 / crate::common::TICK.as_secs_f64()),
         r.received_per_s,
         r.client_cpu_percent,
     );
@@ -184,10 +198,16 @@ fn measure(
     exe: &std::path::Path,
     n: usize,
     mode: Mode,
-    window: Duration,
-    port: u16,
-    nice: i32,
+    settings: &Settings,
 ) -> anyhow::Result<Row> {
+    let Settings {
+        window,
+        port,
+        ack_every,
+        coalesce_us,
+        nice,
+    } = *settings;
+    let window = Duration::from_secs(window);
     let cert = format!("/tmp/quic-floor-{port}.der");
     let server = Pinned::spawn(
         "0",
@@ -201,6 +221,10 @@ fn measure(
             port.to_string(),
             "--cert-out".into(),
             cert.clone(),
+            "--ack-every".into(),
+            ack_every.to_string(),
+            "--coalesce-us".into(),
+            coalesce_us.to_string(),
         ],
         &format!("/tmp/quic-floor-server-{}-{n}.log", mode.name()),
     )?;

@@ -9,18 +9,18 @@ use anyhow::Context;
 use crate::common::{self, Identity, TICK};
 
 /// Serve on 127.0.0.1:port until killed, on a current-thread tokio runtime (one core).
-pub fn serve(port: u16, identity: Identity) -> anyhow::Result<()> {
+pub fn serve(port: u16, identity: Identity, ack_every: u32) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve_async(port, identity))
+    runtime.block_on(serve_async(port, identity, ack_every))
 }
 
-async fn serve_async(port: u16, identity: Identity) -> anyhow::Result<()> {
+async fn serve_async(port: u16, identity: Identity, ack_every: u32) -> anyhow::Result<()> {
     let socket = common::bind(port)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(identity.server_config()?),
+        Some(identity.server_config(ack_every)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
