@@ -4,11 +4,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::common;
+
+/// A datagram arriving this long after the previous one on its connection counts as late
+/// (the server sends every 33.3 ms, so this means at least one tick's datagram was held back).
+const LATE_GAP: Duration = Duration::from_millis(50);
 
 /// How many handshakes are in flight at once while connecting.
 const CONNECT_CONCURRENCY: usize = 32;
@@ -35,6 +39,7 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
     let received = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
     let lost = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut keep = Vec::with_capacity(n);
     for _ in 0..n {
@@ -42,7 +47,12 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
         endpoint.set_default_client_config(config.clone());
         keep.push(endpoint.clone());
         let permit = permits.clone().acquire_owned().await?;
-        let (received, connected, lost) = (received.clone(), connected.clone(), lost.clone());
+        let (received, connected, lost, late) = (
+            received.clone(),
+            connected.clone(),
+            lost.clone(),
+            late.clone(),
+        );
         tokio::spawn(async move {
             let connection = match endpoint.connect(addr, "localhost") {
                 Ok(connecting) => connecting.await,
@@ -62,10 +72,16 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
                 }
             };
             connected.fetch_add(1, Ordering::Relaxed);
+            let mut last: Option<Instant> = None;
             loop {
                 match connection.read_datagram().await {
                     Ok(_) => {
                         received.fetch_add(1, Ordering::Relaxed);
+                        let now = Instant::now();
+                        if last.is_some_and(|t| now - t > LATE_GAP) {
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = Some(now);
                     }
                     Err(e) => {
                         eprintln!("connection lost: {e}");
@@ -84,6 +100,7 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
             received.load(Ordering::Relaxed),
             connected.load(Ordering::Relaxed),
             lost.load(Ordering::Relaxed),
+            late.load(Ordering::Relaxed),
         );
     }
 }

@@ -110,10 +110,11 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Prints a status line `stat <count> <connections> <lost>` on stdout (the runner parses it).
-pub fn print_stat(count: u64, connections: usize, lost: u64) {
+/// Prints a status line `stat <count> <connections> <lost> <late>` on stdout (the runner
+/// parses it); `late` counts gaps of more than 50 ms between datagrams on one connection.
+pub fn print_stat(count: u64, connections: usize, lost: u64, late: u64) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "stat {count} {connections} {lost}");
+    let _ = writeln!(out, "stat {count} {connections} {lost} {late}");
     let _ = out.flush();
 }

@@ -120,7 +120,12 @@ impl LoopServer {
             iterations += 1;
             if now >= next_tick {
                 ticks += 1;
+                // Skip ticks missed while overloaded rather than bursting to catch up
+                // (what a game server does; tokio's MissedTickBehavior::Skip in stock).
                 next_tick += TICK;
+                while next_tick <= now {
+                    next_tick += TICK;
+                }
                 for (index, slot) in self.slots.iter_mut().enumerate() {
                     let Some(slot) = slot else { continue };
                     if !slot.established {
@@ -147,7 +152,7 @@ impl LoopServer {
                     .flatten()
                     .filter(|s| s.established)
                     .count();
-                common::print_stat(self.counters.sent, open, self.counters.lost);
+                common::print_stat(self.counters.sent, open, self.counters.lost, 0);
                 eprintln!(
                     "loop: ticks {ticks} wake-ups {iterations} timer heap {}",
                     self.timers.len()

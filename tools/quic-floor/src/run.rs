@@ -24,6 +24,8 @@ struct Row {
     us_per_conn_second: f64,
     sent_per_s: f64,
     received_per_s: f64,
+    /// Gaps > 50 ms between datagrams on one connection, per second, over all connections.
+    late_per_s: f64,
     client_cpu_percent: f64,
     syscalls_per_s: [f64; 4],
 }
@@ -58,9 +60,16 @@ pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> 
                     mode.name(),
                     round + 1
                 );
-                let row = measure(&exe, n, mode, settings)?;
-                eprintln!("[run]   {}", format_row(&row));
-                rows.push(row);
+                match measure(&exe, n, mode, settings) {
+                    Ok(row) => {
+                        eprintln!("[run]   {}", format_row(&row));
+                        rows.push(Ok(row));
+                    }
+                    Err(e) => {
+                        eprintln!("[run]   failed: {e:#}");
+                        rows.push(Err(format!("| {} | {n} | failed: {e:#} |", mode.name())));
+                    }
+                }
             }
         }
     }
@@ -70,19 +79,22 @@ pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> 
     );
     println!("{}", header());
     for row in &rows {
-        println!("{}", format_row(row));
+        match row {
+            Ok(row) => println!("{}", format_row(row)),
+            Err(line) => println!("{line}"),
+        }
     }
     Ok(())
 }
 
 fn header() -> String {
     let mut h = String::from(
-        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | client CPU %",
+        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | late gaps/s | client CPU %",
     );
     for s in SYSCALLS {
         h.push_str(&format!(" | {s}/s"));
     }
-    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---");
+    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---|---");
     h.push_str(&"|---".repeat(SYSCALLS.len()));
     h.push('|');
     h
@@ -90,7 +102,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     let mut s = format!(
-        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.1}",
+        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} | {:.1}",
         r.mode.name(),
         r.n,
         r.connected,
@@ -105,6 +117,7 @@ fn format_row(r: &Row) -> String {
         r.sent_per_s,
         100.0 * r.sent_per_s / (r.n as f64 / crate::common::TICK.as_secs_f64()),
         r.received_per_s,
+        r.late_per_s,
         r.client_cpu_percent,
     );
     for v in r.syscalls_per_s {
@@ -121,6 +134,7 @@ struct Stat {
     count: u64,
     connections: usize,
     lost: u64,
+    late: u64,
 }
 
 /// A pinned child process whose `stat` lines are collected by a reader thread.
@@ -156,10 +170,13 @@ impl Pinned {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                if let ["stat", count, connections, lost] = fields[..] {
-                    let (Ok(count), Ok(connections), Ok(lost)) =
-                        (count.parse(), connections.parse(), lost.parse())
-                    else {
+                if let ["stat", count, connections, lost, late] = fields[..] {
+                    let (Ok(count), Ok(connections), Ok(lost), Ok(late)) = (
+                        count.parse(),
+                        connections.parse(),
+                        lost.parse(),
+                        late.parse(),
+                    ) else {
                         continue;
                     };
                     *sink.lock().expect("not poisoned") = Stat {
@@ -167,6 +184,7 @@ impl Pinned {
                         count,
                         connections,
                         lost,
+                        late,
                     };
                 }
             }
@@ -254,7 +272,7 @@ fn measure(
             let s = clients.stat();
             s.connections + s.lost as usize >= n
         },
-        Duration::from_secs(180),
+        Duration::from_secs(90),
         "all client connections",
     )?;
     eprintln!(
@@ -301,6 +319,12 @@ fn measure(
         us_per_conn_second: 1e6 * cpu / (connected as f64 * elapsed),
         sent_per_s,
         received_per_s,
+        late_per_s: match (received0.at, received1.at) {
+            (Some(x), Some(y)) if y > x => {
+                (received1.late - received0.late) as f64 / (y - x).as_secs_f64()
+            }
+            _ => 0.0,
+        },
         client_cpu_percent: 100.0 * (client_cpu1 - client_cpu0) / elapsed,
         syscalls_per_s: syscalls.map(|c| c as f64 / PERF_SECONDS as f64),
     })

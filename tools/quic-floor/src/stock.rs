@@ -49,7 +49,7 @@ async fn serve_async(port: u16, identity: Identity, ack_every: u32) -> anyhow::R
     let payload = common::payload();
     let mut sent: u64 = 0;
     let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_stat = tokio::time::Instant::now();
     let mut batch: Vec<quinn::Connection> = Vec::new();
     loop {
@@ -77,6 +77,7 @@ async fn serve_async(port: u16, identity: Identity, ack_every: u32) -> anyhow::R
                 sent,
                 batch.len(),
                 lost.load(std::sync::atomic::Ordering::Relaxed),
+                0,
             );
         }
     }
