@@ -26,6 +26,8 @@ struct Row {
     received_per_s: f64,
     /// Gaps > 50 ms between datagrams on one connection, per second, over all connections.
     late_per_s: f64,
+    /// Share of the window the server spent runnable but waiting for the CPU.
+    server_wait_percent: f64,
     client_cpu_percent: f64,
     syscalls_per_s: [f64; 4],
 }
@@ -89,12 +91,12 @@ pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> 
 
 fn header() -> String {
     let mut h = String::from(
-        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | late gaps/s | client CPU %",
+        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | late gaps/s | server run-queue wait % | client CPU %",
     );
     for s in SYSCALLS {
         h.push_str(&format!(" | {s}/s"));
     }
-    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---|---");
+    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---|---|---");
     h.push_str(&"|---".repeat(SYSCALLS.len()));
     h.push('|');
     h
@@ -102,7 +104,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     let mut s = format!(
-        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} | {:.1}",
+        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} | {:.1} | {:.1}",
         r.mode.name(),
         r.n,
         r.connected,
@@ -118,6 +120,7 @@ fn format_row(r: &Row) -> String {
         100.0 * r.sent_per_s / (r.n as f64 / crate::common::TICK.as_secs_f64()),
         r.received_per_s,
         r.late_per_s,
+        r.server_wait_percent,
         r.client_cpu_percent,
     );
     for v in r.syscalls_per_s {
@@ -284,10 +287,12 @@ fn measure(
     std::thread::sleep(WARM_UP);
 
     let (server_cpu0, client_cpu0) = (server.cpu_seconds()?, clients.cpu_seconds()?);
+    let server_wait0 = run_queue_wait_seconds(server.pid())?;
     let (sent0, received0, t0) = (server.stat(), clients.stat(), Instant::now());
     eprintln!("[run]   measuring {} s", window.as_secs());
     std::thread::sleep(window);
     let (server_cpu1, client_cpu1) = (server.cpu_seconds()?, clients.cpu_seconds()?);
+    let server_wait1 = run_queue_wait_seconds(server.pid())?;
     let (sent1, received1, elapsed) = (server.stat(), clients.stat(), t0.elapsed().as_secs_f64());
 
     eprintln!("[run]   perf stat {PERF_SECONDS} s");
@@ -325,6 +330,7 @@ fn measure(
             }
             _ => 0.0,
         },
+        server_wait_percent: 100.0 * (server_wait1 - server_wait0) / elapsed,
         client_cpu_percent: 100.0 * (client_cpu1 - client_cpu0) / elapsed,
         syscalls_per_s: syscalls.map(|c| c as f64 / PERF_SECONDS as f64),
     })
@@ -352,6 +358,19 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks as f64 / hz)
+}
+
+/// Time the process's threads spent runnable but not running (from /proc/<pid>/schedstat
+/// of its main thread, which is the only busy one in both servers), in seconds.
+fn run_queue_wait_seconds(pid: u32) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .with_context(|| format!("reading /proc/{pid}/schedstat"))?;
+    let wait_ns: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .context("malformed schedstat")?
+        .parse()?;
+    Ok(wait_ns as f64 / 1e9)
 }
 
 /// Counts of the four socket syscalls the server made over `PERF_SECONDS`.
