@@ -202,7 +202,13 @@ async fn a_rejected_input_resolves_with_the_games_reason_and_spectators_are_refu
 }
 
 /// A raw connection admitted as `player` (Hello written, Welcome read).
-async fn raw_player(server: &TestServer, player: u32) -> (quinn::Connection, quinn::SendStream) {
+/// A raw player connection, admitted, with both halves of its control
+/// stream: dropping the receiving half would stop the server's control
+/// writes, ending the session without a close code of its own.
+async fn raw_player(
+    server: &TestServer,
+    player: u32,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
     let connected = server.client.connect().await.unwrap();
     let conn = connected.connection().clone();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -226,7 +232,7 @@ async fn raw_player(server: &TestServer, player: u32) -> (quinn::Connection, qui
         let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
         frames.extend(&chunk.bytes);
     }
-    (conn, send)
+    (conn, send, recv)
 }
 
 async fn close_code_of(conn: &quinn::Connection) -> Option<CloseCode> {
@@ -253,12 +259,12 @@ async fn garbage_and_floods_of_inputs_are_closed_and_others_play_on() {
     let log = log_ticks(&honest);
 
     // A datagram that does not decode.
-    let (conn, _send) = raw_player(&server, 2).await;
+    let (conn, _send, _recv) = raw_player(&server, 2).await;
     conn.send_datagram(vec![7, 0xff, 0xfe, 7].into()).unwrap();
     assert_eq!(close_code_of(&conn).await, Some(CloseCode::Malformed));
 
     // More inputs in one datagram than the window.
-    let (conn, _send) = raw_player(&server, 3).await;
+    let (conn, _send, _recv) = raw_player(&server, 3).await;
     let wide = ClientDatagram::Input {
         ack: None,
         first_seq: 1,
@@ -269,7 +275,7 @@ async fn garbage_and_floods_of_inputs_are_closed_and_others_play_on() {
     assert_eq!(close_code_of(&conn).await, Some(CloseCode::Malformed));
 
     // A flood: 16 new inputs per datagram, far over 100 per second.
-    let (conn, _send) = raw_player(&server, 4).await;
+    let (conn, _send, _recv) = raw_player(&server, 4).await;
     let flood = async {
         let mut first_seq = 1;
         let mut pace = tokio::time::interval(std::time::Duration::from_millis(2));
