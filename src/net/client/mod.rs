@@ -649,15 +649,22 @@ impl<G: Game> Drop for Session<G> {
     }
 }
 
-/// A command on its way; await it (or [`wait`](PendingCommand::wait)) for the verdict.
+/// A command or input on its way; await it (or [`wait`](Pending::wait))
+/// for its outcome.
 #[derive(Debug)]
-pub struct PendingCommand {
-    rx: oneshot::Receiver<Result<CommandStatus, ClientError>>,
+pub struct Pending<T> {
+    rx: oneshot::Receiver<Result<T, ClientError>>,
     sent_at: Instant,
 }
 
-impl std::future::Future for PendingCommand {
-    type Output = Result<CommandStatus, ClientError>;
+/// A command on its way; its outcome is the server's verdict.
+pub type PendingCommand = Pending<CommandStatus>;
+
+/// An input on its way; its outcome says whether and when it was applied.
+pub type PendingInput = Pending<InputStatus>;
+
+impl<T> std::future::Future for Pending<T> {
+    type Output = Result<T, ClientError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -669,13 +676,13 @@ impl std::future::Future for PendingCommand {
     }
 }
 
-impl PendingCommand {
-    /// The server's verdict.
-    pub async fn wait(self) -> Result<CommandStatus, ClientError> {
+impl<T> Pending<T> {
+    /// The outcome.
+    pub async fn wait(self) -> Result<T, ClientError> {
         self.await
     }
 
-    /// When the command was handed to the session.
+    /// When it was handed to the session.
     pub fn sent_at(&self) -> Instant {
         self.sent_at
     }
@@ -695,39 +702,6 @@ pub enum InputStatus {
         /// Why, for the player.
         reason: String,
     },
-}
-
-/// An input on its way; await it (or [`wait`](PendingInput::wait)) for
-/// its outcome.
-#[derive(Debug)]
-pub struct PendingInput {
-    rx: oneshot::Receiver<Result<InputStatus, ClientError>>,
-    sent_at: Instant,
-}
-
-impl std::future::Future for PendingInput {
-    type Output = Result<InputStatus, ClientError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Ended)))
-    }
-}
-
-impl PendingInput {
-    /// The input's outcome.
-    pub async fn wait(self) -> Result<InputStatus, ClientError> {
-        self.await
-    }
-
-    /// When the input was handed to the session.
-    pub fn sent_at(&self) -> Instant {
-        self.sent_at
-    }
 }
 
 /// What the session handle asks of the driver.
