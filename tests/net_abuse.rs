@@ -12,7 +12,7 @@ use tickforge::client::{ClientError, JoinRequest};
 use tickforge::game::PlayerId;
 use tickforge::net::CloseCode;
 use tickforge::net::ServerSecret;
-use tickforge::net::protocol::{self, ClientMsg, Credential, FrameBuffer, Hello, Role, ServerMsg};
+use tickforge::net::protocol::{self, ClientMsg};
 use tickforge::net::tickets::{mint_ticket, unix_now};
 
 fn closed_code(error: &quinn::ConnectionError) -> Option<CloseCode> {
@@ -30,42 +30,6 @@ async fn refused(server: &TestServer, request: JoinRequest) -> Option<CloseCode>
         Err(error @ ClientError::Refused { .. }) => error.code(),
         Err(other) => panic!("unexpected error: {other}"),
     }
-}
-
-/// A raw connection admitted as `player` (Hello written, Welcome read).
-async fn raw_player(
-    server: &TestServer,
-    player: u32,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let connected = server.client.connect().await.unwrap();
-    let conn = connected.connection().clone();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = ClientMsg::<ArenaCommand>::Hello(Hello {
-        match_id: "m1".into(),
-        credential: Credential::Ticket(server.ticket("m1", player)),
-        role: Role::Player,
-        join: Some(tickforge::codec::encode(&format!("raw{player}")).expect("a name encodes")),
-        params: None,
-        events_from: None,
-    });
-    send.write_all(&protocol::encode_frame(&hello, 1 << 20).unwrap())
-        .await
-        .unwrap();
-    let mut frames = FrameBuffer::new(1 << 20);
-    loop {
-        if let Some(msg) = frames
-            .next_frame::<ServerMsg<tickforge::arena::ArenaEvent>>()
-            .unwrap()
-        {
-            assert!(matches!(msg, ServerMsg::Welcome(_)), "{msg:?}");
-            break;
-        }
-        let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
-        frames.extend(&chunk.bytes);
-    }
-    // Keep `connected` alive through the returned connection handle.
-    drop(connected);
-    (conn, send, recv)
 }
 
 async fn close_code_of(conn: &quinn::Connection) -> Option<CloseCode> {

@@ -15,9 +15,7 @@ use tickforge::client::{
     Client, ClientConfig, ClientError, InputStatus, JoinRequest, PendingInput,
 };
 use tickforge::game::PlayerId;
-use tickforge::net::protocol::{
-    self, ClientDatagram, ClientMsg, Credential, FrameBuffer, Hello, Role, ServerMsg,
-};
+use tickforge::net::protocol::{self, ClientDatagram};
 use tickforge::net::{CloseCode, DatagramLoss};
 
 /// A pseudo-random direction sequence (no two neighbours alike, so every
@@ -202,39 +200,6 @@ async fn a_rejected_input_resolves_with_the_games_reason_and_spectators_are_refu
 }
 
 /// A raw connection admitted as `player` (Hello written, Welcome read).
-/// A raw player connection, admitted, with both halves of its control
-/// stream: dropping the receiving half would stop the server's control
-/// writes, ending the session without a close code of its own.
-async fn raw_player(
-    server: &TestServer,
-    player: u32,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let connected = server.client.connect().await.unwrap();
-    let conn = connected.connection().clone();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = ClientMsg::<ArenaCommand>::Hello(Hello {
-        match_id: "m1".into(),
-        credential: Credential::Ticket(server.ticket("m1", player)),
-        role: Role::Player,
-        join: Some(tickforge::codec::encode(&format!("raw{player}")).unwrap()),
-        params: None,
-        events_from: None,
-    });
-    send.write_all(&protocol::encode_frame(&hello, 1 << 20).unwrap())
-        .await
-        .unwrap();
-    let mut frames = FrameBuffer::new(1 << 20);
-    loop {
-        if let Some(msg) = frames.next_frame::<ServerMsg<ArenaEvent>>().unwrap() {
-            assert!(matches!(msg, ServerMsg::Welcome(_)), "{msg:?}");
-            break;
-        }
-        let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
-        frames.extend(&chunk.bytes);
-    }
-    (conn, send, recv)
-}
-
 async fn close_code_of(conn: &quinn::Connection) -> Option<CloseCode> {
     let error = tokio::time::timeout(WAIT, conn.closed())
         .await

@@ -292,3 +292,44 @@ impl TickLog {
         self.ticks.lock().unwrap().clone()
     }
 }
+
+/// A raw connection admitted as `player` into match "m1" (Hello written,
+/// Welcome read), with both halves of its control stream: dropping the
+/// receiving half would stop the server's control writes.
+pub async fn raw_player(
+    server: &TestServer,
+    player: u32,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    use tickforge::net::protocol::{
+        ClientMsg, Credential, FrameBuffer, Hello, Role, ServerMsg, encode_frame,
+    };
+    let connected = server.client.connect().await.unwrap();
+    let conn = connected.connection().clone();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = ClientMsg::<tickforge::arena::ArenaCommand>::Hello(Hello {
+        match_id: "m1".into(),
+        credential: Credential::Ticket(server.ticket("m1", player)),
+        role: Role::Player,
+        join: Some(tickforge::codec::encode(&format!("raw{player}")).expect("a name encodes")),
+        params: None,
+        events_from: None,
+    });
+    send.write_all(&encode_frame(&hello, 1 << 20).unwrap())
+        .await
+        .unwrap();
+    let mut frames = FrameBuffer::new(1 << 20);
+    loop {
+        if let Some(msg) = frames
+            .next_frame::<ServerMsg<tickforge::arena::ArenaEvent>>()
+            .unwrap()
+        {
+            assert!(matches!(msg, ServerMsg::Welcome(_)), "{msg:?}");
+            break;
+        }
+        let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
+        frames.extend(&chunk.bytes);
+    }
+    // Keep `connected` alive through the returned connection handle.
+    drop(connected);
+    (conn, send, recv)
+}
