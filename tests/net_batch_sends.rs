@@ -5,15 +5,13 @@
 //! the socket's counters show the datagrams went out batched.
 #![cfg(target_os = "linux")]
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tickforge::client::{Client, ClientConfig, JoinRequest, Session};
 use tickforge::engine::{Engine, EngineSettings};
-use tickforge::game::{Game, MatchSetup, PlayerId, Rejection, Tick, Viewer};
+use tickforge::game::Tick;
 use tickforge::net::{NetConfig, Server, TlsSource};
 use tickforge::store::MemoryStore;
 
@@ -22,94 +20,9 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Clients, all in one match.
 const CLIENTS: usize = 8;
 /// Bytes of the board: a whole state takes several packets.
-const CELLS: usize = 4000;
-
-/// A board of bytes; each tick changes one of them.
-#[derive(Debug, Clone, Copy, Default)]
-struct Board;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct BoardState {
-    players: Vec<PlayerId>,
-    cells: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum BoardCommand {
-    Join,
-    Leave,
-}
-
-impl Game for Board {
-    type State = BoardState;
-    type Command = BoardCommand;
-    type Event = (PlayerId, bool);
-    type Params = ();
-    type View = BoardState;
-    type Join = ();
-    const SCHEMA: u32 = 1;
-
-    fn domain(&self) -> &str {
-        "board"
-    }
-
-    fn setup(&self, _: &MatchSetup<()>) -> Result<BoardState, Rejection> {
-        Ok(BoardState {
-            players: Vec::new(),
-            // Incompressible enough that the whole state exceeds a datagram.
-            cells: (0..CELLS as u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-                .collect(),
-        })
-    }
-
-    fn decide(
-        &self,
-        _: &BoardState,
-        _: Tick,
-        player: PlayerId,
-        command: &BoardCommand,
-    ) -> Result<Vec<(PlayerId, bool)>, Rejection> {
-        Ok(vec![(player, *command == BoardCommand::Join)])
-    }
-
-    fn apply(&self, state: &mut BoardState, _: Tick, &(player, joined): &(PlayerId, bool)) {
-        state.players.retain(|p| *p != player);
-        if joined {
-            state.players.push(player);
-        }
-    }
-
-    fn step(&self, state: &mut BoardState, tick: Tick) -> Vec<(PlayerId, bool)> {
-        let i = (tick as usize * 37) % state.cells.len();
-        state.cells[i] = state.cells[i].wrapping_add(1);
-        Vec::new()
-    }
-
-    fn is_over(&self, _: &BoardState) -> bool {
-        false
-    }
-
-    fn view<'s>(&self, state: &'s BoardState, _: Viewer) -> Cow<'s, BoardState> {
-        Cow::Borrowed(state)
-    }
-
-    fn shared_view(&self) -> bool {
-        true
-    }
-
-    fn join(&self, _: PlayerId, _: &()) -> Result<BoardCommand, Rejection> {
-        Ok(BoardCommand::Join)
-    }
-
-    fn leave(&self) -> BoardCommand {
-        BoardCommand::Leave
-    }
-
-    fn players(&self, state: &BoardState) -> Vec<PlayerId> {
-        state.players.clone()
-    }
-}
+#[path = "net_support/board.rs"]
+mod board;
+use board::*;
 
 /// Waits for a state holding every client, then for `more` states after
 /// it; checks each is the whole board. Returns the ticks seen after it.
