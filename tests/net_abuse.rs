@@ -106,6 +106,19 @@ async fn offenders_get_their_own_code_and_others_play_on() {
     let _ = send.write_all(&[0u8; 1024]).await;
     assert_eq!(close_code_of(&conn).await, Some(CloseCode::FrameTooLarge));
 
+    // Stopping the server's half of the control stream, then sending a
+    // command whose result has nowhere to go.
+    let (conn, mut send, mut recv) = raw_player(&server, 6).await;
+    recv.stop(0u32.into()).unwrap();
+    let command = ClientMsg::Command {
+        client_seq: 1,
+        command: ArenaCommand::Turn(Dir::North),
+    };
+    send.write_all(&protocol::encode_frame(&command, 1024).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(close_code_of(&conn).await, Some(CloseCode::Malformed));
+
     // A flood: 10,000 commands per second.
     let (conn, mut send, _recv) = raw_player(&server, 5).await;
     let flood = async {
@@ -166,7 +179,7 @@ async fn offenders_get_their_own_code_and_others_play_on() {
         stats
             .closed_for_abuse
             .load(std::sync::atomic::Ordering::Relaxed),
-        3
+        4
     );
     assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 7);
     server.stop().await;

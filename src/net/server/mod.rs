@@ -140,7 +140,8 @@ pub struct NetStats {
     /// Connections refused on arrival at the QUIC level, without a close
     /// code, because too many `ServerFull` refusals were under way.
     pub refused_unanswered: AtomicU64,
-    /// Connections closed for garbage, oversized frames or floods.
+    /// Connections closed for garbage, oversized frames, floods or a
+    /// stopped control stream.
     pub closed_for_abuse: AtomicU64,
     /// Connections closed for lagging behind on reliable events.
     pub closed_for_lag: AtomicU64,

@@ -26,12 +26,34 @@ pub(super) async fn write_frame<E: serde::Serialize>(
     stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
     metrics::counter!(names::BYTES_SENT, "channel" => "stream").increment(frame.len() as u64);
     match tokio::time::timeout(send.timeout, send.stream.write_all(&frame)).await {
-        Ok(written) => written.map_err(|_| Lost),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(quinn::WriteError::Stopped(code))) => {
+            close_stopped_control(&send.conn, stats, code);
+            Err(Lost)
+        }
+        Ok(Err(_)) => Err(Lost),
         Err(_) => {
             close_slow_reader(&send.conn, stats, send.timeout, "a control frame");
             Err(Lost)
         }
     }
+}
+
+/// Closes a client that stopped the server's half of its control stream
+/// (`STOP_SENDING`): the protocol needs it for results and reliable events,
+/// so this is a protocol violation, closed as [`CloseCode::Malformed`].
+pub(super) fn close_stopped_control(
+    conn: &quinn::Connection,
+    stats: &NetStats,
+    code: quinn::VarInt,
+) {
+    stats.closed_for_abuse.fetch_add(1, Relaxed);
+    tracing::info!(remote = %conn.remote_address(), code = code.into_inner(), "client stopped its control stream; closing");
+    Refusal::new(
+        CloseCode::Malformed,
+        format!("the client stopped the control stream (code {code}); it carries results and reliable events"),
+    )
+    .close(conn);
 }
 
 /// Closes a client that left no room for a reliable write (`what`) within
