@@ -143,8 +143,6 @@ pub(crate) struct Shard<G: Game> {
     setups: Vec<(crate::store::MatchKey, Arc<[u8]>)>,
     /// Hand-overs asked for, done at the start of the next tick.
     handing_over: Vec<(Arc<str>, HandOverDone<G>)>,
-    /// The phase the next hosted match ticks in (round robin).
-    next_phase: u32,
 }
 
 /// Where a hand-over's outcome goes.
@@ -182,13 +180,26 @@ impl<G: Game> Shard<G> {
             backlog: None,
             setups: Vec::new(),
             handing_over: Vec::new(),
-            next_phase: 0,
         }
     }
 
     /// Steps per tick period (`EngineSettings::tick_phases`, at least 1).
     fn phases(&self) -> u32 {
         self.settings.tick_phases.max(1)
+    }
+
+    /// The phase with the fewest matches (the first of them on a tie), so
+    /// matches that end or move leave no phase crowded.
+    fn quietest_phase(&self) -> u32 {
+        let mut counts = vec![0usize; self.phases() as usize];
+        for hosted in self.matches.values() {
+            if let Some(count) = counts.get_mut(hosted.phase as usize) {
+                *count += 1;
+            }
+        }
+        (0..self.phases())
+            .min_by_key(|&phase| counts[phase as usize])
+            .unwrap_or(0)
     }
 
     /// The shard loop; returns after a shutdown message or when the engine is dropped.
@@ -260,6 +271,7 @@ impl<G: Game> Shard<G> {
                 if paused.is_some() {
                     self.stats.paused_matches.fetch_add(1, Relaxed);
                 }
+                let phase = self.quietest_phase();
                 self.matches.insert(
                     root,
                     Hosted {
@@ -268,10 +280,9 @@ impl<G: Game> Shard<G> {
                         events,
                         paused,
                         epoch,
-                        phase: self.next_phase,
+                        phase,
                     },
                 );
-                self.next_phase = (self.next_phase + 1) % self.phases();
             }
             ShardMsg::Command {
                 root,
