@@ -167,6 +167,10 @@ struct Args {
     /// network-split: the largest client count of the search.
     #[arg(long, default_value_t = 12_800)]
     network_max_clients: usize,
+    /// network-split: bisection rounds between the largest client count
+    /// that held and the smallest that failed (searches only).
+    #[arg(long, default_value_t = 2)]
+    network_refine: u32,
     /// network-split: players per match.
     #[arg(long, default_value_t = 8)]
     network_split_players: u32,
@@ -431,6 +435,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                 let config = netsplit::SplitConfig {
                     steps,
                     search,
+                    refine: args.network_refine,
                     players: args.network_split_players.clamp(1, 16),
                     tick_hz: args.engine_hz,
                     warmup_s: if quick { 1.0 } else { 3.0 },

@@ -7,7 +7,9 @@
 //! fixed-schedule load (one Move per tick from a random phase) or the
 //! reply-driven bots. After the joins and a warm-up, the window is measured
 //! on both sides. Steps double from 100 until p99 exceeds one tick + 5 ms
-//! or a client fails to join; the largest count that holds is reported.
+//! or a client fails to join, then bisect between the last two
+//! (`--network-refine` rounds, in whole matches); the largest count that
+//! holds is reported.
 //! `--network-compare-cores` runs the search twice: the server on its
 //! CPUs, then on every CPU of the two lists (the clients keep theirs).
 
@@ -32,6 +34,9 @@ pub struct SplitConfig {
     pub steps: Vec<usize>,
     /// Stop at the first step that does not hold.
     pub search: bool,
+    /// Bisection rounds between the largest count that held and the
+    /// smallest that failed (search only).
+    pub refine: u32,
     pub players: u32,
     pub tick_hz: u32,
     pub warmup_s: f64,
@@ -96,53 +101,48 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
     let mut held: Vec<(String, Option<usize>)> = Vec::new();
     for (setup_index, server_cpus) in setups.iter().enumerate() {
         let label = cpus_label(server_cpus.as_deref());
+        let cpus = server_cpus.as_deref();
         let mut largest = None;
+        let mut smallest_failed = None;
         for (index, &clients) in config.steps.iter().enumerate() {
-            progress(format!(
-                "network-split: {clients} clients, server on CPUs {label}, clients on CPUs {}, {:?} load",
-                cpus_label(config.client_cpus.as_deref()),
-                config.load
-            ));
-            let step = step(
-                config,
-                server_cpus.as_deref(),
-                clients,
-                format!("s{setup_index}x{index}"),
-                goal_ms,
-            )
-            .await?;
-            let c = &step.clients;
-            progress(format!(
-                "network-split {clients} (server CPUs {label}): joined {}/{}, refused {}, p50 {} p99 {} ms, \
-                 {} states/s and {} B/s per client, server CPU {}% ({} µs per client-s), clients {}%, others {}%{} -> {}",
-                c.joined,
-                c.clients,
-                c.refused,
-                num(c.p50_ms, 1),
-                num(c.p99_ms, 1),
-                num(c.states_per_client_s, 1),
-                num(c.bytes_per_client_s, 0),
-                report::opt(step.server_cpu_percent, 0),
-                report::opt(step.server_us_per_client_s, 0),
-                report::opt(step.client_cpu_percent, 0),
-                report::opt(step.others_cpu_percent, 0),
-                step.transmits_per_send_call
-                    .map_or(String::new(), |n| format!(
-                        ", {n:.1} datagrams per sendmmsg"
-                    )),
-                if step.holds { "holds" } else { "does not hold" }
-            ));
-            let holds = step.holds;
-            if holds {
+            let tag = format!("s{setup_index}x{index}");
+            let step = measure(config, cpus, clients, tag, goal_ms).await?;
+            if step.holds {
                 largest = Some(clients);
+            } else {
+                smallest_failed.get_or_insert(clients);
             }
             steps.push(step);
-            if config.search && !holds {
+            if config.search && smallest_failed.is_some() {
                 break;
             }
         }
+        // Bisect between the largest count that held and the smallest that
+        // failed, in whole matches.
+        let players = config.players.max(1) as usize;
+        for round in 0..if config.search { config.refine } else { 0 } {
+            let (Some(held), Some(failed)) = (largest, smallest_failed) else {
+                break;
+            };
+            let mid = (held + failed) / 2 / players * players;
+            if mid <= held || mid >= failed {
+                break;
+            }
+            let tag = format!("s{setup_index}r{round}");
+            let step = measure(config, cpus, mid, tag, goal_ms).await?;
+            if step.holds {
+                largest = Some(mid);
+            } else {
+                smallest_failed = Some(mid);
+            }
+            steps.push(step);
+        }
         held.push((label, largest));
     }
+    steps.sort_by(|a, b| {
+        (setups_index(&setups, &a.server_cpus), a.clients.clients)
+            .cmp(&(setups_index(&setups, &b.server_cpus), b.clients.clients))
+    });
 
     let mut table = Table::new(
         format!(
@@ -235,7 +235,7 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
         let ratio = *two as f64 / *one as f64;
         targets.push(Target::new(
             "network-split",
-            "clients held, server on 2 cores vs 1 (steps double: a coarse ratio)",
+            "clients held, server on 2 cores vs 1",
             ">= 1.8x",
             format!("{ratio:.2}x"),
             Some(ratio >= 1.8),
@@ -264,6 +264,53 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
 }
 
 /// One client count: a fresh server process and a fresh client process.
+/// The order of the setup whose CPUs are `label`, for sorting steps.
+fn setups_index(setups: &[Option<Vec<usize>>], label: &str) -> usize {
+    setups
+        .iter()
+        .position(|cpus| cpus_label(cpus.as_deref()) == label)
+        .unwrap_or(usize::MAX)
+}
+
+/// Runs one step with progress lines before and after.
+async fn measure(
+    config: &SplitConfig,
+    server_cpus: Option<&[usize]>,
+    clients: usize,
+    tag: String,
+    goal_ms: f64,
+) -> anyhow::Result<SplitStep> {
+    let label = cpus_label(server_cpus);
+    progress(format!(
+        "network-split: {clients} clients, server on CPUs {label}, clients on CPUs {}, {:?} load",
+        cpus_label(config.client_cpus.as_deref()),
+        config.load
+    ));
+    let step = step(config, server_cpus, clients, tag, goal_ms).await?;
+    let c = &step.clients;
+    progress(format!(
+        "network-split {clients} (server CPUs {label}): joined {}/{}, refused {}, p50 {} p99 {} ms, \
+         {} states/s and {} B/s per client, server CPU {}% ({} µs per client-s), clients {}%, others {}%{} -> {}",
+        c.joined,
+        c.clients,
+        c.refused,
+        num(c.p50_ms, 1),
+        num(c.p99_ms, 1),
+        num(c.states_per_client_s, 1),
+        num(c.bytes_per_client_s, 0),
+        report::opt(step.server_cpu_percent, 0),
+        report::opt(step.server_us_per_client_s, 0),
+        report::opt(step.client_cpu_percent, 0),
+        report::opt(step.others_cpu_percent, 0),
+        step.transmits_per_send_call
+            .map_or(String::new(), |n| format!(
+                ", {n:.1} datagrams per sendmmsg"
+            )),
+        if step.holds { "holds" } else { "does not hold" }
+    ));
+    Ok(step)
+}
+
 async fn step(
     config: &SplitConfig,
     server_cpus: Option<&[usize]>,
