@@ -254,6 +254,7 @@ struct RawNet {
     test_datagram_loss_per_mille: Option<u16>,
     test_datagram_loss_seed: Option<u64>,
     batch_sends: Option<bool>,
+    socket_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -774,6 +775,17 @@ fn net_config(
             ));
         }
     };
+    let socket_buffer_bytes = match raw.socket_buffer_bytes {
+        None => defaults.socket_buffer_bytes,
+        Some(n @ (0 | 65_536..=268_435_456)) => n,
+        Some(n) => {
+            return Err(invalid(
+                "net.socket_buffer_bytes",
+                &n,
+                "must be 0 (the kernel's default) or 65536 to 268435456",
+            ));
+        }
+    };
     let datagram_loss = match raw.test_datagram_loss_per_mille {
         None | Some(0) => None,
         Some(n @ 1..=1000) => Some(DatagramLoss {
@@ -805,6 +817,7 @@ fn net_config(
         write_timeout,
         datagram_loss,
         batch_sends: raw.batch_sends.unwrap_or(defaults.batch_sends),
+        socket_buffer_bytes,
         ..defaults
     })
 }
@@ -1058,6 +1071,28 @@ mod tests {
                 .secret
                 .is_some()
         );
+    }
+
+    #[test]
+    fn socket_buffer_bytes_is_read_and_checked() {
+        let defaults = Config::load_with_env(None, no_env).unwrap().net;
+        assert_eq!(
+            defaults.socket_buffer_bytes,
+            crate::net::socket::DEFAULT_SOCKET_BUFFER_BYTES
+        );
+        for value in [0, 65_536, 8 << 20] {
+            let text = format!("[net]\nsocket_buffer_bytes = {value}\n");
+            let config = Config::parse(&text, "t.toml", no_env).unwrap();
+            assert_eq!(config.net.socket_buffer_bytes, value);
+        }
+        for value in [1, 65_535, 1 << 30] {
+            let text = format!("[net]\nsocket_buffer_bytes = {value}\n");
+            let err = Config::parse(&text, "t.toml", no_env).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { ref key, .. } if key == "net.socket_buffer_bytes"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`tls`]: certificates from files, or a self-signed development certificate.
 //! - [`admission`]: pure admission limits and the headroom sample they read (connections,
 //!   tick budget used, scheduling lag); refusals say `ServerFull` with a retry hint.
+//! - [`socket`]: binding the endpoint's UDP socket with kernel buffers sized
+//!   for bursts from many clients.
 //! - [`udp_batch`]: the endpoint's UDP socket that sends many datagrams per
 //!   system call across clients (`sendmmsg`), when `batch_sends` asks for it.
 //! - [`server`]: one quinn endpoint hosting many matches (listener, per-connection
@@ -44,6 +46,7 @@ pub mod placement;
 pub mod protocol;
 pub mod server;
 mod slots;
+pub mod socket;
 pub mod tickets;
 pub mod tls;
 pub mod udp_batch;
@@ -157,6 +160,9 @@ pub struct NetConfig {
     /// (`sendmmsg`, Linux only; see [`udp_batch`]). Elsewhere the stock
     /// socket is used, with a warning.
     pub batch_sends: bool,
+    /// Kernel receive and send buffers of the endpoint's UDP socket, each,
+    /// in bytes (0 = the kernel's default; see [`socket`]).
+    pub socket_buffer_bytes: usize,
 }
 
 impl NetConfig {
@@ -193,6 +199,7 @@ impl Default for NetConfig {
             write_timeout: Duration::from_secs(2),
             datagram_loss: None,
             batch_sends: false,
+            socket_buffer_bytes: socket::DEFAULT_SOCKET_BUFFER_BYTES,
         }
     }
 }

@@ -69,12 +69,14 @@ pub struct SendBatchStats {
 pub fn server_endpoint(
     listen: SocketAddr,
     batch_sends: bool,
+    socket_buffer_bytes: usize,
     server_config: quinn::ServerConfig,
 ) -> std::io::Result<(quinn::Endpoint, Option<Arc<SendBatchStats>>)> {
+    let (udp, _) = super::socket::bind_udp(listen, socket_buffer_bytes)?;
     if batch_sends {
         #[cfg(target_os = "linux")]
         {
-            let socket = BatchingSocket::bind(listen)?;
+            let socket = BatchingSocket::from_std(udp)?;
             let stats = socket.stats();
             let endpoint = quinn::Endpoint::new_with_abstract_socket(
                 quinn::EndpointConfig::default(),
@@ -87,7 +89,13 @@ pub fn server_endpoint(
         #[cfg(not(target_os = "linux"))]
         tracing::warn!("net.batch_sends needs Linux (sendmmsg); using the stock UDP socket");
     }
-    Ok((quinn::Endpoint::server(server_config, listen)?, None))
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((endpoint, None))
 }
 
 #[cfg(target_os = "linux")]
@@ -157,8 +165,12 @@ mod linux {
     impl BatchingSocket {
         /// Binds `addr` and starts the flusher task. Within a tokio runtime.
         pub fn bind(addr: SocketAddr) -> io::Result<Arc<Self>> {
+            Self::from_std(std::net::UdpSocket::bind(addr)?)
+        }
+
+        /// Takes a bound socket and starts the flusher task. Within a tokio runtime.
+        pub fn from_std(std_socket: std::net::UdpSocket) -> io::Result<Arc<Self>> {
             let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-            let std_socket = std::net::UdpSocket::bind(addr)?;
             let state = UdpSocketState::new((&std_socket).into())?;
             let _guard = runtime.enter();
             let io = tokio::net::UdpSocket::from_std(std_socket)?;

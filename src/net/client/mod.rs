@@ -108,6 +108,9 @@ pub struct ClientConfig {
     /// Test hook: drop some outgoing input datagrams (seeded). `None`
     /// (the default) outside loss tests.
     pub test_input_datagram_loss: Option<DatagramLoss>,
+    /// Kernel receive and send buffers of the client's UDP socket, each,
+    /// in bytes (0 = the kernel's default; see [`crate::net::socket`]).
+    pub socket_buffer_bytes: usize,
 }
 
 impl ClientConfig {
@@ -123,6 +126,7 @@ impl ClientConfig {
             retry_for: Duration::from_secs(30),
             fallback: Vec::new(),
             test_input_datagram_loss: None,
+            socket_buffer_bytes: 1 << 20,
         }
     }
 
@@ -329,8 +333,14 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
+        let bind_error = |e: std::io::Error| ClientError::Bind(e.to_string());
+        let (socket, _) =
+            crate::net::socket::bind_udp(bind, config.socket_buffer_bytes).map_err(bind_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ClientError::Bind("not within an async runtime".into()))?;
         let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Bind(e.to_string()))?;
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(bind_error)?;
         Self::with_endpoint(endpoint, config)
     }
 

@@ -276,13 +276,16 @@ impl<G: Game, S: Store> Server<G, S> {
     pub fn bind(engine: Arc<Engine<G, S>>, config: NetConfig) -> Result<Self, NetError> {
         let cert = tls::load_server_cert(&config.tls)?;
         let server_config = tls::server_config(&cert, config.idle_timeout)?;
-        let (endpoint, send_batches) =
-            udp_batch::server_endpoint(config.listen, config.batch_sends, server_config).map_err(
-                |source| NetError::Bind {
-                    addr: config.listen,
-                    source,
-                },
-            )?;
+        let (endpoint, send_batches) = udp_batch::server_endpoint(
+            config.listen,
+            config.batch_sends,
+            config.socket_buffer_bytes,
+            server_config,
+        )
+        .map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,
