@@ -167,6 +167,11 @@ struct Args {
     /// network-split: the largest client count of the search.
     #[arg(long, default_value_t = 12_800)]
     network_max_clients: usize,
+    /// network-split: seconds a client's join retries `ServerFull`
+    /// refusals and failed handshakes, with backoff, as the client library
+    /// does (0 = a client refused once counts as refused).
+    #[arg(long, default_value_t = 15.0)]
+    network_join_retry_s: f64,
     /// network-split: bisection rounds between the largest client count
     /// that held and the smallest that failed (searches only).
     #[arg(long, default_value_t = 2)]
@@ -436,6 +441,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     steps,
                     search,
                     refine: args.network_refine,
+                    join_retry_s: args.network_join_retry_s,
                     players: args.network_split_players.clamp(1, 16),
                     tick_hz: args.engine_hz,
                     warmup_s: if quick { 1.0 } else { 3.0 },

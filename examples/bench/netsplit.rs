@@ -34,6 +34,9 @@ pub struct SplitConfig {
     pub steps: Vec<usize>,
     /// Stop at the first step that does not hold.
     pub search: bool,
+    /// How long a client's join retries refusals (the client library's
+    /// `retry_for`; 0 counts the first refusal).
+    pub join_retry_s: f64,
     /// Bisection rounds between the largest count that held and the
     /// smallest that failed (search only).
     pub refine: u32,
@@ -174,11 +177,7 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
             s.server_cpus.clone(),
             c.clients.to_string(),
             c.joined.to_string(),
-            if c.join_errors > 0 {
-                format!("{} (+{} failed)", c.refused, c.join_errors)
-            } else {
-                c.refused.to_string()
-            },
+            refused_cell(c),
             num(c.p50_ms, 1),
             num(c.p90_ms, 1),
             num(c.p99_ms, 1),
@@ -196,11 +195,14 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
     table.note(format!(
         "clients on CPUs {}; latency: command handed to the client library -> first state at or after \
          the tick it was applied on; holds: p99 <= {goal_ms:.1} ms and every client joined and stayed. \
+         refused: still refused with ServerFull after retrying for {} s (retries: how many the joined \
+         clients needed). \
          B/s/client: state and frame payload received (no QUIC/UDP headers). Server CPU from \
          /proc/<pid>/stat over the window; sends skipped: scheduled Moves the client process was \
          a whole period late for (the clients, not the server, were short of CPU); others: the \
          rest of the machine meanwhile (% of one core); both processes at nice {}.",
         cpus_label(config.client_cpus.as_deref()),
+        config.join_retry_s,
         config.nice
     ));
     let mut targets = Vec::new();
@@ -264,6 +266,19 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
 }
 
 /// One client count: a fresh server process and a fresh client process.
+/// Clients still refused after their retries, those whose joins failed
+/// otherwise, and the retries the joined ones needed.
+fn refused_cell(c: &ClientsResult) -> String {
+    let mut cell = c.refused.to_string();
+    if c.join_errors > 0 {
+        cell += &format!(" (+{} failed)", c.join_errors);
+    }
+    if c.join_retries > 0 {
+        cell += &format!(", {} retries", c.join_retries);
+    }
+    cell
+}
+
 /// The order of the setup whose CPUs are `label`, for sorting steps.
 fn setups_index(setups: &[Option<Vec<usize>>], label: &str) -> usize {
     setups
@@ -345,6 +360,7 @@ async fn step(
         warmup_s: config.warmup_s,
         measure_s: config.measure_s,
         prefix,
+        join_retry_s: config.join_retry_s,
     };
     let mut load = LineChild::spawn(
         "net-clients",

@@ -10,8 +10,10 @@
 //! states) and the latency of one is from handing it to the session until
 //! the first state at or after the tick its `Applied` names.
 //!
-//! Clients join in waves; a client refused with `ServerFull` counts as
-//! refused and does not retry. After the joins and a warm-up the process
+//! Clients join in waves. As the client library does, a client refused
+//! with `ServerFull` (or whose handshake failed) tries again after the wait
+//! asked for, with backoff, for up to `join_retry_s`; one still refused
+//! then counts as refused (with `join_retry_s` 0 at its first refusal). After the joins and a warm-up the process
 //! prints `WINDOW-START`, measures, prints `WINDOW-END`, then its result.
 
 use std::collections::VecDeque;
@@ -64,6 +66,8 @@ pub struct ClientsSpec {
     pub measure_s: f64,
     /// Match ids start with this (a fresh prefix per step).
     pub prefix: String,
+    /// How long a join keeps retrying refusals and failed handshakes.
+    pub join_retry_s: f64,
 }
 
 /// What the client process measured over its window.
@@ -73,6 +77,9 @@ pub struct ClientsResult {
     pub joined: u64,
     pub refused: u64,
     pub join_errors: u64,
+    /// Retries the joined clients needed (refusals and failed handshakes
+    /// they got past).
+    pub join_retries: u64,
     /// Sessions that ended during the run (closed by the server or lost).
     pub ended: u64,
     pub join_s: f64,
@@ -103,6 +110,7 @@ struct Counters {
     joined: AtomicU64,
     refused: AtomicU64,
     join_errors: AtomicU64,
+    join_retries: AtomicU64,
     ended: AtomicU64,
     commands: AtomicU64,
     rejected: AtomicU64,
@@ -118,6 +126,7 @@ impl Counters {
             joined: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             join_errors: AtomicU64::new(0),
+            join_retries: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -177,6 +186,14 @@ enum Load {
 }
 
 impl Load {
+    /// Retries the joined clients of the schedule load needed.
+    fn join_retries(&self) -> u64 {
+        match self {
+            Load::Schedule(c) => c.join_retries.load(Relaxed),
+            Load::Replies(_) => 0,
+        }
+    }
+
     fn read(&self) -> Reading {
         match self {
             Load::Schedule(c) => {
@@ -235,8 +252,7 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
     ));
     let mut config = ClientConfig::trusting_file(spec.server, &spec.cert)
         .context("reading the server's certificate")?;
-    // A refusal is counted, not retried.
-    config.retry_for = Duration::ZERO;
+    config.retry_for = Duration::from_secs_f64(spec.join_retry_s.max(0.0));
     let period = Duration::from_secs_f64(1.0 / f64::from(spec.tick_hz.max(1)));
     let players = spec.players.max(1) as usize;
     let matches = spec.clients.div_ceil(players);
@@ -362,6 +378,7 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
         joined: after.joined,
         refused: after.refused,
         join_errors: after.join_errors,
+        join_retries: load.join_retries(),
         ended: after.ended,
         join_s,
         window_s,
@@ -456,6 +473,9 @@ async fn scheduled_client(
         }
     };
     counters.joined.fetch_add(1, Relaxed);
+    counters
+        .join_retries
+        .fetch_add(session.stats().retries.load(Relaxed), Relaxed);
     counters
         .sessions
         .lock()
