@@ -166,6 +166,18 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// How long the server waits for a QUIC handshake to complete. A stalled
+    /// handshake ends earlier, at quinn's idle timeout; this bounds one that
+    /// trickles. It is twice the idle timeout, longer than the client
+    /// library waits (its own idle timeout, 10 s by default), so a handshake
+    /// slowed by a loaded machine (lost packets wait for retransmit timers)
+    /// is not abandoned while its client still waits: abandoning it would
+    /// close it with a bare transport error, before the server could say
+    /// `ServerFull` or anything else.
+    pub fn handshake_limit(&self) -> Duration {
+        (self.idle_timeout * 2).max(self.hello_timeout)
+    }
+
     /// The limits new connections are admitted under.
     pub fn admission(&self) -> admission::AdmissionLimits {
         admission::AdmissionLimits {

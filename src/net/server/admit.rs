@@ -22,7 +22,7 @@ pub(super) async fn handle_connection<G: Game, S: Store>(
     incoming: quinn::Incoming,
 ) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(shared.config.hello_timeout, incoming).await {
+    let conn = match tokio::time::timeout(shared.config.handshake_limit(), incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "handshake failed");

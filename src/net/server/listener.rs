@@ -80,7 +80,7 @@ pub(super) fn refuse_full<G: Game, S: Store>(
         incoming.refuse();
         return;
     };
-    let handshake_timeout = shared.config.hello_timeout;
+    let handshake_timeout = shared.config.handshake_limit();
     tokio::spawn(async move {
         let remote = incoming.remote_address();
         if let Ok(Ok(conn)) = tokio::time::timeout(handshake_timeout, incoming).await {
