@@ -55,6 +55,8 @@ pub struct AdmissionLimits {
 pub struct Load {
     /// Connections open (admitted or being admitted).
     pub connections: usize,
+    /// Connections open when the CPU was sampled.
+    pub sampled_connections: usize,
     /// CPU the process used over the last sample, in percent of the cores
     /// it may run on.
     pub cpu_percent: u32,
@@ -77,9 +79,12 @@ pub enum Full {
         limit: usize,
     },
     /// The process uses too much of its cores.
-    #[error("server busy: {percent}% of its CPU in use, the limit is {limit}%")]
+    #[error(
+        "server busy: {percent}% of its CPU in use with the connections open now, the limit is {limit}%"
+    )]
     Cpu {
-        /// Measured.
+        /// Measured, and projected over the connections admitted since
+        /// (see [`Load::projected_cpu_percent`]).
         percent: u32,
         /// `admit_max_cpu_percent`.
         limit: u32,
@@ -102,6 +107,23 @@ pub enum Full {
     },
 }
 
+impl Load {
+    /// The CPU the connections open now will use: the sample, scaled by
+    /// how many more connections are open than when it was taken. A
+    /// connection admitted just now costs nothing yet in the sample; without
+    /// this, every client of a join storm that arrives within one sample
+    /// would be admitted on the same low figure, and together they would
+    /// overshoot the limit.
+    pub fn projected_cpu_percent(&self) -> u32 {
+        if self.sampled_connections == 0 || self.connections <= self.sampled_connections {
+            return self.cpu_percent;
+        }
+        let scaled =
+            u64::from(self.cpu_percent) * self.connections as u64 / self.sampled_connections as u64;
+        u32::try_from(scaled).unwrap_or(u32::MAX)
+    }
+}
+
 impl AdmissionLimits {
     /// Whether any limit needs the load sampled (all but the connection cap).
     pub fn measures_headroom(&self) -> bool {
@@ -116,9 +138,10 @@ impl AdmissionLimits {
                 limit: self.max_connections,
             });
         }
-        if self.max_cpu_percent > 0 && load.cpu_percent > self.max_cpu_percent {
+        let cpu_percent = load.projected_cpu_percent();
+        if self.max_cpu_percent > 0 && cpu_percent > self.max_cpu_percent {
             return Some(Full::Cpu {
-                percent: load.cpu_percent,
+                percent: cpu_percent,
                 limit: self.max_cpu_percent,
             });
         }
@@ -142,6 +165,7 @@ impl AdmissionLimits {
 #[derive(Debug, Default)]
 pub struct Headroom {
     cpu_percent: AtomicU64,
+    sampled_connections: AtomicU64,
     tick_load_percent: AtomicU64,
     lag_micros: AtomicU64,
 }
@@ -151,6 +175,8 @@ impl Headroom {
     pub fn load(&self, connections: usize) -> Load {
         Load {
             connections,
+            sampled_connections: usize::try_from(self.sampled_connections.load(Relaxed))
+                .unwrap_or(usize::MAX),
             cpu_percent: u32::try_from(self.cpu_percent.load(Relaxed)).unwrap_or(u32::MAX),
             tick_load_percent: u32::try_from(self.tick_load_percent.load(Relaxed))
                 .unwrap_or(u32::MAX),
@@ -158,8 +184,9 @@ impl Headroom {
         }
     }
 
-    fn publish(&self, cpu_percent: u32, tick_load_percent: u32, lag: Duration) {
+    fn publish(&self, cpu_percent: u32, connections: usize, tick_load_percent: u32, lag: Duration) {
         self.cpu_percent.store(u64::from(cpu_percent), Relaxed);
+        self.sampled_connections.store(connections as u64, Relaxed);
         self.tick_load_percent
             .store(u64::from(tick_load_percent), Relaxed);
         self.lag_micros
@@ -230,10 +257,12 @@ pub fn cpu_percent(used: f64, wall: Duration, cores: usize) -> u32 {
 
 /// Keeps `headroom` current until `stop` is told: a timer every
 /// [`PROBE_EVERY`] measures the lag, and every [`SAMPLE_EVERY`] the mean
-/// lag and the tick load since the last sample are published.
+/// lag, the tick load and the CPU since the last sample are published, with
+/// the connections `open` then.
 pub async fn sample<G: Game, S: Store>(
     engine: Arc<Engine<G, S>>,
     headroom: Arc<Headroom>,
+    open: impl Fn() -> usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let shards = engine.settings().shards;
@@ -266,7 +295,7 @@ pub async fn sample<G: Game, S: Store>(
                 _ => 0,
             };
             cpu_before = cpu_now;
-            headroom.publish(cpu, tick_load, lag_sum / probes.max(1));
+            headroom.publish(cpu, open(), tick_load, lag_sum / probes.max(1));
             lag_sum = Duration::ZERO;
             probes = 0;
             window_start = now;
@@ -292,6 +321,7 @@ mod tests {
     fn each_limit_refuses_on_its_own_and_zero_turns_it_off() {
         let calm = Load {
             connections: 9,
+            sampled_connections: 9,
             cpu_percent: 85,
             tick_load_percent: 80,
             lag: Duration::from_millis(15),
@@ -343,6 +373,7 @@ mod tests {
         };
         let swamped = Load {
             connections: 0,
+            sampled_connections: 0,
             cpu_percent: 400,
             tick_load_percent: 500,
             lag: Duration::from_secs(1),
@@ -350,6 +381,46 @@ mod tests {
         assert_eq!(off.verdict(&swamped), None);
         assert!(limits().measures_headroom());
         assert!(!off.measures_headroom());
+    }
+
+    #[test]
+    fn cpu_is_projected_over_connections_admitted_since_the_sample() {
+        let limits = AdmissionLimits {
+            max_connections: 1000,
+            ..limits()
+        };
+        // 60 % with 300 open; 100 more arrived within the sample: 80 %.
+        let storm = Load {
+            connections: 400,
+            sampled_connections: 300,
+            cpu_percent: 60,
+            ..Load::default()
+        };
+        assert_eq!(storm.projected_cpu_percent(), 80);
+        assert_eq!(limits.verdict(&storm), None);
+        // 130 more: 86 %, over the limit of 85 though the sample says 60.
+        let more = Load {
+            connections: 430,
+            ..storm
+        };
+        assert_eq!(
+            limits.verdict(&more),
+            Some(Full::Cpu {
+                percent: 86,
+                limit: 85
+            })
+        );
+        // Fewer open than sampled, or nothing sampled yet: the sample as it is.
+        let left = Load {
+            connections: 100,
+            ..storm
+        };
+        assert_eq!(left.projected_cpu_percent(), 60);
+        let first = Load {
+            sampled_connections: 0,
+            ..storm
+        };
+        assert_eq!(first.projected_cpu_percent(), 60);
     }
 
     #[test]

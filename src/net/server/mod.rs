@@ -406,9 +406,14 @@ impl<G: Game, S: Store> Server<G, S> {
         let _sweeper = AbortOnDrop(tokio::spawn(forget_ended_matches(self.shared.clone())));
         // The load is sampled only when a headroom limit reads it.
         let _sampler = self.shared.config.admission().measures_headroom().then(|| {
+            let places = limit.clone();
+            let capacity = self.shared.config.max_connections.max(1);
+            // Counted as the accept path counts them (handshakes included).
+            let open = move || capacity.saturating_sub(places.available_permits());
             AbortOnDrop(tokio::spawn(admission::sample(
                 self.shared.engine.clone(),
                 self.shared.headroom.clone(),
+                open,
                 self.shared.shutdown.clone(),
             )))
         });
