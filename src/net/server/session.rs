@@ -176,6 +176,23 @@ pub(super) async fn run_session<G: Game, S: Store>(
     {
         return Ended::Dropped;
     }
+    // From now on the match's fan-out sends the states.
+    let write_timeout = states.write_timeout;
+    let streaming = Arc::new(AtomicBool::new(false));
+    let (to_session, mut from_fanout) = mpsc::unbounded_channel();
+    join_fanout(
+        shared,
+        &hub,
+        &root,
+        &feed.updates,
+        Subscriber {
+            conn: conn.clone(),
+            states,
+            view,
+            streaming: streaming.clone(),
+            to_session,
+        },
+    );
     let mut events_open = true;
     loop {
         tokio::select! {
@@ -235,19 +252,15 @@ pub(super) async fn run_session<G: Game, S: Store>(
                 }
                 Err(broadcast::error::RecvError::Closed) => events_open = false,
             },
-            changed = feed.updates.changed() => {
-                if changed.is_err() {
-                    // The match left the engine without a final state: it
-                    // moved to another node, or the engine is stopping.
-                    // The client may resume (there, or here later).
-                    match_left(shared, &root).await.close(conn);
-                    return Ended::Shutdown;
+            from_fanout = from_fanout.recv() => match from_fanout {
+                Some(FromFanout::Stream(bytes)) => {
+                    let sent = send_state_on_stream(conn, &bytes, &stats, write_timeout).await;
+                    streaming.store(false, std::sync::atomic::Ordering::Release);
+                    if sent.is_err() {
+                        return Ended::Dropped;
+                    }
                 }
-                let Some(update) = feed.updates.borrow_and_update().clone() else { continue };
-                if !states.due(&update) {
-                    continue;
-                }
-                if update.over {
+                Some(FromFanout::Over { update, mut states }) => {
                     // Events of the last tick were broadcast before its state.
                     while let Ok(envelope) = feed.events.try_recv() {
                         if let Some(since) = cursor.offer(envelope.sequence, sends(&envelope.event)) {
@@ -260,10 +273,20 @@ pub(super) async fn run_session<G: Game, S: Store>(
                     finish_match(shared, conn, &mut send, &mut states, &hub, (&root, view), &update).await;
                     return Ended::MatchOver;
                 }
-                if send_state(shared, conn, &mut states, &hub, (&root, view), &update).await.is_err() {
+                Some(FromFanout::Left) => {
+                    // The match left the engine without a final state: it
+                    // moved to another node, or the engine is stopping.
+                    // The client may resume (there, or here later).
+                    match_left(shared, &root).await.close(conn);
+                    return Ended::Shutdown;
+                }
+                None => {
+                    // The fan-out dropped this connection: it is lost, or
+                    // the fan-out stopped unexpectedly.
+                    Refusal::new(CloseCode::Internal, "states stopped; resume").close(conn);
                     return Ended::Dropped;
                 }
-            }
+            },
         }
     }
 }
@@ -281,7 +304,7 @@ pub(super) async fn finish_match<G: Game, S: Store>(
     conn: &quinn::Connection,
     send: &mut Control,
     states: &mut StateStream,
-    hub: &Hub,
+    hub: &Hub<G::State>,
     view: (&Arc<str>, Viewer),
     update: &MatchUpdate<G::State>,
 ) {
