@@ -18,12 +18,10 @@ use tickforge::game::{PlayerId, Tick};
 /// The latest tick the engine published for `root`.
 fn engine_tick(server: &TestServer, root: &str) -> Tick {
     let feed = server.engine.subscribe(root).expect("the match is hosted");
-    let tick = feed
-        .updates
+    feed.updates
         .borrow()
         .as_ref()
-        .map_or(0, |update| update.tick);
-    tick
+        .map_or(0, |update| update.tick)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
