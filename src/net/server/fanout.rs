@@ -2,20 +2,26 @@
 //! tick's state datagram to every connection of the match, so no session
 //! task is woken per tick.
 //!
-//! A session sends its first state itself, then hands its [`StateStream`]
-//! to the match's fan-out through the hub ([`join_fanout`]); the first one
-//! to join starts the fan-out. Per tick and connection the fan-out runs
-//! the same synchronous step as the session's first state
+//! A session sends its first state itself, then hands its [`StateStream`],
+//! its event receiver and cursor to the match's fan-out through the hub
+//! ([`join_fanout`]); the first one to join starts the fan-out. Per tick
+//! and connection the fan-out takes the events the connection has not
+//! examined (skipping those it is not sent, such as unreliable moves),
+//! then runs the same synchronous step as the session's first state
 //! ([`try_datagram_state`]). What needs awaiting goes back to the session
-//! on its own channel ([`FromFanout`]): a state too large for a datagram
-//! (the connection is skipped until the session has written it), the end
-//! of the match (with the state stream, for the final state), the match
-//! leaving the engine. A connection whose session ended or whose
+//! on its own channel ([`FromFanout`]): reliable events to write before
+//! the tick's state (the whole subscriber goes back; the session writes
+//! them, sends the state and joins again), a state too large for a
+//! datagram (the connection is skipped until the session has written it),
+//! the end of the match (with the subscriber, for the last events and the
+//! final state), the match leaving the engine. A connection whose session ended or whose
 //! connection is lost is dropped. The fan-out ends when the match is over,
 //! when it leaves the engine, or when no connection is left (a later
 //! session starts another one).
 
 use std::sync::atomic::Ordering::{Acquire, Release};
+
+use crate::engine::EventEnvelope;
 
 use super::*;
 
@@ -23,30 +29,71 @@ use super::*;
 pub(super) type Updates<T> = watch::Receiver<Option<Arc<MatchUpdate<T>>>>;
 
 /// The way into a running fan-out (kept in the match's [`Hub`]).
-pub(super) type FanoutJoin<T> = mpsc::UnboundedSender<Subscriber<T>>;
+pub(super) type FanoutJoin<G> = mpsc::UnboundedSender<Subscriber<G>>;
 
-/// One connection served by a fan-out (`T` is the game's state type).
-pub(super) struct Subscriber<T> {
+/// A match's event receiver.
+pub(super) type Events<G> = broadcast::Receiver<Arc<EventEnvelope<<G as Game>::Event>>>;
+
+/// One connection served by a fan-out.
+pub(super) struct Subscriber<G: Game> {
     pub(super) conn: quinn::Connection,
     pub(super) states: StateStream,
+    /// Who the client is (which events it is sent).
+    pub(super) viewer: Viewer,
     /// The view this connection gets ([`view_key`]).
     pub(super) view: Viewer,
+    /// The match's events from the session's subscription on.
+    pub(super) events: Events<G>,
+    /// Whether `events` may still deliver.
+    pub(super) events_open: bool,
+    /// Which reliable events the client has been sent.
+    pub(super) cursor: EventCursor,
     /// Set by the fan-out when it hands the session a state for a stream,
     /// cleared by the session once written: no state goes out meanwhile.
     pub(super) streaming: Arc<AtomicBool>,
-    pub(super) to_session: mpsc::UnboundedSender<FromFanout<T>>,
+    pub(super) to_session: mpsc::UnboundedSender<FromFanout<G>>,
+    /// Held while the session has it back for reliable events.
+    pub(super) away: Option<Away>,
 }
 
+/// Counts, for a fan-out, a connection its session has back for reliable
+/// events, until it joins again or its session ends (dropping this): a
+/// fan-out whose connections are all away does not end.
+pub(super) struct Away(Arc<AtomicUsize>);
+
+impl Away {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Away {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Reliable events for a client: (the `since` to send, the event).
+pub(super) type PendingEvents<G> = Vec<(u64, Arc<EventEnvelope<<G as Game>::Event>>)>;
+
 /// What a fan-out hands back to a session.
-pub(super) enum FromFanout<T> {
+pub(super) enum FromFanout<G: Game> {
     /// A state too large for a datagram: the session sends it on a stream
     /// ([`send_state_on_stream`]), then clears `streaming`.
     Stream(Bytes),
-    /// The match is over: its final update, and the connection's state
-    /// stream back for the final state.
+    /// Reliable events to write before the state of `update`: the session
+    /// writes them, sends that state when due, and joins again.
+    Events {
+        pending: PendingEvents<G>,
+        update: Arc<MatchUpdate<G::State>>,
+        subscriber: Box<Subscriber<G>>,
+    },
+    /// The match is over: its final update, and the subscriber back for
+    /// the last events and the final state.
     Over {
-        update: Arc<MatchUpdate<T>>,
-        states: StateStream,
+        update: Arc<MatchUpdate<G::State>>,
+        subscriber: Box<Subscriber<G>>,
     },
     /// The match left the engine without a final state.
     Left,
@@ -56,10 +103,10 @@ pub(super) enum FromFanout<T> {
 /// `updates`, the session's own receiver) when none runs.
 pub(super) fn join_fanout<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
-    hub: &Arc<Hub<G::State>>,
+    hub: &Arc<Hub<G>>,
     root: &Arc<str>,
     updates: &Updates<G::State>,
-    subscriber: Subscriber<G::State>,
+    subscriber: Subscriber<G>,
 ) {
     let mut join = hub.fanout();
     let subscriber = match join.as_ref() {
@@ -81,6 +128,7 @@ pub(super) fn join_fanout<G: Game, S: Store>(
         updates: updates.clone(),
         joining,
         subscribers: Vec::new(),
+        away: Arc::default(),
     };
     fanout.add(subscriber);
     tokio::spawn(fanout.run());
@@ -89,11 +137,13 @@ pub(super) fn join_fanout<G: Game, S: Store>(
 /// The fan-out task of one match.
 struct Fanout<G: Game, S: Store> {
     shared: Arc<Shared<G, S>>,
-    hub: Arc<Hub<G::State>>,
+    hub: Arc<Hub<G>>,
     root: Arc<str>,
     updates: Updates<G::State>,
-    joining: mpsc::UnboundedReceiver<Subscriber<G::State>>,
-    subscribers: Vec<Subscriber<G::State>>,
+    joining: mpsc::UnboundedReceiver<Subscriber<G>>,
+    subscribers: Vec<Subscriber<G>>,
+    /// Connections whose sessions have them back for reliable events.
+    away: Arc<AtomicUsize>,
 }
 
 impl<G: Game, S: Store> Drop for Fanout<G, S> {
@@ -132,56 +182,76 @@ impl<G: Game, S: Store> Fanout<G, S> {
                     self.add(subscriber);
                     // It may have joined after this tick went out.
                     let latest = self.updates.borrow().clone();
-                    if let Some(update) = latest {
-                        if update.over {
-                            // The match ends at this fan-out's next wake.
-                            continue;
-                        }
-                        if let Some(newest) = self.subscribers.last_mut()
-                            && !offer(&self.shared, &self.hub, &self.root, newest, &update)
-                        {
-                            self.subscribers.pop();
-                            self.shared.stats.fanout_connections.fetch_sub(1, Relaxed);
-                        }
+                    if let Some(update) = latest
+                        // Else the match ends at this fan-out's next wake.
+                        && !update.over
+                    {
+                        let newest = self.subscribers.len() - 1;
+                        self.serve(newest, &update);
                     }
                 }
             }
         }
     }
 
-    fn add(&mut self, subscriber: Subscriber<G::State>) {
+    fn add(&mut self, mut subscriber: Subscriber<G>) {
+        subscriber.away = None;
         self.shared.stats.fanout_connections.fetch_add(1, Relaxed);
         self.subscribers.push(subscriber);
     }
 
-    /// Sends the state of `update` to every connection due one; drops those
-    /// whose session ended or whose connection is lost.
-    fn send_all(&mut self, update: &MatchUpdate<G::State>) {
-        let Self {
-            shared,
-            hub,
-            root,
-            subscribers,
-            ..
-        } = self;
-        let before = subscribers.len();
-        subscribers.retain_mut(|subscriber| offer(shared, hub, root, subscriber, update));
-        let dropped = before - subscribers.len();
-        shared
-            .stats
-            .fanout_connections
-            .fetch_sub(dropped as u64, Relaxed);
+    /// Serves every connection the tick of `update` ([`Fanout::serve`]).
+    fn send_all(&mut self, update: &Arc<MatchUpdate<G::State>>) {
+        // Backwards: `serve` may swap the last connection into place `at`.
+        for at in (0..self.subscribers.len()).rev() {
+            self.serve(at, update);
+        }
+    }
+
+    /// Serves the connection at `at` the tick of `update` ([`offer`]):
+    /// keeps it, drops it, or hands it back to its session with reliable
+    /// events (moving the last connection into its place).
+    fn serve(&mut self, at: usize, update: &Arc<MatchUpdate<G::State>>) {
+        let game = self.shared.engine.game();
+        let offered = offer(
+            &self.shared,
+            game,
+            &self.hub,
+            &self.root,
+            &mut self.subscribers[at],
+            update,
+        );
+        let Some(pending) = (match offered {
+            Offered::Keep => return,
+            Offered::Drop => None,
+            Offered::Events(pending) => Some(pending),
+        }) else {
+            self.subscribers.swap_remove(at);
+            self.shared.stats.fanout_connections.fetch_sub(1, Relaxed);
+            return;
+        };
+        let mut subscriber = Box::new(self.subscribers.swap_remove(at));
+        subscriber.away = Some(Away::new(&self.away));
+        self.shared.stats.fanout_connections.fetch_sub(1, Relaxed);
+        let to_session = subscriber.to_session.clone();
+        // A session that ended needs nothing.
+        let _ = to_session.send(FromFanout::Events {
+            pending,
+            update: update.clone(),
+            subscriber,
+        });
     }
 
     /// With no connection left, closes the way in and says so (`true`),
-    /// unless a session joined meanwhile.
+    /// unless a session joined meanwhile or has its connection back for
+    /// reliable events.
     fn end_if_idle(&mut self) -> bool {
         let hub = self.hub.clone();
         let mut join = hub.fanout();
         while let Ok(subscriber) = self.joining.try_recv() {
             self.add(subscriber);
         }
-        if !self.subscribers.is_empty() {
+        if !self.subscribers.is_empty() || self.away.load(Relaxed) > 0 {
             return false;
         }
         *join = None;
@@ -205,34 +275,54 @@ impl<G: Game, S: Store> Fanout<G, S> {
             .fanout_connections
             .fetch_sub(ending.len() as u64, Relaxed);
         for subscriber in ending {
+            let to_session = subscriber.to_session.clone();
             let message = match &over {
                 Some(update) => FromFanout::Over {
                     update: update.clone(),
-                    states: subscriber.states,
+                    subscriber: Box::new(subscriber),
                 },
                 None => FromFanout::Left,
             };
             // A session that already ended needs nothing.
-            let _ = subscriber.to_session.send(message);
+            let _ = to_session.send(message);
         }
     }
 }
 
-/// Sends the state of `update` to `subscriber` if one is due: `false` when
-/// the subscriber is to be dropped (its session ended, or its connection
-/// is lost or was just closed).
+/// What became of one connection's tick.
+enum Offered<G: Game> {
+    /// Served (or nothing due): it stays.
+    Keep,
+    /// Its session ended, or its connection is lost or was just closed.
+    Drop,
+    /// Reliable events to write first: back to the session.
+    Events(PendingEvents<G>),
+}
+
+/// Serves `subscriber` the tick of `update`: the events it has not
+/// examined, then the state if one is due.
 fn offer<G: Game, S: Store>(
     shared: &Shared<G, S>,
-    hub: &Hub<G::State>,
+    game: &G,
+    hub: &Hub<G>,
     root: &str,
-    subscriber: &mut Subscriber<G::State>,
+    subscriber: &mut Subscriber<G>,
     update: &MatchUpdate<G::State>,
-) -> bool {
+) -> Offered<G> {
     if subscriber.to_session.is_closed() {
-        return false;
+        return Offered::Drop;
     }
-    if subscriber.streaming.load(Acquire) || !subscriber.states.due(update) {
-        return true;
+    if subscriber.streaming.load(Acquire) {
+        return Offered::Keep;
+    }
+    // A tick's events go before its state.
+    match take_events(shared, game, root, subscriber) {
+        Err(Lost) => return Offered::Drop,
+        Ok(pending) if !pending.is_empty() => return Offered::Events(pending),
+        Ok(_) => {}
+    }
+    if !subscriber.states.due(update) {
+        return Offered::Keep;
     }
     let view = (root, subscriber.view);
     match try_datagram_state(
@@ -243,14 +333,49 @@ fn offer<G: Game, S: Store>(
         view,
         update,
     ) {
-        Ok(None) => true,
+        Ok(None) => Offered::Keep,
         Ok(Some(bytes)) => {
             subscriber.streaming.store(true, Release);
-            subscriber
-                .to_session
-                .send(FromFanout::Stream(bytes))
-                .is_ok()
+            match subscriber.to_session.send(FromFanout::Stream(bytes)) {
+                Ok(()) => Offered::Keep,
+                Err(_) => Offered::Drop,
+            }
         }
-        Err(Lost) => false,
+        Err(Lost) => Offered::Drop,
     }
+}
+
+/// The reliable events `subscriber`'s client is to be sent among those it
+/// has not examined yet. A client too far behind is closed
+/// ([`CloseCode::Lagging`]).
+fn take_events<G: Game, S: Store>(
+    shared: &Shared<G, S>,
+    game: &G,
+    root: &str,
+    subscriber: &mut Subscriber<G>,
+) -> Result<PendingEvents<G>, Lost> {
+    let mut pending = Vec::new();
+    while subscriber.events_open {
+        match subscriber.events.try_recv() {
+            Ok(envelope) => {
+                let sends = sends_event(game, subscriber.viewer, &envelope.event);
+                if let Some(since) = subscriber.cursor.offer(envelope.sequence, sends) {
+                    pending.push((since, envelope));
+                }
+            }
+            Err(broadcast::error::TryRecvError::Empty) => break,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                close_lagging(
+                    &shared.stats,
+                    &subscriber.conn,
+                    root,
+                    subscriber.viewer,
+                    missed,
+                );
+                return Err(Lost);
+            }
+            Err(broadcast::error::TryRecvError::Closed) => subscriber.events_open = false,
+        }
+    }
+    Ok(pending)
 }

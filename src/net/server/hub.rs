@@ -6,18 +6,17 @@ use super::*;
 /// Per-match data shared by its connections: each distinct view of the
 /// latest tick encoded once, each state datagram built once per
 /// (view, baseline), however many clients need it, and the way into the
-/// match's state fan-out (`T` is the game's state type).
-#[derive(Debug)]
-pub(super) struct Hub<T> {
+/// match's state fan-out.
+pub(super) struct Hub<G: Game> {
     pub(super) tick: std::sync::Mutex<TickCache>,
     /// Whether players found in the match without a slot got their grace window.
     pub(super) adopted: std::sync::atomic::AtomicBool,
     /// Where sessions hand their state stream to the match's fan-out
     /// (`None` while no fan-out runs).
-    pub(super) fanout: std::sync::Mutex<Option<FanoutJoin<T>>>,
+    pub(super) fanout: std::sync::Mutex<Option<FanoutJoin<G>>>,
 }
 
-impl<T> Default for Hub<T> {
+impl<G: Game> Default for Hub<G> {
     fn default() -> Self {
         Self {
             tick: std::sync::Mutex::default(),
@@ -37,9 +36,9 @@ pub(super) struct TickCache {
     pub(super) messages: std::collections::HashMap<(Viewer, Option<Tick>), (Bytes, bool)>,
 }
 
-impl<T> Hub<T> {
+impl<G: Game> Hub<G> {
     /// Locks the way into the fan-out (sessions joining, the fan-out ending).
-    pub(super) fn fanout(&self) -> std::sync::MutexGuard<'_, Option<FanoutJoin<T>>> {
+    pub(super) fn fanout(&self) -> std::sync::MutexGuard<'_, Option<FanoutJoin<G>>> {
         // Each holder does one send or one swap: a panic cannot leave it half done.
         self.fanout.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -89,10 +88,7 @@ impl<T> Hub<T> {
 }
 
 /// The hub of match `root`.
-pub(super) fn ensure_hub<G: Game, S: Store>(
-    shared: &Shared<G, S>,
-    root: &Arc<str>,
-) -> Arc<Hub<G::State>> {
+pub(super) fn ensure_hub<G: Game, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub<G>> {
     match shared.hubs.entry(root.clone()) {
         dashmap::mapref::entry::Entry::Occupied(hub) => hub.get().clone(),
         dashmap::mapref::entry::Entry::Vacant(vacant) => {

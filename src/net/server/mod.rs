@@ -214,7 +214,7 @@ struct Shared<G: Game, S: Store> {
     config: NetConfig,
     secret: ServerSecret,
     slots: std::sync::Mutex<Slots>,
-    hubs: DashMap<Arc<str>, Arc<Hub<G::State>>>,
+    hubs: DashMap<Arc<str>, Arc<Hub<G>>>,
     conns: DashMap<u64, quinn::Connection>,
     hosting: tokio::sync::Mutex<()>,
     /// Where matches are served, when this server is a node of a fleet.

@@ -190,7 +190,7 @@ pub(super) fn view_key<G: Game>(game: &G, viewer: Viewer) -> Viewer {
 /// clients sharing it. A panic in the game's view fails the match.
 pub(super) fn encoded_view<G: Game, S: Store>(
     shared: &Shared<G, S>,
-    hub: &Hub<G::State>,
+    hub: &Hub<G>,
     root: &str,
     key: Viewer,
     update: &MatchUpdate<G::State>,
@@ -225,7 +225,7 @@ pub(super) async fn send_state<G: Game, S: Store>(
     shared: &Shared<G, S>,
     conn: &quinn::Connection,
     states: &mut StateStream,
-    hub: &Hub<G::State>,
+    hub: &Hub<G>,
     view: (&str, Viewer),
     update: &MatchUpdate<G::State>,
 ) -> Result<(), Lost> {
@@ -247,7 +247,7 @@ pub(super) fn try_datagram_state<G: Game, S: Store>(
     shared: &Shared<G, S>,
     conn: &quinn::Connection,
     states: &mut StateStream,
-    hub: &Hub<G::State>,
+    hub: &Hub<G>,
     view: (&str, Viewer),
     update: &MatchUpdate<G::State>,
 ) -> Result<Option<Bytes>, Lost> {
