@@ -37,6 +37,9 @@ async fn one_fanout_wakes_once_per_tick_for_all_connections_of_its_match() {
     })
     .await;
     assert_eq!(stats.fanouts.load(Relaxed), 1, "one fan-out for the match");
+    // Each join's reliable event sent every connection back to its session
+    // for a moment: the fan-out waited for them instead of ending.
+    assert_eq!(stats.fanouts_started.load(Relaxed), 1);
 
     let wakeups_before = stats.fanout_wakeups.load(Relaxed);
     let states_before = stats.states.load(Relaxed);
@@ -55,13 +58,14 @@ async fn one_fanout_wakes_once_per_tick_for_all_connections_of_its_match() {
         wakeups <= latest + 1,
         "{wakeups} fan-out wake-ups for {latest} ticks"
     );
+    // (A wake may cover several ticks when the fan-out ran late.)
     let woken = wakeups - wakeups_before;
-    assert!(woken >= 30, "{woken} wake-ups while 30 ticks went out");
+    assert!(woken > 0, "the clients got states without a fan-out wake");
     // Each wake sent a state to each of the 8 connections (the two reads
     // of the counters may fall in the middle of a wake at either end).
     let sent = states - states_before;
     assert!(
-        sent >= 8 * (woken - 2),
+        sent + 16 >= 8 * woken,
         "{sent} states for {woken} wake-ups of 8 connections"
     );
     assert_eq!(stats.fanouts.load(Relaxed), 1);
@@ -130,6 +134,7 @@ async fn a_fanout_left_without_connections_ends_and_the_next_session_starts_one(
     let now = state_where(&two, |_| true).await.tick;
     state_where(&two, |s| s.tick >= now + 5).await;
     assert_eq!(stats.fanouts.load(Relaxed), 1);
+    assert_eq!(stats.fanouts_started.load(Relaxed), 2);
     assert_eq!(stats.fanout_connections.load(Relaxed), 1);
     server.stop().await;
 }

@@ -121,6 +121,7 @@ pub(super) fn join_fanout<G: Game, S: Store>(
     *join = Some(tx);
     drop(join);
     shared.stats.fanouts.fetch_add(1, Relaxed);
+    shared.stats.fanouts_started.fetch_add(1, Relaxed);
     let mut fanout = Fanout {
         shared: shared.clone(),
         hub: hub.clone(),

@@ -202,6 +202,9 @@ pub struct NetStats {
     pub state_messages_built: AtomicU64,
     /// State fan-out tasks running now (one per match with connections).
     pub fanouts: AtomicU64,
+    /// State fan-out tasks started (a match's next one starts when a
+    /// session joins after the last one ended).
+    pub fanouts_started: AtomicU64,
     /// Connections the fan-outs send states to now.
     pub fanout_connections: AtomicU64,
     /// Times a fan-out woke for a new state of its match: once per tick
