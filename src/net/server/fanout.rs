@@ -222,14 +222,14 @@ impl<G: Game, S: Store> Fanout<G, S> {
             &mut self.subscribers[at],
             update,
         );
-        let Some(pending) = (match offered {
+        let pending = match offered {
             Offered::Keep => return,
-            Offered::Drop => None,
-            Offered::Events(pending) => Some(pending),
-        }) else {
-            self.subscribers.swap_remove(at);
-            self.shared.stats.fanout_connections.fetch_sub(1, Relaxed);
-            return;
+            Offered::Drop => {
+                self.subscribers.swap_remove(at);
+                self.shared.stats.fanout_connections.fetch_sub(1, Relaxed);
+                return;
+            }
+            Offered::Events(pending) => pending,
         };
         let mut subscriber = Box::new(self.subscribers.swap_remove(at));
         subscriber.away = Some(Away::new(&self.away));
