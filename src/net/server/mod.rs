@@ -13,7 +13,8 @@
 //! [`Engine::submit`]) and an outbound loop (command results, reliable
 //! events, the first state, and what the match's state fan-out hands
 //! back). One fan-out task per match sends each tick's state datagrams to
-//! all of its connections. At shutdown every task is told through a
+//! all of its connections and picks the reliable events each is sent. At
+//! shutdown every task is told through a
 //! watch channel, closes its connection with
 //! [`CloseCode::ServerShutdown`] and drops its completion sender; the
 //! listener waits for all of them, then closes the endpoint and waits for
@@ -21,8 +22,9 @@
 //! same secret honours the same resume tokens.
 //!
 //! Nothing here blocks a shard: states come from a watch (a client still
-//! writing a large state on a stream skips states), events from a bounded broadcast (a client too far behind
-//! is closed with [`CloseCode::Lagging`]), command replies through a
+//! writing a large state on a stream skips states), events from a bounded
+//! broadcast (a client too far behind is closed with
+//! [`CloseCode::Lagging`]), command replies through a
 //! bounded channel the shard only `try_send`s into (a client with more
 //! commands unanswered than that channel holds is closed with
 //! [`CloseCode::ReplyQueueFull`] before a reply could be lost).
