@@ -16,16 +16,6 @@ use tickforge::arena::ArenaRules;
 use tickforge::game::PlayerId;
 use tickforge::store::{EventStore, MatchStatus, MemoryStore, StoreError};
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_match_that_ends_with_nobody_connected_is_forgotten_and_its_log_freed() {
     let store = MemoryStore::with_retention(Duration::ZERO);

@@ -222,6 +222,18 @@ impl Recorder {
     }
 }
 
+/// Waits until `done` holds, asking every 10 ms (for server-side
+/// bookkeeping, which has no event a test could await).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
 /// Waits for a state satisfying `pred`.
 pub async fn state_where(
     session: &Session<Arena>,

@@ -14,7 +14,7 @@ pub(super) struct Session<G: Game> {
     pub(super) feed: MatchFeed<G>,
     pub(super) first: Arc<MatchUpdate<G::State>>,
     pub(super) events_from: u64,
-    pub(super) hub: Arc<Hub>,
+    pub(super) hub: Arc<Hub<G>>,
 }
 
 pub(super) async fn handle_connection<G: Game, S: Store>(
@@ -505,7 +505,7 @@ pub(super) async fn match_left<G: Game, S: Store>(shared: &Shared<G, S>, root: &
 pub(super) fn adopt_absent<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     root: &Arc<str>,
-    hub: &Hub,
+    hub: &Hub<G>,
     present: &[PlayerId],
     except: Option<PlayerId>,
 ) {

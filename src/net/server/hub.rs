@@ -4,13 +4,26 @@
 use super::*;
 
 /// Per-match data shared by its connections: each distinct view of the
-/// latest tick encoded once, and each state datagram built once per
-/// (view, baseline), however many clients need it.
-#[derive(Debug, Default)]
-pub(super) struct Hub {
+/// latest tick encoded once, each state datagram built once per
+/// (view, baseline), however many clients need it, and the way into the
+/// match's state fan-out.
+pub(super) struct Hub<G: Game> {
     pub(super) tick: std::sync::Mutex<TickCache>,
     /// Whether players found in the match without a slot got their grace window.
     pub(super) adopted: std::sync::atomic::AtomicBool,
+    /// Where sessions hand their state stream to the match's fan-out
+    /// (`None` while no fan-out runs).
+    pub(super) fanout: std::sync::Mutex<Option<FanoutJoin<G>>>,
+}
+
+impl<G: Game> Default for Hub<G> {
+    fn default() -> Self {
+        Self {
+            tick: std::sync::Mutex::default(),
+            adopted: std::sync::atomic::AtomicBool::default(),
+            fanout: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// What a hub has built for one tick.
@@ -23,7 +36,13 @@ pub(super) struct TickCache {
     pub(super) messages: std::collections::HashMap<(Viewer, Option<Tick>), (Bytes, bool)>,
 }
 
-impl Hub {
+impl<G: Game> Hub<G> {
+    /// Locks the way into the fan-out (sessions joining, the fan-out ending).
+    pub(super) fn fanout(&self) -> std::sync::MutexGuard<'_, Option<FanoutJoin<G>>> {
+        // Each holder does one send or one swap: a panic cannot leave it half done.
+        self.fanout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Locks the tick cache, emptying it when `tick` is a newer tick.
     pub(super) fn at(&self, tick: Tick) -> std::sync::MutexGuard<'_, TickCache> {
         let mut cache = self.tick.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,7 +88,7 @@ impl Hub {
 }
 
 /// The hub of match `root`.
-pub(super) fn ensure_hub<G: Game, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub> {
+pub(super) fn ensure_hub<G: Game, S: Store>(shared: &Shared<G, S>, root: &Arc<str>) -> Arc<Hub<G>> {
     match shared.hubs.entry(root.clone()) {
         dashmap::mapref::entry::Entry::Occupied(hub) => hub.get().clone(),
         dashmap::mapref::entry::Entry::Vacant(vacant) => {

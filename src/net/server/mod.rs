@@ -11,16 +11,20 @@
 //! connection task admits its peer (ticket, resume token, or open mode),
 //! then runs two halves: an inbound reader (frames, limits, commands into
 //! [`Engine::submit`]) and an outbound loop (command results, reliable
-//! events, and the state stream). At shutdown every task is told through a
+//! events, the first state, and what the match's state fan-out hands
+//! back). One fan-out task per match sends each tick's state datagrams to
+//! all of its connections and picks the reliable events each is sent. At
+//! shutdown every task is told through a
 //! watch channel, closes its connection with
 //! [`CloseCode::ServerShutdown`] and drops its completion sender; the
 //! listener waits for all of them, then closes the endpoint and waits for
 //! it to go idle. Slots survive a shutdown: a restarted server with the
 //! same secret honours the same resume tokens.
 //!
-//! Nothing here blocks a shard: states come from a watch (a slow client
-//! skips states), events from a bounded broadcast (a client too far behind
-//! is closed with [`CloseCode::Lagging`]), command replies through a
+//! Nothing here blocks a shard: states come from a watch (a client still
+//! writing a large state on a stream skips states), events from a bounded
+//! broadcast (a client too far behind is closed with
+//! [`CloseCode::Lagging`]), command replies through a
 //! bounded channel the shard only `try_send`s into (a client with more
 //! commands unanswered than that channel holds is closed with
 //! [`CloseCode::ReplyQueueFull`] before a reply could be lost).
@@ -34,14 +38,15 @@
 //!
 //! The parts: `listener` (the accept loop and fast refusals), `admit`
 //! (from the handshake to an admitted session), `session` (the outbound
-//! half), `states` (the state stream), `inbound` (frames and input
-//! datagrams), `hub` (per-match shared encodings) and `refusal`.
+//! half), `states` (the state stream), `fanout` (one task per match
+//! sending its states), `inbound` (frames and input datagrams), `hub`
+//! (per-match shared encodings) and `refusal`.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -72,6 +77,7 @@ use crate::game::{Game, PlayerId, Tick, Viewer};
 use crate::store::Store;
 
 mod admit;
+mod fanout;
 mod hub;
 mod inbound;
 mod listener;
@@ -80,6 +86,7 @@ mod session;
 mod states;
 
 use admit::*;
+use fanout::*;
 use hub::*;
 use inbound::*;
 use listener::*;
@@ -196,6 +203,16 @@ pub struct NetStats {
     pub views_encoded: AtomicU64,
     /// State messages built (once per distinct view, baseline and tick).
     pub state_messages_built: AtomicU64,
+    /// State fan-out tasks running now (one per match with connections).
+    pub fanouts: AtomicU64,
+    /// State fan-out tasks started (a match's next one starts when a
+    /// session joins after the last one ended).
+    pub fanouts_started: AtomicU64,
+    /// Connections the fan-outs send states to now.
+    pub fanout_connections: AtomicU64,
+    /// Times a fan-out woke for a new state of its match: once per tick
+    /// per match, however many connections it serves.
+    pub fanout_wakeups: AtomicU64,
 }
 
 struct Shared<G: Game, S: Store> {
@@ -203,7 +220,7 @@ struct Shared<G: Game, S: Store> {
     config: NetConfig,
     secret: ServerSecret,
     slots: std::sync::Mutex<Slots>,
-    hubs: DashMap<Arc<str>, Arc<Hub>>,
+    hubs: DashMap<Arc<str>, Arc<Hub<G>>>,
     conns: DashMap<u64, quinn::Connection>,
     hosting: tokio::sync::Mutex<()>,
     /// Where matches are served, when this server is a node of a fleet.

@@ -123,7 +123,7 @@ pub(super) async fn run_session<G: Game, S: Store>(
         mut send,
         recv,
         frames,
-        mut feed,
+        feed,
         first,
         events_from,
         hub,
@@ -174,8 +174,6 @@ pub(super) async fn run_session<G: Game, S: Store>(
     let mut cursor = EventCursor::new(events_from);
     let viewer = player.map_or(Viewer::Spectator, Viewer::Player);
     let view = view_key(game, viewer);
-    // A reliable event this viewer may see goes on the control stream.
-    let sends = |event: &G::Event| game.is_reliable(event) && game.event_visible(event, viewer);
 
     // A resuming client first gets the reliable events it missed.
     if events_from < first.next_sequence
@@ -198,7 +196,29 @@ pub(super) async fn run_session<G: Game, S: Store>(
     {
         return Ended::Dropped;
     }
-    let mut events_open = true;
+    // From now on the match's fan-out sends the states and picks the events.
+    let MatchFeed { updates, events } = feed;
+    let write_timeout = states.write_timeout;
+    let streaming = Arc::new(AtomicBool::new(false));
+    let (to_session, mut from_fanout) = mpsc::unbounded_channel();
+    join_fanout(
+        shared,
+        &hub,
+        &root,
+        &updates,
+        Subscriber {
+            conn: conn.clone(),
+            states,
+            viewer,
+            view,
+            events,
+            events_open: true,
+            cursor,
+            streaming: streaming.clone(),
+            to_session,
+            away: None,
+        },
+    );
     loop {
         tokio::select! {
             biased;
@@ -235,44 +255,34 @@ pub(super) async fn run_session<G: Game, S: Store>(
                     return Ended::Dropped;
                 }
             }
-            event = feed.events.recv(), if events_open => match event {
-                Ok(envelope) => {
-                    if let Some(since) = cursor.offer(envelope.sequence, sends(&envelope.event)) {
+            from_fanout = from_fanout.recv() => match from_fanout {
+                Some(FromFanout::Stream(bytes)) => {
+                    let sent = send_state_on_stream(conn, &bytes, &stats, write_timeout).await;
+                    streaming.store(false, std::sync::atomic::Ordering::Release);
+                    if sent.is_err() {
+                        return Ended::Dropped;
+                    }
+                }
+                Some(FromFanout::Events { pending, update, mut subscriber }) => {
+                    for (since, envelope) in pending {
                         let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
                         stats.events.fetch_add(1, Relaxed);
                         if write_frame(&mut send, &msg, &stats).await.is_err() {
                             return Ended::Dropped;
                         }
                     }
+                    if subscriber.states.due(&update)
+                        && send_state(shared, conn, &mut subscriber.states, &hub, (&root, view), &update).await.is_err()
+                    {
+                        return Ended::Dropped;
+                    }
+                    join_fanout(shared, &hub, &root, &updates, *subscriber);
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    stats.closed_for_lag.fetch_add(1, Relaxed);
-                    tracing::info!(r#match = %root, player = ?player, missed, "client too far behind on events; closing");
-                    Refusal::new(
-                        CloseCode::Lagging,
-                        format!("{missed} reliable events behind; resume to catch up"),
-                    )
-                    .close(conn);
-                    return Ended::Dropped;
-                }
-                Err(broadcast::error::RecvError::Closed) => events_open = false,
-            },
-            changed = feed.updates.changed() => {
-                if changed.is_err() {
-                    // The match left the engine without a final state: it
-                    // moved to another node, or the engine is stopping.
-                    // The client may resume (there, or here later).
-                    match_left(shared, &root).await.close(conn);
-                    return Ended::Shutdown;
-                }
-                let Some(update) = feed.updates.borrow_and_update().clone() else { continue };
-                if !states.due(&update) {
-                    continue;
-                }
-                if update.over {
+                Some(FromFanout::Over { update, subscriber }) => {
+                    let Subscriber { mut states, mut events, mut cursor, .. } = *subscriber;
                     // Events of the last tick were broadcast before its state.
-                    while let Ok(envelope) = feed.events.try_recv() {
-                        if let Some(since) = cursor.offer(envelope.sequence, sends(&envelope.event)) {
+                    while let Ok(envelope) = events.try_recv() {
+                        if let Some(since) = cursor.offer(envelope.sequence, sends_event(game, viewer, &envelope.event)) {
                             let msg = ServerMsg::Event { since, envelope: (*envelope).clone() };
                             if write_frame(&mut send, &msg, &stats).await.is_err() {
                                 return Ended::Dropped;
@@ -282,12 +292,46 @@ pub(super) async fn run_session<G: Game, S: Store>(
                     finish_match(shared, conn, &mut send, &mut states, &hub, (&root, view), &update).await;
                     return Ended::MatchOver;
                 }
-                if send_state(shared, conn, &mut states, &hub, (&root, view), &update).await.is_err() {
+                Some(FromFanout::Left) => {
+                    // The match left the engine without a final state: it
+                    // moved to another node, or the engine is stopping.
+                    // The client may resume (there, or here later).
+                    match_left(shared, &root).await.close(conn);
+                    return Ended::Shutdown;
+                }
+                None => {
+                    // The fan-out dropped this connection: it is lost, or
+                    // the fan-out stopped unexpectedly.
+                    Refusal::new(CloseCode::Internal, "states stopped; resume").close(conn);
                     return Ended::Dropped;
                 }
-            }
+            },
         }
     }
+}
+
+/// Whether `viewer`'s client is sent `event`: reliable events it may see
+/// go on the control stream.
+pub(super) fn sends_event<G: Game>(game: &G, viewer: Viewer, event: &G::Event) -> bool {
+    game.is_reliable(event) && game.event_visible(event, viewer)
+}
+
+/// Closes a client `missed` events behind on the reliable ones
+/// ([`CloseCode::Lagging`]).
+pub(super) fn close_lagging(
+    stats: &NetStats,
+    conn: &quinn::Connection,
+    root: &str,
+    viewer: Viewer,
+    missed: u64,
+) {
+    stats.closed_for_lag.fetch_add(1, Relaxed);
+    tracing::info!(r#match = %root, ?viewer, missed, "client too far behind on events; closing");
+    Refusal::new(
+        CloseCode::Lagging,
+        format!("{missed} reliable events behind; resume to catch up"),
+    )
+    .close(conn);
 }
 
 pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
@@ -303,7 +347,7 @@ pub(super) async fn finish_match<G: Game, S: Store>(
     conn: &quinn::Connection,
     send: &mut Control,
     states: &mut StateStream,
-    hub: &Hub,
+    hub: &Hub<G>,
     view: (&Arc<str>, Viewer),
     update: &MatchUpdate<G::State>,
 ) {

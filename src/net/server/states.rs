@@ -190,7 +190,7 @@ pub(super) fn view_key<G: Game>(game: &G, viewer: Viewer) -> Viewer {
 /// clients sharing it. A panic in the game's view fails the match.
 pub(super) fn encoded_view<G: Game, S: Store>(
     shared: &Shared<G, S>,
-    hub: &Hub,
+    hub: &Hub<G>,
     root: &str,
     key: Viewer,
     update: &MatchUpdate<G::State>,
@@ -219,18 +219,42 @@ pub(super) fn encoded_view<G: Game, S: Store>(
 #[derive(Debug)]
 pub(super) struct Lost;
 
+/// Sends the state of `update` to one connection: [`try_datagram_state`],
+/// then on a stream of its own when it is too large for a datagram.
 pub(super) async fn send_state<G: Game, S: Store>(
     shared: &Shared<G, S>,
     conn: &quinn::Connection,
     states: &mut StateStream,
-    hub: &Hub,
+    hub: &Hub<G>,
     view: (&str, Viewer),
     update: &MatchUpdate<G::State>,
 ) -> Result<(), Lost> {
+    match try_datagram_state(shared, conn, states, hub, view, update)? {
+        None => Ok(()),
+        Some(bytes) => {
+            send_state_on_stream(conn, &bytes, &shared.stats, states.write_timeout).await
+        }
+    }
+}
+
+/// The synchronous part of sending the state of `update` to one
+/// connection: the view and message shared through `hub`, this client's
+/// baseline and input acknowledgements, the loss hook, and the datagram.
+/// Returns the state's bytes when they must go on a stream instead (too
+/// large for a datagram): [`send_state_on_stream`]. A client that lost
+/// input rejections is closed here.
+pub(super) fn try_datagram_state<G: Game, S: Store>(
+    shared: &Shared<G, S>,
+    conn: &quinn::Connection,
+    states: &mut StateStream,
+    hub: &Hub<G>,
+    view: (&str, Viewer),
+    update: &MatchUpdate<G::State>,
+) -> Result<Option<Bytes>, Lost> {
     let (root, key) = view;
     let stats = &shared.stats;
     let Some(encoded) = encoded_view(shared, hub, root, key, update) else {
-        return Ok(());
+        return Ok(None);
     };
     let full_len = encoded.len() as u64;
     let baseline = states.baseline(update.tick);
@@ -249,7 +273,7 @@ pub(super) async fn send_state<G: Game, S: Store>(
     let baseline_age = baseline.as_ref().map_or(0, |(t, _)| update.tick - t);
     states.record_sent(update.tick, encoded);
     let Some((bytes, is_delta)) = built else {
-        return Ok(());
+        return Ok(None);
     };
     if states.ledger.lost_rejection() {
         stats.closed_reply_queue_full.fetch_add(1, Relaxed);
@@ -274,7 +298,7 @@ pub(super) async fn send_state<G: Game, S: Store>(
     {
         if states.drop_for_test() {
             stats.test_dropped.fetch_add(1, Relaxed);
-            return Ok(());
+            return Ok(None);
         }
         let len = bytes.len() as u64;
         match conn.send_datagram(bytes.clone()) {
@@ -282,20 +306,25 @@ pub(super) async fn send_state<G: Game, S: Store>(
                 stats.bytes_out.fetch_add(len, Relaxed);
                 metrics::counter!(names::BYTES_SENT, "channel" => "datagram").increment(len);
                 metrics::counter!(names::DATAGRAMS_SENT).increment(1);
-                return Ok(());
+                return Ok(None);
             }
             Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Lost),
             Err(_) => {} // too large after all, or disabled: use a stream
         }
     }
     stats.stream_states.fetch_add(1, Relaxed);
-    send_frame_on_stream(
-        conn,
-        protocol::frame_datagram(&bytes),
-        stats,
-        states.write_timeout,
-    )
-    .await
+    Ok(Some(bytes))
+}
+
+/// Sends a state datagram's `bytes` framed on a stream of its own (see
+/// [`send_frame_on_stream`]).
+pub(super) async fn send_state_on_stream(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+    stats: &NetStats,
+    timeout: Duration,
+) -> Result<(), Lost> {
+    send_frame_on_stream(conn, protocol::frame_datagram(bytes), stats, timeout).await
 }
 
 /// Sends one encoded frame on a fresh unidirectional stream; a client that
