@@ -200,7 +200,8 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
          B/s/client: state and frame payload received (no QUIC/UDP headers). Server CPU from \
          /proc/<pid>/stat over the window; sends skipped: scheduled Moves the client process was \
          a whole period late for (the clients, not the server, were short of CPU); others: the \
-         rest of the machine meanwhile (% of one core); both processes at nice {}.",
+         rest of the machine meanwhile, with the time the hypervisor stole from this VM (% of one \
+         core); both processes at nice {}.",
         cpus_label(config.client_cpus.as_deref()),
         config.join_retry_s,
         config.nice

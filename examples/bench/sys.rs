@@ -132,7 +132,8 @@ impl MachineMeter {
     }
 
     /// Busy share of all cores since the start, as percent of one core
-    /// (200 = both of two cores busy).
+    /// (200 = both of two cores busy); time stolen by the hypervisor counts
+    /// as busy.
     pub fn percent(&self) -> Option<f64> {
         let (busy0, total0) = self.start?;
         let (busy1, total1) = machine_jiffies()?;
