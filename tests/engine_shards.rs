@@ -397,18 +397,24 @@ async fn sequences_are_gap_free_under_concurrent_senders() {
     }
 }
 
+/// An arena engine on the memory store with one shard ticking at 10 Hz in
+/// `tick_phases` phases.
+fn one_shard_engine(tick_phases: u32) -> Engine<Arena, MemoryStore> {
+    let settings = EngineSettings {
+        tick_hz: 10,
+        tick_phases,
+        shards: 1,
+        ..EngineSettings::default()
+    };
+    Engine::start(Arena::default(), MemoryStore::new(), settings, "main")
+}
+
 /// A shard that stalls for ten periods runs every tick it owes at once,
 /// counts the catch-up ticks as late, and stays on its original grid.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_shard_catches_up_and_counts_late_ticks() {
     let start = Instant::now();
-    let settings = EngineSettings {
-        tick_hz: 10,
-        tick_phases: 1,
-        shards: 1,
-        ..EngineSettings::default()
-    };
-    let engine = Engine::start(Arena::default(), MemoryStore::new(), settings, "main");
+    let engine = one_shard_engine(1);
     engine.create_match("m").await.unwrap();
     let mut feed = engine.subscribe("m").unwrap();
     engine
@@ -457,13 +463,7 @@ async fn a_stalled_shard_catches_up_and_counts_late_ticks() {
 #[tokio::test(start_paused = true)]
 async fn tick_phases_spread_matches_over_the_period_at_the_full_rate() {
     let start = Instant::now();
-    let settings = EngineSettings {
-        tick_hz: 10,
-        tick_phases: 4,
-        shards: 1,
-        ..EngineSettings::default()
-    };
-    let engine = Engine::start(Arena::default(), MemoryStore::new(), settings, "main");
+    let engine = one_shard_engine(4);
     let roots = ["m0", "m1", "m2", "m3"];
     let mut feeds = Vec::new();
     for root in roots {
@@ -532,14 +532,8 @@ async fn phase_offset(feed: &mut MatchFeed<Arena>, start: Instant, period: Durat
 #[tokio::test(start_paused = true)]
 async fn a_new_match_takes_the_phase_an_ended_match_left() {
     let start = Instant::now();
-    let settings = EngineSettings {
-        tick_hz: 10,
-        tick_phases: 4,
-        shards: 1,
-        ..EngineSettings::default()
-    };
     let period = TickSchedule::new(10).period();
-    let engine = Engine::start(Arena::default(), MemoryStore::new(), settings, "main");
+    let engine = one_shard_engine(4);
     let mut offsets = Vec::new();
     let mut feeds = Vec::new();
     for root in ["m0", "m1", "m2", "m3"] {
