@@ -48,6 +48,22 @@ pub fn emit(result: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// In the child: a noisy neighbour. Spins on its CPU until the parent
+/// closes its stdin (or kills it), so whatever shares that CPU gets only its
+/// fair share of it.
+pub fn spin() -> anyhow::Result<()> {
+    watchdog(Duration::from_secs(3600));
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        std::process::exit(0);
+    });
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 /// In the child: exits the process if the step has not finished after
 /// `limit` (a hung step must not hang the whole run).
 pub fn watchdog(limit: Duration) {

@@ -205,6 +205,12 @@ struct Args {
     /// until max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,
+    /// network-split: noisy neighbours: this many busy-looping processes
+    /// pinned to each of the server's CPUs at the server's priority, so
+    /// the server gets about 1/(N+1) of its cores and saturates before its
+    /// clients do (to see overload from the server's side).
+    #[arg(long, default_value_t = 0)]
+    network_neighbours: u32,
     /// network-split: phases of the server's tick (`engine.tick_phases`):
     /// its matches tick spread over this many steps per period.
     #[arg(long, default_value_t = 4)]
@@ -271,6 +277,7 @@ async fn async_main() -> anyhow::Result<()> {
             "net-clients" => {
                 netsplit_clients::run(serde_json::from_str(spec).context("clients spec")?).await
             }
+            "spin" => child::spin(),
             other => bail!("unknown step kind {other:?}"),
         };
     }
@@ -456,6 +463,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     tick_phases: args.network_tick_phases.clamp(1, 16),
                     batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),
+                    neighbours: args.network_neighbours.min(8),
                 };
                 match netsplit::run(&config).await {
                     Ok((outcome, series)) => {

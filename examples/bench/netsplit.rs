@@ -12,6 +12,9 @@
 //! holds is reported.
 //! `--network-compare-cores` runs the search twice: the server on its
 //! CPUs, then on every CPU of the two lists (the clients keep theirs).
+//! `--network-neighbours N` puts N spinning processes beside the server on
+//! each of its CPUs: the server then saturates before its clients do, which
+//! shows what overload does to admission and handshakes.
 
 use std::time::Duration;
 
@@ -55,6 +58,8 @@ pub struct SplitConfig {
     pub batch_sends: bool,
     /// Scheduling priority of both processes (0 = normal).
     pub nice: i32,
+    /// Busy-looping processes pinned to each server CPU (noisy neighbours).
+    pub neighbours: u32,
 }
 
 /// One step as both processes measured it.
@@ -201,10 +206,20 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
          /proc/<pid>/stat over the window; sends skipped: scheduled Moves the client process was \
          a whole period late for (the clients, not the server, were short of CPU); others: the \
          rest of the machine meanwhile, with the time the hypervisor stole from this VM (% of one \
-         core); both processes at nice {}.",
+         core); both processes at nice {}.{}",
         cpus_label(config.client_cpus.as_deref()),
         config.join_retry_s,
-        config.nice
+        config.nice,
+        if config.neighbours > 0 {
+            format!(
+                " Noisy neighbours: {} busy-looping process(es) on each server CPU at the same \
+                 priority (counted in others), so the server gets about 1/{} of its cores.",
+                config.neighbours,
+                config.neighbours + 1
+            )
+        } else {
+            String::new()
+        }
     ));
     let mut targets = Vec::new();
     for (label, largest) in &held {
@@ -264,6 +279,21 @@ pub async fn run(config: &SplitConfig) -> anyhow::Result<(Outcome, Vec<crate::sv
         results: serde_json::json!({ "config": config, "steps": steps }),
     };
     Ok((outcome, series))
+}
+
+/// `config.neighbours` spinning processes on each of the server's CPUs, at
+/// the server's priority (none when the server is not pinned).
+fn spawn_neighbours(
+    config: &SplitConfig,
+    server_cpus: Option<&[usize]>,
+) -> anyhow::Result<Vec<LineChild>> {
+    let mut neighbours = Vec::new();
+    for &cpu in server_cpus.unwrap_or_default() {
+        for _ in 0..config.neighbours {
+            neighbours.push(LineChild::spawn("spin", &(), Some(&[cpu]), config.nice)?);
+        }
+    }
+    Ok(neighbours)
 }
 
 /// One client count: a fresh server process and a fresh client process.
@@ -345,6 +375,7 @@ async fn step(
         tick_phases: config.tick_phases,
         batch_sends: config.batch_sends,
     };
+    let neighbours = spawn_neighbours(config, server_cpus)?;
     let mut server = LineChild::spawn("net-server", &server_spec, server_cpus, config.nice)?;
     let addr = server
         .expect("READY", Duration::from_secs(60))
@@ -398,6 +429,9 @@ async fn step(
             .context("the clients' result")?;
     load.finish(Duration::from_secs(10)).await;
     server.finish(Duration::from_secs(10)).await;
+    for neighbour in neighbours {
+        neighbour.finish(Duration::from_secs(2)).await;
+    }
 
     let connected = result.joined.saturating_sub(result.ended).max(1) as f64;
     let window_s = result.window_s.max(1e-9);

@@ -429,6 +429,7 @@ impl<G: Game, S: Store> Server<G, S> {
             let open = move || capacity.saturating_sub(places.available_permits());
             AbortOnDrop(tokio::spawn(admission::sample(
                 self.shared.engine.clone(),
+                self.shared.config.admission(),
                 self.shared.headroom.clone(),
                 open,
                 self.shared.shutdown.clone(),
