@@ -130,8 +130,10 @@ pub struct NetConfig {
     pub max_connections: usize,
     /// New connections are refused with [`CloseCode::ServerFull`] while the
     /// process uses more than this percentage of the cores it may run on,
-    /// measured over a quarter second (0, the default, = no limit; 85 suits
-    /// a node with its cores to itself).
+    /// or its runtime's workers are busy more than this share of the time,
+    /// at the peak of the last second (0, the default, = no limit; 85 suits
+    /// a node with its cores to itself). Any headroom limit also ramps joins
+    /// and keeps a ceiling (see [`admission`]).
     pub admit_max_cpu_percent: u32,
     /// New connections are refused with [`CloseCode::ServerFull`] while the
     /// engine's shards spend more than this percentage of their time
