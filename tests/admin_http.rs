@@ -395,7 +395,8 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
     let config = dir.path().join("tickforge.toml");
     let text = format!(
         "[engine]\nshards = 2\n\n[storage]\nbackend = \"memory\"\n\n\
-         [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\n\
+         [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\
+         admit_max_cpu_percent = 99\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         cert = dir.path().join("cert.der").display(),
         key = dir.path().join("key.der").display(),
@@ -456,6 +457,14 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
         })
         .count();
     assert!(tick_buckets > 0, "{}", metrics.body);
+    // With a headroom limit set, admission publishes the load it judges.
+    get_until(addr, "/metrics", |r| {
+        ["cpu", "busy", "tick_load"].iter().all(|measure| {
+            let label = format!("measure=\"{measure}\"");
+            sample(&r.body, "tickforge_admission_load_percent", &[&label]).is_some()
+        })
+    })
+    .await;
 
     let pid = i32::try_from(child.id()).expect("a pid");
     // SAFETY: kill(2) on our own child's pid with a valid signal number.

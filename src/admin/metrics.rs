@@ -73,6 +73,19 @@ pub const UDP_DATAGRAMS: &str = "tickforge_quic_udp_datagrams_total";
 /// Counter: UDP bytes of closed connections, as QUIC counted them (label
 /// `direction`).
 pub const UDP_BYTES: &str = "tickforge_quic_udp_bytes_total";
+/// Gauge: matches whose states a fan-out task sends now.
+pub const FANOUTS_LIVE: &str = "tickforge_net_fanouts";
+/// Counter: fan-out wake-ups (one per match per tick it sends).
+pub const FANOUT_WAKEUPS: &str = "tickforge_net_fanout_wakeups_total";
+/// Counter: connections refused with `ServerFull` (label `reason`:
+/// `connections`, `ramp`, `ceiling`, `cpu`, `tick_load`, `lag`).
+pub const ADMISSION_REFUSED: &str = "tickforge_admission_refused_total";
+/// Gauge: the load admission judges, in percent (label `measure`: `cpu`,
+/// `busy` (the peaks of the last second), `tick_load`).
+pub const ADMISSION_LOAD: &str = "tickforge_admission_load_percent";
+/// Gauge: the connections the node admits up to after an overload (absent
+/// until one).
+pub const ADMISSION_CEILING: &str = "tickforge_admission_ceiling_connections";
 /// Gauge: 1 while the node drains, else 0.
 pub const DRAINING: &str = "tickforge_draining";
 /// Gauge: live nodes in the fleet's directory, as this node last read it.
@@ -269,6 +282,26 @@ fn describe() {
         "UDP bytes of closed connections, by direction."
     );
     describe_gauge!(DRAINING, Count, "1 while the node drains.");
+    describe_gauge!(FANOUTS_LIVE, Count, "Matches with a state fan-out task.");
+    describe_counter!(
+        FANOUT_WAKEUPS,
+        Count,
+        "Fan-out wake-ups, one per match per tick sent."
+    );
+    describe_counter!(
+        ADMISSION_REFUSED,
+        Count,
+        "Connections refused with ServerFull, by reason."
+    );
+    describe_gauge!(
+        ADMISSION_LOAD,
+        "Load admission judges, percent: cpu, busy (peaks of the last second), tick_load."
+    );
+    describe_gauge!(
+        ADMISSION_CEILING,
+        Count,
+        "Connections admitted up to since the node was last overloaded."
+    );
 }
 
 /// The `class` label of [`STORE_ERRORS`] for a store error.

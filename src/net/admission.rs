@@ -186,6 +186,20 @@ pub enum Full {
     },
 }
 
+impl Full {
+    /// The `reason` label of the refusal counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Full::Connections { .. } => "connections",
+            Full::Ramp { .. } => "ramp",
+            Full::Ceiling { .. } => "ceiling",
+            Full::Cpu { .. } => "cpu",
+            Full::TickLoad { .. } => "tick_load",
+            Full::Lag { .. } => "lag",
+        }
+    }
+}
+
 impl Load {
     /// The CPU the connections open now will use: the higher of the CPU and
     /// busy samples, scaled by how many more connections are open than when
@@ -380,6 +394,21 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
+/// Publishes `load` on the metrics.
+fn record(load: &Load) {
+    use crate::admin::metrics as names;
+    for (measure, percent) in [
+        ("cpu", load.cpu_percent),
+        ("busy", load.busy_percent),
+        ("tick_load", load.tick_load_percent),
+    ] {
+        metrics::gauge!(names::ADMISSION_LOAD, "measure" => measure).set(f64::from(percent));
+    }
+    if let Some(ceiling) = load.ceiling {
+        metrics::gauge!(names::ADMISSION_CEILING).set(ceiling as f64);
+    }
+}
+
 /// One quarter second's measurements (see [`SAMPLE_EVERY`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
@@ -530,6 +559,7 @@ pub async fn sample<G: Game, S: Store>(
                 &limits,
             );
             tracing::debug!(?load, "load sampled");
+            record(&load);
             if let Some(over) = over {
                 tracing::debug!(%over, "over a headroom limit for a second");
             }

@@ -122,6 +122,7 @@ pub(super) fn join_fanout<G: Game, S: Store>(
     drop(join);
     shared.stats.fanouts.fetch_add(1, Relaxed);
     shared.stats.fanouts_started.fetch_add(1, Relaxed);
+    metrics::gauge!(names::FANOUTS_LIVE).increment(1.0);
     let mut fanout = Fanout {
         shared: shared.clone(),
         hub: hub.clone(),
@@ -151,6 +152,7 @@ impl<G: Game, S: Store> Drop for Fanout<G, S> {
     fn drop(&mut self) {
         let stats = &self.shared.stats;
         stats.fanouts.fetch_sub(1, Relaxed);
+        metrics::gauge!(names::FANOUTS_LIVE).decrement(1.0);
         stats
             .fanout_connections
             .fetch_sub(self.subscribers.len() as u64, Relaxed);
@@ -170,6 +172,7 @@ impl<G: Game, S: Store> Fanout<G, S> {
                     }
                     let Some(update) = self.updates.borrow_and_update().clone() else { continue };
                     self.shared.stats.fanout_wakeups.fetch_add(1, Relaxed);
+                    metrics::counter!(names::FANOUT_WAKEUPS).increment(1);
                     if update.over {
                         self.end(Some(update));
                         return;

@@ -58,7 +58,10 @@ pub(super) async fn accept_loop<G: Game, S: Store>(
                     drop(complete);
                 });
             }
-            Err(full) => refuse_full(shared, incoming, full, limits.retry_after, &refusing),
+            Err(full) => {
+                metrics::counter!(names::ADMISSION_REFUSED, "reason" => full.reason()).increment(1);
+                refuse_full(shared, incoming, full, limits.retry_after, &refusing);
+            }
         }
     }
 }
