@@ -20,7 +20,7 @@
 //! [`Headroom`] holds the latest one for the accept path to read without
 //! waiting, and [`sample`] keeps it current: it measures the lag with a
 //! short periodic timer, and every [`SAMPLE_EVERY`] reads the shards' tick
-//! durations from [`Engine::stats`], the process's CPU time and the
+//! durations from [`Engine::stats`](crate::engine::Engine::stats), the process's CPU time and the
 //! runtime's busy time, and passes them through a [`Window`] of the last
 //! second. The listener in [`server`](super::server) applies the verdict.
 
@@ -68,7 +68,7 @@ pub struct Load {
     /// Connections open (admitted or being admitted).
     pub connections: usize,
     /// Connections open at the start of the sampled window (a second ago,
-    /// see [`PEAK_OF`]): the CPU of those admitted since hardly shows yet.
+    /// four samples): the CPU of those admitted since hardly shows yet.
     pub sampled_connections: usize,
     /// CPU the process used, in percent of the cores it may run on: the
     /// highest of the last second's samples.

@@ -103,9 +103,9 @@ fn record(load: &Load) {
 }
 
 /// Keeps `headroom` current until `stop` is told: a timer every
-/// [`PROBE_EVERY`] measures the lag, and every [`SAMPLE_EVERY`] the mean
+/// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the mean
 /// lag and the tick load since the last sample, and the highest CPU and
-/// busy shares of the last [`PEAK_OF`] samples, are published with the
+/// busy shares of the last second's samples, are published with the
 /// connections `open` then. Runs on the
 /// runtime that serves the connections (whose workers it measures).
 pub async fn sample<G: Game, S: Store>(

@@ -42,7 +42,7 @@ impl Ceiling {
     }
 }
 
-/// One quarter second's measurements (see [`SAMPLE_EVERY`]).
+/// One quarter second's measurements (see [`SAMPLE_EVERY`](super::SAMPLE_EVERY)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Connections open at the end of it.
@@ -57,7 +57,7 @@ pub struct Sample {
     pub lag: Duration,
 }
 
-/// The last second of samples ([`PEAK_OF`]) and the [`Ceiling`]: turns
+/// The last second of samples (four samples) and the [`Ceiling`]: turns
 /// each new sample into the [`Load`] the accept path judges.
 #[derive(Debug, Default)]
 pub struct Window {
