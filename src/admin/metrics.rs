@@ -80,6 +80,9 @@ pub const FANOUT_WAKEUPS: &str = "tickforge_net_fanout_wakeups_total";
 /// Counter: connections refused with `ServerFull` (label `reason`:
 /// `connections`, `ramp`, `ceiling`, `cpu`, `tick_load`, `lag`).
 pub const ADMISSION_REFUSED: &str = "tickforge_admission_refused_total";
+/// Counter: sessions closed with `ServerFull` after a second over a
+/// headroom limit with more than the ceiling open (the newest first).
+pub const ADMISSION_SHED: &str = "tickforge_admission_shed_total";
 /// Gauge: the load admission judges, in percent (label `measure`: `cpu`,
 /// `busy` (the peaks of the last second), `tick_load`).
 pub const ADMISSION_LOAD: &str = "tickforge_admission_load_percent";
@@ -292,6 +295,11 @@ fn describe() {
         ADMISSION_REFUSED,
         Count,
         "Connections refused with ServerFull, by reason."
+    );
+    describe_counter!(
+        ADMISSION_SHED,
+        Count,
+        "Sessions closed (newest first) after a second over a headroom limit."
     );
     describe_gauge!(
         ADMISSION_LOAD,

@@ -31,7 +31,7 @@ mod sampler;
 mod window;
 
 pub use sampler::{TickLoadMeter, cpu_percent, sample};
-pub use window::{Ceiling, Sample, Window};
+pub use window::{Ceiling, Reading, Sample, Window};
 
 /// How often the load sample is renewed.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);

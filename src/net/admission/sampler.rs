@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{AdmissionLimits, Headroom, Load, SAMPLE_EVERY, Sample, Window};
+use super::{AdmissionLimits, Headroom, Load, Reading, SAMPLE_EVERY, Sample, Window};
 use crate::engine::Engine;
 use crate::game::Game;
 use crate::store::Store;
@@ -103,16 +103,18 @@ fn record(load: &Load) {
 }
 
 /// Keeps `headroom` current until `stop` is told: a timer every
-/// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the mean
-/// lag and the tick load since the last sample, and the highest CPU and
-/// busy shares of the last second's samples, are published with the
-/// connections `open` then. Runs on the
-/// runtime that serves the connections (whose workers it measures).
+/// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the
+/// mean lag and the tick load since the last sample, and the highest CPU
+/// and busy shares of the last second's samples, are published with the
+/// connections `open` then. After a second over a limit, `shed` is asked
+/// to close that many of the newest sessions (see [`Reading::shed`]). Runs
+/// on the runtime that serves the connections (whose workers it measures).
 pub async fn sample<G: Game, S: Store>(
     engine: Arc<Engine<G, S>>,
     limits: AdmissionLimits,
     headroom: Arc<Headroom>,
     open: impl Fn() -> usize,
+    shed: impl Fn(usize),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let shards = engine.settings().shards;
@@ -154,7 +156,11 @@ pub async fn sample<G: Game, S: Store>(
                 workers,
             );
             busy_before = busy_now;
-            let (load, over) = window.push(
+            let Reading {
+                load,
+                over,
+                shed: beyond,
+            } = window.push(
                 Sample {
                     connections: open(),
                     cpu_percent: cpu,
@@ -166,10 +172,19 @@ pub async fn sample<G: Game, S: Store>(
             );
             tracing::debug!(?load, "load sampled");
             record(&load);
-            if let Some(over) = over {
-                tracing::debug!(%over, "over a headroom limit for a second");
-            }
             headroom.publish(&load);
+            if let Some(over) = over {
+                tracing::warn!(
+                    %over,
+                    connections = load.connections,
+                    ceiling = ?load.ceiling,
+                    shedding = beyond,
+                    "over a headroom limit for a second"
+                );
+            }
+            if beyond > 0 {
+                shed(beyond);
+            }
             lag_sum = Duration::ZERO;
             probes = 0;
             window_start = now;

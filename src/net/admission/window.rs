@@ -57,20 +57,43 @@ pub struct Sample {
     pub lag: Duration,
 }
 
+/// What the sampler makes of one more sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// What the accept path judges until the next sample.
+    pub load: Load,
+    /// The limit the whole last second was over, if any.
+    pub over: Option<Full>,
+    /// Sessions to close (the newest, with `ServerFull`) to get back under
+    /// the ceiling: admitted connections beyond it after a second over a
+    /// limit. Their cost would otherwise keep every session late.
+    pub shed: usize,
+}
+
 /// The last second of samples (four samples) and the [`Ceiling`]: turns
 /// each new sample into the [`Load`] the accept path judges.
 #[derive(Debug, Default)]
 pub struct Window {
     recent: std::collections::VecDeque<Sample>,
     ceiling: Ceiling,
+    /// Samples left before overload is judged again after shedding.
+    hold: usize,
 }
+
+/// After shedding, overload is not judged again for this many samples (four
+/// seconds): the refused and shed clients knock again for a while, and the
+/// node would otherwise shed again for the cost of turning them away.
+const HOLD_AFTER_SHED: usize = 16;
 
 impl Window {
     /// Adds `sample` and returns the load to publish: the highest CPU and
     /// busy shares of the window, the connections open at its start, the
-    /// ceiling; and the limit the node is over if the whole window was over
-    /// it (which lowers the ceiling), not just a join's burst.
-    pub fn push(&mut self, sample: Sample, limits: &AdmissionLimits) -> (Load, Option<Full>) {
+    /// ceiling; and the limit the node is over if a whole window was over
+    /// it, not just a join's burst. That lowers the ceiling, asks for the
+    /// sessions beyond it to be shed, and starts a new window; the next
+    /// verdict on overload waits [`HOLD_AFTER_SHED`] samples, while the
+    /// clients turned away stop knocking.
+    pub fn push(&mut self, sample: Sample, limits: &AdmissionLimits) -> Reading {
         if self.recent.len() == PEAK_OF {
             self.recent.pop_front();
         }
@@ -98,12 +121,28 @@ impl Window {
             busy_percent: lowest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
             ..load
         };
-        let over = limits.over_headroom(&sustained);
-        self.ceiling = self
-            .ceiling
-            .after_sample(sample.connections, over.is_some());
+        let mut over = None;
+        let mut shed = 0;
+        if self.hold > 0 {
+            self.hold -= 1;
+        } else {
+            if self.recent.len() == PEAK_OF {
+                over = limits.over_headroom(&sustained);
+            }
+            self.ceiling = self
+                .ceiling
+                .after_sample(sample.connections, over.is_some());
+            if over.is_some() {
+                shed = self
+                    .ceiling
+                    .get()
+                    .map_or(0, |ceiling| sample.connections.saturating_sub(ceiling));
+                self.recent.clear();
+                self.hold = HOLD_AFTER_SHED;
+            }
+        }
         load.ceiling = self.ceiling.get();
-        (load, over)
+        Reading { load, over, shed }
     }
 }
 
@@ -163,7 +202,7 @@ mod tests {
             busy_percent: 40,
             ..Sample::default()
         };
-        let (load, over) = window.push(calm, &limits);
+        let Reading { load, over, .. } = window.push(calm, &limits);
         assert_eq!(
             (load.cpu_percent, load.sampled_connections, over),
             (40, 100, None)
@@ -174,11 +213,11 @@ mod tests {
             busy_percent: 95,
             ..calm
         };
-        let (load, over) = window.push(burst, &limits);
+        let Reading { load, over, .. } = window.push(burst, &limits);
         assert_eq!((load.busy_percent, load.sampled_connections), (95, 100));
         assert_eq!((over, load.ceiling), (None, None));
         for _ in 0..PEAK_OF - 1 {
-            let (load, _) = window.push(
+            let Reading { load, .. } = window.push(
                 Sample {
                     connections: 140,
                     ..calm
@@ -187,7 +226,7 @@ mod tests {
             );
             assert_eq!(load.busy_percent, 95, "the burst stays in the window");
         }
-        let (load, _) = window.push(
+        let Reading { load, .. } = window.push(
             Sample {
                 connections: 140,
                 ..calm
@@ -202,11 +241,31 @@ mod tests {
             ..calm
         };
         for _ in 0..PEAK_OF - 1 {
-            let (load, over) = window.push(hot, &limits);
+            let Reading { load, over, .. } = window.push(hot, &limits);
             assert_eq!((over, load.ceiling), (None, None));
         }
-        let (load, over) = window.push(hot, &limits);
-        assert!(matches!(over, Some(Full::Cpu { percent: 99, .. })));
-        assert_eq!(load.ceiling, Some(140));
+        let reading = window.push(hot, &limits);
+        assert!(matches!(reading.over, Some(Full::Cpu { percent: 99, .. })));
+        assert_eq!(reading.load.ceiling, Some(140));
+        // The 20 sessions beyond the ceiling are shed, and overload is not
+        // judged again while the turned-away clients knock: hot samples
+        // change nothing for HOLD_AFTER_SHED samples.
+        assert_eq!(reading.shed, 20);
+        let still_hot = Sample {
+            connections: 140,
+            ..hot
+        };
+        for _ in 0..HOLD_AFTER_SHED {
+            let held = window.push(still_hot, &limits);
+            assert_eq!(
+                (held.over, held.shed, held.load.ceiling),
+                (None, 0, Some(140))
+            );
+        }
+        // Then the last second, all after the shedding, is judged: still
+        // hot, so it sheds again.
+        let again = window.push(still_hot, &limits);
+        assert!(again.over.is_some());
+        assert_eq!((again.load.ceiling, again.shed), (Some(123), 17));
     }
 }

@@ -23,6 +23,10 @@ pub const MAX_REDIRECTS: u32 = 8;
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// The longest wait a server can ask for (a longer ask is capped).
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// Consecutive `ServerFull` refusals double the asked wait up to this many
+/// times (then `MAX_RETRY_WAIT` caps it): a full node's clients come back
+/// ever less often, so refusing them costs it less.
+const FULL_BACKOFF_DOUBLINGS: u32 = 3;
 /// The first wait before trying again after a server could not be reached.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between attempts at unreachable servers.
@@ -120,6 +124,8 @@ pub(super) struct Route {
     redirects: u32,
     unreachable: usize,
     backoff: Duration,
+    /// `ServerFull` refusals in a row.
+    full_refusals: u32,
 }
 
 impl Route {
@@ -141,6 +147,7 @@ impl Route {
             redirects: 0,
             unreachable: 0,
             backoff: FIRST_BACKOFF,
+            full_refusals: 0,
         }
     }
 
@@ -169,6 +176,7 @@ impl Route {
         self.redirects = 0;
         self.unreachable = 0;
         self.backoff = FIRST_BACKOFF;
+        self.full_refusals = 0;
     }
 
     /// An attempt at the current server failed with `error`.
@@ -231,10 +239,13 @@ impl Route {
             Failure::Wait { asked, move_on } => {
                 self.redirects = 0;
                 self.unreachable = 0;
-                let wait = jitter(
-                    asked.unwrap_or(DEFAULT_RETRY_WAIT).min(MAX_RETRY_WAIT),
-                    random,
-                );
+                let mut asked = asked.unwrap_or(DEFAULT_RETRY_WAIT);
+                if move_on {
+                    // ServerFull: each refusal in a row doubles the wait.
+                    asked *= 1 << self.full_refusals.min(FULL_BACKOFF_DOUBLINGS);
+                    self.full_refusals += 1;
+                }
+                let wait = jitter(asked.min(MAX_RETRY_WAIT), random);
                 if now + wait > budget.deadline {
                     return Next::GiveUp(error);
                 }
@@ -381,6 +392,31 @@ mod tests {
             matches!(next, Next::GiveUp(ClientError::Protocol(_))),
             "{next:?}"
         );
+    }
+
+    #[test]
+    fn server_full_refusals_in_a_row_double_the_wait_up_to_the_cap() {
+        let now = Instant::now();
+        let budget = Budget::join(now, Duration::from_secs(60));
+        let mut route = route(&[]);
+        let full = || ClientError::Refused {
+            code: Some(CloseCode::ServerFull),
+            reason: "1000 server full".into(),
+        };
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            match route.after_attempt(full(), now, &budget, 0) {
+                Next::Retry(wait) => waits.push(wait.as_millis()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, [1000, 2000, 4000, 5000, 5000]);
+        // Admitted: the next refusal asks the plain wait again.
+        route.admitted();
+        assert!(matches!(
+            route.after_attempt(full(), now, &budget, 0),
+            Next::Retry(wait) if wait == Duration::from_secs(1)
+        ));
     }
 
     #[test]

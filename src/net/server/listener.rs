@@ -98,3 +98,27 @@ pub(super) fn refuse_full<G: Game, S: Store>(
         drop(place);
     });
 }
+
+/// Closes the `count` newest connections (the highest ids: sessions and
+/// Hellos under way) with [`CloseCode::ServerFull`] and the retry hint:
+/// the node was over a headroom limit for a second, and the sessions it
+/// admitted last go so that the others keep their pace. Players among them
+/// keep their slot for the grace window and may resume once there is room.
+pub(super) fn shed_newest<G: Game, S: Store>(shared: &Shared<G, S>, count: usize) {
+    let mut ids: Vec<u64> = shared.conns.iter().map(|entry| *entry.key()).collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let refusal = Refusal::new(
+        CloseCode::ServerFull,
+        protocol::retry_reason(
+            shared.config.admission().retry_after,
+            "server overloaded: closing the newest sessions",
+        ),
+    );
+    for id in ids.into_iter().take(count) {
+        if let Some(conn) = shared.conns.get(&id) {
+            refusal.close(conn.value());
+            shared.stats.shed.fetch_add(1, Relaxed);
+            metrics::counter!(names::ADMISSION_SHED).increment(1);
+        }
+    }
+}

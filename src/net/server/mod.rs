@@ -144,6 +144,10 @@ pub struct NetStats {
     /// Connections refused on arrival with [`CloseCode::ServerFull`]
     /// (no connection place, or no headroom).
     pub refused_full: AtomicU64,
+    /// Sessions closed with [`CloseCode::ServerFull`] because the node was
+    /// over a headroom limit for a second with more than its ceiling open
+    /// (the newest first).
+    pub shed: AtomicU64,
     /// Connections refused on arrival at the QUIC level, without a close
     /// code, because too many `ServerFull` refusals were under way.
     pub refused_unanswered: AtomicU64,
@@ -427,11 +431,14 @@ impl<G: Game, S: Store> Server<G, S> {
             let capacity = self.shared.config.max_connections.max(1);
             // Counted as the accept path counts them (handshakes included).
             let open = move || capacity.saturating_sub(places.available_permits());
+            let shared = self.shared.clone();
+            let shed = move |count| shed_newest(&shared, count);
             AbortOnDrop(tokio::spawn(admission::sample(
                 self.shared.engine.clone(),
                 self.shared.config.admission(),
                 self.shared.headroom.clone(),
                 open,
+                shed,
                 self.shared.shutdown.clone(),
             )))
         });
