@@ -11,33 +11,47 @@ use super::{AdmissionLimits, Full, Load, RAMP_DIVISOR, RAMP_MIN};
 const PEAK_OF: usize = 4;
 
 /// What the node learned about its own capacity: when the samples of a
-/// whole second find it over a headroom limit, it admits no more than seven eighths of the
-/// connections then open (at least [`RAMP_MIN`]); each calm sample after
-/// that raises the ceiling by one connection (four a second).
+/// whole second find it over a headroom limit, it admits no more than seven
+/// eighths of the connections then open (at least [`RAMP_MIN`]); each calm
+/// second after that raises the ceiling by one connection.
 ///
 /// Projections cannot see everything: a node that shares its cores with
 /// other work gets its full share of CPU until it nears that share, so its
 /// busy figure stays low and then jumps. Admitting again as soon as it
 /// dips (when refused clients stop knocking, say) would overload it again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Ceiling(Option<usize>);
+pub struct Ceiling {
+    at: Option<usize>,
+    /// Calm samples since the ceiling last rose.
+    calm: usize,
+}
 
 impl Ceiling {
     /// The connections admitted up to, if the node has been overloaded.
     pub fn get(self) -> Option<usize> {
-        self.0
+        self.at
     }
 
     /// The ceiling after a sample with `connections` open that was
     /// `overloaded` (over a headroom limit) or not.
     pub fn after_sample(self, connections: usize, overloaded: bool) -> Self {
-        match (self.0, overloaded) {
+        match (self.at, overloaded) {
             (current, true) => {
                 let lowered = (connections - connections / RAMP_DIVISOR).max(RAMP_MIN);
-                Self(Some(current.map_or(lowered, |c| c.min(lowered))))
+                Self {
+                    at: Some(current.map_or(lowered, |c| c.min(lowered))),
+                    calm: 0,
+                }
             }
-            (Some(current), false) => Self(Some(current.saturating_add(1))),
-            (None, false) => Self(None),
+            (Some(current), false) if self.calm + 1 >= PEAK_OF => Self {
+                at: Some(current.saturating_add(1)),
+                calm: 0,
+            },
+            (Some(_), false) => Self {
+                calm: self.calm + 1,
+                ..self
+            },
+            (None, false) => self,
         }
     }
 }
@@ -163,8 +177,13 @@ mod tests {
         // ... and with fewer, it goes lower; never below RAMP_MIN.
         assert_eq!(lowered.after_sample(320, true).get(), Some(280));
         assert_eq!(lowered.after_sample(3, true).get(), Some(RAMP_MIN));
-        // A calm sample raises it by one.
-        assert_eq!(lowered.after_sample(340, false).get(), Some(351));
+        // A calm second (four samples) raises it by one.
+        let mut calm = lowered;
+        for _ in 0..PEAK_OF - 1 {
+            calm = calm.after_sample(340, false);
+            assert_eq!(calm.get(), Some(350));
+        }
+        assert_eq!(calm.after_sample(340, false).get(), Some(351));
 
         let limits = AdmissionLimits {
             max_connections: 10_000,
