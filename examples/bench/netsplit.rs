@@ -296,9 +296,9 @@ fn spawn_neighbours(
     Ok(neighbours)
 }
 
-/// One client count: a fresh server process and a fresh client process.
 /// Clients still refused after their retries, those whose joins failed
-/// otherwise, and the retries the joined ones needed.
+/// otherwise, the retries the joined ones needed, and sessions that ended
+/// during the run (closed by the server, shed, or lost).
 fn refused_cell(c: &ClientsResult) -> String {
     let mut cell = c.refused.to_string();
     if c.join_errors > 0 {
@@ -306,6 +306,9 @@ fn refused_cell(c: &ClientsResult) -> String {
     }
     if c.join_retries > 0 {
         cell += &format!(", {} retries", c.join_retries);
+    }
+    if c.ended > 0 {
+        cell += &format!(", {} ended", c.ended);
     }
     cell
 }
@@ -357,6 +360,7 @@ async fn measure(
     Ok(step)
 }
 
+/// One client count: a fresh server process and a fresh client process.
 async fn step(
     config: &SplitConfig,
     server_cpus: Option<&[usize]>,
