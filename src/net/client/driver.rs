@@ -299,6 +299,9 @@ impl<G: Game> Driver<G> {
                 }
             };
             tokio::select! {
+                // In this order, and no further once one is ready: a state
+                // datagram (the common wake-up) then polls no queue.
+                biased;
                 read = &mut datagram => {
                     datagram.set(conn.read_datagram());
                     match read {
@@ -596,9 +599,11 @@ impl<G: Game> Driver<G> {
                 patch,
             } => {
                 let baseline_tick = tick.checked_sub(u64::from(baseline_age));
+                // Newest first: deltas are mostly against a recent state.
                 let Some((_, base)) = self
                     .baselines
                     .iter()
+                    .rev()
                     .find(|(t, _)| Some(*t) == baseline_tick)
                 else {
                     self.stats.missing_baseline.fetch_add(1, Relaxed);
