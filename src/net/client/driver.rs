@@ -299,9 +299,6 @@ impl<G: Game> Driver<G> {
                 }
             };
             tokio::select! {
-                // In this order, and no further once one is ready: a state
-                // datagram (the common wake-up) then polls no queue.
-                biased;
                 read = &mut datagram => {
                     datagram.set(conn.read_datagram());
                     match read {
