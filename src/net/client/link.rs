@@ -1,9 +1,10 @@
 //! One connection's inbound side: the `Hello`/`Welcome` exchange on the
 //! control stream, then reader tasks (control stream, state streams) that
 //! hand decoded messages to the driver, and the decoding of state
-//! datagrams, which the driver reads itself (one per tick: a task and a
-//! queue in between would cost more than the decoding). No session state
-//! here; the driver owns it.
+//! datagrams, which the driver reads itself (one per tick, with no task or
+//! queue in between; while the driver is busy they wait in quinn's receive
+//! buffer, which drops the oldest when full). No session state here; the
+//! driver owns it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
