@@ -4,15 +4,19 @@
 
 mod net_support;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use net_support::close_stub::{Answer, CloseStub};
 use net_support::*;
-use tickforge::arena::{Arena, ArenaCommand, Dir};
-use tickforge::client::{ClientError, JoinRequest};
+use tickforge::arena::{Arena, ArenaCommand, ArenaEvent, ArenaState, Dir, Player, Pos};
+use tickforge::client::{Client, ClientConfig, ClientError, JoinRequest, SessionEvent};
+use tickforge::codec;
 use tickforge::game::PlayerId;
 use tickforge::net::CloseCode;
 use tickforge::net::ServerSecret;
-use tickforge::net::protocol::{self, ClientMsg};
+use tickforge::net::delta::{self, Patch};
+use tickforge::net::protocol::{self, ClientMsg, Role, ServerMsg, Welcome};
 use tickforge::net::tickets::{mint_ticket, unix_now};
 
 fn closed_code(error: &quinn::ConnectionError) -> Option<CloseCode> {
@@ -183,4 +187,100 @@ async fn offenders_get_their_own_code_and_others_play_on() {
     );
     assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 7);
     server.stop().await;
+}
+
+/// The client is strict too: a server whose datagram does not decode is
+/// closed as `Malformed`, after the good states before it were applied
+/// (a whole state, then a delta against it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_state_datagram_closes_the_session_as_malformed() {
+    let (admitted_tx, mut admitted) = tokio::sync::mpsc::unbounded_channel();
+    let welcome = Welcome {
+        match_id: "m1".into(),
+        player: None,
+        role: Role::Spectator,
+        resume_token: None,
+        tick: 1,
+        events_from: 0,
+        tick_hz: 30,
+        state_every_ticks: 1,
+        grace_ms: 0,
+    };
+    let stub = CloseStub::start("127.0.0.1:0".parse().unwrap(), |_| {
+        vec![Answer::AdmitThenHandOver(welcome, admitted_tx)]
+    })
+    .await;
+    let mut config = ClientConfig::new(stub.addr, vec![stub.cert.clone()]);
+    config.reconnect = false;
+    let client = Client::new(config).unwrap();
+    let mut session = tokio::time::timeout(
+        WAIT,
+        client.join::<Arena>(JoinRequest::spectator("m1", None)),
+    )
+    .await
+    .expect("the stub did not admit the client")
+    .unwrap();
+    let (conn, _send, _recv) = tokio::time::timeout(WAIT, admitted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Enough players that a one-tick change goes as a delta.
+    let mut state = ArenaState {
+        tick: 5,
+        ..ArenaState::default()
+    };
+    for id in 1..=8 {
+        let player = Player {
+            name: format!("player {id}"),
+            pos: Pos { x: id, y: 2 * id },
+            facing: Dir::North,
+            score: 0,
+            deaths: 0,
+            respawn_at: None,
+            ready_at: 0,
+        };
+        state.players.insert(PlayerId(id as u32), player);
+    }
+    let full = codec::encode(&state).unwrap();
+    let datagram = |msg: &ServerMsg<ArenaEvent>| protocol::encode_datagram(msg).unwrap();
+    conn.send_datagram(
+        datagram(&ServerMsg::StateFull {
+            tick: 5,
+            over: false,
+            state: full.clone(),
+        })
+        .into(),
+    )
+    .unwrap();
+    state_where(&session, |s| s.tick == 5 && s.state == state).await;
+
+    state.tick = 6;
+    state.players.get_mut(&PlayerId(3)).unwrap().pos.x += 1;
+    let next = codec::encode(&state).unwrap();
+    let Patch::Xor { len, compressed } = delta::diff(Some(&full), &next) else {
+        panic!("a one-tick change should be a delta");
+    };
+    conn.send_datagram(
+        datagram(&ServerMsg::StateDelta {
+            tick: 6,
+            over: false,
+            baseline_age: 1,
+            len,
+            patch: compressed,
+        })
+        .into(),
+    )
+    .unwrap();
+    state_where(&session, |s| s.tick == 6 && s.state == state).await;
+    assert_eq!(session.stats().deltas.load(Relaxed), 1);
+
+    conn.send_datagram(vec![codec::FORMAT_VERSION, 0xff, 0xff, 0xff].into())
+        .unwrap();
+    assert_eq!(close_code_of(&conn).await, Some(CloseCode::Malformed));
+    let event = event_where(&mut session, |e| matches!(e, SessionEvent::Closed { .. })).await;
+    let SessionEvent::Closed { reason, .. } = event else {
+        unreachable!()
+    };
+    assert!(reason.contains("bad datagram"), "{reason}");
 }

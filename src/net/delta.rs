@@ -88,17 +88,55 @@ pub fn apply(baseline: Option<&[u8]>, patch: &Patch, limit: usize) -> Result<Vec
         }
         Patch::Xor { len, compressed } => {
             let base = baseline.ok_or(DeltaError::MissingBaseline)?;
-            let len = *len as usize;
-            if len > limit {
-                return Err(DeltaError::TooLarge { len, limit });
-            }
-            let width = base.len().max(len);
-            let xor = decode_runs(compressed, width)?;
-            Ok((0..len)
-                .map(|i| xor[i] ^ base.get(i).copied().unwrap_or(0))
-                .collect())
+            let mut out = Vec::new();
+            apply_xor_into(base, *len, compressed, limit, &mut out)?;
+            Ok(out)
         }
     }
+}
+
+/// Rebuilds the new encoding from `baseline` and the parts of a
+/// [`Patch::Xor`] (`len`, `compressed`) into `out`, refusing a result
+/// longer than `limit` bytes. `out` is cleared first and its allocation
+/// reused, so a caller that recycles buffers applies deltas without
+/// allocating; after an error its contents are unspecified.
+pub fn apply_xor_into(
+    baseline: &[u8],
+    len: u32,
+    compressed: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), DeltaError> {
+    let len = len as usize;
+    if len > limit {
+        return Err(DeltaError::TooLarge { len, limit });
+    }
+    out.clear();
+    out.extend_from_slice(&baseline[..baseline.len().min(len)]);
+    out.resize(len, 0);
+    // The XOR spans the longer of the two; literals past `len` only undo
+    // baseline bytes the new encoding drops, so they are checked, not kept.
+    let width = baseline.len().max(len);
+    let (mut at, mut pos) = (0usize, 0usize);
+    while at < compressed.len() {
+        let (zeros, count) = take_header(compressed, &mut at)?;
+        let start = pos
+            .checked_add(zeros)
+            .filter(|&s| s.checked_add(count).is_some_and(|e| e <= width))
+            .ok_or_else(|| DeltaError::Corrupt(format!("runs overrun the {width}-byte state")))?;
+        let literals = compressed
+            .get(at..at + count)
+            .ok_or_else(|| DeltaError::Corrupt("truncated literal".into()))?;
+        if start < len {
+            let kept = &mut out[start..len.min(start + count)];
+            for (byte, literal) in kept.iter_mut().zip(literals) {
+                *byte ^= literal;
+            }
+        }
+        at += count;
+        pos = start + count;
+    }
+    Ok(())
 }
 
 /// Zero runs shorter than this stay inside a literal: a split costs a run
@@ -195,26 +233,6 @@ fn encode_runs(xor: &[u8]) -> Vec<u8> {
         at = end;
     }
     out
-}
-
-/// Inverse of [`encode_runs`] into exactly `width` bytes.
-fn decode_runs(runs: &[u8], width: usize) -> Result<Vec<u8>, DeltaError> {
-    let mut xor = vec![0u8; width];
-    let (mut at, mut pos) = (0usize, 0usize);
-    while at < runs.len() {
-        let (zeros, count) = take_header(runs, &mut at)?;
-        let start = pos
-            .checked_add(zeros)
-            .filter(|&s| s.checked_add(count).is_some_and(|e| e <= width))
-            .ok_or_else(|| DeltaError::Corrupt(format!("runs overrun the {width}-byte state")))?;
-        let literals = runs
-            .get(at..at + count)
-            .ok_or_else(|| DeltaError::Corrupt("truncated literal".into()))?;
-        xor[start..start + count].copy_from_slice(literals);
-        at += count;
-        pos = start + count;
-    }
-    Ok(xor)
 }
 
 #[cfg(test)]
@@ -327,6 +345,28 @@ mod tests {
             new.resize(base.len() + grow, 7);
             let patch = diff(Some(&base), &new);
             prop_assert_eq!(apply(Some(&base), &patch, 1 << 16).unwrap(), new);
+        }
+
+        #[test]
+        fn applying_into_a_used_buffer_gives_the_new_state(
+            base in proptest::collection::vec(any::<u8>(), 1..300),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            resize in 0usize..340,
+            used in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            // A near copy, shorter or longer, so most patches are deltas.
+            let mut new = base.clone();
+            for (at, bits) in flips {
+                let i = at % new.len();
+                new[i] ^= bits;
+            }
+            new.resize(resize.max(base.len().saturating_sub(20)), 7);
+            let Patch::Xor { len, compressed } = diff(Some(&base), &new) else {
+                return Ok(());
+            };
+            let mut out = used;
+            apply_xor_into(&base, len, &compressed, 1 << 16, &mut out).unwrap();
+            prop_assert_eq!(out, new);
         }
 
         #[test]

@@ -3,7 +3,9 @@
 //! [`Answer`] of its script: closing it at once the way a node answers a
 //! `Hello` for a match it does not host (`Redirect`, `MatchMoving`,
 //! `ServerFull`), or admitting it and then closing the live session the
-//! way a node does when its match moves away.
+//! way a node does when its match moves away, or admitting it and then
+//! handing the connection to the test (to play a server that breaks the
+//! protocol).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use rustls::pki_types::CertificateDer;
 use tickforge::net::CloseCode;
 use tickforge::net::protocol::{self, ClientMsg, FrameBuffer, ServerMsg, Welcome};
 use tickforge::net::tls;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// What the stub does with one connection.
@@ -24,7 +27,13 @@ pub enum Answer {
     /// Read the `Hello`, answer with this `Welcome`, and close with the
     /// code and reason when the client sends anything more (a command).
     AdmitThenClose(Welcome, CloseCode, String),
+    /// Read the `Hello`, answer with this `Welcome`, and hand the
+    /// connection and its control stream to the test.
+    AdmitThenHandOver(Welcome, mpsc::UnboundedSender<Admitted>),
 }
+
+/// A connection the stub admitted, with its control stream.
+pub type Admitted = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
 
 /// A running stub; dropping it stops the endpoint.
 pub struct CloseStub {
@@ -109,12 +118,14 @@ impl CloseStub {
 }
 
 async fn answer_with(conn: quinn::Connection, answer: Answer) {
-    let (welcome, code, reason) = match answer {
+    let welcome = match &answer {
         Answer::Close(code, reason) => {
             conn.close(code.code().into(), reason.as_bytes());
             return;
         }
-        Answer::AdmitThenClose(welcome, code, reason) => (welcome, code, reason),
+        Answer::AdmitThenClose(welcome, ..) | Answer::AdmitThenHandOver(welcome, _) => {
+            welcome.clone()
+        }
     };
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
@@ -136,7 +147,15 @@ async fn answer_with(conn: quinn::Connection, answer: Answer) {
     if send.write_all(&frame).await.is_err() {
         return;
     }
-    // Whatever comes next (a command, or the stream's end): the match moved.
-    let _ = recv.read_chunk(64 * 1024, true).await;
-    conn.close(code.code().into(), reason.as_bytes());
+    match answer {
+        Answer::AdmitThenClose(_, code, reason) => {
+            // Whatever comes next (a command, or the stream's end): the match moved.
+            let _ = recv.read_chunk(64 * 1024, true).await;
+            conn.close(code.code().into(), reason.as_bytes());
+        }
+        Answer::AdmitThenHandOver(_, to) => {
+            let _ = to.send((conn, send, recv));
+        }
+        Answer::Close(..) => unreachable!("answered above"),
+    }
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::inputs::InputWindow;
-use super::link::{Inbound, Link, closed_error};
+use super::link::{self, Inbound, Link, closed_error};
 use super::route::{Budget, Route};
 use super::{
     Client, ClientError, ClientStats, JoinRequest, Outgoing, Session, SessionEvent, SessionInfo,
@@ -20,7 +21,7 @@ use super::{
 use crate::codec;
 use crate::engine::InputAcks;
 use crate::game::{Game, Tick};
-use crate::net::delta::{self, Patch};
+use crate::net::delta;
 use crate::net::protocol::{
     self, ClientMsg, CloseCode, CommandStatus, Credential, Role, ServerMsg,
 };
@@ -53,6 +54,8 @@ pub(super) struct Driver<G: Game> {
     /// The input datagram loss test hook's generator and share.
     input_loss: Option<(u16, u64)>,
     baselines: VecDeque<(Tick, Vec<u8>)>,
+    /// The buffer of the baseline dropped last, reused for the next delta.
+    spare: Vec<u8>,
     last_tick: Option<Tick>,
     events_expected: u64,
     grace: Duration,
@@ -112,6 +115,7 @@ impl<G: Game> Driver<G> {
                 .test_input_datagram_loss
                 .map(|l| (l.per_mille, l.seed | 1)),
             baselines: VecDeque::new(),
+            spare: Vec::new(),
             last_tick: None,
             events_expected: welcome.events_from,
             grace: Duration::from_millis(welcome.grace_ms),
@@ -281,6 +285,12 @@ impl<G: Game> Driver<G> {
     /// Runs one connection until it fails, the match ends or the session is dropped.
     async fn serve_connection(&mut self) -> Stop {
         let mut over_deadline: Option<tokio::time::Instant> = None;
+        // Both futures live as long as the connection, not one loop pass;
+        // reading a datagram is cancel-safe (quinn keeps it until a poll
+        // returns it), but a fresh future per pass costs a lock each time.
+        let conn = self.conn.clone();
+        let mut closed = std::pin::pin!(conn.closed());
+        let mut datagram = std::pin::pin!(conn.read_datagram());
         loop {
             let linger = async {
                 match over_deadline {
@@ -289,21 +299,30 @@ impl<G: Game> Driver<G> {
                 }
             };
             tokio::select! {
+                read = &mut datagram => {
+                    datagram.set(conn.read_datagram());
+                    match read {
+                        Ok(bytes) => {
+                            if let Some(stop) = self.on_datagram(&bytes).await {
+                                return stop;
+                            }
+                        }
+                        // Closed, and every datagram that came first was read.
+                        Err(error) => return self.on_closed(&error, &mut over_deadline).await,
+                    }
+                }
                 inbound = self.link.inbox.recv() => match inbound {
                     Some(Inbound::Control(msg)) => {
                         if let Some(stop) = self.on_control(msg, &mut over_deadline).await {
                             return stop;
                         }
                     }
-                    Some(Inbound::State(msg, on_stream)) => {
-                        if let Some(stop) = self.on_state(msg, on_stream).await {
+                    Some(Inbound::StreamState(msg)) => {
+                        if let Some(stop) = self.on_state(msg, true).await {
                             return stop;
                         }
                     }
-                    Some(Inbound::Broken(reason)) => {
-                        self.conn.close(CloseCode::Malformed.code().into(), reason.as_bytes());
-                        return Stop::Failed(ClientError::Protocol(reason));
-                    }
+                    Some(Inbound::Broken(reason)) => return self.broken(reason),
                     None => {
                         // Every reader ended: the connection is gone.
                         return Stop::Failed(closed_error(&self.conn).await);
@@ -332,23 +351,64 @@ impl<G: Game> Driver<G> {
                         }
                     }
                 },
-                error = self.conn.closed() => {
-                    // Drain what already arrived (results, events) first.
-                    while let Ok(inbound) = self.link.inbox.try_recv() {
-                        match inbound {
-                            Inbound::Control(msg) => { let _ = self.on_control(msg, &mut over_deadline).await; }
-                            Inbound::State(msg, on_stream) => { let _ = self.on_state(msg, on_stream).await; }
-                            Inbound::Broken(_) => break,
-                        }
-                    }
-                    if self.over.is_some() {
-                        return Stop::Over;
-                    }
-                    return Stop::Failed(connection_error(&error));
-                }
+                error = &mut closed => return self.on_closed(&error, &mut over_deadline).await,
                 _ = linger => return Stop::Over,
             }
         }
+    }
+
+    /// Decodes and applies a state datagram; one that does not decode
+    /// closes the connection as malformed.
+    async fn on_datagram(&mut self, bytes: &[u8]) -> Option<Stop> {
+        let limit = self.client.config.max_message_bytes;
+        match link::decode_datagram::<G>(bytes, limit, &self.stats) {
+            Ok(msg) => self.on_state(msg, false).await,
+            Err(reason) => Some(self.broken(reason)),
+        }
+    }
+
+    /// Closes the connection because the server broke the protocol.
+    fn broken(&mut self, reason: String) -> Stop {
+        self.conn
+            .close(CloseCode::Malformed.code().into(), reason.as_bytes());
+        Stop::Failed(ClientError::Protocol(reason))
+    }
+
+    /// The connection closed with `error`: delivers what already arrived
+    /// (datagrams, results, events), then says why it stopped.
+    async fn on_closed(
+        &mut self,
+        error: &quinn::ConnectionError,
+        over_deadline: &mut Option<tokio::time::Instant>,
+    ) -> Stop {
+        // Datagrams buffered before the close are still handed out.
+        while let Some(Ok(bytes)) = self.conn.read_datagram().now_or_never() {
+            match link::decode_datagram::<G>(
+                &bytes,
+                self.client.config.max_message_bytes,
+                &self.stats,
+            ) {
+                Ok(msg) => {
+                    let _ = self.on_state(msg, false).await;
+                }
+                Err(_) => break,
+            }
+        }
+        while let Ok(inbound) = self.link.inbox.try_recv() {
+            match inbound {
+                Inbound::Control(msg) => {
+                    let _ = self.on_control(msg, over_deadline).await;
+                }
+                Inbound::StreamState(msg) => {
+                    let _ = self.on_state(msg, true).await;
+                }
+                Inbound::Broken(_) => break,
+            }
+        }
+        if self.over.is_some() {
+            return Stop::Over;
+        }
+        Stop::Failed(connection_error(error))
     }
 
     /// Sends an input datagram: the latest applied state tick and every
@@ -520,8 +580,14 @@ impl<G: Game> Driver<G> {
 
     async fn apply_state(&mut self, msg: ServerMsg<G::Event>, on_stream: bool) -> Option<Stop> {
         let limit = self.client.config.max_message_bytes;
+        let stale = |tick: Tick| self.last_tick.is_some_and(|last| tick <= last);
         let (tick, over, bytes, is_delta) = match msg {
-            ServerMsg::StateFull { tick, over, state } => (tick, over, Ok(state), false),
+            ServerMsg::StateFull { tick, over, state } => {
+                if stale(tick) {
+                    return None; // older than what we have
+                }
+                (tick, over, state, false)
+            }
             ServerMsg::StateDelta {
                 tick,
                 over,
@@ -530,36 +596,35 @@ impl<G: Game> Driver<G> {
                 patch,
             } => {
                 let baseline_tick = tick.checked_sub(u64::from(baseline_age));
+                // Newest first: deltas are mostly against a recent state.
                 let Some((_, base)) = self
                     .baselines
                     .iter()
+                    .rev()
                     .find(|(t, _)| Some(*t) == baseline_tick)
                 else {
                     self.stats.missing_baseline.fetch_add(1, Relaxed);
                     return None;
                 };
-                let patch = Patch::Xor {
-                    len,
-                    compressed: patch,
-                };
-                (tick, over, delta::apply(Some(base), &patch, limit), true)
+                if stale(tick) {
+                    return None; // older than what we have
+                }
+                // Into the buffer of the baseline dropped last: no allocation.
+                let mut bytes = std::mem::take(&mut self.spare);
+                if let Err(e) = delta::apply_xor_into(base, len, &patch, limit, &mut bytes) {
+                    tracing::warn!(tick, error = %e, "a state delta did not apply; dropped");
+                    self.spare = bytes;
+                    return None;
+                }
+                (tick, over, bytes, true)
             }
             _ => return None,
-        };
-        if self.last_tick.is_some_and(|last| tick <= last) {
-            return None; // older than what we have
-        }
-        let bytes = match bytes {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!(tick, error = %e, "a state delta did not apply; dropped");
-                return None;
-            }
         };
         let state: G::View = match codec::decode(&bytes) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(tick, error = %e, "a state did not decode; dropped");
+                self.spare = bytes;
                 return None;
             }
         };
@@ -573,7 +638,9 @@ impl<G: Game> Driver<G> {
         self.last_tick = Some(tick);
         self.baselines.push_back((tick, bytes));
         while self.baselines.len() > BASELINES_KEPT {
-            self.baselines.pop_front();
+            if let Some((_, dropped)) = self.baselines.pop_front() {
+                self.spare = dropped;
+            }
         }
         self.states.send_replace(Some(Arc::new(StateUpdate {
             tick,

@@ -1,7 +1,10 @@
 //! One connection's inbound side: the `Hello`/`Welcome` exchange on the
-//! control stream, then reader tasks (control stream, state datagrams,
-//! state streams) that hand decoded messages to the driver. No session
-//! state here; the driver owns it.
+//! control stream, then reader tasks (control stream, state streams) that
+//! hand decoded messages to the driver, and the decoding of state
+//! datagrams, which the driver reads itself (one per tick, with no task or
+//! queue in between; while the driver is busy they wait in quinn's receive
+//! buffer, which drops the oldest when full). No session state here; the
+//! driver owns it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,8 +19,11 @@ use crate::net::protocol::{self, ClientMsg, FrameBuffer, Hello, ServerMsg, Welco
 
 /// What the per-connection reader tasks hand the driver.
 pub(super) enum Inbound<E> {
+    /// A message of the control stream.
     Control(ServerMsg<E>),
-    State(ServerMsg<E>, bool),
+    /// A state that came on its own stream (too large for a datagram, or final).
+    StreamState(ServerMsg<E>),
+    /// The server broke the protocol; why.
     Broken(String),
 }
 
@@ -74,12 +80,6 @@ impl<G: Game> Link<G> {
         let (tx, inbox) = mpsc::channel(1024);
         let mut readers = JoinSet::new();
         readers.spawn(read_control::<G>(recv, frames, tx.clone(), stats.clone()));
-        readers.spawn(read_datagrams::<G>(
-            conn.clone(),
-            config.max_message_bytes,
-            tx.clone(),
-            stats.clone(),
-        ));
         readers.spawn(accept_state_streams::<G>(
             conn.clone(),
             config.max_message_bytes,
@@ -148,30 +148,16 @@ async fn read_control<G: Game>(
     }
 }
 
-async fn read_datagrams<G: Game>(
-    conn: quinn::Connection,
+/// Counts and decodes a state datagram; a datagram that does not decode
+/// is the server breaking the protocol (the reason says why).
+pub(super) fn decode_datagram<G: Game>(
+    bytes: &[u8],
     limit: usize,
-    tx: mpsc::Sender<Inbound<G::Event>>,
-    stats: Arc<ClientStats>,
-) {
-    while let Ok(bytes) = conn.read_datagram().await {
-        stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
-        stats.datagrams.fetch_add(1, Relaxed);
-        match protocol::decode_datagram::<ServerMsg<G::Event>>(&bytes, limit) {
-            // A full inbox drops the state: a newer one follows.
-            Ok(msg) => {
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    tx.try_send(Inbound::State(msg, false))
-                {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Inbound::Broken(format!("bad datagram: {e}"))).await;
-                return;
-            }
-        }
-    }
+    stats: &ClientStats,
+) -> Result<ServerMsg<G::Event>, String> {
+    stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+    stats.datagrams.fetch_add(1, Relaxed);
+    protocol::decode_datagram(bytes, limit).map_err(|e| format!("bad datagram: {e}"))
 }
 
 async fn accept_state_streams<G: Game>(
@@ -194,7 +180,7 @@ async fn accept_state_streams<G: Game>(
             stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
             match protocol::decode_frame::<ServerMsg<G::Event>>(&bytes, limit) {
                 Ok((msg, _)) => {
-                    let _ = tx.send(Inbound::State(msg, true)).await;
+                    let _ = tx.send(Inbound::StreamState(msg)).await;
                 }
                 Err(e) => {
                     let _ = tx

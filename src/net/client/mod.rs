@@ -29,7 +29,8 @@
 //! The parts: this file holds the API (configuration, errors, the stages,
 //! the session handle); `route` decides where the next `Hello` goes (no
 //! I/O); `inputs` numbers and resolves player inputs (no I/O); `link`
-//! reads one connection; `driver` is the session's task.
+//! opens one connection and reads its streams; `driver` is the session's
+//! task, which also reads the state datagrams.
 //!
 //! ```no_run
 //! use tickforge::arena::{Arena, ArenaCommand, Dir};
