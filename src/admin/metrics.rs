@@ -80,7 +80,7 @@ pub const FANOUT_WAKEUPS: &str = "tickforge_net_fanout_wakeups_total";
 /// Counter: connections refused with `ServerFull` (label `reason`:
 /// `connections`, `ramp`, `ceiling`, `cpu`, `tick_load`, `lag`).
 pub const ADMISSION_REFUSED: &str = "tickforge_admission_refused_total";
-/// Counter: sessions closed with `ServerFull` after a second over a
+/// Counter: sessions closed with `ServerFull` after two seconds over a
 /// headroom limit with more than the ceiling open (the newest first).
 pub const ADMISSION_SHED: &str = "tickforge_admission_shed_total";
 /// Gauge: the load admission judges, in percent (label `measure`: `cpu`,
@@ -299,7 +299,7 @@ fn describe() {
     describe_counter!(
         ADMISSION_SHED,
         Count,
-        "Sessions closed (newest first) after a second over a headroom limit."
+        "Sessions closed (newest first) after two seconds over a headroom limit."
     );
     describe_gauge!(
         ADMISSION_LOAD,

@@ -13,7 +13,7 @@
 //!
 //! With any of the last three set, the node also admits a join storm in
 //! steps (at most an eighth more connections per second, [`RAMP_DIVISOR`])
-//! and, after a whole second over a limit, no more than a [`Ceiling`] it
+//! and, after two whole seconds over a limit, no more than a [`Ceiling`] it
 //! raises slowly.
 //!
 //! The decision ([`AdmissionLimits::verdict`]) is pure: it takes a [`Load`].

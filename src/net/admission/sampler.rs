@@ -106,7 +106,7 @@ fn record(load: &Load) {
 /// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the
 /// mean lag and the tick load since the last sample, and the highest CPU
 /// and busy shares of the last second's samples, are published with the
-/// connections `open` then. After a second over a limit, `shed` is asked
+/// connections `open` then. After two seconds over a limit, `shed` is asked
 /// to close that many of the newest sessions (see [`Reading::shed`]). Runs
 /// on the runtime that serves the connections (whose workers it measures).
 pub async fn sample<G: Game, S: Store>(
@@ -179,7 +179,7 @@ pub async fn sample<G: Game, S: Store>(
                     connections = load.connections,
                     ceiling = ?load.ceiling,
                     shedding = beyond,
-                    "over a headroom limit for a second"
+                    "over a headroom limit for two seconds"
                 );
             }
             if beyond > 0 {

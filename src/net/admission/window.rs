@@ -1,4 +1,4 @@
-//! The last second of load samples, and the [`Ceiling`] the node learns
+//! The last seconds of load samples, and the [`Ceiling`] the node learns
 //! from sustained overload.
 
 use std::time::Duration;
@@ -9,9 +9,13 @@ use super::{AdmissionLimits, Full, Load, RAMP_DIVISOR, RAMP_MIN};
 /// (the last second): joins and bursts make a single quarter second swing
 /// widely, and admitting on a trough overshoots.
 const PEAK_OF: usize = 4;
+/// Overload is judged on this many samples (two seconds), all over a limit:
+/// a join storm's handshakes, and refusing the clients it could not take,
+/// can keep a node busy for a second without its sessions being too many.
+const SUSTAINED_OF: usize = 8;
 
-/// What the node learned about its own capacity: when the samples of a
-/// whole second find it over a headroom limit, it admits no more than seven
+/// What the node learned about its own capacity: when the samples of two
+/// whole seconds find it over a headroom limit, it admits no more than seven
 /// eighths of the connections then open (at least [`RAMP_MIN`]); each calm
 /// second after that raises the ceiling by one connection.
 ///
@@ -76,15 +80,15 @@ pub struct Sample {
 pub struct Reading {
     /// What the accept path judges until the next sample.
     pub load: Load,
-    /// The limit the whole last second was over, if any.
+    /// The limit the last two seconds were over throughout, if any.
     pub over: Option<Full>,
     /// Sessions to close (the newest, with `ServerFull`) to get back under
-    /// the ceiling: admitted connections beyond it after a second over a
+    /// the ceiling: admitted connections beyond it after two seconds over a
     /// limit. Their cost would otherwise keep every session late.
     pub shed: usize,
 }
 
-/// The last second of samples (four samples) and the [`Ceiling`]: turns
+/// The last two seconds of samples and the [`Ceiling`]: turns
 /// each new sample into the [`Load`] the accept path judges.
 #[derive(Debug, Default)]
 pub struct Window {
@@ -102,23 +106,27 @@ const HOLD_AFTER_SHED: usize = 16;
 impl Window {
     /// Adds `sample` and returns the load to publish: the highest CPU and
     /// busy shares of the window, the connections open at its start, the
-    /// ceiling; and the limit the node is over if a whole window was over
-    /// it, not just a join's burst. That lowers the ceiling, asks for the
+    /// ceiling; and the limit the node is over if two whole seconds were
+    /// over it, not just a join's burst. That lowers the ceiling, asks for the
     /// sessions beyond it to be shed, and starts a new window; the next
     /// verdict on overload waits [`HOLD_AFTER_SHED`] samples, while the
     /// clients turned away stop knocking.
     pub fn push(&mut self, sample: Sample, limits: &AdmissionLimits) -> Reading {
-        if self.recent.len() == PEAK_OF {
+        if self.recent.len() == SUSTAINED_OF {
             self.recent.pop_front();
         }
         // Connections a second ago: the CPU of ones admitted since hardly
         // shows yet.
         let window_connections = self
             .recent
-            .front()
+            .iter()
+            .rev()
+            .nth(PEAK_OF - 1)
+            .or(self.recent.front())
             .map_or(sample.connections, |r| r.connections);
         self.recent.push_back(sample);
-        let highest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).max();
+        let last_second = || self.recent.iter().rev().take(PEAK_OF);
+        let highest = |share: fn(&Sample) -> u32| last_second().map(share).max();
         let lowest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).min();
         let mut load = Load {
             connections: sample.connections,
@@ -140,7 +148,7 @@ impl Window {
         if self.hold > 0 {
             self.hold -= 1;
         } else {
-            if self.recent.len() == PEAK_OF {
+            if self.recent.len() == SUSTAINED_OF {
                 over = limits.over_headroom(&sustained);
             }
             self.ceiling = self
@@ -253,13 +261,13 @@ mod tests {
             &limits,
         );
         assert_eq!((load.busy_percent, load.sampled_connections), (40, 140));
-        // A whole second over the limit lowers the ceiling.
+        // Two whole seconds over the limit lower the ceiling.
         let hot = Sample {
             connections: 160,
             busy_percent: 99,
             ..calm
         };
-        for _ in 0..PEAK_OF - 1 {
+        for _ in 0..SUSTAINED_OF - 1 {
             let Reading { load, over, .. } = window.push(hot, &limits);
             assert_eq!((over, load.ceiling), (None, None));
         }
@@ -281,8 +289,8 @@ mod tests {
                 (None, 0, Some(140))
             );
         }
-        // Then the last second, all after the shedding, is judged: still
-        // hot, so it sheds again.
+        // Then the last two seconds, all after the shedding, are judged:
+        // still hot, so it sheds again.
         let again = window.push(still_hot, &limits);
         assert!(again.over.is_some());
         assert_eq!((again.load.ceiling, again.shed), (Some(123), 17));

@@ -101,7 +101,7 @@ pub(super) fn refuse_full<G: Game, S: Store>(
 
 /// Closes the `count` newest connections (the highest ids: sessions and
 /// Hellos under way) with [`CloseCode::ServerFull`] and the retry hint:
-/// the node was over a headroom limit for a second, and the sessions it
+/// the node was over a headroom limit for two seconds, and the sessions it
 /// admitted last go so that the others keep their pace. Players among them
 /// keep their slot for the grace window and may resume once there is room.
 pub(super) fn shed_newest<G: Game, S: Store>(shared: &Shared<G, S>, count: usize) {

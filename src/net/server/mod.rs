@@ -145,7 +145,7 @@ pub struct NetStats {
     /// (no connection place, or no headroom).
     pub refused_full: AtomicU64,
     /// Sessions closed with [`CloseCode::ServerFull`] because the node was
-    /// over a headroom limit for a second with more than its ceiling open
+    /// over a headroom limit for two seconds with more than its ceiling open
     /// (the newest first).
     pub shed: AtomicU64,
     /// Connections refused on arrival at the QUIC level, without a close
