@@ -105,7 +105,7 @@ const HOLD_AFTER_SHED: usize = 16;
 
 impl Window {
     /// Adds `sample` and returns the load to publish: the highest CPU and
-    /// busy shares of the window, the connections open at its start, the
+    /// busy shares of the last second, the connections open at its start, the
     /// ceiling; and the limit the node is over if two whole seconds were
     /// over it, not just a join's burst. That lowers the ceiling, asks for the
     /// sessions beyond it to be shed, and starts a new window; the next
@@ -128,6 +128,7 @@ impl Window {
         let last_second = || self.recent.iter().rev().take(PEAK_OF);
         let highest = |share: fn(&Sample) -> u32| last_second().map(share).max();
         let lowest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).min();
+        let lowest_lag = self.recent.iter().map(|s| s.lag).min();
         let mut load = Load {
             connections: sample.connections,
             sampled_connections: window_connections,
@@ -141,6 +142,8 @@ impl Window {
             sampled_connections: sample.connections,
             cpu_percent: lowest(|s| s.cpu_percent).unwrap_or(sample.cpu_percent),
             busy_percent: lowest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
+            tick_load_percent: lowest(|s| s.tick_load_percent).unwrap_or(sample.tick_load_percent),
+            lag: lowest_lag.unwrap_or(sample.lag),
             ..load
         };
         let mut over = None;
@@ -217,6 +220,36 @@ mod tests {
                 ceiling: 350
             })
         );
+    }
+
+    #[test]
+    fn one_late_sample_is_no_sustained_overload() {
+        let limits = AdmissionLimits {
+            max_connections: 10_000,
+            ..limits()
+        };
+        let mut window = Window::default();
+        let calm = Sample {
+            connections: 100,
+            cpu_percent: 40,
+            busy_percent: 40,
+            ..Sample::default()
+        };
+        for _ in 0..SUSTAINED_OF {
+            assert_eq!(window.push(calm, &limits).over, None);
+        }
+        let late = Sample {
+            lag: Duration::from_secs(1),
+            tick_load_percent: 400,
+            ..calm
+        };
+        let reading = window.push(late, &limits);
+        assert_eq!((reading.over, reading.shed), (None, 0));
+        // ... though the accept path refuses while it is the latest.
+        assert!(matches!(
+            limits.verdict(&reading.load),
+            Some(Full::TickLoad { .. })
+        ));
     }
 
     #[test]
