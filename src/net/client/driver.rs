@@ -360,11 +360,15 @@ impl<G: Game> Driver<G> {
     /// Decodes and applies a state datagram; one that does not decode
     /// closes the connection as malformed.
     async fn on_datagram(&mut self, bytes: &[u8]) -> Option<Stop> {
-        let limit = self.client.config.max_message_bytes;
-        match link::decode_datagram::<G>(bytes, limit, &self.stats) {
+        match self.decode_datagram(bytes) {
             Ok(msg) => self.on_state(msg, false).await,
             Err(reason) => Some(self.broken(reason)),
         }
+    }
+
+    /// Counts and decodes a state datagram (see [`link::decode_datagram`]).
+    fn decode_datagram(&self, bytes: &[u8]) -> Result<ServerMsg<G::Event>, String> {
+        link::decode_datagram::<G>(bytes, self.client.config.max_message_bytes, &self.stats)
     }
 
     /// Closes the connection because the server broke the protocol.
@@ -383,11 +387,7 @@ impl<G: Game> Driver<G> {
     ) -> Stop {
         // Datagrams buffered before the close are still handed out.
         while let Some(Ok(bytes)) = self.conn.read_datagram().now_or_never() {
-            match link::decode_datagram::<G>(
-                &bytes,
-                self.client.config.max_message_bytes,
-                &self.stats,
-            ) {
+            match self.decode_datagram(&bytes) {
                 Ok(msg) => {
                     let _ = self.on_state(msg, false).await;
                 }
