@@ -176,6 +176,15 @@ mod tests {
     use super::*;
     use crate::net::admission::tests::limits;
 
+    /// 100 connections at 40 % CPU and busy: well under the limits.
+    const CALM: Sample = Sample {
+        connections: 100,
+        cpu_percent: 40,
+        busy_percent: 40,
+        tick_load_percent: 0,
+        lag: Duration::ZERO,
+    };
+
     #[test]
     fn an_overload_sets_a_ceiling_that_calm_raises_slowly() {
         let none = Ceiling::default();
@@ -229,12 +238,7 @@ mod tests {
             ..limits()
         };
         let mut window = Window::default();
-        let calm = Sample {
-            connections: 100,
-            cpu_percent: 40,
-            busy_percent: 40,
-            ..Sample::default()
-        };
+        let calm = CALM;
         for _ in 0..SUSTAINED_OF {
             assert_eq!(window.push(calm, &limits).over, None);
         }
@@ -256,12 +260,7 @@ mod tests {
     fn the_window_publishes_its_peaks_and_lowers_the_ceiling_on_sustained_overload() {
         let limits = limits();
         let mut window = Window::default();
-        let calm = Sample {
-            connections: 100,
-            cpu_percent: 40,
-            busy_percent: 40,
-            ..Sample::default()
-        };
+        let calm = CALM;
         let Reading { load, over, .. } = window.push(calm, &limits);
         assert_eq!(
             (load.cpu_percent, load.sampled_connections, over),
