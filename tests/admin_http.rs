@@ -396,7 +396,7 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
     let text = format!(
         "[engine]\nshards = 2\n\n[storage]\nbackend = \"memory\"\n\n\
          [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\
-         admit_max_cpu_percent = 99\n\n\
+         admit_max_cpu_percent = 99\nadmit_max_send_delay_ms = 5000\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         cert = dir.path().join("cert.der").display(),
         key = dir.path().join("key.der").display(),
@@ -462,7 +462,8 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
         ["cpu", "busy", "tick_load"].iter().all(|measure| {
             let label = format!("measure=\"{measure}\"");
             sample(&r.body, "tickforge_admission_load_percent", &[&label]).is_some()
-        })
+        }) && sample(&r.body, "tickforge_admission_send_delay_seconds", &[])
+            .is_some_and(|seconds| (0.0..=5.0).contains(&seconds))
     })
     .await;
 

@@ -205,6 +205,15 @@ struct Args {
     /// until max_connections), to see overload itself.
     #[arg(long)]
     network_no_admission: bool,
+    /// network-split: the server's `admit_max_cpu_percent` while admission
+    /// is on (0 = judge by the other limits only).
+    #[arg(long, default_value_t = 85)]
+    network_admit_cpu_percent: u32,
+    /// network-split: the server's `admit_max_send_delay_ms` while
+    /// admission is on (0 = off): refuse while states leave this late after
+    /// their tick (99th percentile).
+    #[arg(long, default_value_t = 0)]
+    network_admit_send_delay_ms: u64,
     /// network-split: noisy neighbours: this many busy-looping processes
     /// pinned to each of the server's CPUs at the server's priority, so
     /// the server gets about 1/(N+1) of its cores and saturates before its
@@ -460,6 +469,8 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     client_cpus: cpus(&args.client_cpus)?,
                     compare_cores: args.network_compare_cores,
                     admission: !args.network_no_admission,
+                    admit_cpu_percent: args.network_admit_cpu_percent.min(100),
+                    admit_send_delay_ms: args.network_admit_send_delay_ms,
                     tick_phases: args.network_tick_phases.clamp(1, 16),
                     batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),

@@ -52,6 +52,10 @@ pub struct SplitConfig {
     pub client_cpus: Option<Vec<usize>>,
     pub compare_cores: bool,
     pub admission: bool,
+    /// The server's `admit_max_cpu_percent` while `admission` is on.
+    pub admit_cpu_percent: u32,
+    /// The server's `admit_max_send_delay_ms` while `admission` is on.
+    pub admit_send_delay_ms: u64,
     /// Phases of the server's tick (`engine.tick_phases`).
     pub tick_phases: u32,
     /// The server's `net.batch_sends`.
@@ -376,6 +380,8 @@ async fn step(
         cert: cert.clone(),
         key: tls.path().join("key.der"),
         admission: config.admission,
+        admit_cpu_percent: config.admit_cpu_percent,
+        admit_send_delay_ms: config.admit_send_delay_ms,
         tick_phases: config.tick_phases,
         batch_sends: config.batch_sends,
     };

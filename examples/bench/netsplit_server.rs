@@ -23,10 +23,16 @@ pub struct ServerSpec {
     /// Where the development certificate is written (the clients trust it).
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
-    /// Refuse new connections past 85 % CPU, 90 % tick load or 50 ms of
-    /// scheduling lag (the values suggested for production); `false` keeps
-    /// only the connection cap.
+    /// Refuse new connections past `admit_cpu_percent` CPU, 90 % tick
+    /// load, 50 ms of scheduling lag or `admit_send_delay_ms` of send delay;
+    /// `false` keeps only the connection cap.
     pub admission: bool,
+    /// `admit_max_cpu_percent` while `admission` is on.
+    #[serde(default = "default_cpu_percent")]
+    pub admit_cpu_percent: u32,
+    /// `admit_max_send_delay_ms` while `admission` is on (0 = off).
+    #[serde(default)]
+    pub admit_send_delay_ms: u64,
     /// Phases of the tick (`EngineSettings::tick_phases`).
     #[serde(default = "default_phases")]
     pub tick_phases: u32,
@@ -36,6 +42,10 @@ pub struct ServerSpec {
 
 fn default_phases() -> u32 {
     EngineSettings::default().tick_phases
+}
+
+fn default_cpu_percent() -> u32 {
+    85
 }
 
 /// The server's counters at one moment (cumulative).
@@ -80,7 +90,16 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
             cert: spec.cert.clone(),
             key: spec.key.clone(),
         },
-        admit_max_cpu_percent: if spec.admission { 85 } else { 0 },
+        admit_max_cpu_percent: if spec.admission {
+            spec.admit_cpu_percent
+        } else {
+            0
+        },
+        admit_max_send_delay: if spec.admission {
+            Duration::from_millis(spec.admit_send_delay_ms)
+        } else {
+            Duration::ZERO
+        },
         admit_max_tick_load_percent: if spec.admission { 90 } else { 0 },
         admit_max_lag: if spec.admission {
             Duration::from_millis(50)

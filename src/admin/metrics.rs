@@ -89,6 +89,9 @@ pub const ADMISSION_LOAD: &str = "tickforge_admission_load_percent";
 /// Gauge: the connections the node admits up to after an overload (absent
 /// until one).
 pub const ADMISSION_CEILING: &str = "tickforge_admission_ceiling_connections";
+/// Gauge: how late states leave after their tick, seconds, at the 99th
+/// percentile (the highest of the last second's samples).
+pub const ADMISSION_SEND_DELAY: &str = "tickforge_admission_send_delay_seconds";
 /// Gauge: 1 while the node drains, else 0.
 pub const DRAINING: &str = "tickforge_draining";
 /// Gauge: live nodes in the fleet's directory, as this node last read it.
@@ -309,6 +312,11 @@ fn describe() {
         ADMISSION_CEILING,
         Count,
         "Connections admitted up to since the node was last overloaded."
+    );
+    describe_gauge!(
+        ADMISSION_SEND_DELAY,
+        Unit::Seconds,
+        "How late states leave after their tick, 99th percentile (peak of the last second)."
     );
 }
 

@@ -156,6 +156,9 @@ pub struct MatchUpdate<S> {
     /// Set when the match failed because its game code broke: the reason.
     /// The state is the last good one; the match will not tick again.
     pub failure: Option<Arc<str>>,
+    /// When the shard published it: how late a state leaves is measured
+    /// from here.
+    pub published: std::time::Instant,
 }
 
 /// Where a command's outcome goes, with the client's own command number.

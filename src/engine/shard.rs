@@ -552,6 +552,7 @@ impl<G: Game> Shard<G> {
                     state: hosted.core.state().clone(),
                     over: hosted.core.is_over(),
                     failure: None,
+                    published: std::time::Instant::now(),
                 })
             });
             publications.push(Publication::<G> {
@@ -862,6 +863,7 @@ fn failed_update<S: Clone>(
         state,
         over: true,
         failure: Some(reason.into()),
+        published: std::time::Instant::now(),
     })
 }
 

@@ -146,6 +146,11 @@ pub struct NetConfig {
     /// behind on its sends (zero, the default, = no limit; 50 ms suits a
     /// release build at 30 Hz).
     pub admit_max_lag: Duration,
+    /// New connections are refused with [`CloseCode::ServerFull`] while
+    /// the states of a tick leave later than this after it, at the 99th
+    /// percentile of the last second (zero, the default, = no limit; a few
+    /// milliseconds keep what the server adds to its players' wait small).
+    pub admit_max_send_delay: Duration,
     /// The wait a [`CloseCode::ServerFull`] refusal asks for.
     pub full_retry_after: Duration,
     /// How long a new connection has to send its `Hello`.
@@ -187,6 +192,7 @@ impl NetConfig {
             max_cpu_percent: self.admit_max_cpu_percent,
             max_tick_load_percent: self.admit_max_tick_load_percent,
             max_lag: self.admit_max_lag,
+            max_send_delay: self.admit_max_send_delay,
             retry_after: self.full_retry_after,
         }
     }
@@ -207,6 +213,7 @@ impl Default for NetConfig {
             admit_max_cpu_percent: 0,
             admit_max_tick_load_percent: 0,
             admit_max_lag: Duration::ZERO,
+            admit_max_send_delay: Duration::ZERO,
             full_retry_after: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),

@@ -2,16 +2,20 @@
 //! at once with [`CloseCode::ServerFull`](super::CloseCode::ServerFull) and a
 //! retry hint instead of being left to time out.
 //!
-//! Four limits, each from the `[net]` table ([`AdmissionLimits`]):
+//! Five limits, each from the `[net]` table ([`AdmissionLimits`]):
 //! the connections open (`max_connections`), the CPU the process uses of
 //! the cores it may run on, or the share of time its runtime's workers are
 //! busy where that is higher (`admit_max_cpu_percent`), the share of the
-//! tick budget the engine's shards use (`admit_max_tick_load_percent`), and
-//! the scheduling lag of the runtime that sends every state
+//! tick budget the engine's shards use (`admit_max_tick_load_percent`), the
+//! scheduling lag of the runtime that sends every state
 //! (`admit_max_lag_ms`): when the server has more to send than its threads
-//! can keep up with, a timer fires late.
+//! can keep up with, a timer fires late; and how late the states leave
+//! (`admit_max_send_delay_ms`): the 99th percentile of the time from a
+//! tick's end until its fan-out handed the state to every connection of
+//! the match ([`SendDelays`]), the server's own share of what its players
+//! wait.
 //!
-//! With any of the last three set, the node also admits a join storm in
+//! With any of the last four set, the node also admits a join storm in
 //! steps (at most an eighth more connections per second, [`RAMP_DIVISOR`])
 //! and, after two whole seconds over a limit, no more than a [`Ceiling`] it
 //! raises slowly.
@@ -28,9 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 mod sampler;
+mod send_delay;
 mod window;
 
 pub use sampler::{TickLoadMeter, cpu_percent, sample};
+pub use send_delay::SendDelays;
 pub use window::{Ceiling, Reading, Sample, Window};
 
 /// How often the load sample is renewed.
@@ -58,6 +64,9 @@ pub struct AdmissionLimits {
     /// Refuse while the runtime's timers fire later than this on average
     /// (zero = no limit).
     pub max_lag: Duration,
+    /// Refuse while the states of a tick leave later than this after it, at
+    /// the 99th percentile (zero = no limit).
+    pub max_send_delay: Duration,
     /// The wait a refusal asks the client for.
     pub retry_after: Duration,
 }
@@ -85,6 +94,9 @@ pub struct Load {
     pub tick_load_percent: u32,
     /// How late the runtime's timers fired, on average over the last sample.
     pub lag: Duration,
+    /// How late states left after their tick, at the 99th percentile: the
+    /// highest of the last second's samples.
+    pub send_delay: Duration,
     /// The connections the node admits up to after it found itself over a
     /// headroom limit (see [`Ceiling`]); `None` until then.
     pub ceiling: Option<usize>,
@@ -151,6 +163,16 @@ pub enum Full {
         /// `admit_max_lag_ms`.
         limit_ms: u128,
     },
+    /// States leave too long after their tick.
+    #[error(
+        "server busy: states leave up to {delay_ms} ms after their tick, the limit is {limit_ms} ms"
+    )]
+    SendDelay {
+        /// Measured (99th percentile), in milliseconds.
+        delay_ms: u128,
+        /// `admit_max_send_delay_ms`.
+        limit_ms: u128,
+    },
 }
 
 impl Full {
@@ -163,6 +185,7 @@ impl Full {
             Full::Cpu { .. } => "cpu",
             Full::TickLoad { .. } => "tick_load",
             Full::Lag { .. } => "lag",
+            Full::SendDelay { .. } => "send_delay",
         }
     }
 }
@@ -187,7 +210,10 @@ impl Load {
 impl AdmissionLimits {
     /// Whether any limit needs the load sampled (all but the connection cap).
     pub fn measures_headroom(&self) -> bool {
-        self.max_cpu_percent > 0 || self.max_tick_load_percent > 0 || !self.max_lag.is_zero()
+        self.max_cpu_percent > 0
+            || self.max_tick_load_percent > 0
+            || !self.max_lag.is_zero()
+            || !self.max_send_delay.is_zero()
     }
 
     /// `None` to admit, else why not. With headroom measured, a join storm
@@ -239,6 +265,12 @@ impl AdmissionLimits {
                 limit_ms: self.max_lag.as_millis(),
             });
         }
+        if !self.max_send_delay.is_zero() && load.send_delay > self.max_send_delay {
+            return Some(Full::SendDelay {
+                delay_ms: load.send_delay.as_millis(),
+                limit_ms: self.max_send_delay.as_millis(),
+            });
+        }
         None
     }
 }
@@ -253,6 +285,7 @@ pub struct Headroom {
     ceiling: AtomicU64,
     tick_load_percent: AtomicU64,
     lag_micros: AtomicU64,
+    send_delay_micros: AtomicU64,
 }
 
 impl Default for Headroom {
@@ -264,6 +297,7 @@ impl Default for Headroom {
             ceiling: AtomicU64::new(u64::MAX),
             tick_load_percent: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
+            send_delay_micros: AtomicU64::new(0),
         }
     }
 }
@@ -280,6 +314,7 @@ impl Headroom {
             tick_load_percent: u32::try_from(self.tick_load_percent.load(Relaxed))
                 .unwrap_or(u32::MAX),
             lag: Duration::from_micros(self.lag_micros.load(Relaxed)),
+            send_delay: Duration::from_micros(self.send_delay_micros.load(Relaxed)),
             ceiling: match self.ceiling.load(Relaxed) {
                 u64::MAX => None,
                 c => Some(usize::try_from(c).unwrap_or(usize::MAX)),
@@ -294,6 +329,7 @@ impl Headroom {
             sampled_connections,
             tick_load_percent,
             lag,
+            send_delay,
             ceiling,
             ..
         } = *sample;
@@ -307,6 +343,10 @@ impl Headroom {
             .store(u64::from(tick_load_percent), Relaxed);
         self.lag_micros
             .store(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.send_delay_micros.store(
+            u64::try_from(send_delay.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 }
 
@@ -320,6 +360,7 @@ pub(crate) mod tests {
             max_cpu_percent: 85,
             max_tick_load_percent: 80,
             max_lag: Duration::from_millis(15),
+            max_send_delay: Duration::from_millis(8),
             retry_after: Duration::from_secs(1),
         }
     }
@@ -333,6 +374,7 @@ pub(crate) mod tests {
             busy_percent: 85,
             tick_load_percent: 80,
             lag: Duration::from_millis(15),
+            send_delay: Duration::from_millis(8),
             ceiling: None,
         };
         assert_eq!(limits().verdict(&calm), None);
@@ -374,10 +416,22 @@ pub(crate) mod tests {
             limits().verdict(&late),
             Some(Full::Lag { lag_ms: 16, .. })
         ));
+        let states_late = Load {
+            send_delay: Duration::from_millis(9),
+            ..calm
+        };
+        assert_eq!(
+            limits().verdict(&states_late),
+            Some(Full::SendDelay {
+                delay_ms: 9,
+                limit_ms: 8
+            })
+        );
         let off = AdmissionLimits {
             max_cpu_percent: 0,
             max_tick_load_percent: 0,
             max_lag: Duration::ZERO,
+            max_send_delay: Duration::ZERO,
             ..limits()
         };
         let swamped = Load {
@@ -387,6 +441,7 @@ pub(crate) mod tests {
             busy_percent: 400,
             tick_load_percent: 500,
             lag: Duration::from_secs(1),
+            send_delay: Duration::from_secs(1),
             ceiling: None,
         };
         assert_eq!(off.verdict(&swamped), None);
@@ -492,6 +547,7 @@ pub(crate) mod tests {
             max_cpu_percent: 0,
             max_tick_load_percent: 0,
             max_lag: Duration::ZERO,
+            max_send_delay: Duration::ZERO,
             ..limits
         };
         assert_eq!(capped_only.verdict(&storm), None);

@@ -1,13 +1,14 @@
-//! The sampler: measures the lag, the tick load, the process's CPU and the
-//! runtime's busy time every [`SAMPLE_EVERY`] and publishes them, through
-//! a [`Window`], to the [`Headroom`] the accept path reads.
+//! The sampler: measures the lag, the tick load, the process's CPU, the
+//! runtime's busy time and the states' send delay every [`SAMPLE_EVERY`]
+//! and publishes them, through a [`Window`], to the [`Headroom`] the
+//! accept path reads.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{AdmissionLimits, Headroom, Load, Reading, SAMPLE_EVERY, Sample, Window};
+use super::{AdmissionLimits, Headroom, Load, Reading, SAMPLE_EVERY, Sample, SendDelays, Window};
 use crate::engine::Engine;
 use crate::game::Game;
 use crate::store::Store;
@@ -97,6 +98,7 @@ fn record(load: &Load) {
     ] {
         metrics::gauge!(names::ADMISSION_LOAD, "measure" => measure).set(f64::from(percent));
     }
+    metrics::gauge!(names::ADMISSION_SEND_DELAY).set(load.send_delay.as_secs_f64());
     if let Some(ceiling) = load.ceiling {
         metrics::gauge!(names::ADMISSION_CEILING).set(ceiling as f64);
     }
@@ -105,14 +107,16 @@ fn record(load: &Load) {
 /// Keeps `headroom` current until `stop` is told: a timer every
 /// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the
 /// mean lag and the tick load since the last sample, and the highest CPU
-/// and busy shares of the last second's samples, are published with the
-/// connections `open` then. After two seconds over a limit, `shed` is asked
+/// and busy shares and send delay (from `send_delays`, which the fan-outs
+/// fill) of the last second's samples, are published with the connections
+/// `open` then. After two seconds over a limit, `shed` is asked
 /// to close that many of the newest sessions (see [`Reading::shed`]). Runs
 /// on the runtime that serves the connections (whose workers it measures).
 pub async fn sample<G: Game, S: Store>(
     engine: Arc<Engine<G, S>>,
     limits: AdmissionLimits,
     headroom: Arc<Headroom>,
+    send_delays: Arc<SendDelays>,
     open: impl Fn() -> usize,
     shed: impl Fn(usize),
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -167,6 +171,7 @@ pub async fn sample<G: Game, S: Store>(
                     busy_percent: busy,
                     tick_load_percent: tick_load,
                     lag: lag_sum / probes.max(1),
+                    send_delay: send_delays.take_p99(),
                 },
                 &limits,
             );

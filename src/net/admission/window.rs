@@ -73,6 +73,8 @@ pub struct Sample {
     pub tick_load_percent: u32,
     /// How late the runtime's timers fired, on average.
     pub lag: Duration,
+    /// How late states left after their tick, at the 99th percentile.
+    pub send_delay: Duration,
 }
 
 /// What the sampler makes of one more sample.
@@ -105,7 +107,7 @@ const HOLD_AFTER_SHED: usize = 16;
 
 impl Window {
     /// Adds `sample` and returns the load to publish: the highest CPU and
-    /// busy shares of the last second, the connections open at its start, the
+    /// busy shares and send delay of the last second, the connections open at its start, the
     /// ceiling; and the limit the node is over if two whole seconds were
     /// over it, not just a join's burst. That lowers the ceiling, asks for the
     /// sessions beyond it to be shed, and starts a new window; the next
@@ -129,6 +131,7 @@ impl Window {
         let highest = |share: fn(&Sample) -> u32| last_second().map(share).max();
         let lowest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).min();
         let lowest_lag = self.recent.iter().map(|s| s.lag).min();
+        let lowest_send_delay = self.recent.iter().map(|s| s.send_delay).min();
         let mut load = Load {
             connections: sample.connections,
             sampled_connections: window_connections,
@@ -136,6 +139,10 @@ impl Window {
             busy_percent: highest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
             tick_load_percent: sample.tick_load_percent,
             lag: sample.lag,
+            send_delay: last_second()
+                .map(|s| s.send_delay)
+                .max()
+                .unwrap_or(sample.send_delay),
             ceiling: None,
         };
         let sustained = Load {
@@ -144,6 +151,7 @@ impl Window {
             busy_percent: lowest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
             tick_load_percent: lowest(|s| s.tick_load_percent).unwrap_or(sample.tick_load_percent),
             lag: lowest_lag.unwrap_or(sample.lag),
+            send_delay: lowest_send_delay.unwrap_or(sample.send_delay),
             ..load
         };
         let mut over = None;
@@ -183,6 +191,7 @@ mod tests {
         busy_percent: 40,
         tick_load_percent: 0,
         lag: Duration::ZERO,
+        send_delay: Duration::ZERO,
     };
 
     #[test]

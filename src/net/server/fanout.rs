@@ -178,6 +178,7 @@ impl<G: Game, S: Store> Fanout<G, S> {
                         return;
                     }
                     self.send_all(&update);
+                    self.shared.send_delays.record(update.published.elapsed());
                     if self.subscribers.is_empty() && self.end_if_idle() {
                         return;
                     }

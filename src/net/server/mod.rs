@@ -55,7 +55,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use super::NetConfig;
-use super::admission::{self, Full, Headroom};
+use super::admission::{self, Full, Headroom, SendDelays};
 use super::delta::{self, Patch};
 use super::limits::TokenBucket;
 use super::placement::Locator;
@@ -232,6 +232,8 @@ struct Shared<G: Game, S: Store> {
     next_conn: AtomicU64,
     stats: Arc<NetStats>,
     headroom: Arc<Headroom>,
+    /// How late the fan-outs send each tick's states (read by admission).
+    send_delays: Arc<SendDelays>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -353,6 +355,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 next_conn: AtomicU64::new(1),
                 stats: Arc::new(NetStats::default()),
                 headroom: Arc::new(Headroom::default()),
+                send_delays: Arc::new(SendDelays::default()),
                 shutdown: shutdown_rx,
             }),
             shutdown_tx,
@@ -437,6 +440,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 self.shared.engine.clone(),
                 self.shared.config.admission(),
                 self.shared.headroom.clone(),
+                self.shared.send_delays.clone(),
                 open,
                 shed,
                 self.shared.shutdown.clone(),
