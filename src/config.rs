@@ -250,6 +250,7 @@ struct RawNet {
     admit_max_tick_load_percent: Option<u32>,
     admit_max_lag_ms: Option<u64>,
     admit_max_send_delay_ms: Option<u64>,
+    admit_max_receive_queue_kib: Option<u64>,
     full_retry_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     test_datagram_loss_per_mille: Option<u16>,
@@ -765,6 +766,17 @@ fn net_config(
             ));
         }
     };
+    let admit_max_receive_queue_bytes = match raw.admit_max_receive_queue_kib {
+        None => defaults.admit_max_receive_queue_bytes,
+        Some(kib @ 0..=1_048_576) => kib * 1024,
+        Some(kib) => {
+            return Err(invalid(
+                "net.admit_max_receive_queue_kib",
+                &kib,
+                "must be 0 (no limit) to 1048576 (KiB, 1 GiB)",
+            ));
+        }
+    };
     let full_retry_after = match raw.full_retry_ms {
         None => defaults.full_retry_after,
         Some(ms @ 1..=60_000) => std::time::Duration::from_millis(ms),
@@ -826,6 +838,7 @@ fn net_config(
         admit_max_tick_load_percent,
         admit_max_lag,
         admit_max_send_delay,
+        admit_max_receive_queue_bytes,
         full_retry_after,
         write_timeout,
         datagram_loss,
@@ -1128,11 +1141,12 @@ mod tests {
         assert_eq!(defaults.admit_max_tick_load_percent, 0);
         assert!(defaults.admit_max_lag.is_zero());
         assert!(defaults.admit_max_send_delay.is_zero());
+        assert_eq!(defaults.admit_max_receive_queue_bytes, 0);
         assert_eq!(defaults.full_retry_after, std::time::Duration::from_secs(2));
         let text = "[net]\nmax_connections = 40\nadmit_max_cpu_percent = 85\n\
                     admit_max_tick_load_percent = 90\n\
                     admit_max_lag_ms = 50\nadmit_max_send_delay_ms = 8\n\
-                    full_retry_ms = 250\n";
+                    admit_max_receive_queue_kib = 256\nfull_retry_ms = 250\n";
         let net = Config::parse(text, "t.toml", no_env).unwrap().net;
         let limits = net.admission();
         assert_eq!(limits.max_connections, 40);
@@ -1140,6 +1154,7 @@ mod tests {
         assert_eq!(limits.max_tick_load_percent, 90);
         assert_eq!(limits.max_lag, std::time::Duration::from_millis(50));
         assert_eq!(limits.max_send_delay, std::time::Duration::from_millis(8));
+        assert_eq!(limits.max_receive_queue_bytes, 256 << 10);
         assert_eq!(limits.retry_after, std::time::Duration::from_millis(250));
         for (text, key) in [
             (
@@ -1154,6 +1169,10 @@ mod tests {
             (
                 "[net]\nadmit_max_send_delay_ms = 10001\n",
                 "net.admit_max_send_delay_ms",
+            ),
+            (
+                "[net]\nadmit_max_receive_queue_kib = 1048577\n",
+                "net.admit_max_receive_queue_kib",
             ),
             ("[net]\nfull_retry_ms = 0\n", "net.full_retry_ms"),
             ("[net]\nfull_retry_ms = 60001\n", "net.full_retry_ms"),

@@ -464,6 +464,8 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
             sample(&r.body, "tickforge_admission_load_percent", &[&label]).is_some()
         }) && sample(&r.body, "tickforge_admission_send_delay_seconds", &[])
             .is_some_and(|seconds| (0.0..=5.0).contains(&seconds))
+            && sample(&r.body, "tickforge_admission_receive_queue_bytes", &[])
+                .is_some_and(|bytes| bytes >= 0.0)
     })
     .await;
 

@@ -214,6 +214,11 @@ struct Args {
     /// their tick (99th percentile).
     #[arg(long, default_value_t = 0)]
     network_admit_send_delay_ms: u64,
+    /// network-split: the server's `admit_max_receive_queue_kib` while
+    /// admission is on (0 = off): refuse while this much waits in its
+    /// socket's receive buffer.
+    #[arg(long, default_value_t = 0)]
+    network_admit_receive_queue_kib: u64,
     /// network-split: noisy neighbours: this many busy-looping processes
     /// pinned to each of the server's CPUs at the server's priority, so
     /// the server gets about 1/(N+1) of its cores and saturates before its
@@ -471,6 +476,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     admission: !args.network_no_admission,
                     admit_cpu_percent: args.network_admit_cpu_percent.min(100),
                     admit_send_delay_ms: args.network_admit_send_delay_ms,
+                    admit_receive_queue_kib: args.network_admit_receive_queue_kib,
                     tick_phases: args.network_tick_phases.clamp(1, 16),
                     batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),

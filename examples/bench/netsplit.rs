@@ -56,6 +56,8 @@ pub struct SplitConfig {
     pub admit_cpu_percent: u32,
     /// The server's `admit_max_send_delay_ms` while `admission` is on.
     pub admit_send_delay_ms: u64,
+    /// The server's `admit_max_receive_queue_kib` while `admission` is on.
+    pub admit_receive_queue_kib: u64,
     /// Phases of the server's tick (`engine.tick_phases`).
     pub tick_phases: u32,
     /// The server's `net.batch_sends`.
@@ -382,6 +384,7 @@ async fn step(
         admission: config.admission,
         admit_cpu_percent: config.admit_cpu_percent,
         admit_send_delay_ms: config.admit_send_delay_ms,
+        admit_receive_queue_kib: config.admit_receive_queue_kib,
         tick_phases: config.tick_phases,
         batch_sends: config.batch_sends,
     };

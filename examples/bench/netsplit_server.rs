@@ -33,6 +33,9 @@ pub struct ServerSpec {
     /// `admit_max_send_delay_ms` while `admission` is on (0 = off).
     #[serde(default)]
     pub admit_send_delay_ms: u64,
+    /// `admit_max_receive_queue_kib` while `admission` is on (0 = off).
+    #[serde(default)]
+    pub admit_receive_queue_kib: u64,
     /// Phases of the tick (`EngineSettings::tick_phases`).
     #[serde(default = "default_phases")]
     pub tick_phases: u32,
@@ -92,6 +95,11 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
         },
         admit_max_cpu_percent: if spec.admission {
             spec.admit_cpu_percent
+        } else {
+            0
+        },
+        admit_max_receive_queue_bytes: if spec.admission {
+            spec.admit_receive_queue_kib * 1024
         } else {
             0
         },

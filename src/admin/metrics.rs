@@ -92,6 +92,9 @@ pub const ADMISSION_CEILING: &str = "tickforge_admission_ceiling_connections";
 /// Gauge: how late states leave after their tick, seconds, at the 99th
 /// percentile (the highest of the last second's samples).
 pub const ADMISSION_SEND_DELAY: &str = "tickforge_admission_send_delay_seconds";
+/// Gauge: bytes waiting in the QUIC socket's receive buffer (the highest of
+/// the last second's samples).
+pub const ADMISSION_RECEIVE_QUEUE: &str = "tickforge_admission_receive_queue_bytes";
 /// Gauge: 1 while the node drains, else 0.
 pub const DRAINING: &str = "tickforge_draining";
 /// Gauge: live nodes in the fleet's directory, as this node last read it.
@@ -317,6 +320,11 @@ fn describe() {
         ADMISSION_SEND_DELAY,
         Unit::Seconds,
         "How late states leave after their tick, 99th percentile (peak of the last second)."
+    );
+    describe_gauge!(
+        ADMISSION_RECEIVE_QUEUE,
+        Unit::Bytes,
+        "Bytes waiting in the QUIC socket's receive buffer (peak of the last second)."
     );
 }
 

@@ -44,6 +44,7 @@ pub mod delta;
 pub mod limits;
 pub mod placement;
 pub mod protocol;
+pub mod receive_queue;
 pub mod server;
 mod slots;
 pub mod socket;
@@ -151,6 +152,12 @@ pub struct NetConfig {
     /// percentile of the last second (zero, the default, = no limit; a few
     /// milliseconds keep what the server adds to its players' wait small).
     pub admit_max_send_delay: Duration,
+    /// New connections are refused with [`CloseCode::ServerFull`] while
+    /// more than this many bytes wait in the QUIC socket's receive buffer
+    /// (the highest of the last second's samples; 0, the default, = no
+    /// limit; Linux only): the node reads its players' inputs later than
+    /// they come.
+    pub admit_max_receive_queue_bytes: u64,
     /// The wait a [`CloseCode::ServerFull`] refusal asks for.
     pub full_retry_after: Duration,
     /// How long a new connection has to send its `Hello`.
@@ -193,6 +200,7 @@ impl NetConfig {
             max_tick_load_percent: self.admit_max_tick_load_percent,
             max_lag: self.admit_max_lag,
             max_send_delay: self.admit_max_send_delay,
+            max_receive_queue_bytes: self.admit_max_receive_queue_bytes,
             retry_after: self.full_retry_after,
         }
     }
@@ -214,6 +222,7 @@ impl Default for NetConfig {
             admit_max_tick_load_percent: 0,
             admit_max_lag: Duration::ZERO,
             admit_max_send_delay: Duration::ZERO,
+            admit_max_receive_queue_bytes: 0,
             full_retry_after: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),

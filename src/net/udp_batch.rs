@@ -29,6 +29,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::receive_queue::ReceiveQueue;
+
 #[cfg(target_os = "linux")]
 mod queue;
 #[cfg(target_os = "linux")]
@@ -71,8 +73,9 @@ pub fn server_endpoint(
     batch_sends: bool,
     socket_buffer_bytes: usize,
     server_config: quinn::ServerConfig,
-) -> std::io::Result<(quinn::Endpoint, Option<Arc<SendBatchStats>>)> {
+) -> std::io::Result<ServerEndpoint> {
     let (udp, _) = super::socket::bind_udp(listen, socket_buffer_bytes)?;
+    let receive_queue = ReceiveQueue::of(&udp);
     if batch_sends {
         #[cfg(target_os = "linux")]
         {
@@ -84,7 +87,11 @@ pub fn server_endpoint(
                 socket,
                 Arc::new(quinn::TokioRuntime),
             )?;
-            return Ok((endpoint, Some(stats)));
+            return Ok(ServerEndpoint {
+                endpoint,
+                send_batches: Some(stats),
+                receive_queue,
+            });
         }
         #[cfg(not(target_os = "linux"))]
         tracing::warn!("net.batch_sends needs Linux (sendmmsg); using the stock UDP socket");
@@ -95,7 +102,21 @@ pub fn server_endpoint(
         udp,
         Arc::new(quinn::TokioRuntime),
     )?;
-    Ok((endpoint, None))
+    Ok(ServerEndpoint {
+        endpoint,
+        send_batches: None,
+        receive_queue,
+    })
+}
+
+/// What [`server_endpoint`] binds.
+pub struct ServerEndpoint {
+    /// The endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// The batching socket's counters, with `batch_sends`.
+    pub send_batches: Option<Arc<SendBatchStats>>,
+    /// The socket's receive queue, where the platform shows it.
+    pub receive_queue: Option<ReceiveQueue>,
 }
 
 #[cfg(target_os = "linux")]

@@ -35,7 +35,7 @@ mod sampler;
 mod send_delay;
 mod window;
 
-pub use sampler::{TickLoadMeter, cpu_percent, sample};
+pub use sampler::{NetworkMeasures, TickLoadMeter, cpu_percent, sample};
 pub use send_delay::SendDelays;
 pub use window::{Ceiling, Reading, Sample, Window};
 
@@ -67,6 +67,9 @@ pub struct AdmissionLimits {
     /// Refuse while the states of a tick leave later than this after it, at
     /// the 99th percentile (zero = no limit).
     pub max_send_delay: Duration,
+    /// Refuse while more than this many bytes wait in the endpoint socket's
+    /// receive buffer (0 = no limit).
+    pub max_receive_queue_bytes: u64,
     /// The wait a refusal asks the client for.
     pub retry_after: Duration,
 }
@@ -97,6 +100,9 @@ pub struct Load {
     /// How late states left after their tick, at the 99th percentile: the
     /// highest of the last second's samples.
     pub send_delay: Duration,
+    /// Bytes waiting in the endpoint socket's receive buffer: the highest
+    /// of the last second's samples.
+    pub receive_queue_bytes: u64,
     /// The connections the node admits up to after it found itself over a
     /// headroom limit (see [`Ceiling`]); `None` until then.
     pub ceiling: Option<usize>,
@@ -173,6 +179,16 @@ pub enum Full {
         /// `admit_max_send_delay_ms`.
         limit_ms: u128,
     },
+    /// Packets wait in the socket: the node reads them slower than they come.
+    #[error(
+        "server busy: {queued_kib} KiB of packets wait to be read, the limit is {limit_kib} KiB"
+    )]
+    ReceiveQueue {
+        /// Measured, in KiB.
+        queued_kib: u64,
+        /// `admit_max_receive_queue_kib`.
+        limit_kib: u64,
+    },
 }
 
 impl Full {
@@ -186,6 +202,7 @@ impl Full {
             Full::TickLoad { .. } => "tick_load",
             Full::Lag { .. } => "lag",
             Full::SendDelay { .. } => "send_delay",
+            Full::ReceiveQueue { .. } => "receive_queue",
         }
     }
 }
@@ -214,6 +231,7 @@ impl AdmissionLimits {
             || self.max_tick_load_percent > 0
             || !self.max_lag.is_zero()
             || !self.max_send_delay.is_zero()
+            || self.max_receive_queue_bytes > 0
     }
 
     /// `None` to admit, else why not. With headroom measured, a join storm
@@ -271,6 +289,14 @@ impl AdmissionLimits {
                 limit_ms: self.max_send_delay.as_millis(),
             });
         }
+        if self.max_receive_queue_bytes > 0
+            && load.receive_queue_bytes > self.max_receive_queue_bytes
+        {
+            return Some(Full::ReceiveQueue {
+                queued_kib: load.receive_queue_bytes / 1024,
+                limit_kib: self.max_receive_queue_bytes / 1024,
+            });
+        }
         None
     }
 }
@@ -286,6 +312,7 @@ pub struct Headroom {
     tick_load_percent: AtomicU64,
     lag_micros: AtomicU64,
     send_delay_micros: AtomicU64,
+    receive_queue_bytes: AtomicU64,
 }
 
 impl Default for Headroom {
@@ -298,6 +325,7 @@ impl Default for Headroom {
             tick_load_percent: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
             send_delay_micros: AtomicU64::new(0),
+            receive_queue_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -315,6 +343,7 @@ impl Headroom {
                 .unwrap_or(u32::MAX),
             lag: Duration::from_micros(self.lag_micros.load(Relaxed)),
             send_delay: Duration::from_micros(self.send_delay_micros.load(Relaxed)),
+            receive_queue_bytes: self.receive_queue_bytes.load(Relaxed),
             ceiling: match self.ceiling.load(Relaxed) {
                 u64::MAX => None,
                 c => Some(usize::try_from(c).unwrap_or(usize::MAX)),
@@ -330,6 +359,7 @@ impl Headroom {
             tick_load_percent,
             lag,
             send_delay,
+            receive_queue_bytes,
             ceiling,
             ..
         } = *sample;
@@ -343,6 +373,7 @@ impl Headroom {
             .store(u64::from(tick_load_percent), Relaxed);
         self.lag_micros
             .store(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.receive_queue_bytes.store(receive_queue_bytes, Relaxed);
         self.send_delay_micros.store(
             u64::try_from(send_delay.as_micros()).unwrap_or(u64::MAX),
             Relaxed,
@@ -361,6 +392,7 @@ pub(crate) mod tests {
             max_tick_load_percent: 80,
             max_lag: Duration::from_millis(15),
             max_send_delay: Duration::from_millis(8),
+            max_receive_queue_bytes: 64 << 10,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -375,6 +407,7 @@ pub(crate) mod tests {
             tick_load_percent: 80,
             lag: Duration::from_millis(15),
             send_delay: Duration::from_millis(8),
+            receive_queue_bytes: 64 << 10,
             ceiling: None,
         };
         assert_eq!(limits().verdict(&calm), None);
@@ -427,11 +460,23 @@ pub(crate) mod tests {
                 limit_ms: 8
             })
         );
+        let inputs_waiting = Load {
+            receive_queue_bytes: (64 << 10) + 1,
+            ..calm
+        };
+        assert_eq!(
+            limits().verdict(&inputs_waiting),
+            Some(Full::ReceiveQueue {
+                queued_kib: 64,
+                limit_kib: 64
+            })
+        );
         let off = AdmissionLimits {
             max_cpu_percent: 0,
             max_tick_load_percent: 0,
             max_lag: Duration::ZERO,
             max_send_delay: Duration::ZERO,
+            max_receive_queue_bytes: 0,
             ..limits()
         };
         let swamped = Load {
@@ -442,6 +487,7 @@ pub(crate) mod tests {
             tick_load_percent: 500,
             lag: Duration::from_secs(1),
             send_delay: Duration::from_secs(1),
+            receive_queue_bytes: 1 << 30,
             ceiling: None,
         };
         assert_eq!(off.verdict(&swamped), None);
@@ -548,6 +594,7 @@ pub(crate) mod tests {
             max_tick_load_percent: 0,
             max_lag: Duration::ZERO,
             max_send_delay: Duration::ZERO,
+            max_receive_queue_bytes: 0,
             ..limits
         };
         assert_eq!(capped_only.verdict(&storm), None);

@@ -11,7 +11,17 @@ use hdrhistogram::Histogram;
 use super::{AdmissionLimits, Headroom, Load, Reading, SAMPLE_EVERY, Sample, SendDelays, Window};
 use crate::engine::Engine;
 use crate::game::Game;
+use crate::net::receive_queue::ReceiveQueue;
 use crate::store::Store;
+
+/// What the server's network side measures for the sampler.
+#[derive(Debug, Clone)]
+pub struct NetworkMeasures {
+    /// How late the fan-outs send each tick's states.
+    pub send_delays: Arc<SendDelays>,
+    /// The endpoint socket's receive queue, where the platform shows it.
+    pub receive_queue: Option<ReceiveQueue>,
+}
 
 /// Period of the lag probe's timer.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -99,6 +109,7 @@ fn record(load: &Load) {
         metrics::gauge!(names::ADMISSION_LOAD, "measure" => measure).set(f64::from(percent));
     }
     metrics::gauge!(names::ADMISSION_SEND_DELAY).set(load.send_delay.as_secs_f64());
+    metrics::gauge!(names::ADMISSION_RECEIVE_QUEUE).set(load.receive_queue_bytes as f64);
     if let Some(ceiling) = load.ceiling {
         metrics::gauge!(names::ADMISSION_CEILING).set(ceiling as f64);
     }
@@ -107,16 +118,15 @@ fn record(load: &Load) {
 /// Keeps `headroom` current until `stop` is told: a timer every
 /// `PROBE_EVERY` (10 ms) measures the lag, and every [`SAMPLE_EVERY`] the
 /// mean lag and the tick load since the last sample, and the highest CPU
-/// and busy shares and send delay (from `send_delays`, which the fan-outs
-/// fill) of the last second's samples, are published with the connections
-/// `open` then. After two seconds over a limit, `shed` is asked
+/// and busy shares, send delay and receive queue (from `network`) of the
+/// last second's samples, are published with the connections `open` then. After two seconds over a limit, `shed` is asked
 /// to close that many of the newest sessions (see [`Reading::shed`]). Runs
 /// on the runtime that serves the connections (whose workers it measures).
 pub async fn sample<G: Game, S: Store>(
     engine: Arc<Engine<G, S>>,
     limits: AdmissionLimits,
     headroom: Arc<Headroom>,
-    send_delays: Arc<SendDelays>,
+    network: NetworkMeasures,
     open: impl Fn() -> usize,
     shed: impl Fn(usize),
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -171,7 +181,11 @@ pub async fn sample<G: Game, S: Store>(
                     busy_percent: busy,
                     tick_load_percent: tick_load,
                     lag: lag_sum / probes.max(1),
-                    send_delay: send_delays.take_p99(),
+                    send_delay: network.send_delays.take_p99(),
+                    receive_queue_bytes: network
+                        .receive_queue
+                        .and_then(|queue| queue.bytes())
+                        .unwrap_or(0),
                 },
                 &limits,
             );

@@ -75,6 +75,8 @@ pub struct Sample {
     pub lag: Duration,
     /// How late states left after their tick, at the 99th percentile.
     pub send_delay: Duration,
+    /// Bytes waiting in the endpoint socket's receive buffer.
+    pub receive_queue_bytes: u64,
 }
 
 /// What the sampler makes of one more sample.
@@ -132,6 +134,7 @@ impl Window {
         let lowest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).min();
         let lowest_lag = self.recent.iter().map(|s| s.lag).min();
         let lowest_send_delay = self.recent.iter().map(|s| s.send_delay).min();
+        let lowest_receive_queue = self.recent.iter().map(|s| s.receive_queue_bytes).min();
         let mut load = Load {
             connections: sample.connections,
             sampled_connections: window_connections,
@@ -143,6 +146,10 @@ impl Window {
                 .map(|s| s.send_delay)
                 .max()
                 .unwrap_or(sample.send_delay),
+            receive_queue_bytes: last_second()
+                .map(|s| s.receive_queue_bytes)
+                .max()
+                .unwrap_or(sample.receive_queue_bytes),
             ceiling: None,
         };
         let sustained = Load {
@@ -152,6 +159,7 @@ impl Window {
             tick_load_percent: lowest(|s| s.tick_load_percent).unwrap_or(sample.tick_load_percent),
             lag: lowest_lag.unwrap_or(sample.lag),
             send_delay: lowest_send_delay.unwrap_or(sample.send_delay),
+            receive_queue_bytes: lowest_receive_queue.unwrap_or(sample.receive_queue_bytes),
             ..load
         };
         let mut over = None;
@@ -192,6 +200,7 @@ mod tests {
         tick_load_percent: 0,
         lag: Duration::ZERO,
         send_delay: Duration::ZERO,
+        receive_queue_bytes: 0,
     };
 
     #[test]

@@ -63,6 +63,7 @@ use super::protocol::{
     self, ClientDatagram, ClientMsg, CloseCode, CommandStatus, Credential, FrameBuffer, FrameError,
     Hello, Role, ServerMsg, Welcome,
 };
+use super::receive_queue::ReceiveQueue;
 use super::slots::{ResumeRefusal, Slots};
 use super::tickets::{self, ServerSecret, TicketError};
 use super::tls::{self, TlsError};
@@ -234,6 +235,8 @@ struct Shared<G: Game, S: Store> {
     headroom: Arc<Headroom>,
     /// How late the fan-outs send each tick's states (read by admission).
     send_delays: Arc<SendDelays>,
+    /// The endpoint socket's receive queue (read by admission).
+    receive_queue: Option<ReceiveQueue>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -299,7 +302,11 @@ impl<G: Game, S: Store> Server<G, S> {
     pub fn bind(engine: Arc<Engine<G, S>>, config: NetConfig) -> Result<Self, NetError> {
         let cert = tls::load_server_cert(&config.tls)?;
         let server_config = tls::server_config(&cert, config.idle_timeout)?;
-        let (endpoint, send_batches) = udp_batch::server_endpoint(
+        let udp_batch::ServerEndpoint {
+            endpoint,
+            send_batches,
+            receive_queue,
+        } = udp_batch::server_endpoint(
             config.listen,
             config.batch_sends,
             config.socket_buffer_bytes,
@@ -356,6 +363,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 stats: Arc::new(NetStats::default()),
                 headroom: Arc::new(Headroom::default()),
                 send_delays: Arc::new(SendDelays::default()),
+                receive_queue,
                 shutdown: shutdown_rx,
             }),
             shutdown_tx,
@@ -440,7 +448,10 @@ impl<G: Game, S: Store> Server<G, S> {
                 self.shared.engine.clone(),
                 self.shared.config.admission(),
                 self.shared.headroom.clone(),
-                self.shared.send_delays.clone(),
+                admission::NetworkMeasures {
+                    send_delays: self.shared.send_delays.clone(),
+                    receive_queue: self.shared.receive_queue,
+                },
                 open,
                 shed,
                 self.shared.shutdown.clone(),
