@@ -276,15 +276,19 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
     let late = Client::new(config).expect("the late joiner's client");
 
     // The first wave, one after the other: connection ids follow the order.
+    let joining = Instant::now();
     let mut sessions = Vec::with_capacity(PLAYERS);
     for index in 0..PLAYERS {
         sessions.push(join(&server, &players, index).await);
     }
     assert_eq!(stats.admitted.load(Relaxed), PLAYERS as u64);
     assert_eq!(stats.shed.load(Relaxed), 0, "nothing shed before the load");
+    let joins_took = joining.elapsed();
+    let ramp_refusals = stats.refused_full.load(Relaxed);
 
     // The load: every tick now costs 600 µs per player.
     dial.store(COST_PER_PLAYER_MICROS, Relaxed);
+    let loaded = Instant::now();
     let states: Vec<_> = sessions.iter().map(Session::states).collect();
     let mut ends: FuturesUnordered<_> = sessions
         .iter_mut()
@@ -300,6 +304,7 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
             )
         })
         .expect("sessions to wait on");
+    let shed_after = loaded.elapsed();
 
     // Still overloaded: a new join meets the ceiling at once.
     let root = "room-late";
@@ -319,6 +324,7 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
     // The load off: nothing more to shed. Sort every session into shed
     // (closed) or kept (receiving states well past the shed).
     dial.store(0, Relaxed);
+    let load_off_after = loaded.elapsed() - shed_after;
     let mut kept: FuturesUnordered<_> = states
         .into_iter()
         .enumerate()
@@ -412,9 +418,14 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
 
     println!(
         "shedding: {PLAYERS} players at {}% of the tick budget (limit {TICK_LOAD_LIMIT}%): \
-         the newest {count} shed, {} kept, a late join refused: {ceiling_reason}",
+         the newest {count} shed, {} kept, a late join refused: {ceiling_reason}; \
+         joins took {:.2} s ({ramp_refusals} ramp refusals retried), the first shed seen {:.2} s \
+         after the load began, the load off {:.2} s after that",
         PLAYERS as u64 * COST_PER_PLAYER_MICROS * u64::from(TICK_HZ) / 10_000,
-        kept_on.len()
+        kept_on.len(),
+        joins_took.as_secs_f64(),
+        shed_after.as_secs_f64(),
+        load_off_after.as_secs_f64(),
     );
     drop(sessions);
     server.drain().await.expect("the node drains");
