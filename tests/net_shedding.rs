@@ -11,11 +11,13 @@
 //!
 //! The load is the game's own, not a hook in the server: `step` spins on the
 //! wall clock for a cost per player in the match, so the shard's tick time
-//! follows the players whatever the machine's speed (40 players x 600 µs =
-//! 24 ms of each 33 ms tick at 30 Hz, 72 % against a limit of 50 %). The
-//! cost is a dial the test turns up once every player joined (admission
-//! refuses joins while the ticks are over the limit) and down again after
-//! the shed, so the node sheds once.
+//! follows the players whatever the machine's speed (40 players x 750 µs =
+//! 30 ms of each 33 ms tick at 30 Hz, 90 % against a limit of 40 %: a wide
+//! margin, because a machine too busy to give the shard its time ticks less
+//! often and measures less than the game costs). The cost is a dial the test
+//! turns up once every player joined (admission refuses joins while the
+//! ticks are over the limit) and down again right after the shed, within
+//! the four seconds the node waits before judging again, so it sheds once.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,9 +43,9 @@ const MATCH_SIZE: usize = 10;
 /// Ticks per second.
 const TICK_HZ: u32 = 30;
 /// Tick time each player costs once the dial is up, in microseconds.
-const COST_PER_PLAYER_MICROS: u64 = 600;
-/// `admit_max_tick_load_percent`: well under the 72 % the load makes.
-const TICK_LOAD_LIMIT: u32 = 50;
+const COST_PER_PLAYER_MICROS: u64 = 750;
+/// `admit_max_tick_load_percent`: well under the 90 % the load makes.
+const TICK_LOAD_LIMIT: u32 = 40;
 /// States a kept session must receive after the shed, in ticks.
 const TICKS_AFTER: Tick = 15;
 /// The close reason of a shed session, after the retry hint.
@@ -51,9 +53,10 @@ const SHED_REASON: &str = "server overloaded: closing the newest sessions";
 /// A bound on one join: past the client's handshake (10 s) and Welcome
 /// time-outs, and a ramp refusal's retry.
 const JOIN_BOUND: Duration = Duration::from_secs(40);
-/// A hang guard on the shed (expected some 2.5 s after the load starts)
+/// A hang guard on the shed (expected some 2 s after the load starts; on a
+/// machine busy with other work, the samples can take longer to agree)
 /// and on sorting the sessions into shed and kept.
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------
 // The game: players in a room whose ticks cost wall time per player.
@@ -286,7 +289,7 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
     let joins_took = joining.elapsed();
     let ramp_refusals = stats.refused_full.load(Relaxed);
 
-    // The load: every tick now costs 600 µs per player.
+    // The load: every tick now costs 750 µs per player.
     dial.store(COST_PER_PLAYER_MICROS, Relaxed);
     let loaded = Instant::now();
     let states: Vec<_> = sessions.iter().map(Session::states).collect();
@@ -299,7 +302,8 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "no session was shed within {WAIT:?} of the load ({} shed by the server)",
+                "no session was shed within {WAIT:?} of the load ({} shed by the server): \
+                 the tick load must stay over {TICK_LOAD_LIMIT}% for two whole seconds",
                 stats.shed.load(Relaxed)
             )
         })
