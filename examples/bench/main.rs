@@ -201,8 +201,9 @@ struct Args {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     network_nice: i32,
     /// network-split: turn the server's headroom limits off (by default
-    /// the bench sets 85 % CPU, 90 % tick load and 50 ms lag; off admits
-    /// until max_connections), to see overload itself.
+    /// the bench sets 85 % CPU, 90 % tick load, 50 ms lag and 256 KiB of
+    /// receive queue; off admits until max_connections), to see overload
+    /// itself.
     #[arg(long)]
     network_no_admission: bool,
     /// network-split: the server's `admit_max_cpu_percent` while admission
@@ -216,8 +217,8 @@ struct Args {
     network_admit_send_delay_ms: u64,
     /// network-split: the server's `admit_max_receive_queue_kib` while
     /// admission is on (0 = off): refuse while this much waits in its
-    /// socket's receive buffer (256 held the p99 target under overload).
-    #[arg(long, default_value_t = 0)]
+    /// socket's receive buffer.
+    #[arg(long, default_value_t = 256)]
     network_admit_receive_queue_kib: u64,
     /// network-split: noisy neighbours: this many busy-looping processes
     /// pinned to each of the server's CPUs at the server's priority, so
