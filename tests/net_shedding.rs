@@ -208,14 +208,6 @@ async fn join(server: &Server<Costly>, client: &Client, index: usize) -> Session
     .unwrap_or_else(|e| panic!("player {index} did not join: {e}"))
 }
 
-/// The server's reason inside a session's close reason, which is the client
-/// error's text: "closed by the server (<code>): <the server's reason>".
-fn server_reason(session_reason: &str) -> &str {
-    session_reason
-        .split_once("): ")
-        .map_or(session_reason, |(_, reason)| reason)
-}
-
 /// Waits for the session's end, returning its code and reason.
 async fn closed(session: &mut Session<Costly>) -> (Option<CloseCode>, String) {
     loop {
@@ -382,7 +374,7 @@ async fn sustained_overload_sheds_the_newest_sessions_and_keeps_the_rest() {
             Some(CloseCode::ServerFull),
             "session {index}: {reason}"
         );
-        let reason = server_reason(reason);
+        // The session's close reason is the server's own.
         assert_eq!(
             parse_retry_after(reason),
             Some(retry_after),

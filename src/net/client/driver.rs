@@ -185,16 +185,16 @@ impl<G: Game> Driver<G> {
                 .events
                 .send(SessionEvent::Disconnected {
                     code,
-                    reason: error.to_string(),
+                    reason: error.reason(),
                     resuming: resumable,
                 })
                 .await;
             if !resumable {
-                return self.close_for_good(code, error.to_string()).await;
+                return self.close_for_good(code, error.reason()).await;
             }
             match self.reconnect(error, detected).await {
                 Ok(()) => {}
-                Err(error) => return self.close_for_good(error.code(), error.to_string()).await,
+                Err(error) => return self.close_for_good(error.code(), error.reason()).await,
             }
         }
     }

@@ -213,6 +213,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Why, for a [`SessionEvent`]: the server's own reason when it closed
+    /// the connection (so [`parse_retry_after`](crate::net::parse_retry_after)
+    /// reads the wait it asked for), else this error's text.
+    pub fn reason(&self) -> String {
+        match self {
+            ClientError::Refused { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<TlsError> for ClientError {
@@ -571,7 +581,8 @@ pub enum SessionEvent<E> {
     Disconnected {
         /// The server's code, if it closed the connection.
         code: Option<CloseCode>,
-        /// Why.
+        /// Why: the server's own reason when it closed the connection
+        /// ([`ClientError::reason`]).
         reason: String,
         /// Whether the session tries to resume.
         resuming: bool,
@@ -585,7 +596,8 @@ pub enum SessionEvent<E> {
     Closed {
         /// The server's code, if it closed the connection.
         code: Option<CloseCode>,
-        /// Why.
+        /// Why: the server's own reason when it closed the connection
+        /// ([`ClientError::reason`]).
         reason: String,
     },
 }
