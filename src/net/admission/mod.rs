@@ -28,7 +28,7 @@
 //! runtime's busy time, and passes them through a [`Window`] of the last
 //! second. The listener in [`server`](super::server) applies the verdict.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 mod sampler;
@@ -301,33 +301,12 @@ impl AdmissionLimits {
     }
 }
 
-/// The latest load sample, shared by the sampler and the accept path.
-#[derive(Debug)]
+/// The latest load sample, shared by the sampler and the accept path. The
+/// lock is held only to copy the sample in or out, so the accept path never
+/// sees half of one sample and half of the next.
+#[derive(Debug, Default)]
 pub struct Headroom {
-    cpu_percent: AtomicU64,
-    busy_percent: AtomicU64,
-    sampled_connections: AtomicU64,
-    /// `u64::MAX` for none.
-    ceiling: AtomicU64,
-    tick_load_percent: AtomicU64,
-    lag_micros: AtomicU64,
-    send_delay_micros: AtomicU64,
-    receive_queue_bytes: AtomicU64,
-}
-
-impl Default for Headroom {
-    fn default() -> Self {
-        Self {
-            cpu_percent: AtomicU64::new(0),
-            busy_percent: AtomicU64::new(0),
-            sampled_connections: AtomicU64::new(0),
-            ceiling: AtomicU64::new(u64::MAX),
-            tick_load_percent: AtomicU64::new(0),
-            lag_micros: AtomicU64::new(0),
-            send_delay_micros: AtomicU64::new(0),
-            receive_queue_bytes: AtomicU64::new(0),
-        }
-    }
+    latest: Mutex<Load>,
 }
 
 impl Headroom {
@@ -335,49 +314,18 @@ impl Headroom {
     pub fn load(&self, connections: usize) -> Load {
         Load {
             connections,
-            sampled_connections: usize::try_from(self.sampled_connections.load(Relaxed))
-                .unwrap_or(usize::MAX),
-            cpu_percent: u32::try_from(self.cpu_percent.load(Relaxed)).unwrap_or(u32::MAX),
-            busy_percent: u32::try_from(self.busy_percent.load(Relaxed)).unwrap_or(u32::MAX),
-            tick_load_percent: u32::try_from(self.tick_load_percent.load(Relaxed))
-                .unwrap_or(u32::MAX),
-            lag: Duration::from_micros(self.lag_micros.load(Relaxed)),
-            send_delay: Duration::from_micros(self.send_delay_micros.load(Relaxed)),
-            receive_queue_bytes: self.receive_queue_bytes.load(Relaxed),
-            ceiling: match self.ceiling.load(Relaxed) {
-                u64::MAX => None,
-                c => Some(usize::try_from(c).unwrap_or(usize::MAX)),
-            },
+            ..*self.latest()
         }
     }
 
     fn publish(&self, sample: &Load) {
-        let Load {
-            cpu_percent,
-            busy_percent,
-            sampled_connections,
-            tick_load_percent,
-            lag,
-            send_delay,
-            receive_queue_bytes,
-            ceiling,
-            ..
-        } = *sample;
-        self.ceiling
-            .store(ceiling.map_or(u64::MAX, |c| c as u64), Relaxed);
-        self.cpu_percent.store(u64::from(cpu_percent), Relaxed);
-        self.busy_percent.store(u64::from(busy_percent), Relaxed);
-        self.sampled_connections
-            .store(sampled_connections as u64, Relaxed);
-        self.tick_load_percent
-            .store(u64::from(tick_load_percent), Relaxed);
-        self.lag_micros
-            .store(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX), Relaxed);
-        self.receive_queue_bytes.store(receive_queue_bytes, Relaxed);
-        self.send_delay_micros.store(
-            u64::try_from(send_delay.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        *self.latest() = *sample;
+    }
+
+    fn latest(&self) -> MutexGuard<'_, Load> {
+        // Copying a `Copy` value cannot panic half way: a poisoned lock
+        // still holds a whole sample.
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

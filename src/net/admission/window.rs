@@ -102,6 +102,23 @@ pub struct Window {
     hold: usize,
 }
 
+/// The highest `measure` of `samples` (never empty in [`Window::push`]:
+/// the newest is among them).
+fn highest<'a, T: Ord + Default>(
+    samples: impl Iterator<Item = &'a Sample>,
+    measure: impl Fn(&Sample) -> T,
+) -> T {
+    samples.map(measure).max().unwrap_or_default()
+}
+
+/// The lowest `measure` of `samples` (see [`highest`]).
+fn lowest<'a, T: Ord + Default>(
+    samples: impl Iterator<Item = &'a Sample>,
+    measure: impl Fn(&Sample) -> T,
+) -> T {
+    samples.map(measure).min().unwrap_or_default()
+}
+
 /// After shedding, overload is not judged again for this many samples (four
 /// seconds): the refused and shed clients knock again for a while, and the
 /// node would otherwise shed again for the cost of turning them away.
@@ -109,9 +126,10 @@ const HOLD_AFTER_SHED: usize = 16;
 
 impl Window {
     /// Adds `sample` and returns the load to publish: the highest CPU and
-    /// busy shares and send delay of the last second, the connections open at its start, the
-    /// ceiling; and the limit the node is over if two whole seconds were
-    /// over it, not just a join's burst. That lowers the ceiling, asks for the
+    /// busy shares, send delay and receive queue of the last second, the
+    /// connections open at its start, the ceiling; and the limit the node
+    /// is over if two whole seconds were over it (each measure's lowest),
+    /// not just a join's burst. That lowers the ceiling, asks for the
     /// sessions beyond it to be shed, and starts a new window; the next
     /// verdict on overload waits [`HOLD_AFTER_SHED`] samples, while the
     /// clients turned away stop knocking.
@@ -130,36 +148,26 @@ impl Window {
             .map_or(sample.connections, |r| r.connections);
         self.recent.push_back(sample);
         let last_second = || self.recent.iter().rev().take(PEAK_OF);
-        let highest = |share: fn(&Sample) -> u32| last_second().map(share).max();
-        let lowest = |share: fn(&Sample) -> u32| self.recent.iter().map(share).min();
-        let lowest_lag = self.recent.iter().map(|s| s.lag).min();
-        let lowest_send_delay = self.recent.iter().map(|s| s.send_delay).min();
-        let lowest_receive_queue = self.recent.iter().map(|s| s.receive_queue_bytes).min();
+        let all = || self.recent.iter();
         let mut load = Load {
             connections: sample.connections,
             sampled_connections: window_connections,
-            cpu_percent: highest(|s| s.cpu_percent).unwrap_or(sample.cpu_percent),
-            busy_percent: highest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
+            cpu_percent: highest(last_second(), |s| s.cpu_percent),
+            busy_percent: highest(last_second(), |s| s.busy_percent),
             tick_load_percent: sample.tick_load_percent,
             lag: sample.lag,
-            send_delay: last_second()
-                .map(|s| s.send_delay)
-                .max()
-                .unwrap_or(sample.send_delay),
-            receive_queue_bytes: last_second()
-                .map(|s| s.receive_queue_bytes)
-                .max()
-                .unwrap_or(sample.receive_queue_bytes),
+            send_delay: highest(last_second(), |s| s.send_delay),
+            receive_queue_bytes: highest(last_second(), |s| s.receive_queue_bytes),
             ceiling: None,
         };
         let sustained = Load {
             sampled_connections: sample.connections,
-            cpu_percent: lowest(|s| s.cpu_percent).unwrap_or(sample.cpu_percent),
-            busy_percent: lowest(|s| s.busy_percent).unwrap_or(sample.busy_percent),
-            tick_load_percent: lowest(|s| s.tick_load_percent).unwrap_or(sample.tick_load_percent),
-            lag: lowest_lag.unwrap_or(sample.lag),
-            send_delay: lowest_send_delay.unwrap_or(sample.send_delay),
-            receive_queue_bytes: lowest_receive_queue.unwrap_or(sample.receive_queue_bytes),
+            cpu_percent: lowest(all(), |s| s.cpu_percent),
+            busy_percent: lowest(all(), |s| s.busy_percent),
+            tick_load_percent: lowest(all(), |s| s.tick_load_percent),
+            lag: lowest(all(), |s| s.lag),
+            send_delay: lowest(all(), |s| s.send_delay),
+            receive_queue_bytes: lowest(all(), |s| s.receive_queue_bytes),
             ..load
         };
         let mut over = None;

@@ -110,7 +110,7 @@ pub(super) fn shed_newest<G: Game, S: Store>(shared: &Shared<G, S>, count: usize
     let refusal = Refusal::new(
         CloseCode::ServerFull,
         protocol::retry_reason(
-            shared.config.admission().retry_after,
+            shared.config.full_retry_after,
             "server overloaded: closing the newest sessions",
         ),
     );
