@@ -24,8 +24,9 @@ pub struct ServerSpec {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
     /// Refuse new connections past `admit_cpu_percent` CPU, 90 % tick
-    /// load, 50 ms of scheduling lag or `admit_send_delay_ms` of send delay;
-    /// `false` keeps only the connection cap.
+    /// load, 50 ms of scheduling lag, `admit_send_delay_ms` of send delay or
+    /// `admit_receive_queue_kib` of receive queue; `false` keeps only the
+    /// connection cap.
     pub admission: bool,
     /// `admit_max_cpu_percent` while `admission` is on.
     #[serde(default = "default_cpu_percent")]

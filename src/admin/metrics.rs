@@ -78,7 +78,8 @@ pub const FANOUTS_LIVE: &str = "tickforge_net_fanouts";
 /// Counter: fan-out wake-ups (one per match per tick it sends).
 pub const FANOUT_WAKEUPS: &str = "tickforge_net_fanout_wakeups_total";
 /// Counter: connections refused with `ServerFull` (label `reason`:
-/// `connections`, `ramp`, `ceiling`, `cpu`, `tick_load`, `lag`).
+/// `connections`, `ramp`, `ceiling`, `cpu`, `tick_load`, `lag`,
+/// `send_delay`, `receive_queue`).
 pub const ADMISSION_REFUSED: &str = "tickforge_admission_refused_total";
 /// Counter: sessions closed with `ServerFull` after two seconds over a
 /// headroom limit with more than the ceiling open (the newest first).
