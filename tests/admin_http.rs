@@ -342,6 +342,10 @@ async fn readyz_reports_an_unreachable_redis() {
         eprintln!("this test kills its redis-server child process; skipped in other modes");
         return;
     }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tickforge=info")
+        .with_test_writer()
+        .try_init();
     let mut redis = TestRedis::start().await;
     let store = redis.store().await;
     let settings = EngineSettings {

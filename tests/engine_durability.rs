@@ -15,7 +15,7 @@
 mod engine_support;
 
 use engine_support::{Update, update_at};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ struct FlakyStore {
     gate: Arc<watch::Sender<bool>>,
     /// Appends panic (a bug in a store): the writer task dies.
     panics: Arc<AtomicBool>,
+    /// Snapshot writes fail as unavailable (appends still pass), counted
+    /// in `snapshots_refused`: a store lost between the two.
+    snapshots_down: Arc<AtomicBool>,
+    snapshots_refused: Arc<AtomicU64>,
 }
 
 impl FlakyStore {
@@ -51,6 +55,8 @@ impl FlakyStore {
             down: Arc::new(AtomicBool::new(false)),
             gate: Arc::new(watch::channel(true).0),
             panics: Arc::new(AtomicBool::new(false)),
+            snapshots_down: Arc::new(AtomicBool::new(false)),
+            snapshots_refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -181,6 +187,12 @@ impl SnapshotStore for FlakyStore {
         epoch: Option<u64>,
     ) -> Result<bool, StoreError> {
         self.check()?;
+        if self.snapshots_down.load(SeqCst) {
+            self.snapshots_refused.fetch_add(1, SeqCst);
+            return Err(StoreError::Unavailable(
+                "snapshots switched off by the test".into(),
+            ));
+        }
         self.inner()
             .save_fenced_snapshot(key, snapshot, epoch)
             .await
@@ -682,6 +694,62 @@ async fn a_store_that_lost_acknowledged_events_is_repaired() {
     assert_eq!(engine.stats().paused_matches, 0);
     engine.shutdown().await;
     drain_events(&mut feed, &mut events);
+    let last = feed.updates.borrow().clone().unwrap();
+    assert_stored_as_published(&store, &events, &last).await;
+}
+
+/// A store that restarts empty (Redis without persistence) between a
+/// tick's append and its snapshot: the snapshot, retried across the
+/// restart, meets a store that no longer knows the match. It rebuilds the
+/// match from the engine's retained log and is stored, instead of being
+/// given up as refused (a permanent error that kept `/readyz` failing).
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_retried_across_a_store_restart_rebuilds_the_lost_match() {
+    let every_tick = EngineSettings {
+        policy: MatchPolicy {
+            max_pending: 1024,
+            snapshot_every_ticks: 1,
+        },
+        ..settings(Durability::Async, 1800)
+    };
+    let (engine, store, mut feed, mut bots) = start(every_tick).await;
+    let state = tickforge::arena::ArenaState::default();
+    play(&engine, &mut bots, &state);
+    let played = update_at(&mut feed, 1).await;
+    assert!(played.next_sequence > 0, "the bots made no events");
+
+    store.snapshots_down.store(true, SeqCst);
+    let mut tick = played.tick;
+    while store.snapshots_refused.load(SeqCst) == 0 {
+        tick += 1;
+        assert!(tick < played.tick + 30, "no snapshot was attempted");
+        update_at(&mut feed, tick).await;
+    }
+    let head = store.inner().head(&key()).await.unwrap().unwrap();
+    assert_eq!(
+        head.next_sequence, played.next_sequence,
+        "the events were stored"
+    );
+    store.crash_keeping(&key(), None).await;
+    store.snapshots_down.store(false, SeqCst);
+
+    let lost_at = tick;
+    loop {
+        tick += 1;
+        assert!(tick < lost_at + 30, "the lost match was never rebuilt");
+        update_at(&mut feed, tick).await;
+        let snapshot = store.inner().load_snapshot(&key()).await.unwrap();
+        if snapshot.is_some_and(|s| s.tick > lost_at) {
+            break;
+        }
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.permanent_errors, 0, "a snapshot was given up");
+    assert_eq!(stats.paused_matches, 0);
+    assert_eq!(stats.repaired_events, played.next_sequence);
+    let mut events = Events::new();
+    drain_events(&mut feed, &mut events);
+    engine.shutdown().await;
     let last = feed.updates.borrow().clone().unwrap();
     assert_stored_as_published(&store, &events, &last).await;
 }

@@ -21,7 +21,9 @@
 //! acknowledged events since the snapshot before its latest one; when a
 //! batch finds the stored head *below* where it starts (or the match gone),
 //! the writer re-appends the missing tail from memory, logs it, and goes
-//! on. So a store crash loses nothing while the engine lives.
+//! on; a snapshot that finds the match gone (the store restarted empty
+//! between a tick's append and its snapshot) rebuilds it the same way
+//! first. So a store crash loses nothing while the engine lives.
 //!
 //! **Trimming.** With [`EventRetention::TrimBelowSnapshot`], each stored
 //! snapshot is followed by a trim of the events below it. The store never
@@ -252,10 +254,11 @@ impl<S: Store> Writer<S> {
             .iter()
             .filter(|write| !self.refused.contains(&write.key))
             .collect();
-        let (store, stats) = (&self.store, &self.stats);
+        let (store, stats, retained) = (&self.store, &self.stats, &self.retained);
         let saved = join_all(due.iter().map(|write| async move {
+            let log = retained.get(&write.key);
             retry_transient(stats, "snapshot", &write.key, || {
-                store.save_fenced_snapshot(&write.key, &write.snapshot, write.epoch)
+                save_or_rebuild(store, write, log, stats)
             })
             .await
         }))
@@ -372,6 +375,38 @@ async fn repair<S: Store>(
             "store held less than it acknowledged; re-appended the missing events from memory");
     }
     result
+}
+
+/// Stores a snapshot. A store that lost the whole match (a restart
+/// without persistence, a flush) answers [`StoreError::UnknownMatch`]:
+/// the match is rebuilt from the retained log first, as an append would
+/// ([`repair`]), and the snapshot saved on it. Without that, a snapshot
+/// retried across such a restart would be given up as refused even
+/// though the next append repairs the match.
+async fn save_or_rebuild<S: Store>(
+    store: &S,
+    write: &SnapshotWrite,
+    retained: Option<&RetainedLog>,
+    stats: &ShardStats,
+) -> Result<bool, StoreError> {
+    let save = || store.save_fenced_snapshot(&write.key, &write.snapshot, write.epoch);
+    match save().await {
+        Err(error @ StoreError::UnknownMatch(_)) => {
+            // The snapshot follows this job's append: the log it needs
+            // ends at its sequence, so the rebuild appends nothing new.
+            let head = AppendBatch {
+                key: write.key.clone(),
+                first_sequence: write.snapshot.sequence,
+                events: Vec::new(),
+                head_tick: write.snapshot.tick,
+                epoch: write.epoch,
+                renew_lease: None,
+            };
+            repair(store, &head, error, retained, stats).await?;
+            save().await
+        }
+        other => other,
+    }
 }
 
 /// Trims below a stored snapshot. Housekeeping: a failure is logged and
