@@ -109,3 +109,62 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     }
     server.stop().await;
 }
+
+/// A join wave larger than the ramp lets in at once (32 connections a
+/// second on an idle node) waits in the node's waiting room and gets in
+/// as the ramp opens, instead of being refused: with retrying off, every
+/// client joins and the node refuses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_wave_past_the_ramp_waits_and_gets_in() {
+    const WAVE: usize = 2 * tickforge::net::admission::RAMP_MIN;
+    // Headroom is measured (so the ramp applies) by a lag limit no run
+    // reaches: only the ramp holds anyone back.
+    let server = start(Options {
+        admit_max_tick_load_percent: 0,
+        admit_max_lag: Duration::from_secs(60),
+        hello_timeout: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let mut config = server.client.config().clone();
+    config.retry_for = Duration::ZERO;
+    let client = tickforge::client::Client::new(config).expect("client");
+
+    let started = Instant::now();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..WAVE {
+        let root = format!("w{}", i / PLAYERS);
+        let player = (i % PLAYERS) as u32 + 1;
+        let ticket = server.ticket(&root, player);
+        let client = client.clone();
+        attempts.spawn(async move {
+            let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
+            let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;
+            (i, outcome, started.elapsed())
+        });
+    }
+    let mut joined = Vec::new();
+    let mut slowest = Duration::ZERO;
+    while let Some(attempt) = attempts.join_next().await {
+        let (i, outcome, took) = attempt.expect("join task");
+        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
+            Ok(session) => joined.push(session),
+            Err(error) => panic!("client {i} did not get in: {error}"),
+        }
+        slowest = slowest.max(took);
+    }
+    let stats = &server.stats;
+    assert_eq!(joined.len(), WAVE);
+    assert_eq!(stats.refused_full.load(Relaxed), 0);
+    assert_eq!(stats.refused_unanswered.load(Relaxed), 0);
+    assert_eq!(stats.admitted.load(Relaxed), WAVE as u64);
+    println!(
+        "waiting room: {WAVE} clients at once, ramp {}: all joined, the last {:.2} s after the wave began",
+        tickforge::net::admission::RAMP_MIN,
+        slowest.as_secs_f64()
+    );
+    for session in joined {
+        session.close();
+    }
+    server.stop().await;
+}

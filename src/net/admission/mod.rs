@@ -307,6 +307,8 @@ impl AdmissionLimits {
 #[derive(Debug, Default)]
 pub struct Headroom {
     latest: Mutex<Load>,
+    /// Signalled at each new sample, for the accept loop's waiting room.
+    renewed: tokio::sync::Notify,
 }
 
 impl Headroom {
@@ -320,6 +322,14 @@ impl Headroom {
 
     fn publish(&self, sample: &Load) {
         *self.latest() = *sample;
+        self.renewed.notify_one();
+    }
+
+    /// Resolves once a sample newer than the last one waited for is
+    /// published (at once if one was published meanwhile). For one waiter,
+    /// the accept loop: the ramp opens only with a new sample.
+    pub async fn renewed(&self) {
+        self.renewed.notified().await;
     }
 
     fn latest(&self) -> MutexGuard<'_, Load> {

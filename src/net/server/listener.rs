@@ -1,6 +1,7 @@
 //! The listener side: refusing connections the server has no room for, and
 //! the accept loop.
 
+use super::waiting_room::{self, WaitingRoom};
 use super::*;
 
 /// Answers every new connection during a drain with
@@ -25,44 +26,113 @@ pub(super) async fn refuse_while_draining(endpoint: &quinn::Endpoint, handshake_
 /// connection is refused at the QUIC level (no handshake, no close code).
 pub(super) const MAX_REFUSING: usize = 1024;
 
+/// Takes new connections: admits each the limits allow, holds those the
+/// join ramp holds back in the [`WaitingRoom`] until a load sample opens
+/// it again, and refuses the rest with [`CloseCode::ServerFull`].
 pub(super) async fn accept_loop<G: Game, S: Store>(
     endpoint: &quinn::Endpoint,
     shared: &Arc<Shared<G, S>>,
     limit: &Arc<Semaphore>,
     complete_tx: &mpsc::Sender<()>,
 ) {
-    let limits = shared.config.admission();
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    while let Some(incoming) = endpoint.accept().await {
-        // The permit moves into the task and is released when it ends.
-        let verdict = match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let open = limits.max_connections - limit.available_permits() - 1;
-                match limits.verdict(&shared.headroom.load(open)) {
-                    None => Ok(permit),
-                    Some(full) => Err(full),
+    let mut gate = Gate {
+        shared,
+        limits: shared.config.admission(),
+        limit,
+        complete_tx,
+        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+    };
+    let mut room = WaitingRoom::new(waiting_room::CAPACITY, waiting_room::MAX_WAIT);
+    loop {
+        let expiry = room.next_expiry();
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                room.push(incoming, Instant::now());
+            }
+            () = shared.headroom.renewed(), if !room.is_empty() => {}
+            () = sleep_until_some(expiry), if expiry.is_some() => {}
+        }
+        gate.admit_waiting(&mut room);
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// What the accept loop decides with.
+struct Gate<'a, G: Game, S: Store> {
+    shared: &'a Arc<Shared<G, S>>,
+    limits: admission::AdmissionLimits,
+    limit: &'a Arc<Semaphore>,
+    complete_tx: &'a mpsc::Sender<()>,
+    refusing: Arc<Semaphore>,
+}
+
+impl<G: Game, S: Store> Gate<'_, G, S> {
+    /// Admits the waiting connections, oldest first, while the limits
+    /// allow; refuses them when a limit other than the ramp is reached,
+    /// and those who waited too long or do not fit in the room.
+    fn admit_waiting(&mut self, room: &mut WaitingRoom<quinn::Incoming>) {
+        while !room.is_empty() {
+            match self.verdict() {
+                Ok(permit) => {
+                    let Some(incoming) = room.pop() else { break };
+                    let shared = self.shared.clone();
+                    let complete = self.complete_tx.clone();
+                    tokio::spawn(async move {
+                        handle_connection(shared, incoming).await;
+                        // The permit is released when the connection ends.
+                        drop(permit);
+                        drop(complete);
+                    });
+                }
+                Err(full @ Full::Ramp { .. }) => {
+                    let turned_away = room
+                        .expired(Instant::now())
+                        .into_iter()
+                        .chain(room.overflow());
+                    for incoming in turned_away {
+                        self.refuse(incoming, full);
+                    }
+                    return;
+                }
+                Err(full) => {
+                    let Some(incoming) = room.pop() else { break };
+                    self.refuse(incoming, full);
                 }
             }
-            Err(_) => Err(Full::Connections {
+        }
+    }
+
+    /// A connection place (its permit) if the limits admit one more now.
+    fn verdict(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Full> {
+        let limits = &self.limits;
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            return Err(Full::Connections {
                 open: limits.max_connections,
                 limit: limits.max_connections,
-            }),
+            });
         };
-        match verdict {
-            Ok(permit) => {
-                let shared = shared.clone();
-                let complete = complete_tx.clone();
-                tokio::spawn(async move {
-                    handle_connection(shared, incoming).await;
-                    drop(permit);
-                    drop(complete);
-                });
-            }
-            Err(full) => {
-                metrics::counter!(names::ADMISSION_REFUSED, "reason" => full.reason()).increment(1);
-                refuse_full(shared, incoming, full, limits.retry_after, &refusing);
-            }
+        let open = limits.max_connections - self.limit.available_permits() - 1;
+        match limits.verdict(&self.shared.headroom.load(open)) {
+            None => Ok(permit),
+            Some(full) => Err(full),
         }
+    }
+
+    fn refuse(&self, incoming: quinn::Incoming, full: Full) {
+        metrics::counter!(names::ADMISSION_REFUSED, "reason" => full.reason()).increment(1);
+        refuse_full(
+            self.shared,
+            incoming,
+            full,
+            self.limits.retry_after,
+            &self.refusing,
+        );
     }
 }
 

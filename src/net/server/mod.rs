@@ -85,6 +85,7 @@ mod listener;
 mod refusal;
 mod session;
 mod states;
+mod waiting_room;
 
 use admit::*;
 use fanout::*;
