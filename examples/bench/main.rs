@@ -220,6 +220,10 @@ struct Args {
     /// socket's receive buffer.
     #[arg(long, default_value_t = 256)]
     network_admit_receive_queue_kib: u64,
+    /// network-split: the server socket's receive and send buffers
+    /// (`net.socket_buffer_bytes`), in KiB [default: the node's, 4096].
+    #[arg(long)]
+    network_socket_buffer_kib: Option<usize>,
     /// network-split: noisy neighbours: this many busy-looping processes
     /// pinned to each of the server's CPUs at the server's priority, so
     /// the server gets about 1/(N+1) of its cores and saturates before its
@@ -478,6 +482,7 @@ async fn run(which: Which, args: &Args) -> anyhow::Result<()> {
                     admit_cpu_percent: args.network_admit_cpu_percent.min(100),
                     admit_send_delay_ms: args.network_admit_send_delay_ms,
                     admit_receive_queue_kib: args.network_admit_receive_queue_kib,
+                    socket_buffer_kib: args.network_socket_buffer_kib,
                     tick_phases: args.network_tick_phases.clamp(1, 16),
                     batch_sends: args.network_batch_sends,
                     nice: args.network_nice.clamp(-20, 19),

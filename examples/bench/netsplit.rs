@@ -58,6 +58,8 @@ pub struct SplitConfig {
     pub admit_send_delay_ms: u64,
     /// The server's `admit_max_receive_queue_kib` while `admission` is on.
     pub admit_receive_queue_kib: u64,
+    /// The server's `socket_buffer_bytes`, in KiB (`None`: its default).
+    pub socket_buffer_kib: Option<usize>,
     /// Phases of the server's tick (`engine.tick_phases`).
     pub tick_phases: u32,
     /// The server's `net.batch_sends`.
@@ -385,6 +387,7 @@ async fn step(
         admit_cpu_percent: config.admit_cpu_percent,
         admit_send_delay_ms: config.admit_send_delay_ms,
         admit_receive_queue_kib: config.admit_receive_queue_kib,
+        socket_buffer_kib: config.socket_buffer_kib,
         tick_phases: config.tick_phases,
         batch_sends: config.batch_sends,
     };

@@ -37,6 +37,9 @@ pub struct ServerSpec {
     /// `admit_max_receive_queue_kib` while `admission` is on (0 = off).
     #[serde(default)]
     pub admit_receive_queue_kib: u64,
+    /// `socket_buffer_bytes` in KiB (`None`: the default).
+    #[serde(default)]
+    pub socket_buffer_kib: Option<usize>,
     /// Phases of the tick (`EngineSettings::tick_phases`).
     #[serde(default = "default_phases")]
     pub tick_phases: u32,
@@ -99,6 +102,9 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
         } else {
             0
         },
+        socket_buffer_bytes: spec
+            .socket_buffer_kib
+            .map_or(defaults.socket_buffer_bytes, |kib| kib * 1024),
         admit_max_receive_queue_bytes: if spec.admission {
             spec.admit_receive_queue_kib * 1024
         } else {

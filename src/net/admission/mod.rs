@@ -37,7 +37,7 @@ mod window;
 
 pub use sampler::{NetworkMeasures, TickLoadMeter, cpu_percent, sample};
 pub use send_delay::SendDelays;
-pub use window::{Ceiling, Reading, Sample, Window};
+pub use window::{Ceiling, PLATEAU_SECONDS, Pressure, Reading, Sample, Window};
 
 /// How often the load sample is renewed.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -234,10 +234,12 @@ impl AdmissionLimits {
             || self.max_receive_queue_bytes > 0
     }
 
-    /// `None` to admit, else why not. With headroom measured, a join storm
-    /// is also admitted in steps: at most [`RAMP_MIN`] or an eighth of the
-    /// connections open a second before within that second; and no more than the
-    /// [`Ceiling`] the node learned when it was last overloaded.
+    /// `None` to admit, else why not. With headroom measured, no more than
+    /// the [`Ceiling`] the node learned when it was last overloaded, and a
+    /// join storm in steps: at most [`RAMP_MIN`] or an eighth of the
+    /// connections open a second before within that second. The ramp is
+    /// judged last, so [`Full::Ramp`] means nothing else refuses: the
+    /// connection may wait for the next step.
     pub fn verdict(&self, load: &Load) -> Option<Full> {
         if load.connections >= self.max_connections {
             return Some(Full::Connections {
@@ -245,20 +247,23 @@ impl AdmissionLimits {
                 limit: self.max_connections,
             });
         }
-        if self.measures_headroom() {
-            let admitted = load.connections.saturating_sub(load.sampled_connections);
-            let ramp = (load.sampled_connections / RAMP_DIVISOR).max(RAMP_MIN);
-            if admitted >= ramp {
-                return Some(Full::Ramp { admitted, ramp });
-            }
-            if let Some(ceiling) = load.ceiling.filter(|c| load.connections >= *c) {
-                return Some(Full::Ceiling {
-                    open: load.connections,
-                    ceiling,
-                });
-            }
+        if !self.measures_headroom() {
+            return None;
         }
-        self.over_headroom(load)
+        if let Some(ceiling) = load.ceiling.filter(|c| load.connections >= *c) {
+            return Some(Full::Ceiling {
+                open: load.connections,
+                ceiling,
+            });
+        }
+        if let Some(full) = self.over_headroom(load) {
+            return Some(full);
+        }
+        // Last: a connection held back only by the ramp may wait for it
+        // (the server's waiting room); any other limit refuses it now.
+        let admitted = load.connections.saturating_sub(load.sampled_connections);
+        let ramp = (load.sampled_connections / RAMP_DIVISOR).max(RAMP_MIN);
+        (admitted >= ramp).then_some(Full::Ramp { admitted, ramp })
     }
 
     /// Which headroom limit `load` is over (the CPU projected over the

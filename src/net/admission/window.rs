@@ -17,7 +17,12 @@ const SUSTAINED_OF: usize = 8;
 /// What the node learned about its own capacity: when the samples of two
 /// whole seconds find it over a headroom limit, it admits no more than seven
 /// eighths of the connections then open (at least [`RAMP_MIN`]); each calm
-/// second after that raises the ceiling by one connection.
+/// second after that raises the ceiling by one connection, and each calm
+/// [`PLATEAU_SECONDS`] near the count it was overloaded at (within a
+/// sixteenth of it either way): there it is most likely to overload again,
+/// which costs every player hundreds of milliseconds until the shedding.
+/// A second whose peaks are over a limit, without being sustained, is not
+/// calm: it raises nothing.
 ///
 /// Projections cannot see everything: a node that shares its cores with
 /// other work gets its full share of CPU until it nears that share, so its
@@ -28,6 +33,23 @@ pub struct Ceiling {
     at: Option<usize>,
     /// Calm samples since the ceiling last rose.
     calm: usize,
+    /// Connections open when the node was last found overloaded.
+    overloaded_at: usize,
+}
+
+/// Calm seconds per connection the ceiling rises near the count the node
+/// was last overloaded at.
+pub const PLATEAU_SECONDS: usize = 8;
+
+/// What one sample says about the node, for its [`Ceiling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// Over a headroom limit for two whole seconds.
+    Overloaded,
+    /// The last second's peaks are over a limit, not (yet) for long.
+    Busy,
+    /// Under every limit.
+    Calm,
 }
 
 impl Ceiling {
@@ -36,26 +58,39 @@ impl Ceiling {
         self.at
     }
 
-    /// The ceiling after a sample with `connections` open that was
-    /// `overloaded` (over a headroom limit) or not.
-    pub fn after_sample(self, connections: usize, overloaded: bool) -> Self {
-        match (self.at, overloaded) {
-            (current, true) => {
+    /// The ceiling after a sample with `connections` open.
+    pub fn after_sample(self, connections: usize, pressure: Pressure) -> Self {
+        match (self.at, pressure) {
+            (current, Pressure::Overloaded) => {
                 let lowered = (connections - connections / RAMP_DIVISOR).max(RAMP_MIN);
                 Self {
                     at: Some(current.map_or(lowered, |c| c.min(lowered))),
                     calm: 0,
+                    overloaded_at: connections,
                 }
             }
-            (Some(current), false) if self.calm + 1 >= PEAK_OF => Self {
+            (Some(_), Pressure::Busy) => Self { calm: 0, ..self },
+            (Some(current), Pressure::Calm) if self.calm + 1 >= self.calm_needed(current) => Self {
                 at: Some(current.saturating_add(1)),
                 calm: 0,
+                ..self
             },
-            (Some(_), false) => Self {
+            (Some(_), Pressure::Calm) => Self {
                 calm: self.calm + 1,
                 ..self
             },
-            (None, false) => self,
+            (None, _) => self,
+        }
+    }
+
+    /// Calm samples before a ceiling at `current` rises by one.
+    fn calm_needed(self, current: usize) -> usize {
+        let margin = self.overloaded_at / 16;
+        let near = self.overloaded_at - margin..=self.overloaded_at + margin;
+        if near.contains(&current) {
+            PEAK_OF * PLATEAU_SECONDS
+        } else {
+            PEAK_OF
         }
     }
 }
@@ -178,9 +213,14 @@ impl Window {
             if self.recent.len() == SUSTAINED_OF {
                 over = limits.over_headroom(&sustained);
             }
-            self.ceiling = self
-                .ceiling
-                .after_sample(sample.connections, over.is_some());
+            let pressure = if over.is_some() {
+                Pressure::Overloaded
+            } else if limits.over_headroom(&load).is_some() {
+                Pressure::Busy
+            } else {
+                Pressure::Calm
+            };
+            self.ceiling = self.ceiling.after_sample(sample.connections, pressure);
             if over.is_some() {
                 shed = self
                     .ceiling
@@ -213,23 +253,36 @@ mod tests {
 
     #[test]
     fn an_overload_sets_a_ceiling_that_calm_raises_slowly() {
+        use Pressure::{Busy, Calm, Overloaded};
         let none = Ceiling::default();
-        assert_eq!(none.after_sample(400, false), none);
+        assert_eq!(none.after_sample(400, Calm), none);
+        assert_eq!(none.after_sample(400, Busy), none);
         // Overloaded at 400: admit up to 350.
-        let lowered = none.after_sample(400, true);
+        let lowered = none.after_sample(400, Overloaded);
         assert_eq!(lowered.get(), Some(350));
         // Overloaded again with more open: the lower ceiling stays.
-        assert_eq!(lowered.after_sample(440, true).get(), Some(350));
+        assert_eq!(lowered.after_sample(440, Overloaded).get(), Some(350));
         // ... and with fewer, it goes lower; never below RAMP_MIN.
-        assert_eq!(lowered.after_sample(320, true).get(), Some(280));
-        assert_eq!(lowered.after_sample(3, true).get(), Some(RAMP_MIN));
+        assert_eq!(lowered.after_sample(320, Overloaded).get(), Some(280));
+        assert_eq!(lowered.after_sample(3, Overloaded).get(), Some(RAMP_MIN));
         // A calm second (four samples) raises it by one.
         let mut calm = lowered;
         for _ in 0..PEAK_OF - 1 {
-            calm = calm.after_sample(340, false);
+            calm = calm.after_sample(340, Calm);
             assert_eq!(calm.get(), Some(350));
         }
-        assert_eq!(calm.after_sample(340, false).get(), Some(351));
+        assert_eq!(calm.after_sample(340, Calm).get(), Some(351));
+        // A busy sample starts the calm second again.
+        let mut interrupted = lowered;
+        for _ in 0..PEAK_OF - 1 {
+            interrupted = interrupted.after_sample(340, Calm);
+        }
+        interrupted = interrupted.after_sample(340, Busy);
+        for _ in 0..PEAK_OF - 1 {
+            interrupted = interrupted.after_sample(340, Calm);
+            assert_eq!(interrupted.get(), Some(350));
+        }
+        assert_eq!(interrupted.after_sample(340, Calm).get(), Some(351));
 
         let limits = AdmissionLimits {
             max_connections: 10_000,
@@ -254,6 +307,32 @@ mod tests {
                 open: 350,
                 ceiling: 350
             })
+        );
+    }
+
+    #[test]
+    fn near_where_it_overloaded_the_ceiling_rises_eight_times_slower() {
+        use Pressure::{Calm, Overloaded};
+        // Overloaded at 400: the ceiling is 350; 375..=425 is near.
+        let mut ceiling = Ceiling::default().after_sample(400, Overloaded);
+        let mut seconds = 0;
+        while ceiling.get() < Some(375) {
+            for _ in 0..PEAK_OF {
+                ceiling = ceiling.after_sample(300, Calm);
+            }
+            seconds += 1;
+        }
+        assert_eq!(seconds, 25, "one connection a calm second below 375");
+        let mut seconds = 0;
+        while ceiling.get() < Some(376) {
+            for _ in 0..PEAK_OF {
+                ceiling = ceiling.after_sample(300, Calm);
+            }
+            seconds += 1;
+        }
+        assert_eq!(
+            seconds, PLATEAU_SECONDS,
+            "one per {PLATEAU_SECONDS} s near 400"
         );
     }
 
