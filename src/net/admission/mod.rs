@@ -16,7 +16,8 @@
 //! wait.
 //!
 //! With any of the last four set, the node also admits a join storm in
-//! steps (at most an eighth more connections per second, [`RAMP_DIVISOR`])
+//! steps (at most an eighth more connections per second, [`RAMP_DIVISOR`];
+//! the server's waiting room holds the joins beyond a step until the next)
 //! and, after two whole seconds over a limit, no more than a [`Ceiling`] it
 //! raises slowly.
 //!

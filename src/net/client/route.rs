@@ -179,7 +179,12 @@ impl Route {
         self.full_refusals = 0;
     }
 
-    /// An attempt at the current server failed with `error`.
+    /// An attempt at the current server failed with `error`. A connection
+    /// lost before the `Welcome` came from a server that answered the
+    /// handshake: reachable, but too busy to answer in time (an overloaded
+    /// node drops packets). The join waits and tries again, with growing
+    /// waits, within its budget, instead of giving that server up as
+    /// unreachable; the newer connection replaces the old one's slot.
     pub(super) fn after_attempt(
         &mut self,
         error: ClientError,
@@ -187,7 +192,14 @@ impl Route {
         budget: &Budget,
         random: u64,
     ) -> Next {
-        self.step(error, now, budget, random, true)
+        let failure = match &error {
+            ClientError::Lost(_) => Failure::Wait {
+                asked: None,
+                move_on: true,
+            },
+            other => classify(other),
+        };
+        self.take(failure, error, now, budget, random, true)
     }
 
     /// A live session's connection ended with `error` (one the session
@@ -220,6 +232,19 @@ impl Route {
             Failure::Final if !fail_over => Failure::Unreachable,
             failure => failure,
         };
+        self.take(failure, error, now, budget, random, fail_over)
+    }
+
+    /// The next step after `failure` (what `error` means for the route).
+    fn take(
+        &mut self,
+        failure: Failure,
+        error: ClientError,
+        now: Instant,
+        budget: &Budget,
+        random: u64,
+        fail_over: bool,
+    ) -> Next {
         match failure {
             Failure::Redirect(None) => Next::GiveUp(ClientError::Protocol(format!(
                 "a redirect that names no address: {error}"
@@ -488,6 +513,34 @@ mod tests {
         let next = route.after_attempt(unreachable(3), now, &budget, 0);
         assert!(
             matches!(next, Next::GiveUp(ClientError::Connect { .. })),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn a_join_lost_before_the_welcome_tries_again_within_its_budget() {
+        let now = Instant::now();
+        let lost = || ClientError::Lost("timed out".into());
+        let budget = Budget::join(now, Duration::from_secs(30));
+        let mut route = route(&[]);
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            match route.after_attempt(lost(), now, &budget, 0) {
+                Next::Retry(wait) => waits.push(wait),
+                other => panic!("a lost join is retried: {other:?}"),
+            }
+        }
+        assert_eq!(route.current(), addr(1), "the only server, again");
+        assert_eq!(
+            waits,
+            [500, 1_000, 2_000].map(Duration::from_millis),
+            "growing waits"
+        );
+        // ... but not past the budget.
+        let spent = Budget::join(now, Duration::from_millis(100));
+        let next = self::route(&[]).after_attempt(lost(), now, &spent, 0);
+        assert!(
+            matches!(next, Next::GiveUp(ClientError::Lost(_))),
             "{next:?}"
         );
     }
