@@ -9,7 +9,7 @@ use std::time::Duration;
 /// `BUCKETS - 1` ms up.
 const BUCKETS: usize = 64;
 
-/// The send delays of the fan-out passes since the last [`SendDelays::take`].
+/// The send delays of the fan-out passes since the last [`SendDelays::take_p99`].
 #[derive(Debug)]
 pub struct SendDelays {
     /// Passes per whole millisecond of delay.

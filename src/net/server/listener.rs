@@ -35,7 +35,7 @@ pub(super) async fn accept_loop<G: Game, S: Store>(
     limit: &Arc<Semaphore>,
     complete_tx: &mpsc::Sender<()>,
 ) {
-    let mut gate = Gate {
+    let gate = Gate {
         shared,
         limits: shared.config.admission(),
         limit,
@@ -76,7 +76,7 @@ impl<G: Game, S: Store> Gate<'_, G, S> {
     /// Admits the waiting connections, oldest first, while the limits
     /// allow; refuses them when a limit other than the ramp is reached,
     /// and those who waited too long or do not fit in the room.
-    fn admit_waiting(&mut self, room: &mut WaitingRoom<quinn::Incoming>) {
+    fn admit_waiting(&self, room: &mut WaitingRoom<quinn::Incoming>) {
         while !room.is_empty() {
             match self.verdict() {
                 Ok(permit) => {
