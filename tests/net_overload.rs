@@ -24,6 +24,37 @@ const PLAYERS: usize = 6;
 /// and Welcome (15 s) time-outs, so a time-out shows as its own error.
 const JOIN_BOUND: Duration = Duration::from_secs(40);
 
+/// One join attempt: the client's index, its outcome within
+/// [`JOIN_BOUND`], and when it ended after the first began.
+type Attempt = (
+    usize,
+    Result<Result<Session<Arena>, ClientError>, tokio::time::error::Elapsed>,
+    Duration,
+);
+
+/// `count` clients joining at once, [`PLAYERS`] to a match of roots
+/// `{prefix}0`, `{prefix}1`, …, each taking a refusal as its answer (no
+/// retrying).
+fn join_at_once(server: &TestServer, count: usize, prefix: &str) -> tokio::task::JoinSet<Attempt> {
+    let mut config = server.client.config().clone();
+    config.retry_for = Duration::ZERO;
+    let client = tickforge::client::Client::new(config).expect("client");
+    let started = Instant::now();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let root = format!("{prefix}{}", i / PLAYERS);
+        let player = (i % PLAYERS) as u32 + 1;
+        let ticket = server.ticket(&root, player);
+        let client = client.clone();
+        attempts.spawn(async move {
+            let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
+            let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;
+            (i, outcome, started.elapsed())
+        });
+    }
+    attempts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     // Only the connection cap decides here (the headroom limits are off,
@@ -40,23 +71,7 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     let retry_after = tickforge::net::NetConfig::default().full_retry_after;
 
     // Refusals are what is counted here: no retrying them.
-    let mut config = server.client.config().clone();
-    config.retry_for = Duration::ZERO;
-    let client = tickforge::client::Client::new(config).expect("client");
-
-    let started = Instant::now();
-    let mut attempts = tokio::task::JoinSet::new();
-    for i in 0..FLOOD {
-        let root = format!("m{}", i / PLAYERS);
-        let player = (i % PLAYERS) as u32 + 1;
-        let ticket = server.ticket(&root, player);
-        let client = client.clone();
-        attempts.spawn(async move {
-            let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
-            let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;
-            (i, outcome, started.elapsed())
-        });
-    }
+    let mut attempts = join_at_once(&server, FLOOD, "m");
 
     let mut joined: Vec<Session<Arena>> = Vec::new();
     let mut refused = Vec::new();
@@ -126,23 +141,7 @@ async fn a_join_wave_past_the_ramp_waits_and_gets_in() {
         ..Options::default()
     })
     .await;
-    let mut config = server.client.config().clone();
-    config.retry_for = Duration::ZERO;
-    let client = tickforge::client::Client::new(config).expect("client");
-
-    let started = Instant::now();
-    let mut attempts = tokio::task::JoinSet::new();
-    for i in 0..WAVE {
-        let root = format!("w{}", i / PLAYERS);
-        let player = (i % PLAYERS) as u32 + 1;
-        let ticket = server.ticket(&root, player);
-        let client = client.clone();
-        attempts.spawn(async move {
-            let request = JoinRequest::player(&root, &ticket, &format!("p{player}"));
-            let outcome = tokio::time::timeout(JOIN_BOUND, client.join::<Arena>(request)).await;
-            (i, outcome, started.elapsed())
-        });
-    }
+    let mut attempts = join_at_once(&server, WAVE, "w");
     let mut joined = Vec::new();
     let mut slowest = Duration::ZERO;
     while let Some(attempt) = attempts.join_next().await {

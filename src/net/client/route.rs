@@ -199,7 +199,7 @@ impl Route {
             },
             other => classify(other),
         };
-        self.take(failure, error, now, budget, random, true)
+        self.step(failure, error, now, budget, random, true)
     }
 
     /// A live session's connection ended with `error` (one the session
@@ -217,26 +217,16 @@ impl Route {
         random: u64,
     ) -> Next {
         let silent = matches!(error, ClientError::Lost(_)) && self.rotation.len() > 1;
-        self.step(error, now, budget, random, silent)
-    }
-
-    fn step(
-        &mut self,
-        error: ClientError,
-        now: Instant,
-        budget: &Budget,
-        random: u64,
-        fail_over: bool,
-    ) -> Next {
         let failure = match classify(&error) {
-            Failure::Final if !fail_over => Failure::Unreachable,
+            Failure::Final if !silent => Failure::Unreachable,
             failure => failure,
         };
-        self.take(failure, error, now, budget, random, fail_over)
+        self.step(failure, error, now, budget, random, silent)
     }
 
-    /// The next step after `failure` (what `error` means for the route).
-    fn take(
+    /// The next step after `failure` (what `error` means for the route);
+    /// `fail_over`: an unreachable server counts against the rotation.
+    fn step(
         &mut self,
         failure: Failure,
         error: ClientError,
