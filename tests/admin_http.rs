@@ -463,11 +463,14 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
     assert!(tick_buckets > 0, "{}", metrics.body);
     // With a headroom limit set, admission publishes the load it judges.
     get_until(addr, "/metrics", |r| {
-        ["cpu", "busy", "tick_load"].iter().all(|measure| {
-            let label = format!("measure=\"{measure}\"");
-            sample(&r.body, "tickforge_admission_load_percent", &[&label]).is_some()
-        }) && sample(&r.body, "tickforge_admission_send_delay_seconds", &[])
-            .is_some_and(|seconds| (0.0..=5.0).contains(&seconds))
+        ["cpu", "busy", "demand", "tick_load"]
+            .iter()
+            .all(|measure| {
+                let label = format!("measure=\"{measure}\"");
+                sample(&r.body, "tickforge_admission_load_percent", &[&label]).is_some()
+            })
+            && sample(&r.body, "tickforge_admission_send_delay_seconds", &[])
+                .is_some_and(|seconds| (0.0..=5.0).contains(&seconds))
             && sample(&r.body, "tickforge_admission_receive_queue_bytes", &[])
                 .is_some_and(|bytes| bytes >= 0.0)
     })

@@ -85,7 +85,7 @@ pub const ADMISSION_REFUSED: &str = "tickforge_admission_refused_total";
 /// headroom limit with more than the ceiling open (the newest first).
 pub const ADMISSION_SHED: &str = "tickforge_admission_shed_total";
 /// Gauge: the load admission judges, in percent (label `measure`: `cpu`,
-/// `busy` (the peaks of the last second), `tick_load`).
+/// `busy`, `demand` (the peaks of the last second), `tick_load`).
 pub const ADMISSION_LOAD: &str = "tickforge_admission_load_percent";
 /// Gauge: the connections the node admits up to after an overload (absent
 /// until one).
@@ -310,7 +310,7 @@ fn describe() {
     );
     describe_gauge!(
         ADMISSION_LOAD,
-        "Load admission judges, percent: cpu, busy (peaks of the last second), tick_load."
+        "Load admission judges, percent: cpu, busy, demand (peaks of the last second), tick_load."
     );
     describe_gauge!(
         ADMISSION_CEILING,

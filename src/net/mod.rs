@@ -130,8 +130,9 @@ pub struct NetConfig {
     /// [`CloseCode::ServerFull`] and [`full_retry_after`](Self::full_retry_after).
     pub max_connections: usize,
     /// New connections are refused with [`CloseCode::ServerFull`] while the
-    /// process uses more than this percentage of the cores it may run on,
-    /// or its runtime's workers are busy more than this share of the time,
+    /// process uses more than this percentage of the cores it may run on
+    /// (counting the time its threads wait for a CPU), or its runtime's
+    /// workers are busy more than this share of the time,
     /// at the peak of the last second (0, the default, = no limit; 85 suits
     /// a node with its cores to itself). Any headroom limit also ramps joins
     /// and keeps a ceiling (see [`admission`]).

@@ -4,8 +4,9 @@
 //!
 //! Five limits, each from the `[net]` table ([`AdmissionLimits`]):
 //! the connections open (`max_connections`), the CPU the process uses of
-//! the cores it may run on, or the share of time its runtime's workers are
-//! busy where that is higher (`admit_max_cpu_percent`), the share of the
+//! the cores it may run on, counting the time its threads waited for a CPU
+//! ([`cpu_demand`]), or the share of time its runtime's workers are busy
+//! where that is higher (`admit_max_cpu_percent`), the share of the
 //! tick budget the engine's shards use (`admit_max_tick_load_percent`), the
 //! scheduling lag of the runtime that sends every state
 //! (`admit_max_lag_ms`): when the server has more to send than its threads
@@ -25,13 +26,14 @@
 //! [`Headroom`] holds the latest one for the accept path to read without
 //! waiting, and [`sample`] keeps it current: it measures the lag with a
 //! short periodic timer, and every [`SAMPLE_EVERY`] reads the shards' tick
-//! durations from [`Engine::stats`](crate::engine::Engine::stats), the process's CPU time and the
-//! runtime's busy time, and passes them through a [`Window`] of the last
+//! durations from [`Engine::stats`](crate::engine::Engine::stats), the process's CPU time and
+//! demand and the runtime's busy time, and passes them through a [`Window`] of the last
 //! second. The listener in [`server`](super::server) applies the verdict.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+pub mod cpu_demand;
 mod sampler;
 mod send_delay;
 mod window;
@@ -93,6 +95,13 @@ pub struct Load {
     /// when the server's cores are shared and it gets less CPU than it
     /// wants, where `cpu_percent` stops at its share.
     pub busy_percent: u32,
+    /// CPU the process used plus the time its threads were ready to run but
+    /// waited for a CPU, in percent of the cores it may run on: the highest
+    /// of the last second's samples (0 where not measured). Equal to
+    /// `cpu_percent` on cores of its own; on shared cores it reaches 100
+    /// when the process gets no more than its share (see
+    /// [`cpu_demand`](self::cpu_demand)).
+    pub demand_percent: u32,
     /// Share of the tick budget the shards used over the last sample, in
     /// percent (time spent ticking over wall time, summed over shards).
     pub tick_load_percent: u32,
@@ -120,10 +129,11 @@ pub enum Full {
         /// `max_connections`.
         limit: usize,
     },
-    /// The process uses too much of its cores, or its runtime is busy too
-    /// much of the time (its cores are shared and it gets less than it wants).
+    /// The process uses or waits for too much of its cores, or its runtime
+    /// is busy too much of the time (its cores are shared and it gets less
+    /// than it wants).
     #[error(
-        "server busy: {percent}% of its CPU in use (or its workers busy) with the connections open now, the limit is {limit}%"
+        "server busy: {percent}% of its CPU in use or waited for (or its workers busy) with the connections open now, the limit is {limit}%"
     )]
     Cpu {
         /// Measured, and projected over the connections admitted since
@@ -209,14 +219,17 @@ impl Full {
 }
 
 impl Load {
-    /// The CPU the connections open now will use: the higher of the CPU and
-    /// busy figures, scaled by how many more connections are open than at
+    /// The CPU the connections open now will use: the highest of the CPU,
+    /// busy and demand figures, scaled by how many more connections are open than at
     /// the start of the sampled window. A connection admitted just now
     /// costs nothing yet in the sample; without this, every client of a
     /// join storm would be admitted on the same low figure, and together
     /// they would overshoot the limit.
     pub fn projected_cpu_percent(&self) -> u32 {
-        let sampled = self.cpu_percent.max(self.busy_percent);
+        let sampled = self
+            .cpu_percent
+            .max(self.busy_percent)
+            .max(self.demand_percent);
         if self.sampled_connections == 0 || self.connections <= self.sampled_connections {
             return sampled;
         }
@@ -368,6 +381,7 @@ pub(crate) mod tests {
             sampled_connections: 9,
             cpu_percent: 85,
             busy_percent: 85,
+            demand_percent: 85,
             tick_load_percent: 80,
             lag: Duration::from_millis(15),
             send_delay: Duration::from_millis(8),
@@ -402,6 +416,21 @@ pub(crate) mod tests {
             limits().verdict(&hot),
             Some(Full::Cpu {
                 percent: 86,
+                limit: 85
+            })
+        );
+        // A process on shared cores: its CPU stops at its share and its
+        // workers look idle, but its threads wait for a CPU.
+        let waiting = Load {
+            cpu_percent: 45,
+            busy_percent: 50,
+            demand_percent: 90,
+            ..calm
+        };
+        assert_eq!(
+            limits().verdict(&waiting),
+            Some(Full::Cpu {
+                percent: 90,
                 limit: 85
             })
         );
@@ -448,6 +477,7 @@ pub(crate) mod tests {
             sampled_connections: 0,
             cpu_percent: 400,
             busy_percent: 400,
+            demand_percent: 400,
             tick_load_percent: 500,
             lag: Duration::from_secs(1),
             send_delay: Duration::from_secs(1),

@@ -1,5 +1,5 @@
-//! The sampler: measures the lag, the tick load, the process's CPU, the
-//! runtime's busy time and the states' send delay every [`SAMPLE_EVERY`]
+//! The sampler: measures the lag, the tick load, the process's CPU and CPU
+//! demand, the runtime's busy time and the states' send delay every [`SAMPLE_EVERY`]
 //! and publishes them, through a [`Window`], to the [`Headroom`] the
 //! accept path reads.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::cpu_demand::DemandMeter;
 use super::{AdmissionLimits, Headroom, Load, Reading, SAMPLE_EVERY, Sample, SendDelays, Window};
 use crate::engine::Engine;
 use crate::game::Game;
@@ -104,6 +105,7 @@ fn record(load: &Load) {
     for (measure, percent) in [
         ("cpu", load.cpu_percent),
         ("busy", load.busy_percent),
+        ("demand", load.demand_percent),
         ("tick_load", load.tick_load_percent),
     ] {
         metrics::gauge!(names::ADMISSION_LOAD, "measure" => measure).set(f64::from(percent));
@@ -135,6 +137,7 @@ pub async fn sample<G: Game, S: Store>(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cpu_before = process_cpu_seconds();
     let (mut busy_before, _) = runtime_busy();
+    let mut demand_meter = DemandMeter::start();
     let stats = engine.stats();
     let mut meter = TickLoadMeter::new(stats.tick_micros, Instant::now());
     let mut lag_sum = Duration::ZERO;
@@ -170,6 +173,16 @@ pub async fn sample<G: Game, S: Store>(
                 workers,
             );
             busy_before = busy_now;
+            let demand = demand_meter
+                .as_mut()
+                .and_then(DemandMeter::advance)
+                .map_or(0, |demand| {
+                    cpu_percent(
+                        demand.as_secs_f64(),
+                        now.saturating_duration_since(window_start),
+                        cores,
+                    )
+                });
             let Reading {
                 load,
                 over,
@@ -179,6 +192,7 @@ pub async fn sample<G: Game, S: Store>(
                     connections: open(),
                     cpu_percent: cpu,
                     busy_percent: busy,
+                    demand_percent: demand,
                     tick_load_percent: tick_load,
                     lag: lag_sum / probes.max(1),
                     send_delay: network.send_delays.take_p99(),

@@ -104,6 +104,9 @@ pub struct Sample {
     pub cpu_percent: u32,
     /// Share of it the runtime's workers were busy, in percent.
     pub busy_percent: u32,
+    /// CPU the process used or waited for, in percent of the cores it may
+    /// run on (0 where not measured).
+    pub demand_percent: u32,
     /// Share of the tick budget the shards used, in percent.
     pub tick_load_percent: u32,
     /// How late the runtime's timers fired, on average.
@@ -189,6 +192,7 @@ impl Window {
             sampled_connections: window_connections,
             cpu_percent: highest(last_second(), |s| s.cpu_percent),
             busy_percent: highest(last_second(), |s| s.busy_percent),
+            demand_percent: highest(last_second(), |s| s.demand_percent),
             tick_load_percent: sample.tick_load_percent,
             lag: sample.lag,
             send_delay: highest(last_second(), |s| s.send_delay),
@@ -199,6 +203,7 @@ impl Window {
             sampled_connections: sample.connections,
             cpu_percent: lowest(all(), |s| s.cpu_percent),
             busy_percent: lowest(all(), |s| s.busy_percent),
+            demand_percent: lowest(all(), |s| s.demand_percent),
             tick_load_percent: lowest(all(), |s| s.tick_load_percent),
             lag: lowest(all(), |s| s.lag),
             send_delay: lowest(all(), |s| s.send_delay),
@@ -240,11 +245,12 @@ mod tests {
     use super::*;
     use crate::net::admission::tests::limits;
 
-    /// 100 connections at 40 % CPU and busy: well under the limits.
+    /// 100 connections at 40 % CPU, busy and demand: well under the limits.
     const CALM: Sample = Sample {
         connections: 100,
         cpu_percent: 40,
         busy_percent: 40,
+        demand_percent: 40,
         tick_load_percent: 0,
         lag: Duration::ZERO,
         send_delay: Duration::ZERO,
