@@ -159,7 +159,8 @@ pub struct NetConfig {
     /// limit; Linux only): the node reads its players' inputs later than
     /// they come.
     pub admit_max_receive_queue_bytes: u64,
-    /// The wait a [`CloseCode::ServerFull`] refusal asks for.
+    /// The shortest wait a [`CloseCode::ServerFull`] refusal asks for; it
+    /// grows while many are refused ([`admission::RetryPacer`]).
     pub full_retry_after: Duration,
     /// How long a new connection has to send its `Hello`.
     pub hello_timeout: Duration,

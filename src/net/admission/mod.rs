@@ -34,10 +34,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 pub mod cpu_demand;
+mod retry_pacer;
 mod sampler;
 mod send_delay;
 mod window;
 
+pub use retry_pacer::{KNOCKS_PER_SECOND, MAX_RETRY_AFTER, RetryPacer};
 pub use sampler::{NetworkMeasures, TickLoadMeter, cpu_percent, sample};
 pub use send_delay::SendDelays;
 pub use window::{Ceiling, PLATEAU_SECONDS, Pressure, Reading, Sample, Window};

@@ -21,8 +21,10 @@ pub const MAX_REDIRECTS: u32 = 8;
 
 /// The wait when a `ServerFull` or `MatchMoving` reason names none.
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(500);
-/// The longest wait a server can ask for (a longer ask is capped).
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// The longest wait a server can ask for (a longer ask is capped). A full
+/// node asks for longer waits the more clients it refuses (up to 30 s), so
+/// that together they come back at a pace it can answer.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// Consecutive `ServerFull` refusals double the asked wait up to this many
 /// times (then `MAX_RETRY_WAIT` caps it): a full node's clients come back
 /// ever less often, so refusing them costs it less.
@@ -412,12 +414,12 @@ mod tests {
     #[test]
     fn server_full_refusals_in_a_row_double_the_wait_up_to_the_cap() {
         let now = Instant::now();
-        let budget = Budget::join(now, Duration::from_secs(60));
         let mut route = route(&[]);
         let full = || ClientError::Refused {
             code: Some(CloseCode::ServerFull),
-            reason: "1000 server full".into(),
+            reason: "5000 server full".into(),
         };
+        let budget = Budget::join(now, Duration::from_secs(120));
         let mut waits = Vec::new();
         for _ in 0..5 {
             match route.after_attempt(full(), now, &budget, 0) {
@@ -425,12 +427,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(waits, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(waits, [5000, 10_000, 20_000, 30_000, 30_000]);
         // Admitted: the next refusal asks the plain wait again.
         route.admitted();
         assert!(matches!(
             route.after_attempt(full(), now, &budget, 0),
-            Next::Retry(wait) if wait == Duration::from_secs(1)
+            Next::Retry(wait) if wait == Duration::from_secs(5)
         ));
     }
 

@@ -126,25 +126,19 @@ impl<G: Game, S: Store> Gate<'_, G, S> {
 
     fn refuse(&self, incoming: quinn::Incoming, full: Full) {
         metrics::counter!(names::ADMISSION_REFUSED, "reason" => full.reason()).increment(1);
-        refuse_full(
-            self.shared,
-            incoming,
-            full,
-            self.limits.retry_after,
-            &self.refusing,
-        );
+        refuse_full(self.shared, incoming, full, &self.refusing);
     }
 }
 
 /// Answers a connection the server will not take: completes the handshake
-/// and closes with [`CloseCode::ServerFull`], the retry hint and the reason;
-/// when [`MAX_REFUSING`] such answers are under way, refuses it at the QUIC
-/// level at once instead.
+/// and closes with [`CloseCode::ServerFull`], the retry hint (longer the
+/// more clients were refused lately: [`admission::RetryPacer`]) and the
+/// reason; when [`MAX_REFUSING`] such answers are under way, refuses it at
+/// the QUIC level at once instead.
 pub(super) fn refuse_full<G: Game, S: Store>(
     shared: &Arc<Shared<G, S>>,
     incoming: quinn::Incoming,
     full: Full,
-    retry_after: Duration,
     refusing: &Arc<Semaphore>,
 ) {
     let stats = shared.stats.clone();
@@ -154,6 +148,7 @@ pub(super) fn refuse_full<G: Game, S: Store>(
         return;
     };
     let handshake_timeout = shared.config.handshake_limit();
+    let retry_after = shared.full_retry_after();
     tokio::spawn(async move {
         let remote = incoming.remote_address();
         if let Ok(Ok(conn)) = tokio::time::timeout(handshake_timeout, incoming).await {
@@ -177,15 +172,15 @@ pub(super) fn refuse_full<G: Game, S: Store>(
 pub(super) fn shed_newest<G: Game, S: Store>(shared: &Shared<G, S>, count: usize) {
     let mut ids: Vec<u64> = shared.conns.iter().map(|entry| *entry.key()).collect();
     ids.sort_unstable_by(|a, b| b.cmp(a));
-    let refusal = Refusal::new(
-        CloseCode::ServerFull,
-        protocol::retry_reason(
-            shared.config.full_retry_after,
-            "server overloaded: closing the newest sessions",
-        ),
-    );
     for id in ids.into_iter().take(count) {
         if let Some(conn) = shared.conns.get(&id) {
+            let refusal = Refusal::new(
+                CloseCode::ServerFull,
+                protocol::retry_reason(
+                    shared.full_retry_after(),
+                    "server overloaded: closing the newest sessions",
+                ),
+            );
             refusal.close(conn.value());
             shared.stats.shed.fetch_add(1, Relaxed);
             metrics::counter!(names::ADMISSION_SHED).increment(1);

@@ -238,6 +238,8 @@ struct Shared<G: Game, S: Store> {
     send_delays: Arc<SendDelays>,
     /// The endpoint socket's receive queue (read by admission).
     receive_queue: Option<ReceiveQueue>,
+    /// The wait `ServerFull` refusals ask for.
+    retry_pacer: std::sync::Mutex<admission::RetryPacer>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -245,6 +247,16 @@ impl<G: Game, S: Store> Shared<G, S> {
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         // Slot updates are single map operations; a panic cannot leave one half done.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one `ServerFull` refusal and returns the wait it asks for
+    /// (see [`admission::RetryPacer`]).
+    fn full_retry_after(&self) -> Duration {
+        // One counter update; a panic cannot leave it half done.
+        self.retry_pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refuse(Instant::now())
     }
 }
 
@@ -349,6 +361,7 @@ impl<G: Game, S: Store> Server<G, S> {
             .cloned()
             .unwrap_or_else(|| CertificateDer::from(Vec::new()));
         tracing::info!(addr = %local_addr, batch_sends = send_batches.is_some(), alpn = %String::from_utf8_lossy(protocol::ALPN), "QUIC endpoint bound");
+        let retry_pacer = admission::RetryPacer::new(config.full_retry_after, Instant::now());
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
@@ -365,6 +378,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 headroom: Arc::new(Headroom::default()),
                 send_delays: Arc::new(SendDelays::default()),
                 receive_queue,
+                retry_pacer: std::sync::Mutex::new(retry_pacer),
                 shutdown: shutdown_rx,
             }),
             shutdown_tx,
