@@ -22,7 +22,10 @@ const SUSTAINED_OF: usize = 8;
 /// sixteenth of it either way): there it is most likely to overload again,
 /// which costs every player hundreds of milliseconds until the shedding.
 /// A second whose peaks are over a limit, without being sustained, is not
-/// calm: it raises nothing.
+/// calm: it raises nothing; nor is one that would be over a limit with an
+/// eighth more connections (the CPU figures scaled by 9/8). A node that
+/// overloaded at its limit would otherwise creep back up to it, where the
+/// next burst takes it over again.
 ///
 /// Projections cannot see everything: a node that shares its cores with
 /// other work gets its full share of CPU until it nears that share, so its
@@ -46,9 +49,10 @@ pub const PLATEAU_SECONDS: usize = 8;
 pub enum Pressure {
     /// Over a headroom limit for two whole seconds.
     Overloaded,
-    /// The last second's peaks are over a limit, not (yet) for long.
+    /// The last second's peaks are over a limit, not (yet) for long, or
+    /// would be with an eighth more connections.
     Busy,
-    /// Under every limit.
+    /// Under every limit, with room for an eighth more connections.
     Calm,
 }
 
@@ -220,7 +224,7 @@ impl Window {
             }
             let pressure = if over.is_some() {
                 Pressure::Overloaded
-            } else if limits.over_headroom(&load).is_some() {
+            } else if limits.over_headroom(&load.with_an_eighth_more()).is_some() {
                 Pressure::Busy
             } else {
                 Pressure::Calm
@@ -340,6 +344,44 @@ mod tests {
             seconds, PLATEAU_SECONDS,
             "one per {PLATEAU_SECONDS} s near 400"
         );
+    }
+
+    #[test]
+    fn the_ceiling_rises_only_with_room_for_an_eighth_more() {
+        let limits = AdmissionLimits {
+            max_connections: 10_000,
+            ..limits()
+        };
+        let hot = Sample {
+            connections: 160,
+            demand_percent: 99,
+            ..CALM
+        };
+        let mut window = Window::default();
+        for _ in 0..SUSTAINED_OF {
+            window.push(hot, &limits);
+        }
+        assert_eq!(window.ceiling.get(), Some(140));
+        // Shed to the ceiling, the node runs at 80 % against a limit of
+        // 85: under it, but not with an eighth more (90 %). It stays.
+        let near = Sample {
+            connections: 140,
+            demand_percent: 80,
+            ..CALM
+        };
+        for _ in 0..HOLD_AFTER_SHED + 10 * PEAK_OF {
+            assert_eq!(window.push(near, &limits).load.ceiling, Some(140));
+        }
+        // At 72 % (81 % with an eighth more) it rises again: once the 80 %
+        // samples have left the last second, after a calm second.
+        let roomy = Sample {
+            demand_percent: 72,
+            ..near
+        };
+        let samples = (1..=4 * PEAK_OF)
+            .find(|_| window.push(roomy, &limits).load.ceiling == Some(141))
+            .expect("the ceiling rises");
+        assert_eq!(samples, 2 * PEAK_OF - 1);
     }
 
     #[test]
