@@ -221,7 +221,7 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     network_admit_receive_queue_kib: u64,
     /// network-split: the server socket's receive and send buffers
-    /// (`net.socket_buffer_bytes`), in KiB [default: the node's, 4096].
+    /// (`net.socket_buffer_bytes`), in KiB [default: the node's, 512].
     #[arg(long)]
     network_socket_buffer_kib: Option<usize>,
     /// network-split: noisy neighbours: this many busy-looping processes
