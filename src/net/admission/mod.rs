@@ -75,7 +75,8 @@ pub struct AdmissionLimits {
     /// Refuse while more than this many bytes wait in the endpoint socket's
     /// receive buffer (0 = no limit).
     pub max_receive_queue_bytes: u64,
-    /// The wait a refusal asks the client for.
+    /// The shortest wait a refusal asks the client for ([`RetryPacer`]
+    /// asks for longer while many are refused).
     pub retry_after: Duration,
 }
 

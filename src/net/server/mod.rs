@@ -361,7 +361,8 @@ impl<G: Game, S: Store> Server<G, S> {
             .cloned()
             .unwrap_or_else(|| CertificateDer::from(Vec::new()));
         tracing::info!(addr = %local_addr, batch_sends = send_batches.is_some(), alpn = %String::from_utf8_lossy(protocol::ALPN), "QUIC endpoint bound");
-        let retry_pacer = admission::RetryPacer::new(config.full_retry_after, Instant::now());
+        let retry_pacer =
+            admission::RetryPacer::new(config.admission().retry_after, Instant::now());
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
