@@ -187,6 +187,11 @@ pub fn retry_reason(after: std::time::Duration, why: &str) -> String {
     format!("{} {why}", after.as_millis())
 }
 
+/// The longest wait a server asks for in a [`retry_reason`]: a full node
+/// asks for longer waits the more clients it refuses, up to this, and the
+/// client library waits no longer than this whatever it is asked.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The wait a [`CloseCode::ServerFull`] or [`CloseCode::MatchMoving`]
 /// reason asks for, if it gives one.
 pub fn parse_retry_after(reason: &str) -> Option<std::time::Duration> {

@@ -39,7 +39,7 @@ mod sampler;
 mod send_delay;
 mod window;
 
-pub use retry_pacer::{KNOCKS_PER_SECOND, MAX_RETRY_AFTER, RetryPacer};
+pub use retry_pacer::{KNOCKS_PER_SECOND, RetryPacer};
 pub use sampler::{NetworkMeasures, TickLoadMeter, cpu_percent, sample};
 pub use send_delay::SendDelays;
 pub use window::{Ceiling, PLATEAU_SECONDS, Pressure, Reading, Sample, Window};
@@ -103,7 +103,7 @@ pub struct Load {
     /// of the last second's samples (0 where not measured). Equal to
     /// `cpu_percent` on cores of its own; on shared cores it reaches 100
     /// when the process gets no more than its share (see
-    /// [`cpu_demand`](self::cpu_demand)).
+    /// [`cpu_demand`]).
     pub demand_percent: u32,
     /// Share of the tick budget the shards used over the last sample, in
     /// percent (time spent ticking over wall time, summed over shards).

@@ -9,16 +9,16 @@
 //! made it shed sessions it could have kept. So the wait grows with the
 //! refusals: a client refused now is asked to wait the refusals of the last
 //! wait over the knock budget (at least the configured wait, at most
-//! [`MAX_RETRY_AFTER`]). When `K` clients keep knocking, that settles at
+//! [`MAX_RETRY_AFTER`], the protocol's longest). When `K` clients keep knocking, that settles at
 //! `K / KNOCKS_PER_SECOND` seconds; once they stop, the wait falls back
 //! within one wait.
 
 use std::time::{Duration, Instant};
 
+use crate::net::protocol::MAX_RETRY_AFTER;
+
 /// Refusals per second the asked waits aim at, together.
 pub const KNOCKS_PER_SECOND: u32 = 32;
-/// The longest wait asked for.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Seconds of refusals remembered (one more than the longest wait).
 const HISTORY_SECONDS: usize = MAX_RETRY_AFTER.as_secs() as usize + 1;
 

@@ -156,33 +156,24 @@ pub async fn sample<G: Game, S: Store>(
             let stats = engine.stats();
             let now = Instant::now();
             let tick_load = meter.advance(stats.tick_micros, now, shards);
+            let wall = now.saturating_duration_since(window_start);
             let cpu_now = process_cpu_seconds();
             let cpu = match (cpu_before, cpu_now) {
-                (Some(before), Some(after)) => cpu_percent(
-                    after - before,
-                    now.saturating_duration_since(window_start),
-                    cores,
-                ),
+                (Some(before), Some(after)) => cpu_percent(after - before, wall, cores),
                 _ => 0,
             };
             cpu_before = cpu_now;
             let (busy_now, workers) = runtime_busy();
             let busy = cpu_percent(
                 busy_now.saturating_sub(busy_before).as_secs_f64(),
-                now.saturating_duration_since(window_start),
+                wall,
                 workers,
             );
             busy_before = busy_now;
             let demand = demand_meter
                 .as_mut()
                 .and_then(DemandMeter::advance)
-                .map_or(0, |demand| {
-                    cpu_percent(
-                        demand.as_secs_f64(),
-                        now.saturating_duration_since(window_start),
-                        cores,
-                    )
-                });
+                .map_or(0, |demand| cpu_percent(demand.as_secs_f64(), wall, cores));
             let Reading {
                 load,
                 over,

@@ -249,6 +249,15 @@ mod tests {
     use super::*;
     use crate::net::admission::tests::limits;
 
+    /// The test limits with room for any number of connections, so that
+    /// only the headroom limits and the ceiling decide.
+    fn uncapped() -> AdmissionLimits {
+        AdmissionLimits {
+            max_connections: 10_000,
+            ..limits()
+        }
+    }
+
     /// 100 connections at 40 % CPU, busy and demand: well under the limits.
     const CALM: Sample = Sample {
         connections: 100,
@@ -294,10 +303,7 @@ mod tests {
         }
         assert_eq!(interrupted.after_sample(340, Calm).get(), Some(351));
 
-        let limits = AdmissionLimits {
-            max_connections: 10_000,
-            ..limits()
-        };
+        let limits = uncapped();
         let calm_below = Load {
             connections: 349,
             sampled_connections: 349,
@@ -348,10 +354,7 @@ mod tests {
 
     #[test]
     fn the_ceiling_rises_only_with_room_for_an_eighth_more() {
-        let limits = AdmissionLimits {
-            max_connections: 10_000,
-            ..limits()
-        };
+        let limits = uncapped();
         let hot = Sample {
             connections: 160,
             demand_percent: 99,
@@ -386,10 +389,7 @@ mod tests {
 
     #[test]
     fn one_late_sample_is_no_sustained_overload() {
-        let limits = AdmissionLimits {
-            max_connections: 10_000,
-            ..limits()
-        };
+        let limits = uncapped();
         let mut window = Window::default();
         let calm = CALM;
         for _ in 0..SUSTAINED_OF {

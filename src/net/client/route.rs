@@ -21,12 +21,8 @@ pub const MAX_REDIRECTS: u32 = 8;
 
 /// The wait when a `ServerFull` or `MatchMoving` reason names none.
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(500);
-/// The longest wait a server can ask for (a longer ask is capped). A full
-/// node asks for longer waits the more clients it refuses (up to 30 s), so
-/// that together they come back at a pace it can answer.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// Consecutive `ServerFull` refusals double the asked wait up to this many
-/// times (then `MAX_RETRY_WAIT` caps it): a full node's clients come back
+/// times (then [`protocol::MAX_RETRY_AFTER`] caps it): a full node's clients come back
 /// ever less often, so refusing them costs it less.
 const FULL_BACKOFF_DOUBLINGS: u32 = 3;
 /// The first wait before trying again after a server could not be reached.
@@ -262,7 +258,7 @@ impl Route {
                     asked *= 1 << self.full_refusals.min(FULL_BACKOFF_DOUBLINGS);
                     self.full_refusals += 1;
                 }
-                let wait = jitter(asked.min(MAX_RETRY_WAIT), random);
+                let wait = jitter(asked.min(protocol::MAX_RETRY_AFTER), random);
                 if now + wait > budget.deadline {
                     return Next::GiveUp(error);
                 }
@@ -448,7 +444,7 @@ mod tests {
                 1023,
                 Duration::from_millis(200) + Duration::from_millis(200).mul_f64(1023.0 / 4096.0),
             ),
-            ("60000 moving", 0, MAX_RETRY_WAIT),
+            ("60000 moving", 0, protocol::MAX_RETRY_AFTER),
             ("moving", 0, DEFAULT_RETRY_WAIT),
         ] {
             let next = route.after_attempt(
