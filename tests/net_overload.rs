@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use net_support::*;
 use tickforge::arena::Arena;
 use tickforge::client::{ClientError, JoinRequest, Session};
+use tickforge::net::admission::KNOCKS_PER_SECOND;
+use tickforge::net::protocol::MAX_RETRY_AFTER;
 use tickforge::net::{CloseCode, parse_retry_after};
 
 /// Connections the server takes.
@@ -118,6 +120,74 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
         joined.len(),
         refused.len(),
         slowest.as_secs_f64()
+    );
+    for session in joined {
+        session.close();
+    }
+    server.stop().await;
+}
+
+/// A node refusing many clients at once asks the later ones to wait
+/// longer (the server's retry pacer): with a 100 ms shortest wait, the
+/// first refusals ask for it and, once more than
+/// [`KNOCKS_PER_SECOND`] were refused within a second, the refusals ask
+/// for their share of a knock budget instead, never past the protocol's
+/// longest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_a_crowd_asks_the_later_clients_to_wait_longer() {
+    const SHORTEST: Duration = Duration::from_millis(100);
+    const CROWD: usize = 100;
+    const ROOM: usize = 4;
+    let server = start(Options {
+        max_connections: ROOM,
+        admit_max_tick_load_percent: 0,
+        admit_max_lag: Duration::ZERO,
+        hello_timeout: Duration::from_secs(30),
+        full_retry_after: SHORTEST,
+        ..Options::default()
+    })
+    .await;
+
+    let mut attempts = join_at_once(&server, CROWD, "w");
+    let mut joined = Vec::new();
+    let mut waits = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        let (i, outcome, _) = attempt.expect("join task");
+        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
+            Ok(session) => joined.push(session),
+            Err(ClientError::Refused { code, reason }) => {
+                assert_eq!(code, Some(CloseCode::ServerFull), "client {i}: {reason}");
+                let wait = parse_retry_after(&reason)
+                    .unwrap_or_else(|| panic!("client {i}: no wait in {reason:?}"));
+                waits.push(wait);
+            }
+            Err(other) => panic!("client {i} failed otherwise (a time-out?): {other}"),
+        }
+    }
+    assert_eq!(joined.len(), ROOM);
+    assert_eq!(waits.len(), CROWD - ROOM);
+    waits.sort();
+    let (shortest, longest) = (waits[0], waits[waits.len() - 1]);
+    assert_eq!(
+        shortest, SHORTEST,
+        "the first refusals ask the shortest wait"
+    );
+    assert!(longest <= MAX_RETRY_AFTER, "{longest:?}");
+    // The refusals were under way together: more than the budget of a
+    // second's refusals came within a second, so the latest ones ask for
+    // at least a second (their count over the budget).
+    assert!(waits.len() > KNOCKS_PER_SECOND as usize);
+    assert!(
+        longest >= Duration::from_secs(1),
+        "{} refusals at once, yet the longest wait asked was {longest:?}",
+        waits.len()
+    );
+    println!(
+        "retry pacing: {} refused at once against room for {ROOM}: waits {:?} to {:?} (median {:?})",
+        waits.len(),
+        shortest,
+        longest,
+        waits[waits.len() / 2]
     );
     for session in joined {
         session.close();

@@ -44,6 +44,8 @@ pub struct Options {
     pub admit_max_lag: Duration,
     pub write_timeout: Duration,
     pub hello_timeout: Duration,
+    /// The shortest wait a `ServerFull` refusal asks for.
+    pub full_retry_after: Duration,
     /// Restore every live match of the store before the server starts
     /// (else a match is restored when a client asks for it).
     pub restore_on_start: bool,
@@ -69,6 +71,7 @@ impl Default for Options {
             admit_max_lag: NetConfig::default().admit_max_lag,
             write_timeout: Duration::from_secs(2),
             hello_timeout: NetConfig::default().hello_timeout,
+            full_retry_after: NetConfig::default().full_retry_after,
             restore_on_start: true,
             adopt_restored: false,
         }
@@ -120,6 +123,7 @@ pub async fn start(options: Options) -> TestServer {
         admit_max_lag: options.admit_max_lag,
         write_timeout: options.write_timeout,
         hello_timeout: options.hello_timeout,
+        full_retry_after: options.full_retry_after,
         ..NetConfig::default()
     };
     // A restarted server binds the port its predecessor just released.
