@@ -443,6 +443,9 @@ async fn step(
     let result: ClientsResult =
         serde_json::from_str(&load.expect("STEP-RESULT", Duration::from_secs(60)).await?)
             .context("the clients' result")?;
+    for sample in &result.join_error_samples {
+        progress(format!("network-split {}: {sample}", result.clients));
+    }
     load.finish(Duration::from_secs(10)).await;
     server.finish(Duration::from_secs(10)).await;
     for neighbour in neighbours {

@@ -77,6 +77,9 @@ pub struct ClientsResult {
     pub joined: u64,
     pub refused: u64,
     pub join_errors: u64,
+    /// The first [`KEPT_JOIN_ERRORS`] failed joins: client index and error.
+    #[serde(default)]
+    pub join_error_samples: Vec<String>,
     /// Retries the joined clients needed (refusals and failed handshakes
     /// they got past).
     pub join_retries: u64,
@@ -110,6 +113,7 @@ struct Counters {
     joined: AtomicU64,
     refused: AtomicU64,
     join_errors: AtomicU64,
+    join_error_samples: Mutex<Vec<String>>,
     join_retries: AtomicU64,
     ended: AtomicU64,
     commands: AtomicU64,
@@ -126,6 +130,7 @@ impl Counters {
             joined: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             join_errors: AtomicU64::new(0),
+            join_error_samples: Mutex::new(Vec::new()),
             join_retries: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             commands: AtomicU64::new(0),
@@ -160,6 +165,13 @@ impl Counters {
         })
     }
 
+    fn keep_join_error(&self, sample: String) {
+        self.join_error_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sample);
+    }
+
     fn settled(&self) -> u64 {
         self.joined.load(Relaxed) + self.refused.load(Relaxed) + self.join_errors.load(Relaxed)
     }
@@ -186,6 +198,18 @@ enum Load {
 }
 
 impl Load {
+    /// The failed joins the schedule load kept.
+    fn join_error_samples(&self) -> Vec<String> {
+        match self {
+            Load::Schedule(c) => c
+                .join_error_samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            Load::Replies(_) => Vec::new(),
+        }
+    }
+
     /// Retries the joined clients of the schedule load needed.
     fn join_retries(&self) -> u64 {
         match self {
@@ -241,6 +265,8 @@ impl Load {
 
 /// Clients started at once, at most (each wave settles before the next).
 const WAVE: usize = 100;
+/// Failed joins whose errors a step keeps for its report.
+pub const KEPT_JOIN_ERRORS: usize = 8;
 /// How long one wave may take to settle.
 const WAVE_LIMIT: Duration = Duration::from_secs(20);
 /// Clients per QUIC endpoint (UDP socket).
@@ -378,6 +404,7 @@ pub async fn run(spec: ClientsSpec) -> anyhow::Result<()> {
         joined: after.joined,
         refused: after.refused,
         join_errors: after.join_errors,
+        join_error_samples: load.join_error_samples(),
         join_retries: load.join_retries(),
         ended: after.ended,
         join_s,
@@ -461,13 +488,15 @@ async fn scheduled_client(
         Err(error) => {
             if error.code() == Some(CloseCode::ServerFull) {
                 counters.refused.fetch_add(1, Relaxed);
-            } else if counters.join_errors.fetch_add(1, Relaxed) < 3 {
+            } else if counters.join_errors.fetch_add(1, Relaxed) < KEPT_JOIN_ERRORS as u64 {
                 let kind = match &error {
                     ClientError::Refused { .. } => "refused",
                     ClientError::Connect { .. } => "connect",
                     _ => "other",
                 };
-                progress(format!("client {index} could not join ({kind}): {error}"));
+                let sample = format!("client {index} could not join ({kind}): {error}");
+                progress(sample.clone());
+                counters.keep_join_error(sample);
             }
             return;
         }
