@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tickforge::admin::{self, Health, METRICS_CONTENT_TYPE};
 use tickforge::arena::{Arena, ArenaCommand};
+use tickforge::client::{Client, ClientConfig, JoinRequest};
 use tickforge::engine::{CommandOutcome, Durability, Engine, EngineSettings, MatchPolicy, ReplyTo};
 use tickforge::game::PlayerId;
 use tickforge::store::{MemoryStore, Store};
@@ -400,7 +401,7 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
     let text = format!(
         "[engine]\nshards = 2\n\n[storage]\nbackend = \"memory\"\n\n\
          [net]\nlisten = \"127.0.0.1:0\"\ndev_cert = \"{cert}\"\ndev_key = \"{key}\"\n\
-         admit_max_cpu_percent = 99\nadmit_max_send_delay_ms = 5000\n\n\
+         admit_max_cpu_percent = 99\nadmit_max_send_delay_ms = 5000\nopen_mode = true\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         cert = dir.path().join("cert.der").display(),
         key = dir.path().join("key.der").display(),
@@ -441,7 +442,12 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
         .and_then(|addr| addr.parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {admin_line:?}"));
     // Restored before the QUIC endpoint binds.
-    wait_for("accepting players over QUIC");
+    let quic_line = wait_for("accepting players over QUIC");
+    let quic: SocketAddr = quic_line
+        .split_once("listen=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no QUIC address in {quic_line:?}"));
 
     let ready = get(addr, "/readyz").await;
     assert_eq!(
@@ -475,6 +481,27 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
                 .is_some_and(|bytes| bytes >= 0.0)
     })
     .await;
+    // A player over QUIC: the per-datagram counters (handles the server
+    // registers when it binds, after the recorder is installed) count.
+    let cert = std::fs::read(dir.path().join("cert.der")).expect("the dev certificate");
+    let client = Client::new(ClientConfig::new(quic, vec![cert.into()])).expect("a client");
+    let session = tokio::time::timeout(
+        WAIT,
+        client.join::<Arena>(JoinRequest::open_player("metered", "ada")),
+    )
+    .await
+    .expect("join in time")
+    .expect("joins");
+    get_until(addr, "/metrics", |r| {
+        let counted = |metric: &str, labels: &[&str]| {
+            sample(&r.body, metric, labels).is_some_and(|value| value > 0.0)
+        };
+        counted("tickforge_net_datagrams_sent_total", &[])
+            && counted("tickforge_net_bytes_sent_total", &["channel=\"datagram\""])
+            && counted("tickforge_net_bytes_received_total", &[])
+    })
+    .await;
+    session.close();
 
     let pid = i32::try_from(child.id()).expect("a pid");
     // SAFETY: kill(2) on our own child's pid with a valid signal number.

@@ -1,6 +1,7 @@
 //! The server process of the `network-split` benchmark: the engine (memory
 //! store) and the QUIC server in open mode, alone in its process so that
-//! its CPU time is its own. It prints `READY <addr>` once bound, answers
+//! its CPU time is its own. It installs the Prometheus recorder as a node
+//! with its admin endpoint does, so the metrics' cost is measured too. It prints `READY <addr>` once bound, answers
 //! each `stats` line on stdin with a `STATS <json>` line of its counters,
 //! and stops when stdin closes.
 
@@ -77,6 +78,7 @@ pub struct ServerCounters {
 }
 
 pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
+    tickforge::admin::metrics::install().context("installing the metrics recorder")?;
     let settings = EngineSettings {
         tick_hz: spec.tick_hz,
         tick_phases: spec.tick_phases,

@@ -82,6 +82,7 @@ mod fanout;
 mod hub;
 mod inbound;
 mod listener;
+mod meters;
 mod refusal;
 mod session;
 mod states;
@@ -240,6 +241,7 @@ struct Shared<G: Game, S: Store> {
     receive_queue: Option<ReceiveQueue>,
     /// The wait `ServerFull` refusals ask for.
     retry_pacer: std::sync::Mutex<admission::RetryPacer>,
+    meters: meters::PacketMeters,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -380,6 +382,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 send_delays: Arc::new(SendDelays::default()),
                 receive_queue,
                 retry_pacer: std::sync::Mutex::new(retry_pacer),
+                meters: meters::PacketMeters::register(),
                 shutdown: shutdown_rx,
             }),
             shutdown_tx,

@@ -304,8 +304,8 @@ pub(super) fn try_datagram_state<G: Game, S: Store>(
         match conn.send_datagram(bytes.clone()) {
             Ok(()) => {
                 stats.bytes_out.fetch_add(len, Relaxed);
-                metrics::counter!(names::BYTES_SENT, "channel" => "datagram").increment(len);
-                metrics::counter!(names::DATAGRAMS_SENT).increment(1);
+                shared.meters.datagram_bytes_sent.increment(len);
+                shared.meters.datagrams_sent.increment(1);
                 return Ok(None);
             }
             Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Lost),
