@@ -75,6 +75,14 @@ async fn get_until(addr: SocketAddr, path: &str, done: impl Fn(&Reply) -> bool) 
     }
 }
 
+/// The address a log line gives as `listen=<addr>`.
+fn listen_address(line: &str) -> SocketAddr {
+    line.split_once("listen=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no listen address in {line:?}"))
+}
+
 /// The value of the first sample line of `metric` whose labels contain
 /// every one of `labels`.
 fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
@@ -435,19 +443,9 @@ async fn a_serve_process_answers_probes_and_metrics_and_drains_on_sigterm() {
             Err(_) => panic!("no log line with {needle:?} in:\n{}", seen.join("\n")),
         }
     };
-    let admin_line = wait_for("admin HTTP");
-    let addr: SocketAddr = admin_line
-        .split_once("listen=")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in {admin_line:?}"));
+    let addr = listen_address(&wait_for("admin HTTP"));
     // Restored before the QUIC endpoint binds.
-    let quic_line = wait_for("accepting players over QUIC");
-    let quic: SocketAddr = quic_line
-        .split_once("listen=")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no QUIC address in {quic_line:?}"));
+    let quic = listen_address(&wait_for("accepting players over QUIC"));
 
     let ready = get(addr, "/readyz").await;
     assert_eq!(

@@ -148,6 +148,17 @@ async fn an_applied_input_is_shown_by_the_first_state_at_its_tick() {
     // The client acknowledges states in its input datagrams, not on the stream.
     assert!(session.stats().input_datagrams.load(Relaxed) >= 5);
     assert!(server.stats.acked_states.load(Relaxed) >= 5);
+    // quinn's own counters agree: states went out as DATAGRAM frames and
+    // the inputs came in as such, each side's packets acknowledged.
+    let transport = server.transport.totals();
+    assert_eq!(transport.connections, 1, "{transport:?}");
+    assert!(transport.datagram_frames_sent >= 5, "{transport:?}");
+    assert!(transport.datagram_frames_received >= 5, "{transport:?}");
+    assert!(
+        transport.udp_sent >= transport.datagram_frames_sent,
+        "{transport:?}"
+    );
+    assert!(transport.ack_frames_received > 0, "{transport:?}");
     server.stop().await;
 }
 

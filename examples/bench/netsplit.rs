@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::child::LineChild;
@@ -25,6 +26,7 @@ use crate::netsplit_clients::{ClientsResult, ClientsSpec, LoadKind};
 use crate::netsplit_server::{ServerCounters, ServerSpec};
 use crate::report::{self, Outcome, Table, Target, num, progress};
 use crate::sys::{CpuMeter, MachineMeter, cpus_label};
+use tickforge::net::server::TransportTotals;
 
 /// p99 may exceed the tick period by this much.
 const TARGET_EXTRA_MS: f64 = 5.0;
@@ -91,6 +93,9 @@ pub struct SplitStep {
     pub server_rss_mib: f64,
     /// Transmits per `sendmmsg` over the window (batch_sends only).
     pub transmits_per_send_call: Option<f64>,
+    /// What QUIC sent and received over the window, per connected client
+    /// per second.
+    pub transport_per_client_s: TransportRates,
     pub holds: bool,
 }
 
@@ -376,7 +381,6 @@ async fn step(
     prefix: String,
     goal_ms: f64,
 ) -> anyhow::Result<SplitStep> {
-    use anyhow::Context;
     let tls = tempfile::tempdir().context("creating a directory for the certificate")?;
     let cert = tls.path().join("cert.der");
     let server_spec = ServerSpec {
@@ -423,10 +427,16 @@ async fn step(
     let server_cpu = CpuMeter::start(Some(server.pid));
     let client_cpu = CpuMeter::start(Some(load.pid));
     let machine = MachineMeter::start();
-    server.send("stats")?;
-    let before: ServerCounters =
-        serde_json::from_str(&server.expect("STATS", Duration::from_secs(30)).await?)
-            .context("the server's counters")?;
+    let before = server_counters(&mut server).await?;
+    let window_started = std::time::Instant::now();
+    // quinn's counters live with the connections, which close when the
+    // window ends: read them a second before.
+    tokio::time::sleep(Duration::from_secs_f64((config.measure_s - 1.0).max(0.5))).await;
+    let late = server_counters(&mut server).await?;
+    let transport_window = (
+        late.transport.since(&before.transport),
+        window_started.elapsed(),
+    );
     load.expect(
         "WINDOW-END",
         Duration::from_secs_f64(config.measure_s + 60.0),
@@ -436,10 +446,7 @@ async fn step(
     let server_cpu_percent = server_cpu.percent();
     let client_cpu_percent = client_cpu.percent();
     let machine_percent = machine.percent();
-    server.send("stats")?;
-    let after: ServerCounters =
-        serde_json::from_str(&server.expect("STATS", Duration::from_secs(30)).await?)
-            .context("the server's counters")?;
+    let after = server_counters(&mut server).await?;
     let result: ClientsResult =
         serde_json::from_str(&load.expect("STEP-RESULT", Duration::from_secs(60)).await?)
             .context("the clients' result")?;
@@ -454,6 +461,15 @@ async fn step(
 
     let connected = result.joined.saturating_sub(result.ended).max(1) as f64;
     let window_s = result.window_s.max(1e-9);
+    let transport = TransportRates::over(
+        &transport_window.0,
+        transport_window.1.as_secs_f64() * connected,
+    );
+    progress(format!(
+        "network-split {}: {}",
+        result.clients,
+        transport.line()
+    ));
     let delta_bytes = after.delta_bytes.saturating_sub(before.delta_bytes);
     let full_bytes = after
         .delta_full_bytes
@@ -484,7 +500,69 @@ async fn step(
             after.send_transmits.saturating_sub(before.send_transmits) as f64
                 / after.send_calls.saturating_sub(before.send_calls).max(1) as f64
         }),
+        transport_per_client_s: transport,
         holds,
         clients: result,
     })
+}
+
+/// Asks the server process for its counters and reads them.
+async fn server_counters(server: &mut LineChild) -> anyhow::Result<ServerCounters> {
+    server.send("stats")?;
+    serde_json::from_str(&server.expect("STATS", Duration::from_secs(30)).await?)
+        .context("the server's counters")
+}
+
+/// [`TransportTotals`] of a window as rates per client-second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TransportRates {
+    pub udp_sent: f64,
+    pub udp_received: f64,
+    pub datagram_frames_sent: f64,
+    pub datagram_frames_received: f64,
+    pub ack_frames_sent: f64,
+    pub ack_frames_received: f64,
+    pub pings_sent: f64,
+    pub pings_received: f64,
+    pub stream_frames_sent: f64,
+    pub stream_frames_received: f64,
+    pub lost_packets: f64,
+}
+
+impl TransportRates {
+    fn over(totals: &TransportTotals, client_seconds: f64) -> Self {
+        let rate = |count: u64| count as f64 / client_seconds.max(1e-9);
+        Self {
+            udp_sent: rate(totals.udp_sent),
+            udp_received: rate(totals.udp_received),
+            datagram_frames_sent: rate(totals.datagram_frames_sent),
+            datagram_frames_received: rate(totals.datagram_frames_received),
+            ack_frames_sent: rate(totals.ack_frames_sent),
+            ack_frames_received: rate(totals.ack_frames_received),
+            pings_sent: rate(totals.pings_sent),
+            pings_received: rate(totals.pings_received),
+            stream_frames_sent: rate(totals.stream_frames_sent),
+            stream_frames_received: rate(totals.stream_frames_received),
+            lost_packets: rate(totals.lost_packets),
+        }
+    }
+
+    /// One line: the server's packets each way and what they carried.
+    fn line(&self) -> String {
+        format!(
+            "server packets per client-second: out {:.1} ({:.1} states, {:.1} ACK frames, {:.2} pings, {:.2} stream frames), \
+             in {:.1} ({:.1} inputs, {:.1} ACK frames, {:.2} pings, {:.2} stream frames), {:.3} lost",
+            self.udp_sent,
+            self.datagram_frames_sent,
+            self.ack_frames_sent,
+            self.pings_sent,
+            self.stream_frames_sent,
+            self.udp_received,
+            self.datagram_frames_received,
+            self.ack_frames_received,
+            self.pings_received,
+            self.stream_frames_received,
+            self.lost_packets,
+        )
+    }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tickforge::arena::Arena;
 use tickforge::engine::{Engine, EngineSettings};
-use tickforge::net::server::Server;
+use tickforge::net::server::{Server, TransportTotals};
 use tickforge::net::{NetConfig, TlsSource};
 use tickforge::store::MemoryStore;
 
@@ -75,6 +75,8 @@ pub struct ServerCounters {
     /// `sendmmsg` calls and the transmits they sent (batch_sends only).
     pub send_calls: u64,
     pub send_transmits: u64,
+    /// quinn's counters summed over the open connections.
+    pub transport: TransportTotals,
 }
 
 pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
@@ -129,6 +131,7 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
     let server = Server::bind(engine.clone(), net).context("starting the QUIC server")?;
     let stats = server.stats();
     let send_batches = server.send_batch_stats();
+    let transport = server.transport_probe();
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -170,6 +173,7 @@ pub async fn run(spec: ServerSpec) -> anyhow::Result<()> {
                 send_transmits: send_batches
                     .as_ref()
                     .map_or(0, |b| b.transmits_sent.load(Relaxed)),
+                transport: transport.totals(),
             };
             println!(
                 "STATS {}",

@@ -14,6 +14,7 @@ use tickforge::arena::{Arena, ArenaMap, ArenaRules, ArenaState};
 use tickforge::client::{Client, ClientConfig, JoinRequest, Session, SessionEvent, StateUpdate};
 use tickforge::engine::{Engine, EngineSettings};
 use tickforge::game::{PlayerId, Tick};
+use tickforge::net::server::TransportProbe;
 use tickforge::net::tickets::{mint_ticket, unix_now};
 use tickforge::net::{DatagramLoss, NetConfig, NetStats, Server, ServerSecret, TlsSource};
 use tickforge::store::MemoryStore;
@@ -82,6 +83,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub engine: Arc<Engine<Arena, MemoryStore>>,
     pub stats: Arc<NetStats>,
+    /// quinn's counters of the open connections.
+    pub transport: TransportProbe,
     pub options: Options,
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
@@ -144,6 +147,7 @@ pub async fn start(options: Options) -> TestServer {
     }
     let addr = server.local_addr();
     let stats = server.stats();
+    let transport = server.transport_probe();
     let client = Client::new(ClientConfig::new(addr, vec![server.certificate().clone()])).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -153,6 +157,7 @@ pub async fn start(options: Options) -> TestServer {
         addr,
         engine,
         stats,
+        transport,
         options: Options {
             listen: addr,
             ..options

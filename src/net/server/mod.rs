@@ -86,6 +86,7 @@ mod meters;
 mod refusal;
 mod session;
 mod states;
+mod transport_stats;
 mod waiting_room;
 
 use admit::*;
@@ -96,6 +97,7 @@ use listener::*;
 use refusal::*;
 use session::*;
 use states::*;
+pub use transport_stats::{TransportProbe, TransportTotals};
 
 /// Acknowledged baselines older than this many ticks are not used.
 const MAX_BASELINE_AGE: u64 = 32;
@@ -228,7 +230,7 @@ struct Shared<G: Game, S: Store> {
     secret: ServerSecret,
     slots: std::sync::Mutex<Slots>,
     hubs: DashMap<Arc<str>, Arc<Hub<G>>>,
-    conns: DashMap<u64, quinn::Connection>,
+    conns: Arc<DashMap<u64, quinn::Connection>>,
     hosting: tokio::sync::Mutex<()>,
     /// Where matches are served, when this server is a node of a fleet.
     locator: Option<Arc<dyn Locator>>,
@@ -373,7 +375,7 @@ impl<G: Game, S: Store> Server<G, S> {
                 secret,
                 slots: std::sync::Mutex::new(Slots::default()),
                 hubs: DashMap::new(),
-                conns: DashMap::new(),
+                conns: Arc::new(DashMap::new()),
                 hosting: tokio::sync::Mutex::new(()),
                 locator: None,
                 next_conn: AtomicU64::new(1),
@@ -416,6 +418,14 @@ impl<G: Game, S: Store> Server<G, S> {
     /// The live counters.
     pub fn stats(&self) -> Arc<NetStats> {
         self.shared.stats.clone()
+    }
+
+    /// Reads what QUIC sends and receives for the open connections, while
+    /// the server runs ([`TransportTotals`]).
+    pub fn transport_probe(&self) -> TransportProbe {
+        TransportProbe {
+            conns: self.shared.conns.clone(),
+        }
     }
 
     /// The batching socket's counters when the endpoint sends through one
