@@ -57,6 +57,37 @@ fn join_at_once(server: &TestServer, count: usize, prefix: &str) -> tokio::task:
     attempts
 }
 
+/// A client refused with `ServerFull`: the wait its reason asks for, the
+/// reason, and when the refusal came after the first join began.
+struct Refused {
+    wait: Duration,
+    reason: String,
+    took: Duration,
+}
+
+/// Waits for every attempt: each must either join or be refused with
+/// `ServerFull` and a wait; anything else (a time-out) fails the test.
+async fn joined_or_refused(
+    mut attempts: tokio::task::JoinSet<Attempt>,
+) -> (Vec<Session<Arena>>, Vec<Refused>) {
+    let mut joined = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        let (i, outcome, took) = attempt.expect("join task");
+        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
+            Ok(session) => joined.push(session),
+            Err(ClientError::Refused { code, reason }) => {
+                assert_eq!(code, Some(CloseCode::ServerFull), "client {i}: {reason}");
+                let wait = parse_retry_after(&reason)
+                    .unwrap_or_else(|| panic!("client {i}: no wait in {reason:?}"));
+                refused.push(Refused { wait, reason, took });
+            }
+            Err(other) => panic!("client {i} failed otherwise (a time-out?): {other}"),
+        }
+    }
+    (joined, refused)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     // Only the connection cap decides here (the headroom limits are off,
@@ -73,26 +104,13 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
     let retry_after = tickforge::net::NetConfig::default().full_retry_after;
 
     // Refusals are what is counted here: no retrying them.
-    let mut attempts = join_at_once(&server, FLOOD, "m");
-
-    let mut joined: Vec<Session<Arena>> = Vec::new();
-    let mut refused = Vec::new();
-    while let Some(attempt) = attempts.join_next().await {
-        let (i, outcome, took) = attempt.expect("join task");
-        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
-            Ok(session) => joined.push(session),
-            Err(ClientError::Refused { code, reason }) => {
-                assert_eq!(code, Some(CloseCode::ServerFull), "client {i}: {reason}");
-                assert_eq!(
-                    parse_retry_after(&reason),
-                    Some(retry_after),
-                    "client {i}: the reason gives the wait first: {reason:?}"
-                );
-                assert!(reason.contains("server full"), "{reason:?}");
-                refused.push(took);
-            }
-            Err(other) => panic!("client {i} failed otherwise (a time-out?): {other}"),
-        }
+    let (joined, refused) = joined_or_refused(join_at_once(&server, FLOOD, "m")).await;
+    for Refused { wait, reason, .. } in &refused {
+        assert_eq!(
+            *wait, retry_after,
+            "the reason gives the wait first: {reason:?}"
+        );
+        assert!(reason.contains("server full"), "{reason:?}");
     }
     assert_eq!(joined.len(), CAPACITY, "every place is taken, no more");
     assert_eq!(refused.len(), FLOOD - CAPACITY);
@@ -113,7 +131,7 @@ async fn a_flood_past_capacity_joins_or_is_refused_with_server_full() {
         assert!(!state.over);
         assert!(session.info().borrow().connected);
     }
-    let slowest = refused.iter().max().copied().unwrap_or_default();
+    let slowest = refused.iter().map(|r| r.took).max().unwrap_or_default();
     println!(
         "overload: {FLOOD} clients at once against max_connections = {CAPACITY}: {} joined, {} refused \
          with ServerFull (the last {:.2} s after the flood began), 0 timed out",
@@ -148,22 +166,8 @@ async fn refusing_a_crowd_asks_the_later_clients_to_wait_longer() {
     })
     .await;
 
-    let mut attempts = join_at_once(&server, CROWD, "w");
-    let mut joined = Vec::new();
-    let mut waits = Vec::new();
-    while let Some(attempt) = attempts.join_next().await {
-        let (i, outcome, _) = attempt.expect("join task");
-        match outcome.unwrap_or_else(|_| panic!("client {i} neither joined nor was refused")) {
-            Ok(session) => joined.push(session),
-            Err(ClientError::Refused { code, reason }) => {
-                assert_eq!(code, Some(CloseCode::ServerFull), "client {i}: {reason}");
-                let wait = parse_retry_after(&reason)
-                    .unwrap_or_else(|| panic!("client {i}: no wait in {reason:?}"));
-                waits.push(wait);
-            }
-            Err(other) => panic!("client {i} failed otherwise (a time-out?): {other}"),
-        }
-    }
+    let (joined, refused) = joined_or_refused(join_at_once(&server, CROWD, "w")).await;
+    let mut waits: Vec<Duration> = refused.iter().map(|r| r.wait).collect();
     assert_eq!(joined.len(), ROOM);
     assert_eq!(waits.len(), CROWD - ROOM);
     waits.sort();

@@ -93,9 +93,8 @@ pub struct SplitStep {
     pub server_rss_mib: f64,
     /// Transmits per `sendmmsg` over the window (batch_sends only).
     pub transmits_per_send_call: Option<f64>,
-    /// What QUIC sent and received over the window, per connected client
-    /// per second.
-    pub transport_per_client_s: TransportRates,
+    /// What QUIC sent and received over (nearly all of) the window.
+    pub transport: TransportWindow,
     pub holds: bool,
 }
 
@@ -433,10 +432,7 @@ async fn step(
     // window ends: read them a second before.
     tokio::time::sleep(Duration::from_secs_f64((config.measure_s - 1.0).max(0.5))).await;
     let late = server_counters(&mut server).await?;
-    let transport_window = (
-        late.transport.since(&before.transport),
-        window_started.elapsed(),
-    );
+    let transport = TransportWindow::between(&before, &late, window_started.elapsed());
     load.expect(
         "WINDOW-END",
         Duration::from_secs_f64(config.measure_s + 60.0),
@@ -450,9 +446,6 @@ async fn step(
     let result: ClientsResult =
         serde_json::from_str(&load.expect("STEP-RESULT", Duration::from_secs(60)).await?)
             .context("the clients' result")?;
-    for sample in &result.join_error_samples {
-        progress(format!("network-split {}: {sample}", result.clients));
-    }
     load.finish(Duration::from_secs(10)).await;
     server.finish(Duration::from_secs(10)).await;
     for neighbour in neighbours {
@@ -461,10 +454,6 @@ async fn step(
 
     let connected = result.joined.saturating_sub(result.ended).max(1) as f64;
     let window_s = result.window_s.max(1e-9);
-    let transport = TransportRates::over(
-        &transport_window.0,
-        transport_window.1.as_secs_f64() * connected,
-    );
     progress(format!(
         "network-split {}: {}",
         result.clients,
@@ -500,7 +489,7 @@ async fn step(
             after.send_transmits.saturating_sub(before.send_transmits) as f64
                 / after.send_calls.saturating_sub(before.send_calls).max(1) as f64
         }),
-        transport_per_client_s: transport,
+        transport,
         holds,
         clients: result,
     })
@@ -513,56 +502,42 @@ async fn server_counters(server: &mut LineChild) -> anyhow::Result<ServerCounter
         .context("the server's counters")
 }
 
-/// [`TransportTotals`] of a window as rates per client-second.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TransportRates {
-    pub udp_sent: f64,
-    pub udp_received: f64,
-    pub datagram_frames_sent: f64,
-    pub datagram_frames_received: f64,
-    pub ack_frames_sent: f64,
-    pub ack_frames_received: f64,
-    pub pings_sent: f64,
-    pub pings_received: f64,
-    pub stream_frames_sent: f64,
-    pub stream_frames_received: f64,
-    pub lost_packets: f64,
+/// quinn's counters over a window: what the connections open at its end
+/// sent and received, and for how long.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransportWindow {
+    pub totals: TransportTotals,
+    pub seconds: f64,
 }
 
-impl TransportRates {
-    fn over(totals: &TransportTotals, client_seconds: f64) -> Self {
-        let rate = |count: u64| count as f64 / client_seconds.max(1e-9);
+impl TransportWindow {
+    fn between(before: &ServerCounters, after: &ServerCounters, took: Duration) -> Self {
         Self {
-            udp_sent: rate(totals.udp_sent),
-            udp_received: rate(totals.udp_received),
-            datagram_frames_sent: rate(totals.datagram_frames_sent),
-            datagram_frames_received: rate(totals.datagram_frames_received),
-            ack_frames_sent: rate(totals.ack_frames_sent),
-            ack_frames_received: rate(totals.ack_frames_received),
-            pings_sent: rate(totals.pings_sent),
-            pings_received: rate(totals.pings_received),
-            stream_frames_sent: rate(totals.stream_frames_sent),
-            stream_frames_received: rate(totals.stream_frames_received),
-            lost_packets: rate(totals.lost_packets),
+            totals: after.transport.since(&before.transport),
+            seconds: took.as_secs_f64(),
         }
     }
 
-    /// One line: the server's packets each way and what they carried.
+    /// One line: the server's packets each way per client-second, and
+    /// what they carried.
     fn line(&self) -> String {
+        let t = &self.totals;
+        let client_seconds = (self.seconds * t.connections as f64).max(1e-9);
+        let rate = |count: u64| count as f64 / client_seconds;
         format!(
             "server packets per client-second: out {:.1} ({:.1} states, {:.1} ACK frames, {:.2} pings, {:.2} stream frames), \
              in {:.1} ({:.1} inputs, {:.1} ACK frames, {:.2} pings, {:.2} stream frames), {:.3} lost",
-            self.udp_sent,
-            self.datagram_frames_sent,
-            self.ack_frames_sent,
-            self.pings_sent,
-            self.stream_frames_sent,
-            self.udp_received,
-            self.datagram_frames_received,
-            self.ack_frames_received,
-            self.pings_received,
-            self.stream_frames_received,
-            self.lost_packets,
+            rate(t.udp_sent),
+            rate(t.datagram_frames_sent),
+            rate(t.ack_frames_sent),
+            rate(t.pings_sent),
+            rate(t.stream_frames_sent),
+            rate(t.udp_received),
+            rate(t.datagram_frames_received),
+            rate(t.ack_frames_received),
+            rate(t.pings_received),
+            rate(t.stream_frames_received),
+            rate(t.lost_packets),
         )
     }
 }

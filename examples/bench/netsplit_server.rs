@@ -1,9 +1,9 @@
 //! The server process of the `network-split` benchmark: the engine (memory
 //! store) and the QUIC server in open mode, alone in its process so that
 //! its CPU time is its own. It installs the Prometheus recorder as a node
-//! with its admin endpoint does, so the metrics' cost is measured too. It prints `READY <addr>` once bound, answers
-//! each `stats` line on stdin with a `STATS <json>` line of its counters,
-//! and stops when stdin closes.
+//! with its admin endpoint does, so the metrics' cost is measured too. It
+//! prints `READY <addr>` once bound, answers each `stats` line on stdin
+//! with a `STATS <json>` line of its counters, and stops when stdin closes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
