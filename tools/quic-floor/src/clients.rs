@@ -17,14 +17,16 @@ const LATE_GAP: Duration = Duration::from_millis(50);
 /// How many handshakes are in flight at once while connecting.
 const CONNECT_CONCURRENCY: usize = 32;
 
-pub fn run(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()> {
+/// `inputs`: each connection also sends one `INPUT_PAYLOAD`-byte datagram every tick on a
+/// fixed schedule from its own phase (not in reply to what it receives).
+pub fn run(n: usize, addr: SocketAddr, cert: &Path, inputs: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(n, addr, cert))
+    runtime.block_on(run_async(n, addr, cert, inputs))
 }
 
-async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()> {
+async fn run_async(n: usize, addr: SocketAddr, cert: &Path, inputs: bool) -> anyhow::Result<()> {
     let der = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -42,7 +44,7 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
     let late = Arc::new(AtomicU64::new(0));
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut keep = Vec::with_capacity(n);
-    for _ in 0..n {
+    for index in 0..n {
         let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into())?;
         endpoint.set_default_client_config(config.clone());
         keep.push(endpoint.clone());
@@ -72,6 +74,9 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
                 }
             };
             connected.fetch_add(1, Ordering::Relaxed);
+            if inputs {
+                tokio::spawn(send_inputs(connection.clone(), index));
+            }
             let mut last: Option<Instant> = None;
             loop {
                 match connection.read_datagram().await {
@@ -101,6 +106,22 @@ async fn run_async(n: usize, addr: SocketAddr, cert: &Path) -> anyhow::Result<()
             connected.load(Ordering::Relaxed),
             lost.load(Ordering::Relaxed),
             late.load(Ordering::Relaxed),
+            0,
         );
+    }
+}
+
+/// Send one input datagram per tick from this client's phase until the connection closes;
+/// ticks the process fell behind on are skipped, not sent in a burst.
+async fn send_inputs(connection: quinn::Connection, index: usize) {
+    let input = bytes::Bytes::from(vec![0x5Au8; common::INPUT_PAYLOAD]);
+    let start = tokio::time::Instant::now() + common::input_phase(index);
+    let mut schedule = tokio::time::interval_at(start, common::TICK);
+    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        schedule.tick().await;
+        if connection.send_datagram(input.clone()).is_err() {
+            return;
+        }
     }
 }

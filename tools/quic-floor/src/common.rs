@@ -11,6 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Datagram payload size, as in issue #12.
 pub const PAYLOAD: usize = 60;
+/// Input datagram size (`--inputs`): about what a tickforge `Move` input is on the wire.
+pub const INPUT_PAYLOAD: usize = 32;
 /// Send period: 30 Hz.
 pub const TICK: Duration = Duration::from_micros(33_333);
 /// Socket buffers for both servers (same for both so only the driver differs).
@@ -95,6 +97,14 @@ pub fn payload() -> bytes::Bytes {
     bytes::Bytes::from(vec![0xA5u8; PAYLOAD])
 }
 
+/// The phase of client `index`'s input schedule within a tick: spread evenly over the
+/// tick by the golden ratio, so neighbours never send together (a fixed-schedule client
+/// population with independent phases, as in tickforge's `network-split` load).
+pub fn input_phase(index: usize) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_895;
+    TICK.mul_f64((index as f64 * GOLDEN).fract())
+}
+
 /// Raise the soft open-file limit to the hard one (thousands of client sockets).
 pub fn raise_fd_limit() {
     let mut limit = libc::rlimit {
@@ -110,11 +120,12 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Prints a status line `stat <count> <connections> <lost> <late>` on stdout (the runner
-/// parses it); `late` counts gaps of more than 50 ms between datagrams on one connection.
-pub fn print_stat(count: u64, connections: usize, lost: u64, late: u64) {
+/// Prints a status line `stat <count> <connections> <lost> <late> <inputs>` on stdout (the
+/// runner parses it); `late` counts gaps of more than 50 ms between datagrams on one
+/// connection; `inputs` is the datagrams the server received (0 from the clients).
+pub fn print_stat(count: u64, connections: usize, lost: u64, late: u64, inputs: u64) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "stat {count} {connections} {lost} {late}");
+    let _ = writeln!(out, "stat {count} {connections} {lost} {late} {inputs}");
     let _ = out.flush();
 }

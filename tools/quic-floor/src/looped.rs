@@ -74,6 +74,8 @@ pub fn serve(
 struct Counters {
     sent: u64,
     lost: u64,
+    /// Datagrams received from clients (`--inputs`).
+    inputs: u64,
     /// Transmits the kernel refused (WouldBlock or error); QUIC recovers, but we count them.
     send_failed: u64,
 }
@@ -152,7 +154,13 @@ impl LoopServer {
                     .flatten()
                     .filter(|s| s.established)
                     .count();
-                common::print_stat(self.counters.sent, open, self.counters.lost, 0);
+                common::print_stat(
+                    self.counters.sent,
+                    open,
+                    self.counters.lost,
+                    0,
+                    self.counters.inputs,
+                );
                 eprintln!(
                     "loop: ticks {ticks} wake-ups {iterations} timer heap {}",
                     self.timers.len()
@@ -351,7 +359,11 @@ impl LoopServer {
                     slot.established = false;
                     self.counters.lost += 1;
                 }
-                Event::DatagramReceived => while slot.connection.datagrams().recv().is_some() {},
+                Event::DatagramReceived => {
+                    while slot.connection.datagrams().recv().is_some() {
+                        self.counters.inputs += 1;
+                    }
+                }
                 _ => {}
             }
         }

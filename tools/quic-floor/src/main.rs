@@ -15,6 +15,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Server CPU per QUIC datagram: stock quinn vs one quinn-proto loop")]
 struct Cli {
@@ -49,6 +52,10 @@ enum Command {
         /// The server's certificate (DER), trusted explicitly as the only root.
         #[arg(long, default_value = "/tmp/quic-floor-cert.der")]
         cert: PathBuf,
+        /// Also send one 32-byte input datagram per connection per tick, each from its own
+        /// phase (tickforge's `network-split` load: states one way, inputs the other).
+        #[arg(long)]
+        inputs: bool,
     },
     /// Spawn server (taskset -c 0) and clients (taskset -c 1) per step and mode; print a table.
     Run {
@@ -73,6 +80,9 @@ enum Command {
         /// Niceness for both children (the machine is shared with builds; negative = favoured).
         #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
         nice: i32,
+        /// Passed to the clients: each also sends one input datagram per tick.
+        #[arg(long)]
+        inputs: bool,
     },
 }
 
@@ -107,7 +117,12 @@ fn main() -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::Clients { n, addr, cert } => clients::run(n, addr, &cert),
+        Command::Clients {
+            n,
+            addr,
+            cert,
+            inputs,
+        } => clients::run(n, addr, &cert, inputs),
         Command::Run {
             n,
             mode,
@@ -117,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             ack_every,
             coalesce_us,
             nice,
+            inputs,
         } => run::run(
             &n,
             &mode,
@@ -127,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 ack_every,
                 coalesce_us,
                 nice,
+                inputs,
             },
         ),
     }

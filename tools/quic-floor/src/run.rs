@@ -24,6 +24,8 @@ struct Row {
     us_per_conn_second: f64,
     sent_per_s: f64,
     received_per_s: f64,
+    /// Datagrams the server received from the clients per second (`--inputs`).
+    inputs_per_s: f64,
     /// Gaps > 50 ms between datagrams on one connection, per second, over all connections.
     late_per_s: f64,
     /// Share of the window the server spent runnable but waiting for the CPU.
@@ -44,6 +46,8 @@ pub struct Settings {
     pub coalesce_us: u64,
     /// Niceness of both children.
     pub nice: i32,
+    /// Passed to the clients (`--inputs`).
+    pub inputs: bool,
 }
 
 pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> anyhow::Result<()> {
@@ -76,8 +80,8 @@ pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> 
         }
     }
     println!(
-        "ack-every {} (0 = QUIC default), coalesce {} µs, window {} s, nice {}",
-        settings.ack_every, settings.coalesce_us, settings.window, settings.nice
+        "ack-every {} (0 = QUIC default), coalesce {} µs, window {} s, nice {}, inputs {}",
+        settings.ack_every, settings.coalesce_us, settings.window, settings.nice, settings.inputs
     );
     println!("{}", header());
     for row in &rows {
@@ -91,12 +95,12 @@ pub fn run(ns: &[usize], modes: &[Mode], repeat: usize, settings: &Settings) -> 
 
 fn header() -> String {
     let mut h = String::from(
-        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | late gaps/s | server run-queue wait % | client CPU %",
+        "| mode | conns | up | server CPU % | µs/datagram | µs/conn-s | sent/s | of 30 Hz | received/s | inputs/s | late gaps/s | server run-queue wait % | client CPU %",
     );
     for s in SYSCALLS {
         h.push_str(&format!(" | {s}/s"));
     }
-    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---|---|---");
+    h.push_str(" |\n|---|---|---|---|---|---|---|---|---|---|---|---|---");
     h.push_str(&"|---".repeat(SYSCALLS.len()));
     h.push('|');
     h
@@ -104,7 +108,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     let mut s = format!(
-        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} | {:.1} | {:.1}",
+        "| {} | {} | {}{} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}",
         r.mode.name(),
         r.n,
         r.connected,
@@ -119,6 +123,7 @@ fn format_row(r: &Row) -> String {
         r.sent_per_s,
         100.0 * r.sent_per_s / (r.n as f64 / crate::common::TICK.as_secs_f64()),
         r.received_per_s,
+        r.inputs_per_s,
         r.late_per_s,
         r.server_wait_percent,
         r.client_cpu_percent,
@@ -138,6 +143,7 @@ struct Stat {
     connections: usize,
     lost: u64,
     late: u64,
+    inputs: u64,
 }
 
 /// A pinned child process whose `stat` lines are collected by a reader thread.
@@ -173,12 +179,13 @@ impl Pinned {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                if let ["stat", count, connections, lost, late] = fields[..] {
-                    let (Ok(count), Ok(connections), Ok(lost), Ok(late)) = (
+                if let ["stat", count, connections, lost, late, inputs] = fields[..] {
+                    let (Ok(count), Ok(connections), Ok(lost), Ok(late), Ok(inputs)) = (
                         count.parse(),
                         connections.parse(),
                         lost.parse(),
                         late.parse(),
+                        inputs.parse(),
                     ) else {
                         continue;
                     };
@@ -188,6 +195,7 @@ impl Pinned {
                         connections,
                         lost,
                         late,
+                        inputs,
                     };
                 }
             }
@@ -227,6 +235,7 @@ fn measure(
         ack_every,
         coalesce_us,
         nice,
+        inputs,
     } = *settings;
     let window = Duration::from_secs(window);
     let cert = format!("/tmp/quic-floor-{port}.der");
@@ -254,19 +263,23 @@ fn measure(
         Duration::from_secs(10),
         "the server's first stat line",
     )?;
+    let mut client_args = vec![
+        "clients".into(),
+        "--n".into(),
+        n.to_string(),
+        "--addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--cert".into(),
+        cert,
+    ];
+    if inputs {
+        client_args.push("--inputs".into());
+    }
     let clients = Pinned::spawn(
         "1",
         nice,
         exe,
-        &[
-            "clients".into(),
-            "--n".into(),
-            n.to_string(),
-            "--addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--cert".into(),
-            cert,
-        ],
+        &client_args,
         &format!("/tmp/quic-floor-clients-{}-{n}.log", mode.name()),
     )?;
     let started = Instant::now();
@@ -305,6 +318,10 @@ fn measure(
         }
     };
     let sent_per_s = rate(sent0, sent1);
+    let inputs_per_s = match (sent0.at, sent1.at) {
+        (Some(x), Some(y)) if y > x => (sent1.inputs - sent0.inputs) as f64 / (y - x).as_secs_f64(),
+        _ => 0.0,
+    };
     let received_per_s = rate(received0, received1);
     let cpu = server_cpu1 - server_cpu0;
     let connected = received1.connections;
@@ -324,6 +341,7 @@ fn measure(
         us_per_conn_second: 1e6 * cpu / (connected as f64 * elapsed),
         sent_per_s,
         received_per_s,
+        inputs_per_s,
         late_per_s: match (received0.at, received1.at) {
             (Some(x), Some(y)) if y > x => {
                 (received1.late - received0.late) as f64 / (y - x).as_secs_f64()

@@ -27,16 +27,28 @@ async fn serve_async(port: u16, identity: Identity, ack_every: u32) -> anyhow::R
     .context("creating the quinn endpoint")?;
     let connections: Arc<Mutex<Vec<quinn::Connection>>> = Arc::default();
     let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let inputs = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
     let accepted = connections.clone();
     let accept_lost = lost.clone();
+    let accept_inputs = inputs.clone();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let accepted = accepted.clone();
             let lost = accept_lost.clone();
+            let inputs = accept_inputs.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(connection) => accepted.lock().expect("not poisoned").push(connection),
+                    Ok(connection) => {
+                        accepted
+                            .lock()
+                            .expect("not poisoned")
+                            .push(connection.clone());
+                        // One reader per connection, as a server that takes inputs has.
+                        while connection.read_datagram().await.is_ok() {
+                            inputs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                     Err(e) => {
                         eprintln!("handshake failed: {e}");
                         lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -78,6 +90,7 @@ async fn serve_async(port: u16, identity: Identity, ack_every: u32) -> anyhow::R
                 batch.len(),
                 lost.load(std::sync::atomic::Ordering::Relaxed),
                 0,
+                inputs.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
     }
