@@ -54,13 +54,6 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 pub const RAMP_DIVISOR: usize = 8;
 /// Connections admitted within a second, at least (see [`RAMP_DIVISOR`]).
 pub const RAMP_MIN: usize = 32;
-/// What a connection admitted since the sample counts for, in steady
-/// connections, when the accept path projects the CPU: for its first
-/// second it also costs its TLS handshake, its `Welcome`, its first full
-/// state and its session's start. Counted as one, a node reading 80 % of
-/// an 85 % limit let 41 joins in within a quarter second and read 100 %
-/// the next second (docs/PERFORMANCE.md).
-pub const JOIN_COST: usize = 3;
 
 /// The limits new connections are admitted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,18 +237,6 @@ impl Load {
         }
     }
 
-    /// This load as the accept path projects it: each connection admitted
-    /// since the sample counted [`JOIN_COST`] times.
-    pub fn counting_joins(&self) -> Self {
-        let joined = self.connections.saturating_sub(self.sampled_connections);
-        Self {
-            connections: self
-                .sampled_connections
-                .saturating_add(joined.saturating_mul(JOIN_COST)),
-            ..*self
-        }
-    }
-
     /// The CPU the connections open now will use: the highest of the CPU,
     /// busy and demand figures, scaled by how many more connections are open than at
     /// the start of the sampled window. A connection admitted just now
@@ -286,13 +267,11 @@ impl AdmissionLimits {
     }
 
     /// `None` to admit, else why not. With headroom measured, no more than
-    /// the [`Ceiling`] the node learned when it was last overloaded, the
-    /// CPU projected with each join since the sample counted
-    /// [`JOIN_COST`] times ([`Load::counting_joins`]), and a join storm in
-    /// steps: at most [`RAMP_MIN`] or an eighth of the connections open a
-    /// second before within that second. The ramp is judged last, so
-    /// [`Full::Ramp`] means nothing else refuses: the connection may wait
-    /// for the next step.
+    /// the [`Ceiling`] the node learned when it was last overloaded, and a
+    /// join storm in steps: at most [`RAMP_MIN`] or an eighth of the
+    /// connections open a second before within that second. The ramp is
+    /// judged last, so [`Full::Ramp`] means nothing else refuses: the
+    /// connection may wait for the next step.
     pub fn verdict(&self, load: &Load) -> Option<Full> {
         if load.connections >= self.max_connections {
             return Some(Full::Connections {
@@ -309,7 +288,7 @@ impl AdmissionLimits {
                 ceiling,
             });
         }
-        if let Some(full) = self.over_headroom(&load.counting_joins()) {
+        if let Some(full) = self.over_headroom(load) {
             return Some(full);
         }
         // Last: a connection held back only by the ramp may wait for it
@@ -542,20 +521,18 @@ pub(crate) mod tests {
             ..Load::default()
         };
         assert_eq!(storm.projected_cpu_percent(), 80);
-        // Within the ramp (160 / 8 = 20 more): 80 % with 160 open. A join
-        // counts JOIN_COST (3) times, so 3 more make 80 × 169 / 160 = 84 %,
-        // which is admitted; 4 more make 86 %, over the limit of 85 though
-        // the sample says 80.
+        // Within the ramp (160 / 8 = 20 more): 80 % with 160 open, 10 more
+        // make 85 %, which is admitted; 12 more make 86 %, over the limit
+        // of 85 though the sample says 80.
         let busy = Load {
-            connections: 163,
+            connections: 170,
             sampled_connections: 160,
             cpu_percent: 80,
             ..Load::default()
         };
-        assert_eq!(busy.counting_joins().connections, 169);
         assert_eq!(limits.verdict(&busy), None);
         let more = Load {
-            connections: 164,
+            connections: 172,
             ..busy
         };
         assert_eq!(
@@ -565,41 +542,6 @@ pub(crate) mod tests {
                 limit: 85
             })
         );
-        // The node of docs/PERFORMANCE.md read 80 % with 609 sampled and
-        // went from 614 to 655 within a quarter second: counted as steady
-        // connections, 46 more are admitted; counted as joins, 16.
-        let near = Load {
-            connections: 609,
-            sampled_connections: 609,
-            demand_percent: 80,
-            ..Load::default()
-        };
-        let limits = AdmissionLimits {
-            max_connections: 10_000,
-            ..limits
-        };
-        let admitted = (609..)
-            .take_while(|&open| {
-                limits
-                    .verdict(&Load {
-                        connections: open,
-                        ..near
-                    })
-                    .is_none()
-            })
-            .count();
-        assert_eq!(admitted, 16);
-        let steady = (609..)
-            .take_while(|&open| {
-                limits
-                    .over_headroom(&Load {
-                        connections: open,
-                        ..near
-                    })
-                    .is_none()
-            })
-            .count();
-        assert_eq!(steady, 46);
         // Fewer open than sampled, or nothing sampled yet: the sample as it is.
         let left = Load {
             connections: 100,

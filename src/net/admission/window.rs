@@ -16,11 +16,7 @@ const SUSTAINED_OF: usize = 8;
 
 /// What the node learned about its own capacity: when the samples of two
 /// whole seconds find it over a headroom limit, it admits no more than seven
-/// eighths of the connections then open, nor more than it had open at its
-/// last calm sample unless that is under half of them (at least
-/// [`RAMP_MIN`] either way): a node that crept past its limit a few joins
-/// at a time was already short of room well below where it overloaded,
-/// and shed only to seven eighths it overloaded again seconds later; each calm
+/// eighths of the connections then open (at least [`RAMP_MIN`]); each calm
 /// second after that raises the ceiling by one connection, and each calm
 /// [`PLATEAU_SECONDS`] near the count it was overloaded at (within a
 /// sixteenth of it either way): there it is most likely to overload again,
@@ -42,8 +38,6 @@ pub struct Ceiling {
     calm: usize,
     /// Connections open when the node was last found overloaded.
     overloaded_at: usize,
-    /// Connections open at the latest calm sample.
-    calm_at: Option<usize>,
 }
 
 /// Calm seconds per connection the ceiling rises near the count the node
@@ -70,47 +64,27 @@ impl Ceiling {
 
     /// The ceiling after a sample with `connections` open.
     pub fn after_sample(self, connections: usize, pressure: Pressure) -> Self {
-        let calm_at = match pressure {
-            Pressure::Calm => Some(connections),
-            Pressure::Busy | Pressure::Overloaded => self.calm_at,
-        };
         match (self.at, pressure) {
             (current, Pressure::Overloaded) => {
-                let lowered = self.lowered(connections);
+                let lowered = (connections - connections / RAMP_DIVISOR).max(RAMP_MIN);
                 Self {
                     at: Some(current.map_or(lowered, |c| c.min(lowered))),
                     calm: 0,
                     overloaded_at: connections,
-                    calm_at,
                 }
             }
-            (Some(_), Pressure::Busy) => Self {
-                calm: 0,
-                calm_at,
-                ..self
-            },
+            (Some(_), Pressure::Busy) => Self { calm: 0, ..self },
             (Some(current), Pressure::Calm) if self.calm + 1 >= self.calm_needed(current) => Self {
                 at: Some(current.saturating_add(1)),
                 calm: 0,
-                calm_at,
                 ..self
             },
             (Some(_), Pressure::Calm) => Self {
                 calm: self.calm + 1,
-                calm_at,
                 ..self
             },
-            (None, _) => Self { calm_at, ..self },
+            (None, _) => self,
         }
-    }
-
-    /// The ceiling for a node found overloaded with `connections` open.
-    fn lowered(self, connections: usize) -> usize {
-        let seven_eighths = connections - connections / RAMP_DIVISOR;
-        let last_calm = self
-            .calm_at
-            .map_or(seven_eighths, |calm| calm.max(connections / 2));
-        seven_eighths.min(last_calm).max(RAMP_MIN)
     }
 
     /// Calm samples before a ceiling at `current` rises by one.
@@ -300,7 +274,7 @@ mod tests {
     fn an_overload_sets_a_ceiling_that_calm_raises_slowly() {
         use Pressure::{Busy, Calm, Overloaded};
         let none = Ceiling::default();
-        assert_eq!(none.after_sample(400, Calm).get(), None);
+        assert_eq!(none.after_sample(400, Calm), none);
         assert_eq!(none.after_sample(400, Busy), none);
         // Overloaded at 400: admit up to 350.
         let lowered = none.after_sample(400, Overloaded);
@@ -411,42 +385,6 @@ mod tests {
             .find(|_| window.push(roomy, &limits).load.ceiling == Some(141))
             .expect("the ceiling rises");
         assert_eq!(samples, 2 * PEAK_OF - 1);
-    }
-
-    #[test]
-    fn a_node_that_crept_past_its_limit_sheds_to_where_it_was_last_calm() {
-        use Pressure::{Busy, Calm, Overloaded};
-        // The run of docs/PERFORMANCE.md: calm last at 514, busy from 523
-        // on, overloaded at 667. Seven eighths (584) would still be
-        // too many; the last calm count is the ceiling.
-        let crept = Ceiling::default()
-            .after_sample(514, Calm)
-            .after_sample(523, Busy)
-            .after_sample(640, Busy)
-            .after_sample(667, Overloaded);
-        assert_eq!(crept.get(), Some(514));
-        // Calm at 600, overloaded at 620: seven eighths (543) is lower.
-        let close = Ceiling::default()
-            .after_sample(600, Calm)
-            .after_sample(620, Overloaded);
-        assert_eq!(close.get(), Some(543));
-        // Calm long ago at 100, overloaded at 600: no lower than half.
-        let stale = Ceiling::default()
-            .after_sample(100, Calm)
-            .after_sample(600, Overloaded);
-        assert_eq!(stale.get(), Some(300));
-        // Never calm: seven eighths, as before; never below RAMP_MIN.
-        assert_eq!(
-            Ceiling::default().after_sample(600, Overloaded).get(),
-            Some(525)
-        );
-        assert_eq!(
-            Ceiling::default()
-                .after_sample(10, Calm)
-                .after_sample(40, Overloaded)
-                .get(),
-            Some(RAMP_MIN)
-        );
     }
 
     #[test]
